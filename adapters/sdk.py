@@ -1,0 +1,204 @@
+"""The agency SDK: build, sign, seal and publish messages; receive, verify and open deliveries.
+
+An agency system holds one :class:`AgencyClient` per agency identity. Outbound, it validates
+the payload against the same schema the broker uses (so an integrator hears about a bad
+field at once, not from a rejection), seals the payload to the broker and signs the
+envelope. Inbound, it checks the broker's signature, that the delivery is addressed to this
+agency, and opens the payload with this agency's key; it hands each delivery over once,
+even if JetStream delivers it twice, by remembering message ids in a small local store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.errors import APIError
+
+from broker import wire
+from broker.catalogue import Catalogue
+from broker.errors import BrokerError, InvalidEnvelope, PublishTimeout, RejectedMessage, UnknownType
+from broker.keystore import Identity
+from broker.registry import Registry
+from broker.streams import DELIVERY, ingress_subject
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A verified, opened message delivered to this agency."""
+
+    claims: dict[str, Any]
+    payload: dict[str, Any]
+
+    @property
+    def id(self) -> str:
+        return str(self.claims["jti"])
+
+    @property
+    def type(self) -> str:
+        return str(self.claims["typ"])
+
+    def as_json(self) -> dict[str, Any]:
+        envelope = {k: v for k, v in self.claims.items() if k != "payload"}
+        return {"envelope": envelope, "payload": self.payload}
+
+
+class SeenStore:
+    """Message ids already handed to the agency system (idempotent hand-over)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._db = sqlite3.connect(path, isolation_level=None)
+        self._db.execute("create table if not exists seen (id text primary key, at real not null)")
+
+    def __contains__(self, message_id: object) -> bool:
+        return self._db.execute("select 1 from seen where id = ?", (message_id,)).fetchone() is not None
+
+    def add(self, message_id: str) -> None:
+        self._db.execute("insert or ignore into seen values (?, ?)", (message_id, time.time()))
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class AgencyClient:
+    def __init__(self, nc: NATS, js: JetStreamContext, registry: Registry, identity: Identity,
+                 catalogue: Catalogue, *, seen: SeenStore | None = None, request_timeout: float = 5.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.nc = nc
+        self.js = js
+        self.registry = registry
+        self.identity = identity
+        self.catalogue = catalogue
+        self.seen = seen
+        self.timeout = request_timeout
+        self.clock = clock
+        self.agency = identity.id
+
+    # -- outbound ---------------------------------------------------------------------
+
+    def build(self, *, typ: str, to: Sequence[str], payload: Mapping[str, Any], sharing: Mapping[str, Any],
+              ver: int = 1, re: str | None = None, thread: str | None = None, jti: str | None = None,
+              validate: bool = True) -> tuple[str, bytes]:
+        """Return ``(message id, wire bytes)`` for a signed, sealed message to the broker."""
+        if validate:
+            mtype = self.catalogue.message_type(typ, ver)
+            if mtype is None:
+                raise UnknownType(f"no schema for {typ} v{ver}", field="/typ")
+            self.catalogue.check_payload(mtype, payload)
+        jti = jti or str(uuid.uuid4())
+        broker_id = self.registry.broker_id
+        kid, suite, public = self.registry.recipient_key(broker_id, self.clock())
+        sealed = wire.seal_payload(wire.dumps(payload), jti=jti, iss=self.agency, typ=typ, ver=ver,
+                                   recipient=broker_id, kid=kid, suite=suite, public_key=public)
+        claims: dict[str, Any] = {
+            "jti": jti, "iss": self.agency, "iat": int(self.clock()), "typ": typ, "ver": ver, "to": list(to),
+            "sharing": dict(sharing), "enc": {"suite": sealed.suite, "kid": sealed.kid}, "payload": sealed.payload,
+        }
+        if re:
+            claims["re"] = re
+        if thread:
+            claims["thread"] = thread
+        return jti, wire.sign(claims, self.identity.signing_key, self.identity.sig_kid)
+
+    async def publish(self, data: bytes, msg_id: str, *, attempts: int = 5) -> None:
+        """Publish to this agency's ingress subject until JetStream acknowledges it (same id on retry)."""
+        for attempt in range(attempts):
+            try:
+                await self.js.publish(ingress_subject(self.agency), data, timeout=self.timeout,
+                                      headers={"Nats-Msg-Id": msg_id})
+                return
+            except (NatsTimeoutError, asyncio.TimeoutError, NatsError, APIError) as exc:
+                if isinstance(exc, APIError) and exc.code not in (None, 503):
+                    raise PublishTimeout(f"JetStream refused the message: {exc.description}") from exc
+                await asyncio.sleep(0.2 * (attempt + 1))
+        raise PublishTimeout(f"no acknowledgement from JetStream after {attempts} attempts")
+
+    async def send(self, **kwargs: Any) -> str:
+        jti, data = self.build(**kwargs)
+        await self.publish(data, jti)
+        return jti
+
+    # -- inbound ----------------------------------------------------------------------
+
+    def open(self, data: bytes) -> Delivery:
+        """Verify and open one delivery. Any failure is :class:`InvalidEnvelope`."""
+        try:
+            header = wire.read_header(data)
+            signer, key = self.registry.signer(header["kid"], self.clock())
+            if signer.id != self.registry.broker_id:
+                raise InvalidEnvelope("delivery not signed by the broker")
+            claims = wire.verify(data, key)
+            if claims["iss"] != self.registry.broker_id or claims["to"] != [self.agency]:
+                raise InvalidEnvelope("delivery not addressed to this agency")
+            kem = self.identity.kem_key(claims["enc"]["kid"])
+            if kem is None:
+                raise InvalidEnvelope("delivery sealed to a key this agency does not hold")
+            payload = orjson.loads(wire.open_payload(claims, self.agency, kem))
+        except (RejectedMessage, orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            raise InvalidEnvelope("delivery cannot be verified or opened") from exc
+        return Delivery(claims, payload)
+
+    @contextlib.asynccontextmanager
+    async def _subscription(self) -> AsyncIterator[JetStreamContext.PullSubscription]:
+        sub = await self.js.pull_subscribe_bind(self.agency, DELIVERY)
+        try:
+            yield sub
+        finally:
+            with contextlib.suppress(NatsError, asyncio.TimeoutError):
+                await sub.unsubscribe()
+
+    async def fetch(self, *, batch: int = 64, idle: float = 1.0) -> AsyncIterator[tuple[Delivery | None, Msg]]:
+        """Yield what is waiting, as ``(delivery, msg)``; ``delivery`` is None for one that fails
+        verification. Returns once a fetch finds nothing for ``idle`` seconds. The caller acks."""
+        async with self._subscription() as sub:
+            while True:
+                try:
+                    msgs = await sub.fetch(batch, timeout=idle)
+                except (NatsTimeoutError, asyncio.TimeoutError):
+                    return
+                for msg in msgs:
+                    try:
+                        yield self.open(msg.data), msg
+                    except InvalidEnvelope:
+                        yield None, msg
+
+    async def wait_outcome(self, message_id: str, *, timeout: float) -> Delivery:
+        """Wait for the broker's receipt or rejection of ``message_id``; ack it, leave the rest."""
+        held: list[Msg] = []
+        deadline = time.monotonic() + timeout
+        try:
+            async with self._subscription() as sub:
+                while (left := deadline - time.monotonic()) > 0:
+                    try:
+                        msgs = await sub.fetch(16, timeout=min(left, 1.0))
+                    except (NatsTimeoutError, asyncio.TimeoutError):
+                        continue
+                    for msg in msgs:
+                        try:
+                            delivery = self.open(msg.data)
+                        except InvalidEnvelope:
+                            held.append(msg)
+                            continue
+                        if delivery.claims.get("re") == message_id and delivery.type in ("receipt", "rejection"):
+                            await msg.ack()
+                            return delivery
+                        held.append(msg)
+        finally:
+            for msg in held:  # give back what was not ours to consume, at once
+                with contextlib.suppress(NatsError):
+                    await msg.nak()
+        raise BrokerError(f"no outcome for {message_id} within {timeout:g}s")

@@ -1,0 +1,297 @@
+"""``sgb``: the command line for operators and agency integrators.
+
+Exit codes: 0 success; 1 error (printed on stderr, never with personal data); 2 usage;
+3 the broker rejected the message (``--wait``); 4 no outcome within the deadline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+import structlog
+
+from broker import logs
+from broker.catalogue import Catalogue
+from broker.config import Settings
+from broker.errors import BrokerError
+from broker.keystore import init_dev_keys, load_identity
+from broker.registry import Registry
+from broker.service import connected, jetstream, nats_location, running_broker
+
+log = structlog.get_logger("sgb.cli")
+EXIT_REJECTED = 3
+EXIT_TIMEOUT = 4
+
+
+def _print(obj: Any) -> None:
+    sys.stdout.write(orjson.dumps(obj).decode() + "\n")
+    sys.stdout.flush()
+
+
+@contextlib.asynccontextmanager
+async def agency_client(settings: Settings, agency: str) -> AsyncIterator[Any]:
+    from adapters.sdk import AgencyClient, SeenStore
+    from broker.service import addressable
+    from broker.streams import ensure_topology
+
+    catalogue = Catalogue()
+    registry = Registry.load(settings.registry_path, catalogue)
+    if registry.get(agency) is None:
+        raise BrokerError(f"{agency} is not in the trust registry {settings.registry_path}")
+    identity = load_identity(settings.home, agency)
+    seen = SeenStore(settings.home / "adapters" / agency / "seen.sqlite")
+    try:
+        async with nats_location(settings) as url, connected(settings, url, name=f"sgb-{agency}") as nc:
+            js = jetstream(nc, settings)
+            if not settings.nats.url:  # our own embedded server: make sure the topology exists
+                await ensure_topology(js, settings.streams, settings.pipeline, addressable(registry))
+            yield AgencyClient(nc, js, registry, identity, catalogue, seen=seen,
+                               request_timeout=settings.nats.request_timeout)
+    finally:
+        seen.close()
+
+
+# -- commands ---------------------------------------------------------------------------
+
+
+async def cmd_keys_init(settings: Settings, args: argparse.Namespace) -> int:
+    created = init_dev_keys(settings.home, settings.registry_path, force=args.force)
+    print(f"registry: {settings.registry_path}")
+    print(f"private keys (mode 0600): {settings.keys_dir}")
+    for party in created:
+        print(f"  {party}")
+    return 0
+
+
+async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from broker.http import make_app
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with nats_location(settings) as url, running_broker(settings, url) as broker:
+        runner: web.AppRunner | None = None
+        if args.http:
+            host, _, port = args.http.rpartition(":")
+            runner = web.AppRunner(make_app(broker), access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, host or "127.0.0.1", int(port)).start()
+            log.info("http listening", address=args.http)
+        try:
+            stopped = asyncio.create_task(stop.wait())
+            await asyncio.wait({stopped, broker.task}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if broker.task.done() and broker.task.exception() is not None:
+                raise BrokerError(f"pipeline stopped: {broker.task.exception()}")
+        finally:
+            if runner is not None:
+                await runner.cleanup()
+    return 0
+
+
+async def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from broker.demo import run_demo
+
+    return await run_demo(settings)
+
+
+async def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
+    async with contextlib.AsyncExitStack() as stack:
+        if args.raw:
+            data = Path(args.raw).read_bytes()
+            msg_id = _message_id_of(data)
+            if args.out:
+                raise BrokerError("--out and --raw do not go together")
+        else:
+            if not (args.type and args.to and args.sharing and args.payload):
+                raise BrokerError("send needs --type, --to, --sharing and PAYLOAD (or --raw FILE)")
+            sharing = orjson.loads(Path(args.sharing).read_bytes())
+            payload = orjson.loads(Path(args.payload).read_bytes())
+            if args.out:
+                client = await _offline_client(settings, args.as_)
+            else:
+                client = await stack.enter_async_context(agency_client(settings, args.as_))
+            msg_id, data = client.build(typ=args.type, ver=args.version, to=args.to.split(","), payload=payload,
+                                        sharing=sharing, re=args.re, thread=args.thread)
+            if args.out:
+                Path(args.out).write_bytes(data)
+                _print({"messageId": msg_id, "written": args.out, "bytes": len(data)})
+                return 0
+        if args.raw:
+            client = await stack.enter_async_context(agency_client(settings, args.as_))
+        await client.publish(data, msg_id)
+        if not args.wait:
+            _print({"messageId": msg_id, "published": f"sg.in.{args.as_}"})
+            return 0
+        try:
+            outcome = await client.wait_outcome(msg_id, timeout=args.timeout)
+        except BrokerError:
+            _print({"messageId": msg_id, "outcome": "timeout",
+                    "reason": f"no outcome within {args.timeout:g}s; is `sgb serve` running?"})
+            return EXIT_TIMEOUT
+        if outcome.type == "rejection":
+            _print({"messageId": msg_id, "outcome": "rejected", **{k: v for k, v in outcome.payload.items()
+                                                                   if k != "messageId"}})
+            return EXIT_REJECTED
+        _print({"messageId": msg_id, "outcome": "routed", "deliveredTo": outcome.payload.get("recipients", []),
+                "refused": outcome.payload.get("refused", [])})
+        return 0
+    return 0
+
+
+def _message_id_of(data: bytes) -> str:
+    """Best effort: the jti of a well-formed file, so --wait can match; else a fresh id."""
+    import base64
+    import uuid
+
+    with contextlib.suppress(Exception):
+        body = data.split(b".")[1]
+        jti = orjson.loads(base64.urlsafe_b64decode(body + b"=" * (-len(body) % 4)))["jti"]
+        return str(uuid.UUID(str(jti)))
+    return str(uuid.uuid4())
+
+
+async def _offline_client(settings: Settings, agency: str) -> Any:
+    from adapters.sdk import AgencyClient
+
+    catalogue = Catalogue()
+    registry = Registry.load(settings.registry_path, catalogue)
+    return AgencyClient(None, None, registry, load_identity(settings.home, agency), catalogue)  # type: ignore[arg-type]
+
+
+async def cmd_inbox(settings: Settings, args: argparse.Namespace) -> int:
+    async with agency_client(settings, args.as_) as client:
+        taken: list[Any] = []
+        async for delivery, msg in client.fetch():
+            if delivery is None:
+                log.warning("delivery failed verification; left for inspection", seq=msg.metadata.sequence.stream)
+                taken.append((msg, False))
+                continue
+            if args.ack and delivery.id in client.seen:
+                await msg.ack()  # a duplicate of what the agency already has
+                continue
+            if args.json:
+                _print(delivery.as_json())
+            else:
+                _print_delivery(delivery)
+            if args.ack:
+                client.seen.add(delivery.id)
+                await msg.ack_sync()
+            else:
+                taken.append((msg, True))
+        for msg, _ in taken:
+            await msg.nak()
+    return 0
+
+
+def _print_delivery(d: Any) -> None:
+    c = d.claims
+    origin = c.get("origin", {})
+    print(f"{d.type} v{c['ver']}  id={d.id}  from={origin.get('iss', c['iss'])}  re={c.get('re', '-')}")
+    print("  sharing: " + orjson.dumps(c["sharing"]).decode())
+    print("  payload: " + orjson.dumps(d.payload, option=orjson.OPT_INDENT_2).decode().replace("\n", "\n  "))
+
+
+async def cmd_audit_list(settings: Settings, args: argparse.Namespace) -> int:
+    from broker.auditlog import read_audit
+
+    async with nats_location(settings) as url, connected(settings, url, name="sgb-audit") as nc:
+        async for record in read_audit(jetstream(nc, settings)):
+            if args.json:
+                _print(record)
+            else:
+                print(format_audit(record))
+    return 0
+
+
+def format_audit(r: dict[str, Any]) -> str:
+    target = f" -> {r['recipient']}" if "recipient" in r else ""
+    extra = f" code={r['code']}" if "code" in r else ""
+    basis = r.get("sharing", {}).get("lawfulBasis") or r.get("sharing", {}).get("lawEnforcementBasis") or "-"
+    return (f"{r['at']}  {r['event']:<9} {r.get('type', '?'):<21} {r.get('sender', '?')}{target}"
+            f"  basis={basis}{extra}  msg={r['message']}")
+
+
+# -- parser -----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--home", help="data directory (default: $SGB_HOME, else ./.sgb)")
+    common.add_argument("--log-level", default="WARNING", help="log level on stderr (default WARNING)")
+
+    parser = argparse.ArgumentParser(prog="sgb", description="Safeguarding Broker", parents=[common])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    keys = sub.add_parser("keys", help="trust registry and keys", parents=[common])
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    init = keys_sub.add_parser("init", parents=[common],
+                               help="create a development registry and private keys for the demo agencies")
+    init.add_argument("--force", action="store_true", help="replace existing development keys")
+    init.set_defaults(func=cmd_keys_init)
+
+    serve = sub.add_parser("serve", parents=[common], help="run a broker instance until SIGINT/SIGTERM")
+    serve.add_argument("--http", metavar="HOST:PORT", help="serve /healthz and /readyz on this address")
+    serve.set_defaults(func=cmd_serve, log_level_default="INFO")
+
+    demo = sub.add_parser("demo", parents=[common], help="play the demo story on an embedded NATS")
+    demo.set_defaults(func=cmd_demo)
+
+    send = sub.add_parser("send", parents=[common], help="sign, seal and publish a message as an agency")
+    send.add_argument("--as", dest="as_", required=True, metavar="AGENCY", help="sending agency id")
+    send.add_argument("--type", help="message type, e.g. referral")
+    send.add_argument("--version", type=int, default=1, help="schema version (default 1)")
+    send.add_argument("--to", metavar="AGENCY[,AGENCY]", help="recipient agency ids")
+    send.add_argument("--sharing", metavar="SHARING.json", help="the lawful-basis sharing block")
+    send.add_argument("--re", help="id of the message this one answers")
+    send.add_argument("--thread", help="case/thread id (no personal data)")
+    send.add_argument("--raw", metavar="FILE", help="publish the file's bytes unchanged")
+    send.add_argument("--out", metavar="FILE", help="write the wire message here instead of publishing")
+    send.add_argument("--wait", action="store_true", help="wait for the outcome and print it")
+    send.add_argument("--timeout", type=float, default=30.0, help="seconds --wait waits (default 30)")
+    send.add_argument("payload", nargs="?", metavar="PAYLOAD.json")
+    send.set_defaults(func=cmd_send)
+
+    inbox = sub.add_parser("inbox", parents=[common], help="verify, open and print deliveries to an agency")
+    inbox.add_argument("--as", dest="as_", required=True, metavar="AGENCY")
+    inbox.add_argument("--json", action="store_true", help="one JSON object a line")
+    inbox.add_argument("--ack", action="store_true", help="acknowledge what was printed")
+    inbox.set_defaults(func=cmd_inbox)
+
+    audit = sub.add_parser("audit", parents=[common], help="the audit log")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    alist = audit_sub.add_parser("list", parents=[common], help="print the audit records so far")
+    alist.add_argument("--json", action="store_true", help="one JSON object a line")
+    alist.set_defaults(func=cmd_audit_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = args.log_level
+    if level == "WARNING" and getattr(args, "log_level_default", None):
+        level = args.log_level_default
+    logs.configure(level=level)
+    try:
+        settings = Settings.from_env(home=args.home)
+        return asyncio.run(args.func(settings, args))
+    except BrokerError as exc:
+        print(f"sgb: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""Settings as frozen value objects, read from the environment once.
+
+Every timeout, bound and limit of the broker is here with a safe default, so that nothing
+further down reads ``os.environ`` or invents a number of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from broker.errors import ConfigError
+
+_INSTANCE_RE = re.compile(r"[^a-z0-9-]+")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NatsSettings:
+    """Where NATS is. ``url=None`` means: start an embedded nats-server under the home."""
+
+    url: str | None = None
+    connect_timeout: float = 5.0
+    request_timeout: float = 5.0
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    embedded_max_payload: int = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamSettings:
+    replicas: int = 1
+    duplicate_window: float = 600.0       # must cover redelivery after a crash (ack_wait)
+    ingress_max_age: float = 30 * 86400.0
+    delivery_max_age: float = 30 * 86400.0
+    max_msg_size: int = 4 * 1024 * 1024  # the store's hard limit; the broker's own limit is lower
+    seen_ttl: float = 900.0               # replay window; must exceed max_age + max_future_skew
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PipelineSettings:
+    fetch_batch: int = 128
+    fetch_timeout: float = 1.0
+    max_in_flight: int = 512
+    ack_wait: float = 30.0
+    publish_deadline: float = 5.0
+    publish_attempts: int = 6
+    max_message_bytes: int = 512 * 1024
+    max_age: float = 300.0
+    max_future_skew: float = 60.0
+    drain_timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    home: Path
+    registry_path: Path
+    instance: str
+    nats: NatsSettings = NatsSettings()
+    streams: StreamSettings = StreamSettings()
+    pipeline: PipelineSettings = PipelineSettings()
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.home / "keys"
+
+    @property
+    def nats_dir(self) -> Path:
+        return self.home / "nats"
+
+    def with_nats_url(self, url: str) -> Settings:
+        return replace(self, nats=replace(self.nats, url=url))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, *, home: str | Path | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        home_path = Path(home or env.get("SGB_HOME") or ".sgb").expanduser().resolve()
+        registry = Path(env.get("SGB_REGISTRY") or home_path / "registry.json")
+        instance = env.get("SGB_INSTANCE") or default_instance_id()
+        if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,63}", instance):
+            raise ConfigError("SGB_INSTANCE must match [a-z0-9][a-z0-9-]{0,63}")
+        try:
+            pipeline = PipelineSettings(
+                max_in_flight=int(env.get("SGB_MAX_IN_FLIGHT", PipelineSettings.max_in_flight)),
+                fetch_batch=int(env.get("SGB_FETCH_BATCH", PipelineSettings.fetch_batch)),
+                max_message_bytes=int(env.get("SGB_MAX_MESSAGE_BYTES", PipelineSettings.max_message_bytes)),
+                max_age=float(env.get("SGB_MAX_AGE", PipelineSettings.max_age)),
+            )
+        except ValueError as exc:
+            raise ConfigError(f"bad numeric setting: {exc}") from exc
+        if pipeline.fetch_batch < 1 or pipeline.max_in_flight < pipeline.fetch_batch:
+            raise ConfigError("need 1 <= SGB_FETCH_BATCH <= SGB_MAX_IN_FLIGHT")
+        nats = NatsSettings(
+            url=env.get("SGB_NATS_URL") or None,
+            user=env.get("SGB_NATS_USER") or None,
+            password=env.get("SGB_NATS_PASSWORD") or None,
+        )
+        return cls(home=home_path, registry_path=registry, instance=instance, nats=nats, pipeline=pipeline)
+
+
+def default_instance_id() -> str:
+    host = _INSTANCE_RE.sub("-", socket.gethostname().lower()).strip("-")[:40] or "host"
+    return f"{host}-{os.getpid()}"

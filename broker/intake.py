@@ -1,0 +1,107 @@
+"""Steps 1–3 of the pipeline: authenticate, open, validate. Pure and synchronous.
+
+Each check raises a :class:`~broker.errors.RejectedMessage` subclass with a stable code
+and a reason that names a field and a rule, never a value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from broker import wire
+from broker.catalogue import Catalogue, MessageType
+from broker.config import PipelineSettings
+from broker.errors import (
+    InvalidEnvelope,
+    Malformed,
+    SchemaInvalid,
+    SenderMismatch,
+    Stale,
+    TooLarge,
+    Undecryptable,
+    UnknownRecipient,
+    UnknownType,
+)
+from broker.keystore import Identity
+from broker.registry import Agency, Registry
+
+# Kinds that can be addressed by agencies (the broker and token issuers cannot).
+_NOT_ADDRESSABLE = frozenset({"broker", "token-issuer"})
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticated:
+    """A message whose signature, signer and freshness are good; payload still sealed."""
+
+    token: bytes
+    claims: dict[str, Any]
+    sender: Agency
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    auth: Authenticated
+    mtype: MessageType
+    payload: dict[str, Any]
+    plaintext: bytes
+    recipients: tuple[Agency, ...]
+
+
+class Intake:
+    def __init__(self, registry: Registry, catalogue: Catalogue, broker: Identity, settings: PipelineSettings) -> None:
+        self.registry = registry
+        self.catalogue = catalogue
+        self.broker = broker
+        self.settings = settings
+        self._envelope = catalogue.validator("envelope.v1.json")
+
+    def authenticate(self, subject_agency: str, token: bytes, stored_at: float) -> Authenticated:
+        """Checks in an order that never does expensive work for an unauthenticated sender."""
+        if len(token) > self.settings.max_message_bytes:
+            raise TooLarge(f"message exceeds {self.settings.max_message_bytes} bytes", field="/", rule="max-message-bytes")
+        header = wire.read_header(token)
+        signer, key = self.registry.signer(header["kid"], stored_at)
+        if signer.id != subject_agency:
+            raise SenderMismatch("the signing key does not belong to the agency that published", field="/header/kid")
+        claims = wire.verify(token, key)
+        issue = self.catalogue.first_issue(self._envelope, claims)
+        if issue is not None:
+            raise Malformed(f"envelope '{issue.keyword}' check failed", field=issue.pointer or "/", rule="envelope.v1.json")
+        if claims["iss"] != subject_agency:
+            raise SenderMismatch("iss is not the agency that published", field="/iss")
+        age = stored_at - claims["iat"]
+        if age > self.settings.max_age:
+            raise Stale(f"sent more than {int(self.settings.max_age)}s before it was received", field="/iat", rule="max-age")
+        if age < -self.settings.max_future_skew:
+            raise Stale("iat is in the future", field="/iat", rule="max-future-skew")
+        if "origin" in claims:
+            raise Malformed("only the broker sets origin", field="/origin")
+        return Authenticated(token, claims, signer)
+
+    def open(self, auth: Authenticated) -> Opened:
+        claims = auth.claims
+        mtype = self.catalogue.message_type(claims["typ"], claims["ver"])
+        if mtype is None:
+            raise UnknownType(f"no schema for this type and version", field="/typ", rule="catalogue")
+        kem = self.broker.kem_key(claims["enc"]["kid"])
+        if kem is None or kem.suite != claims["enc"]["suite"]:
+            raise Undecryptable("payload is not sealed to a current broker key", field="/enc/kid")
+        try:
+            plaintext = wire.open_payload(claims, self.registry.broker_id, kem)
+        except InvalidEnvelope as exc:
+            raise Undecryptable("payload cannot be opened with the broker's key", field="/payload") from exc
+        try:
+            payload = orjson.loads(plaintext)
+        except orjson.JSONDecodeError as exc:
+            raise SchemaInvalid("payload is not JSON", field="/payload", rule="json") from exc
+        self.catalogue.check_payload(mtype, payload)
+        recipients = []
+        for i, rid in enumerate(claims["to"]):
+            agency = self.registry.get(rid)
+            if agency is None or agency.kind in _NOT_ADDRESSABLE:
+                raise UnknownRecipient("recipient is not in the trust registry", field=f"/to/{i}", rule="registry")
+            recipients.append(agency)
+        return Opened(auth, mtype, payload, plaintext, tuple(recipients))

@@ -1,0 +1,185 @@
+"""Steps 5–6: what the broker publishes for one ingress message.
+
+For an accepted message: one delivery per permitted recipient (minimised payload, sealed to
+that recipient, signed by the broker, with ``origin``), a ``receipt`` to the sender and
+audit records. For a refused one: a signed ``rejection`` to the sender and an audit record.
+Ids are derived deterministically from the ingress message, so re-processing after a crash
+republishes under the same ``Nats-Msg-Id`` and JetStream drops the copy.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from broker import _crypto, wire
+from broker.errors import RejectedMessage
+from broker.intake import Opened
+from broker.keystore import Identity
+from broker.policy import Decision
+from broker.publisher import Outgoing
+from broker.registry import Registry
+from broker.streams import audit_subject, delivery_subject
+
+_NS: Final = uuid.UUID("6f1c1f43-7d0e-4f59-9a8e-2b1f7c5d9e10")
+
+ADMIN_SHARING: Final[Mapping[str, Any]] = {
+    "vocabulary": "sgb-lawful-basis/1",
+    "purpose": "SERVICE_ADMINISTRATION",
+    "lawfulBasis": "UKGDPR_6_1_E",
+    "consentStatus": "NOT_APPLICABLE",
+    "urgency": "ROUTINE",
+    "decidedBy": {"role": "Safeguarding Broker", "staffRef": "sg-broker"},
+    "guidanceEdition": "WT2023",
+}
+
+
+def derived_id(*parts: object) -> str:
+    return str(uuid.uuid5(_NS, "/".join(str(p) for p in parts)))
+
+
+def iso(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class Ingress:
+    """Where a message came from in the ingress stream; the key for derived ids."""
+
+    subject_agency: str
+    seq: int
+    stored_at: float
+    msg_id: str  # Nats-Msg-Id header, or a derived id when absent
+
+
+class Outcomes:
+    def __init__(self, registry: Registry, broker: Identity, audit_key: bytes, instance: str,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.registry = registry
+        self.broker = broker
+        self.audit_key = audit_key
+        self.instance = instance
+        self.clock = clock
+        self._audit_subject = audit_subject(instance)
+
+    # -- sealing ----------------------------------------------------------------------
+
+    def seal(self, *, jti: str, typ: str, ver: int, recipient: str, plaintext: bytes,
+             sharing: Mapping[str, Any], re: str | None = None, thread: str | None = None,
+             origin: Mapping[str, str] | None = None) -> bytes:
+        now = self.clock()
+        kid, suite, public = self.registry.recipient_key(recipient, now)
+        sealed = wire.seal_payload(plaintext, jti=jti, iss=self.registry.broker_id, typ=typ, ver=ver,
+                                   recipient=recipient, kid=kid, suite=suite, public_key=public)
+        claims: dict[str, Any] = {
+            "jti": jti, "iss": self.registry.broker_id, "iat": int(now), "typ": typ, "ver": ver,
+            "to": [recipient], "sharing": dict(sharing), "enc": {"suite": sealed.suite, "kid": sealed.kid},
+            "payload": sealed.payload,
+        }
+        if re:
+            claims["re"] = re
+        if thread:
+            claims["thread"] = thread
+        if origin:
+            claims["origin"] = dict(origin)
+        return wire.sign(claims, self.broker.signing_key, self.broker.sig_kid)
+
+    # -- accepted ---------------------------------------------------------------------
+
+    def accepted(self, ingress: Ingress, opened: Opened, decision: Decision) -> list[Outgoing]:
+        claims = opened.auth.claims
+        jti, sender = claims["jti"], opened.auth.sender.id
+        origin = {"iss": sender, "jti": jti, "digest": wire.digest(opened.auth.token)}
+        digest = _crypto.keyed_digest(self.audit_key, opened.plaintext)
+        base = self._audit_base(ingress, jti) | {
+            "type": claims["typ"], "version": claims["ver"], "sender": sender,
+            "sharing": claims["sharing"], "payloadDigest": digest, "rules": list(decision.rules),
+        }
+        if claims.get("thread"):
+            base["thread"] = claims["thread"]
+        out = [self._audit(base | {"id": derived_id("audit", jti, "received"), "event": "received",
+                                   "to": list(claims["to"])})]
+        for rd in decision.recipients:
+            record = base | {"id": derived_id("audit", jti, rd.recipient), "recipient": rd.recipient,
+                             "rules": list(rd.rules)}
+            if not rd.share:
+                out.append(self._audit(record | {"event": "refused", "decision": "refuse", "code": rd.code,
+                                                 "reason": rd.reason}))
+                continue
+            payload = opened.payload if rd.fields is None else {
+                k: v for k, v in opened.payload.items() if k in rd.fields
+            }
+            plaintext = opened.plaintext if rd.fields is None else wire.dumps(payload)
+            delivery_id = derived_id("delivery", jti, rd.recipient)
+            token = self.seal(jti=delivery_id, typ=claims["typ"], ver=claims["ver"], recipient=rd.recipient,
+                              plaintext=plaintext, sharing=claims["sharing"], re=claims.get("re"),
+                              thread=claims.get("thread"), origin=origin)
+            out.append(Outgoing(delivery_subject(rd.recipient), token, delivery_id))
+            out.append(self._audit(record | {"event": "shared", "decision": "share", "deliveryId": delivery_id,
+                                             "fields": sorted(payload)}))
+        receipt = {
+            "messageId": jti, "status": "routed", "at": iso(self.clock()),
+            "recipients": [r.recipient for r in decision.shared],
+        }
+        if decision.refused:
+            receipt["refused"] = [{"recipient": r.recipient, "code": r.code, "rule": r.rules[0]}
+                                  for r in decision.refused]
+        receipt_id = derived_id("receipt", jti)
+        out.append(Outgoing(delivery_subject(sender), self.seal(
+            jti=receipt_id, typ="receipt", ver=1, recipient=sender, plaintext=wire.dumps(receipt),
+            sharing=ADMIN_SHARING, re=jti), receipt_id))
+        return out
+
+    # -- rejected ---------------------------------------------------------------------
+
+    def rejected(self, ingress: Ingress, error: RejectedMessage, claims: Mapping[str, Any] | None) -> list[Outgoing]:
+        """A signed rejection to the publishing agency, and an audit record. ``claims`` are given
+        only once the signature was verified, so nothing unauthenticated is echoed."""
+        message_id = claims["jti"] if claims else ingress.msg_id
+        record = self._audit_base(ingress, message_id) | {
+            "id": derived_id("audit", "rejected", ingress.seq, ingress.stored_at), "event": "rejected",
+            "sender": ingress.subject_agency, "decision": "reject", "code": error.code, "reason": error.reason,
+        }
+        if error.field:
+            record["field"] = error.field
+        if error.rule:
+            record["rule"] = error.rule
+        if claims:
+            record |= {"type": claims["typ"], "version": claims["ver"], "sharing": claims["sharing"]}
+        out = [self._audit(record)]
+        if self.registry.get(ingress.subject_agency) is None:
+            return out  # nobody to tell: no such agency (only possible without NATS permissions)
+        body: dict[str, Any] = {
+            "messageId": message_id[:128], "code": error.code, "reason": error.reason[:500],
+            "at": iso(self.clock()), "retryable": error.retryable,
+        }
+        if error.field:
+            body["field"] = error.field[:200]
+        if error.rule:
+            body["rule"] = error.rule[:100]
+        rejection_id = derived_id("rejection", ingress.seq, ingress.stored_at)
+        re = message_id if _is_uuid(message_id) else None
+        out.append(Outgoing(delivery_subject(ingress.subject_agency), self.seal(
+            jti=rejection_id, typ="rejection", ver=1, recipient=ingress.subject_agency,
+            plaintext=wire.dumps(body), sharing=ADMIN_SHARING, re=re), rejection_id))
+        return out
+
+    # -- audit ------------------------------------------------------------------------
+
+    def _audit_base(self, ingress: Ingress, message_id: str) -> dict[str, Any]:
+        return {"v": 1, "at": iso(self.clock()), "instance": self.instance, "message": message_id,
+                "ingressSeq": ingress.seq, "receivedAt": iso(ingress.stored_at)}
+
+    def _audit(self, record: dict[str, Any]) -> Outgoing:
+        return Outgoing(self._audit_subject, wire.dumps(record), "audit-" + record["id"])
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        return str(uuid.UUID(text)) == text.lower()
+    except ValueError:
+        return False

@@ -1,0 +1,175 @@
+"""The broker's work loop over the durable pull consumer on ``SG_INGRESS``.
+
+Batched fetches keep the consumer fed; a semaphore bounds messages in flight; each message
+is handled in its own task so that crypto for one overlaps with JetStream round trips for
+others. The ingress message is acked only after JetStream has acknowledged every
+delivery, receipt, rejection and audit record it produced (invariant 2); on an
+infrastructure failure it is nak'ed with a delay and comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+
+from broker.config import PipelineSettings
+from broker.errors import RejectedMessage, TransportError
+from broker.intake import Authenticated, Intake
+from broker.outcomes import Ingress, Outcomes, derived_id
+from broker.policy import Policy
+from broker.publisher import Outgoing, Publisher
+from broker.replay import ReplayGuard
+from broker.streams import BROKER_CONSUMER, INGRESS
+
+log = structlog.get_logger("sgb.pipeline")
+
+_INTERNAL_GIVE_UP = 5  # deliveries of a message that keeps hitting a bug before it is rejected
+
+
+class InternalFailure(RejectedMessage):
+    code = "internal"
+    retryable = True
+
+
+@dataclass
+class Counters:
+    """Plain counters; the metrics endpoint (a later issue) exports them."""
+
+    received: int = 0
+    shared: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    retried: int = 0
+
+
+class Pipeline:
+    def __init__(self, js: JetStreamContext, intake: Intake, policy: Policy, outcomes: Outcomes,
+                 settings: PipelineSettings, *, request_timeout: float,
+                 on_outcome: Callable[[str, str], None] | None = None) -> None:
+        self._js = js
+        self._intake = intake
+        self._policy = policy
+        self._outcomes = outcomes
+        self._settings = settings
+        self._publisher = Publisher(js, deadline=settings.publish_deadline, attempts=settings.publish_attempts)
+        self._replay = ReplayGuard(js, timeout=request_timeout)
+        self._slots = asyncio.Semaphore(settings.max_in_flight)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = asyncio.Event()
+        self._on_outcome = on_outcome
+        self.counters = Counters()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Fetch and dispatch until :meth:`stop`; then let in-flight work finish, within a deadline."""
+        sub = await self._js.pull_subscribe_bind(BROKER_CONSUMER, INGRESS)
+        try:
+            while not self._stopping.is_set():
+                free = self._settings.max_in_flight - len(self._tasks)
+                if free <= 0:
+                    await self._wait_for_slot()
+                    continue
+                try:
+                    msgs = await sub.fetch(min(self._settings.fetch_batch, free), timeout=self._settings.fetch_timeout)
+                except (NatsTimeoutError, asyncio.TimeoutError):
+                    continue
+                except NatsError as exc:
+                    log.warning("fetch failed; retrying", error=type(exc).__name__)
+                    await asyncio.sleep(0.5)
+                    continue
+                for msg in msgs:
+                    task = asyncio.create_task(self._handle(msg))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+        finally:
+            await self._drain()
+            with contextlib.suppress(NatsError, asyncio.TimeoutError):
+                await sub.unsubscribe()
+
+    async def _wait_for_slot(self) -> None:
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=self._settings.fetch_timeout,
+                               return_when=asyncio.FIRST_COMPLETED)
+
+    async def _drain(self) -> None:
+        if not self._tasks:
+            return
+        tasks = set(self._tasks)
+        done, pending = await asyncio.wait(tasks, timeout=self._settings.drain_timeout)
+        for task in pending:
+            task.cancel()  # unacked: JetStream redelivers it to another instance
+        await asyncio.gather(*pending, return_exceptions=True)
+        log.info("pipeline drained", complete=len(done), cancelled=len(pending))
+
+    async def _handle(self, msg: Msg) -> None:
+        meta = msg.metadata
+        seq = meta.sequence.stream
+        stored_at = meta.timestamp.timestamp()
+        agency = msg.subject.removeprefix("sg.in.")
+        msg_id = (msg.headers or {}).get("Nats-Msg-Id") or derived_id("ingress", seq, stored_at)
+        ingress = Ingress(agency, seq, stored_at, msg_id)
+        bound = structlog.contextvars.bound_contextvars(msg_id=msg_id, sender=agency, seq=seq)
+        with bound:
+            try:
+                outgoing, outcome = await self._process(ingress, msg.data, meta.num_delivered)
+                await self._publisher.publish_all(outgoing)
+                await msg.ack()
+            except TransportError as exc:
+                self.counters.retried += 1
+                log.warning("transport failure; message will be redelivered", stage="publish", error=str(exc))
+                with contextlib.suppress(NatsError):
+                    await msg.nak(delay=min(2.0 * meta.num_delivered, 30.0))
+                return
+            self._record(outcome)
+            log.info("message processed", stage="done", outcome=outcome)
+
+    async def _process(self, ingress: Ingress, data: bytes, num_delivered: int) -> tuple[list[Outgoing], str]:
+        auth: Authenticated | None = None
+        try:
+            try:
+                auth = self._intake.authenticate(ingress.subject_agency, data, ingress.stored_at)
+                structlog.contextvars.bind_contextvars(message=auth.claims["jti"], type=auth.claims["typ"])
+                await self._replay.claim(auth.claims["jti"], ingress.seq)
+                opened = self._intake.open(auth)
+                decision = self._policy.decide(auth.sender, opened.recipients, opened.mtype,
+                                               auth.claims["sharing"], opened.payload)
+                return self._outcomes.accepted(ingress, opened, decision), "shared"
+            except RejectedMessage as rejection:
+                log.info("message rejected", stage="decide", code=rejection.code, field=rejection.field,
+                         rule=rejection.rule)
+                return self._outcomes.rejected(ingress, rejection, auth.claims if auth else None), rejection.code
+        except TransportError:
+            raise
+        except Exception as exc:  # a bug must neither crash the broker nor lose the message
+            log.exception("unexpected error while processing", stage="process", deliveries=num_delivered)
+            if num_delivered < _INTERNAL_GIVE_UP:
+                raise TransportError(f"internal error ({type(exc).__name__}); will retry") from exc
+            error = InternalFailure("the broker could not process this message; send it again", rule="internal")
+            return self._outcomes.rejected(ingress, error, auth.claims if auth else None), error.code
+
+    def _record(self, outcome: str) -> None:
+        self.counters.received += 1
+        if outcome == "shared":
+            self.counters.shared += 1
+        else:
+            self.counters.rejected[outcome] = self.counters.rejected.get(outcome, 0) + 1
+        if self._on_outcome is not None:
+            self._on_outcome(outcome, "")
+
+
+def summary(counters: Counters) -> dict[str, Any]:
+    return {"received": counters.received, "shared": counters.shared, "rejected": dict(counters.rejected)}

@@ -1,0 +1,128 @@
+"""The trust registry: which agencies exist, their kind, and their public keys.
+
+The registry is public data (a JSON file validated by ``schemas/registry.v1.json``; the
+format is documented in ``keys/README.md``). Private keys never appear in it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from broker import _crypto
+from broker.catalogue import Catalogue
+from broker.errors import ConfigError, UnknownKey
+
+
+def _parse_time(value: str | None) -> float | None:
+    if value is None:
+        return None
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+@dataclass(frozen=True, slots=True)
+class PublicKey:
+    kid: str
+    use: str  # "sig" | "enc"
+    alg: str  # "Ed25519" | "X25519" | "MLKEM768X25519"
+    x: bytes
+    pq: bytes | None
+    not_before: float | None
+    not_after: float | None
+
+    def valid_at(self, when: float) -> bool:
+        return (self.not_before is None or when >= self.not_before) and (
+            self.not_after is None or when <= self.not_after
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Agency:
+    id: str
+    kind: str
+    name: str
+    suite: _crypto.SuiteName
+    keys: tuple[PublicKey, ...]
+
+    def enc_key(self, when: float) -> PublicKey:
+        """The newest encryption key valid now (the last listed wins during a rotation overlap)."""
+        for key in reversed(self.keys):
+            if key.use == "enc" and key.valid_at(when):
+                return key
+        raise ConfigError(f"agency {self.id} has no valid encryption key")
+
+
+class Registry:
+    """Read-only view of the registry, indexed by agency id and key id."""
+
+    def __init__(self, broker_id: str, agencies: Iterable[Agency], raw: Mapping[str, Any]) -> None:
+        self.broker_id = broker_id
+        self.agencies: dict[str, Agency] = {a.id: a for a in agencies}
+        self.raw = raw
+        self._by_kid: dict[str, tuple[Agency, PublicKey]] = {}
+        for agency in self.agencies.values():
+            for key in agency.keys:
+                if key.kid in self._by_kid:
+                    raise ConfigError(f"key id {key.kid} is listed twice")
+                self._by_kid[key.kid] = (agency, key)
+        if broker_id not in self.agencies:
+            raise ConfigError(f"the broker {broker_id} is not in the registry")
+
+    @property
+    def broker(self) -> Agency:
+        return self.agencies[self.broker_id]
+
+    def get(self, agency_id: str) -> Agency | None:
+        return self.agencies.get(agency_id)
+
+    def signer(self, kid: str, when: float) -> tuple[Agency, _crypto.VerifyKey]:
+        """The agency and verification key for ``kid``; :class:`UnknownKey` if none is valid."""
+        found = self._by_kid.get(kid)
+        if found is None or found[1].use != "sig":
+            raise UnknownKey("the signing key id is not in the trust registry", field="/header/kid")
+        agency, key = found
+        if not key.valid_at(when):
+            raise UnknownKey("the signing key is outside its validity period", field="/header/kid")
+        return agency, _crypto.verify_key_from_bytes(key.x)
+
+    def recipient_key(self, agency_id: str, when: float) -> tuple[str, _crypto.SuiteName, _crypto.KemPublicKey]:
+        agency = self.agencies[agency_id]
+        key = agency.enc_key(when)
+        suite: _crypto.SuiteName = _crypto.HYBRID_SUITE if key.alg == "MLKEM768X25519" else _crypto.X25519_SUITE
+        return key.kid, suite, _crypto.kem_public_from_bytes(suite, key.x, key.pq)
+
+    @classmethod
+    def from_document(cls, doc: Mapping[str, Any], catalogue: Catalogue) -> Registry:
+        issue = catalogue.first_issue(catalogue.validator("registry.v1.json"), doc)
+        if issue is not None:
+            raise ConfigError(f"trust registry invalid at {issue.pointer or '/'} ('{issue.keyword}' failed)")
+        agencies = []
+        for entry in doc["agencies"]:
+            keys = tuple(
+                PublicKey(
+                    kid=k["kid"], use=k["use"], alg=k["alg"], x=_crypto.unb64u(k["x"]),
+                    pq=_crypto.unb64u(k["pq"]) if "pq" in k else None,
+                    not_before=_parse_time(k.get("notBefore")), not_after=_parse_time(k.get("notAfter")),
+                )
+                for k in entry["keys"]
+            )
+            agencies.append(Agency(
+                id=entry["id"], kind=entry["kind"], name=entry["name"],
+                suite=entry.get("suite", _crypto.X25519_SUITE), keys=keys,
+            ))
+        return cls(doc["broker"], agencies, doc)
+
+    @classmethod
+    def load(cls, path: Path, catalogue: Catalogue) -> Registry:
+        try:
+            doc = orjson.loads(path.read_bytes())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"no trust registry at {path}; run `sgb keys init` first") from exc
+        except orjson.JSONDecodeError as exc:
+            raise ConfigError(f"trust registry {path} is not JSON: {exc}") from exc
+        return cls.from_document(doc, catalogue)

@@ -1,0 +1,125 @@
+"""Lifecycle of the broker as nested async context managers:
+NATS location → connection → streams and consumers → pipeline task.
+
+Each layer cleans up only what it started, in reverse order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import nats
+import structlog
+from nats.aio.client import Client as NATS
+from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
+
+from broker.catalogue import Catalogue
+from broker.config import Settings
+from broker.errors import TransportError
+from broker.intake import Intake
+from broker.keystore import Identity, load_identity, load_secret
+from broker.natsserver import embedded_nats, running_url
+from broker.outcomes import Outcomes
+from broker.pipeline import Pipeline
+from broker.policy import BaselinePolicy, Policy
+from broker.registry import Registry
+from broker.streams import ensure_topology
+
+log = structlog.get_logger("sgb.service")
+NOT_ADDRESSABLE = frozenset({"broker", "token-issuer"})
+
+
+@contextlib.asynccontextmanager
+async def nats_location(settings: Settings) -> AsyncIterator[str]:
+    """``SGB_NATS_URL`` if set; else the embedded server already running on this home; else a
+    new embedded server for the lifetime of the context."""
+    if settings.nats.url:
+        yield settings.nats.url
+        return
+    url = running_url(settings.nats_dir)
+    if url is not None:
+        yield url
+        return
+    async with embedded_nats(settings.nats_dir, max_payload=settings.nats.embedded_max_payload) as url:
+        yield url
+
+
+@contextlib.asynccontextmanager
+async def connected(settings: Settings, url: str, *, name: str, inbox_prefix: str | None = None) -> AsyncIterator[NATS]:
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats error", error=str(exc))
+
+    options: dict[str, object] = {
+        "name": name, "connect_timeout": settings.nats.connect_timeout, "max_reconnect_attempts": -1,
+        "reconnect_time_wait": 0.5, "error_cb": on_error, "allow_reconnect": True,
+    }
+    if inbox_prefix:
+        options["inbox_prefix"] = inbox_prefix
+    if settings.nats.user:
+        options |= {"user": settings.nats.user, "password": settings.nats.password}
+    try:
+        nc = await nats.connect(url, **options)  # type: ignore[arg-type]
+    except (NatsError, OSError) as exc:
+        raise TransportError(f"cannot connect to NATS at {url}: {type(exc).__name__}") from exc
+    try:
+        yield nc
+    finally:
+        with contextlib.suppress(NatsError, asyncio.TimeoutError):
+            await asyncio.wait_for(nc.drain(), settings.nats.request_timeout)
+        if not nc.is_closed:
+            await nc.close()
+
+
+def jetstream(nc: NATS, settings: Settings) -> JetStreamContext:
+    return nc.jetstream(timeout=settings.nats.request_timeout,
+                        publish_async_max_pending=max(4 * settings.pipeline.max_in_flight, 1024))
+
+
+def addressable(registry: Registry) -> list[str]:
+    return [a.id for a in registry.agencies.values() if a.kind not in NOT_ADDRESSABLE]
+
+
+@dataclass
+class Broker:
+    settings: Settings
+    registry: Registry
+    catalogue: Catalogue
+    identity: Identity
+    nc: NATS
+    js: JetStreamContext
+    pipeline: Pipeline
+    task: asyncio.Task[None]
+
+
+@contextlib.asynccontextmanager
+async def running_broker(settings: Settings, url: str, *, policy: Policy | None = None) -> AsyncIterator[Broker]:
+    """A broker instance consuming from ``url`` until the context exits."""
+    catalogue = Catalogue()
+    registry = Registry.load(settings.registry_path, catalogue)
+    identity = load_identity(settings.home, registry.broker_id)
+    audit_key = load_secret(settings.home, "audit-hmac.key")
+    async with connected(settings, url, name=f"sgb-broker-{settings.instance}") as nc:
+        js = jetstream(nc, settings)
+        await ensure_topology(js, settings.streams, settings.pipeline, addressable(registry))
+        pipeline = Pipeline(
+            js, Intake(registry, catalogue, identity, settings.pipeline), policy or BaselinePolicy(),
+            Outcomes(registry, identity, audit_key, settings.instance), settings.pipeline,
+            request_timeout=settings.nats.request_timeout,
+        )
+        task = asyncio.create_task(pipeline.run(), name="sgb-pipeline")
+        log.info("broker running", instance=settings.instance, url=url)
+        try:
+            yield Broker(settings, registry, catalogue, identity, nc, js, pipeline, task)
+        finally:
+            pipeline.stop()
+            try:
+                await asyncio.wait_for(task, settings.pipeline.drain_timeout + settings.pipeline.fetch_timeout + 5)
+            except TimeoutError:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            log.info("broker stopped", instance=settings.instance, **pipeline.counters.__dict__)

@@ -1,0 +1,131 @@
+"""The JetStream streams and consumers of the wire contract, created idempotently.
+
+================  ==================  =========================================================
+stream            subjects            retention
+================  ==================  =========================================================
+``SG_INGRESS``    ``sg.in.*``         work queue: a message leaves once the broker acks it
+``SG_DELIVERY``   ``sg.out.*``        interest: kept until the recipient's adapter acks it,
+                                      or until it expires (``delivery_max_age``)
+``SG_AUDIT``      ``sg.audit.>``      limits, no age limit, deny delete, deny purge
+``KV_SG_SEEN``    (KV bucket)         message ids seen recently, for replay detection
+================  ==================  =========================================================
+
+All use file storage and a duplicate window, so that a re-publish under the same
+``Nats-Msg-Id`` is absorbed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from typing import Any, Final
+
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import APIError, BadRequestError, NotFoundError
+
+from broker.config import PipelineSettings, StreamSettings
+from broker.errors import TransportError
+
+INGRESS: Final = "SG_INGRESS"
+DELIVERY: Final = "SG_DELIVERY"
+AUDIT: Final = "SG_AUDIT"
+SEEN_BUCKET: Final = "SG_SEEN"
+BROKER_CONSUMER: Final = "sg-broker"
+
+
+def ingress_subject(agency: str) -> str:
+    return f"sg.in.{agency}"
+
+
+def delivery_subject(agency: str) -> str:
+    return f"sg.out.{agency}"
+
+
+def audit_subject(instance: str) -> str:
+    return f"sg.audit.{instance}"
+
+
+def stream_configs(s: StreamSettings) -> list[StreamConfig]:
+    return [
+        StreamConfig(
+            name=INGRESS, subjects=["sg.in.*"], retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE, num_replicas=s.replicas, duplicate_window=s.duplicate_window,
+            max_age=s.ingress_max_age, max_msg_size=s.max_msg_size, discard=DiscardPolicy.NEW,
+        ),
+        StreamConfig(
+            name=DELIVERY, subjects=["sg.out.*"], retention=RetentionPolicy.INTEREST,
+            storage=StorageType.FILE, num_replicas=s.replicas, duplicate_window=s.duplicate_window,
+            max_age=s.delivery_max_age, max_msg_size=s.max_msg_size, discard=DiscardPolicy.NEW,
+        ),
+        StreamConfig(
+            name=AUDIT, subjects=["sg.audit.>"], retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE, num_replicas=s.replicas, duplicate_window=s.duplicate_window,
+            deny_delete=True, deny_purge=True, allow_rollup_hdrs=False, discard=DiscardPolicy.NEW,
+            max_msg_size=1024 * 1024,
+        ),
+    ]
+
+
+def agency_consumer(agency: str) -> ConsumerConfig:
+    """The durable an agency's adapter pulls from. The broker creates it; adapters may not."""
+    return ConsumerConfig(
+        durable_name=agency, filter_subject=delivery_subject(agency), ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL, ack_wait=60, max_deliver=-1, max_ack_pending=1000,
+    )
+
+
+def broker_consumer(p: PipelineSettings) -> ConsumerConfig:
+    return ConsumerConfig(
+        durable_name=BROKER_CONSUMER, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
+        ack_wait=p.ack_wait, max_deliver=-1, max_ack_pending=max(4 * p.max_in_flight, 1000),
+    )
+
+
+async def _retry(call: Any, *args: Any, attempts: int = 5) -> Any:
+    """Admin calls can time out while a cluster elects a meta leader: retry them."""
+    for attempt in range(attempts):
+        try:
+            return await call(*args)
+        except (NatsTimeoutError, asyncio.TimeoutError):
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    try:
+        await _retry(js.add_stream, config)
+    except BadRequestError as exc:
+        if exc.err_code != 10058:  # exists with a different configuration
+            raise TransportError(f"cannot create stream {config.name}: {exc.description}") from exc
+        await _retry(js.update_stream, config)
+
+
+async def ensure_topology(
+    js: JetStreamContext, streams: StreamSettings, pipeline: PipelineSettings, agencies: Iterable[str]
+) -> None:
+    """Create or update every stream, the KV bucket, and the consumers (idempotent)."""
+    try:
+        for config in stream_configs(streams):
+            await ensure_stream(js, config)
+        await _retry(js.create_key_value, KeyValueConfig(
+            bucket=SEEN_BUCKET, history=1, ttl=streams.seen_ttl, storage=StorageType.FILE,
+            replicas=streams.replicas,
+        ))
+        await _retry(js.add_consumer, INGRESS, broker_consumer(pipeline))
+        for agency in agencies:
+            await _retry(js.add_consumer, DELIVERY, agency_consumer(agency))
+    except (APIError, NotFoundError, NatsTimeoutError, asyncio.TimeoutError) as exc:
+        raise TransportError(f"cannot set up JetStream: {exc}") from exc

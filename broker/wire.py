@@ -1,0 +1,114 @@
+"""The wire contract: a JWS compact serialisation (EdDSA, ``typ: sg+jwt``, ``kid``) whose
+claims are the envelope, with the payload HPKE-sealed to one recipient.
+
+The HPKE ``info`` binds each ciphertext to the message id, sender, type, version and
+recipient, so a payload cannot be lifted into another envelope.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import jwt
+import orjson
+
+from broker import _crypto
+from broker.errors import BadSignature, Malformed
+
+ALGORITHM: Final = "EdDSA"
+JWS_TYP: Final = "sg+jwt"
+REQUIRED_CLAIMS: Final = ("jti", "iss", "iat", "typ", "ver", "to", "sharing", "enc", "payload")
+_COMPACT = re.compile(rb"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$")
+_DECODE_OPTIONS: Final[dict[str, Any]] = {
+    "verify_signature": True,
+    "verify_exp": False,
+    "verify_nbf": False,
+    "verify_iat": False,  # freshness is judged against the store's timestamp, see intake
+    "verify_aud": False,
+    "verify_iss": False,
+    "require": list(REQUIRED_CLAIMS),
+}
+
+
+def hpke_info(*, jti: str, iss: str, typ: str, ver: int, recipient: str) -> bytes:
+    fields = (jti, iss, typ, str(ver), recipient)
+    return b"sgb/v1\x00" + b"\x00".join(f.encode("utf-8") for f in fields)
+
+
+@dataclass(frozen=True, slots=True)
+class Sealed:
+    suite: _crypto.SuiteName
+    kid: str
+    payload: str  # base64url ciphertext
+
+
+def seal_payload(
+    plaintext: bytes, *, jti: str, iss: str, typ: str, ver: int, recipient: str,
+    kid: str, suite: _crypto.SuiteName, public_key: _crypto.KemPublicKey,
+) -> Sealed:
+    info = hpke_info(jti=jti, iss=iss, typ=typ, ver=ver, recipient=recipient)
+    return Sealed(suite, kid, _crypto.b64u(_crypto.seal(suite, public_key, plaintext, info)))
+
+
+def open_payload(claims: Mapping[str, Any], recipient: str, key: _crypto.KemKeyPair) -> bytes:
+    """Open the payload sealed to ``recipient``; raises :class:`InvalidEnvelope` on any failure."""
+    info = hpke_info(jti=claims["jti"], iss=claims["iss"], typ=claims["typ"], ver=claims["ver"], recipient=recipient)
+    try:
+        ciphertext = _crypto.unb64u(claims["payload"])
+    except ValueError:
+        ciphertext = b""
+    return _crypto.open_sealed(key.suite, key.private, ciphertext, info)
+
+
+def sign(claims: Mapping[str, Any], key: _crypto.SigningKey, kid: str) -> bytes:
+    token = jwt.encode(dict(claims), key, algorithm=ALGORITHM, headers={"kid": kid, "typ": JWS_TYP})
+    return token.encode("ascii")
+
+
+def read_header(token: bytes) -> dict[str, Any]:
+    """Parse the protected header without trusting it. Raises :class:`Malformed` or
+    :class:`BadSignature` (for any algorithm but EdDSA)."""
+    if not _COMPACT.match(token):
+        raise Malformed("not a JWS compact serialisation", field="/")
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.InvalidTokenError as exc:
+        raise Malformed("the JWS header cannot be read", field="/header") from exc
+    if header.get("alg") != ALGORITHM:
+        raise BadSignature("only EdDSA signatures are accepted", field="/header/alg", rule="alg-pinned")
+    if header.get("typ") != JWS_TYP:
+        raise Malformed(f"header typ must be {JWS_TYP}", field="/header/typ")
+    if not isinstance(header.get("kid"), str):
+        raise Malformed("header kid is missing", field="/header/kid")
+    if set(header) - {"alg", "typ", "kid"}:
+        raise Malformed("unexpected header parameters", field="/header", rule="no-extra-header")
+    return header
+
+
+def verify(token: bytes, key: _crypto.VerifyKey) -> dict[str, Any]:
+    """Verify the signature (EdDSA only) and return the claims. The caller checks the rest."""
+    try:
+        claims = jwt.decode(token, key, algorithms=[ALGORITHM], options=_DECODE_OPTIONS)
+    except jwt.InvalidSignatureError as exc:
+        raise BadSignature("the signature does not verify", field="/signature") from exc
+    except jwt.InvalidAlgorithmError as exc:
+        raise BadSignature("only EdDSA signatures are accepted", field="/header/alg", rule="alg-pinned") from exc
+    except jwt.MissingRequiredClaimError as exc:
+        raise Malformed("a required envelope claim is missing", field=f"/{exc.claim}") from exc
+    except jwt.InvalidTokenError as exc:
+        raise Malformed("the envelope cannot be read", field="/") from exc
+    if not isinstance(claims, dict):
+        raise Malformed("the envelope is not a JSON object", field="/")
+    return claims
+
+
+def digest(token: bytes) -> str:
+    """The digest a delivery's ``origin`` carries to trace it to the signed original."""
+    return "sha256:" + _crypto.sha256_b64u(token)
+
+
+def dumps(obj: Any) -> bytes:
+    return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)

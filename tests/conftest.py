@@ -1,0 +1,104 @@
+"""Fixtures: a real nats-server per test (own port, own store), development keys per test,
+a running broker, and agency clients. No mocks stand in for NATS or crypto."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+import structlog
+
+from adapters.sdk import AgencyClient, SeenStore
+from broker.catalogue import Catalogue
+from broker.config import NatsSettings, PipelineSettings, Settings, StreamSettings
+from broker.keystore import init_dev_keys, load_identity
+from broker.natsserver import embedded_nats
+from broker.registry import Registry
+from broker.service import Broker, addressable, connected, jetstream, running_broker
+from broker.streams import ensure_topology
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "schemas" / "examples"
+
+
+@pytest.fixture(autouse=True)
+def _reset_structlog() -> None:
+    structlog.reset_defaults()
+
+
+@pytest.fixture(scope="session")
+def catalogue() -> Catalogue:
+    return Catalogue()
+
+
+@pytest.fixture(scope="session")
+def key_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Development keys made once per session, copied into each test's home."""
+    home = tmp_path_factory.mktemp("keys-template")
+    init_dev_keys(home, home / "registry.json")
+    return home
+
+
+@pytest.fixture
+def home(tmp_path: Path, key_template: Path) -> Path:
+    target = tmp_path / "home"
+    shutil.copytree(key_template, target)
+    return target
+
+
+@pytest.fixture
+async def nats_url(tmp_path: Path) -> AsyncIterator[str]:
+    async with embedded_nats(tmp_path / "nats") as url:
+        yield url
+
+
+def make_settings(home: Path, url: str, instance: str = "test-1", **pipeline: float) -> Settings:
+    return Settings(
+        home=home, registry_path=home / "registry.json", instance=instance,
+        nats=NatsSettings(url=url, request_timeout=2.0),
+        streams=StreamSettings(duplicate_window=60.0),
+        pipeline=PipelineSettings(fetch_timeout=0.2, publish_deadline=2.0, drain_timeout=3.0,
+                                  **pipeline),  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture
+def settings(home: Path, nats_url: str) -> Settings:
+    return make_settings(home, nats_url)
+
+
+@pytest.fixture
+def registry(settings: Settings, catalogue: Catalogue) -> Registry:
+    return Registry.load(settings.registry_path, catalogue)
+
+
+@pytest.fixture
+async def topology(settings: Settings, registry: Registry) -> None:
+    async with connected(settings, settings.nats.url or "", name="setup") as nc:
+        await ensure_topology(jetstream(nc, settings), settings.streams, settings.pipeline, addressable(registry))
+
+
+@pytest.fixture
+async def broker(settings: Settings, topology: None) -> AsyncIterator[Broker]:
+    async with running_broker(settings, settings.nats.url or "") as b:
+        yield b
+
+
+ClientFactory = Callable[[str], Awaitable[AgencyClient]]
+
+
+@pytest.fixture
+async def agency(settings: Settings, registry: Registry, catalogue: Catalogue, topology: None,
+                 tmp_path: Path) -> AsyncIterator[ClientFactory]:
+    """``await agency("police-met")`` gives a connected client for that agency."""
+    async with contextlib.AsyncExitStack() as stack:
+        async def make(agency_id: str) -> AgencyClient:
+            nc = await stack.enter_async_context(connected(settings, settings.nats.url or "", name=agency_id))
+            seen = SeenStore(tmp_path / "seen" / f"{agency_id}.sqlite")
+            stack.callback(seen.close)
+            return AgencyClient(nc, jetstream(nc, settings), registry, load_identity(settings.home, agency_id),
+                                catalogue, seen=seen, request_timeout=2.0)
+
+        yield make
