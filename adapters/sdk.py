@@ -193,7 +193,7 @@ class AgencyClient:
                         except InvalidEnvelope:
                             held.append(msg)
                             continue
-                        if delivery.claims.get("re") == message_id and delivery.type in ("receipt", "rejection"):
+                        if _is_outcome_of(delivery, message_id):
                             await msg.ack()
                             return delivery
                         held.append(msg)
@@ -202,3 +202,11 @@ class AgencyClient:
                 with contextlib.suppress(NatsError):
                     await msg.nak()
         raise BrokerError(f"no outcome for {message_id} within {timeout:g}s")
+
+
+def _is_outcome_of(delivery: Delivery, message_id: str) -> bool:
+    """A receipt or rejection about ``message_id`` (a rejection of unreadable bytes has no ``re``
+    and names the NATS message id in its payload instead)."""
+    if delivery.type not in ("receipt", "rejection") or delivery.claims.get("iss") is None:
+        return False
+    return delivery.claims.get("re") == message_id or delivery.payload.get("messageId") == message_id

@@ -88,6 +88,7 @@ class Settings:
                 fetch_batch=int(env.get("SGB_FETCH_BATCH", PipelineSettings.fetch_batch)),
                 max_message_bytes=int(env.get("SGB_MAX_MESSAGE_BYTES", PipelineSettings.max_message_bytes)),
                 max_age=float(env.get("SGB_MAX_AGE", PipelineSettings.max_age)),
+                ack_wait=float(env.get("SGB_ACK_WAIT", PipelineSettings.ack_wait)),
             )
         except ValueError as exc:
             raise ConfigError(f"bad numeric setting: {exc}") from exc

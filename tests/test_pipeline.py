@@ -1,0 +1,148 @@
+"""The secure message path end to end through a real nats-server and broker."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from broker.auditlog import read_audit
+from broker.config import Settings
+from broker.service import Broker, connected, jetstream, running_broker
+from broker.streams import DELIVERY
+from tests.conftest import ClientFactory, make_settings
+from tests.helpers import drain, referral, sharing
+
+pytestmark = pytest.mark.timeout(90)
+
+
+async def test_referral_is_delivered_opened_and_receipted(broker: Broker, agency: ClientFactory) -> None:
+    police, la = await agency("police-met"), await agency("la-camden")
+    payload = referral()
+    jti = await police.send(typ="referral", to=["la-camden"], payload=payload, sharing=sharing())
+
+    outcome = await police.wait_outcome(jti, timeout=10)
+    assert outcome.type == "receipt"
+    assert outcome.payload["status"] == "routed" and outcome.payload["recipients"] == ["la-camden"]
+
+    (delivery,) = await drain(la, want=1)
+    assert delivery.type == "referral"
+    assert delivery.payload == payload
+    assert delivery.claims["iss"] == "sg-broker" and delivery.claims["to"] == ["la-camden"]
+    assert delivery.claims["origin"]["iss"] == "police-met" and delivery.claims["origin"]["jti"] == jti
+    assert delivery.claims["origin"]["digest"].startswith("sha256:")
+    assert delivery.claims["sharing"] == sharing()
+
+
+async def test_audit_records_metadata_only(broker: Broker, agency: ClientFactory, settings: Settings) -> None:
+    police, la = await agency("police-met"), await agency("la-camden")
+    payload = referral()
+    jti = await police.send(typ="referral", to=["la-camden"], payload=payload, sharing=sharing())
+    await police.wait_outcome(jti, timeout=10)
+    await drain(la, want=1)
+    async with connected(settings, settings.nats.url or "", name="t") as nc:
+        records = [r async for r in read_audit(jetstream(nc, settings))]
+    events = sorted(r["event"] for r in records if r["message"] == jti)
+    assert events == ["received", "shared"]
+    shared = next(r for r in records if r["event"] == "shared")
+    assert shared["recipient"] == "la-camden" and shared["sharing"] == sharing()
+    assert shared["fields"] == sorted(payload)
+    text = orjson.dumps(records).decode()
+    for secret in (payload["child"]["name"]["family"], payload["concern"]["summary"]):
+        assert secret not in text
+
+
+async def test_hybrid_suite_recipient_gets_post_quantum_sealing(broker: Broker, agency: ClientFactory) -> None:
+    la, health = await agency("la-camden"), await agency("health-camden")
+    request = orjson.loads(Path("schemas/examples/information-request.example.json").read_bytes())
+    jti = await la.send(typ="information-request", to=["health-camden"], payload=request,
+                        sharing=sharing("information-request"))
+    assert (await la.wait_outcome(jti, timeout=10)).type == "receipt"
+    (delivery,) = await drain(health, want=1)
+    assert delivery.claims["enc"]["suite"] == "MLKEM768X25519-SHA256-AES256GCM"
+    assert delivery.payload == request
+
+
+async def test_policy_narrows_recipients_never_widens(broker: Broker, agency: ClientFactory) -> None:
+    police, la, school = await agency("police-met"), await agency("la-camden"), await agency("school-hillside")
+    jti = await police.send(typ="referral", to=["la-camden", "school-hillside"], payload=referral(),
+                            sharing=sharing())
+    outcome = await police.wait_outcome(jti, timeout=10)
+    assert outcome.payload["recipients"] == ["la-camden"]
+    assert outcome.payload["refused"] == [{"recipient": "school-hillside", "code": "not-permitted",
+                                           "rule": "route.referral"}]
+    await drain(la, want=1)
+    assert [d async for d in school.fetch(idle=0.5)] == []
+
+
+async def _count(settings: Settings, subject: str) -> int:
+    async with connected(settings, settings.nats.url or "", name="count") as nc:
+        info = await jetstream(nc, settings).stream_info(DELIVERY, subjects_filter=subject)
+        return (info.state.subjects or {}).get(subject, 0)
+
+
+async def _wait_count(settings: Settings, subject: str, want: int, timeout: float) -> int:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    n = 0
+    while loop.time() < deadline:
+        n = await _count(settings, subject)
+        if n >= want:
+            await asyncio.sleep(1.0)  # anything extra (a duplicate) would show up now
+            return await _count(settings, subject)
+        await asyncio.sleep(0.2)
+    return n
+
+
+async def _serve(settings: Settings, instance: str) -> asyncio.subprocess.Process:
+    env = os.environ | {"SGB_NATS_URL": settings.nats.url or "", "SGB_INSTANCE": instance,
+                        "SGB_HOME": str(settings.home), "SGB_ACK_WAIT": "5"}
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "broker.cli", "serve", "--log-level", "ERROR", env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+
+
+async def test_broker_killed_mid_stream_loses_nothing_and_duplicates_nothing(
+        settings: Settings, topology: None, agency: ClientFactory) -> None:
+    police = await agency("police-met")
+    total = 300
+    built = [police.build(typ="referral", to=["la-camden"], payload=referral(), sharing=sharing())
+             for _ in range(total)]
+    first = await _serve(settings, "crash-1")
+    try:
+        for jti, data in built:
+            await police.publish(data, jti)
+        got = await _wait_count(settings, "sg.out.la-camden", 20, timeout=30)
+        assert 0 < got < total, "the kill must land mid-stream"
+    finally:
+        first.send_signal(signal.SIGKILL)
+        await first.wait()
+    second = await _serve(settings, "crash-2")
+    try:
+        # After SIGKILL, unacked messages come back once ack_wait (5 s here) passes.
+        delivered = await _wait_count(settings, "sg.out.la-camden", total, timeout=40)
+        receipts = await _wait_count(settings, "sg.out.police-met", total, timeout=10)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        await second.wait()
+    assert delivered == total
+    assert receipts == total
+
+
+async def test_two_instances_share_the_work(settings: Settings, topology: None, agency: ClientFactory) -> None:
+    police = await agency("police-met")
+    total = 200
+    other = make_settings(settings.home, settings.nats.url or "", instance="test-2")
+    async with running_broker(settings, settings.nats.url or "") as one, \
+            running_broker(other, other.nats.url or "") as two:
+        for _ in range(total):
+            jti, data = police.build(typ="referral", to=["la-camden"], payload=referral(), sharing=sharing())
+            await police.publish(data, jti)
+        assert await _wait_count(settings, "sg.out.la-camden", total, timeout=30) == total
+        assert one.pipeline.counters.shared > 0 and two.pipeline.counters.shared > 0
+        assert one.pipeline.counters.shared + two.pipeline.counters.shared == total
