@@ -121,7 +121,7 @@ class AgencyClient:
                 await self.js.publish(ingress_subject(self.agency), data, timeout=self.timeout,
                                       headers={"Nats-Msg-Id": msg_id})
                 return
-            except (NatsTimeoutError, asyncio.TimeoutError, NatsError, APIError) as exc:
+            except (TimeoutError, NatsTimeoutError, NatsError, APIError) as exc:
                 if isinstance(exc, APIError) and exc.code not in (None, 503):
                     raise PublishTimeout(f"JetStream refused the message: {exc.description}") from exc
                 await asyncio.sleep(0.2 * (attempt + 1))
@@ -168,7 +168,7 @@ class AgencyClient:
             while True:
                 try:
                     msgs = await sub.fetch(batch, timeout=idle)
-                except (NatsTimeoutError, asyncio.TimeoutError):
+                except (TimeoutError, NatsTimeoutError):
                     return
                 for msg in msgs:
                     try:
@@ -185,7 +185,7 @@ class AgencyClient:
                 while (left := deadline - time.monotonic()) > 0:
                     try:
                         msgs = await sub.fetch(16, timeout=min(left, 1.0))
-                    except (NatsTimeoutError, asyncio.TimeoutError):
+                    except (TimeoutError, NatsTimeoutError):
                         continue
                     for msg in msgs:
                         try:

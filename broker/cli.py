@@ -285,7 +285,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(level=level)
     try:
         settings = Settings.from_env(home=args.home)
-        return asyncio.run(args.func(settings, args))
+        code: int = asyncio.run(args.func(settings, args))
+        return code
     except BrokerError as exc:
         print(f"sgb: error: {exc}", file=sys.stderr)
         return 1

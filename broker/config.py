@@ -40,7 +40,9 @@ class StreamSettings:
     seen_ttl: float = 900.0               # replay window; must exceed max_age + max_future_skew
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+
+
+@dataclass(frozen=True, kw_only=True)
 class PipelineSettings:
     fetch_batch: int = 128
     fetch_timeout: float = 1.0

@@ -150,7 +150,8 @@ async def play(story: Story, c: dict[str, AgencyClient]) -> None:
     await _send(story, police, typ="referral", to=[LA], payload=ada, label="referral, child 1",
                 sharing=police_sharing | {"consentStatus": "GIVEN", "subjectInformed": "INFORMED"})
     await _send(story, police, typ="referral", to=[LA], payload=ben, label="referral, child 2",
-                sharing=police_sharing | {"consentStatus": "NOT_SOUGHT", "nonConsentReason": "WOULD_INCREASE_RISK_OF_HARM",
+                sharing=police_sharing | {"consentStatus": "NOT_SOUGHT",
+                                          "nonConsentReason": "WOULD_INCREASE_RISK_OF_HARM",
                                           "subjectInformed": "NOT_INFORMED_UNSAFE"})
 
     _say("\n2. Next morning — Camden's front door opens both referrals and decides within one working day.")

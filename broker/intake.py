@@ -61,7 +61,8 @@ class Intake:
     def authenticate(self, subject_agency: str, token: bytes, stored_at: float) -> Authenticated:
         """Checks in an order that never does expensive work for an unauthenticated sender."""
         if len(token) > self.settings.max_message_bytes:
-            raise TooLarge(f"message exceeds {self.settings.max_message_bytes} bytes", field="/", rule="max-message-bytes")
+            raise TooLarge(f"message exceeds {self.settings.max_message_bytes} bytes", field="/",
+                           rule="max-message-bytes")
         header = wire.read_header(token)
         signer, key = self.registry.signer(header["kid"], stored_at)
         if signer.id != subject_agency:
@@ -69,12 +70,14 @@ class Intake:
         claims = wire.verify(token, key)
         issue = self.catalogue.first_issue(self._envelope, claims)
         if issue is not None:
-            raise Malformed(f"envelope '{issue.keyword}' check failed", field=issue.pointer or "/", rule="envelope.v1.json")
+            raise Malformed(f"envelope '{issue.keyword}' check failed", field=issue.pointer or "/",
+                            rule="envelope.v1.json")
         if claims["iss"] != subject_agency:
             raise SenderMismatch("iss is not the agency that published", field="/iss")
         age = stored_at - claims["iat"]
         if age > self.settings.max_age:
-            raise Stale(f"sent more than {int(self.settings.max_age)}s before it was received", field="/iat", rule="max-age")
+            raise Stale(f"sent more than {int(self.settings.max_age)}s before it was received", field="/iat",
+                        rule="max-age")
         if age < -self.settings.max_future_skew:
             raise Stale("iat is in the future", field="/iat", rule="max-future-skew")
         if "origin" in claims:
@@ -85,7 +88,7 @@ class Intake:
         claims = auth.claims
         mtype = self.catalogue.message_type(claims["typ"], claims["ver"])
         if mtype is None:
-            raise UnknownType(f"no schema for this type and version", field="/typ", rule="catalogue")
+            raise UnknownType("no schema for this type and version", field="/typ", rule="catalogue")
         kem = self.broker.kem_key(claims["enc"]["kid"])
         if kem is None or kem.suite != claims["enc"]["suite"]:
             raise Undecryptable("payload is not sealed to a current broker key", field="/enc/kid")

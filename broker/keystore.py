@@ -21,7 +21,7 @@ from broker import _crypto
 from broker.errors import ConfigError, KeyStoreError
 
 BROKER_ID = "sg-broker"
-TOKEN_ISSUER_ID = "dev-token-issuer"
+TOKEN_ISSUER_ID = "dev-token-issuer"  # noqa: S105 - an agency id, not a secret
 
 # (id, kind, display name, suite): the demo partnership of Camden.
 DEMO_AGENCIES: tuple[tuple[str, str, str, _crypto.SuiteName], ...] = (

@@ -50,10 +50,15 @@ def _config(store: Path, max_payload: int, extra: str) -> str:
     ).replace("'", '"')
 
 
+def _write_config(conf: Path, text: str) -> None:
+    conf.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    conf.write_text(text)
+
+
 async def _pump(stream: asyncio.StreamReader, log_path: Path) -> None:
     """Keep the server's stderr drained (a full pipe would stall it), into a bounded log file."""
-    written = log_path.stat().st_size if log_path.exists() else 0
     with log_path.open("ab") as fh:
+        written = fh.tell()
         while line := await stream.readline():
             if written < _MAX_LOG_BYTES:
                 fh.write(line)
@@ -83,9 +88,8 @@ async def embedded_nats(
     store: Path, *, max_payload: int = 8 * 1024 * 1024, extra_config: str = "", ready_timeout: float = 15.0
 ) -> AsyncIterator[str]:
     """Run nats-server with JetStream under ``store``; yield its ``nats://`` URL; stop it on exit."""
-    store.mkdir(parents=True, exist_ok=True, mode=0o700)
     conf = store / "nats-server.conf"
-    conf.write_text(_config(store, max_payload, extra_config))
+    _write_config(conf, _config(store, max_payload, extra_config))
     proc = await asyncio.create_subprocess_exec(
         nats_server_binary(), "-c", str(conf),
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,

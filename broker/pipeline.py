@@ -85,7 +85,7 @@ class Pipeline:
                     continue
                 try:
                     msgs = await sub.fetch(min(self._settings.fetch_batch, free), timeout=self._settings.fetch_timeout)
-                except (NatsTimeoutError, asyncio.TimeoutError):
+                except (TimeoutError, NatsTimeoutError):
                     continue
                 except NatsError as exc:
                     log.warning("fetch failed; retrying", error=type(exc).__name__)

@@ -34,7 +34,7 @@ ROUTES: Final[Mapping[str, Route]] = {
     "referral": Route("route.referral", AGENCIES - {"national-panel"}, frozenset({"local-authority"}),
                       "WT2023 ch.2 para 2.4: anyone with concerns refers to LA children's social care"),
     "referral-outcome": Route("route.referral-outcome", frozenset({"local-authority"}), AGENCIES,
-                              "WT2023: LA acknowledges and decides within one working day, feeding back to the referrer"),
+                              "WT2023: LA acknowledges and decides within one working day, then tells the referrer"),
     "information-request": Route("route.information-request", PARTNERS, PARTNERS | {"school"},
                                  "CA1989 s47(9)-(11), s27; CA2004 s16E: partners request information of one another"),
     "information-response": Route("route.information-response", AGENCIES, PARTNERS,

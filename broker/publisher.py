@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 from nats.errors import Error as NatsError
@@ -42,7 +43,7 @@ class Publisher:
         pending = list(items)
         last_error = "no acknowledgement"
         for attempt in range(self._attempts):
-            futures: list[tuple[Outgoing, asyncio.Future[object]]] = []
+            futures: list[tuple[Outgoing, asyncio.Future[Any]]] = []
             try:
                 for item in pending:
                     fut = await self._js.publish_async(

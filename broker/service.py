@@ -62,7 +62,7 @@ async def connected(settings: Settings, url: str, *, name: str, inbox_prefix: st
     if settings.nats.user:
         options |= {"user": settings.nats.user, "password": settings.nats.password}
     try:
-        nc = await nats.connect(url, **options)  # type: ignore[arg-type]
+        nc = await nats.connect(url, **options)
     except (NatsError, OSError) as exc:
         raise TransportError(f"cannot connect to NATS at {url}: {type(exc).__name__}") from exc
     try:

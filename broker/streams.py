@@ -97,7 +97,7 @@ async def _retry(call: Any, *args: Any, attempts: int = 5) -> Any:
     for attempt in range(attempts):
         try:
             return await call(*args)
-        except (NatsTimeoutError, asyncio.TimeoutError):
+        except (TimeoutError, NatsTimeoutError):
             if attempt == attempts - 1:
                 raise
             await asyncio.sleep(0.5 * (attempt + 1))
@@ -127,5 +127,5 @@ async def ensure_topology(
         await _retry(js.add_consumer, INGRESS, broker_consumer(pipeline))
         for agency in agencies:
             await _retry(js.add_consumer, DELIVERY, agency_consumer(agency))
-    except (APIError, NotFoundError, NatsTimeoutError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, APIError, NotFoundError, NatsTimeoutError) as exc:
         raise TransportError(f"cannot set up JetStream: {exc}") from exc

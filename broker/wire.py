@@ -91,7 +91,7 @@ def read_header(token: bytes) -> dict[str, Any]:
 def verify(token: bytes, key: _crypto.VerifyKey) -> dict[str, Any]:
     """Verify the signature (EdDSA only) and return the claims. The caller checks the rest."""
     try:
-        claims = jwt.decode(token, key, algorithms=[ALGORITHM], options=_DECODE_OPTIONS)
+        claims = jwt.decode(token, key, algorithms=[ALGORITHM], options=_DECODE_OPTIONS)  # type: ignore[arg-type]
     except jwt.InvalidSignatureError as exc:
         raise BadSignature("the signature does not verify", field="/signature") from exc
     except jwt.InvalidAlgorithmError as exc:

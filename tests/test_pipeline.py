@@ -110,22 +110,24 @@ async def _serve(settings: Settings, instance: str) -> asyncio.subprocess.Proces
 async def test_broker_killed_mid_stream_loses_nothing_and_duplicates_nothing(
         settings: Settings, topology: None, agency: ClientFactory) -> None:
     police = await agency("police-met")
-    total = 300
-    built = [police.build(typ="referral", to=["la-camden"], payload=referral(), sharing=sharing())
-             for _ in range(total)]
+    total = 1500
+    for _ in range(total):  # a backlog, so the kill lands while the broker is busy
+        jti, data = police.build(typ="referral", to=["la-camden"], payload=referral(), sharing=sharing())
+        await police.publish(data, jti)
     first = await _serve(settings, "crash-1")
     try:
-        for jti, data in built:
-            await police.publish(data, jti)
-        got = await _wait_count(settings, "sg.out.la-camden", 20, timeout=30)
-        assert 0 < got < total, "the kill must land mid-stream"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while (got := await _count(settings, "sg.out.la-camden")) < 1 and loop.time() < deadline:
+            await asyncio.sleep(0.05)
     finally:
         first.send_signal(signal.SIGKILL)
         await first.wait()
+    assert 0 < got < total, "the kill must land mid-stream"
     second = await _serve(settings, "crash-2")
     try:
         # After SIGKILL, unacked messages come back once ack_wait (5 s here) passes.
-        delivered = await _wait_count(settings, "sg.out.la-camden", total, timeout=40)
+        delivered = await _wait_count(settings, "sg.out.la-camden", total, timeout=60)
         receipts = await _wait_count(settings, "sg.out.police-met", total, timeout=10)
     finally:
         second.send_signal(signal.SIGTERM)
