@@ -6,7 +6,6 @@ import asyncio
 import os
 import signal
 import sys
-from pathlib import Path
 
 import orjson
 import pytest
@@ -16,7 +15,7 @@ from broker.config import Settings
 from broker.service import Broker, connected, jetstream, running_broker
 from broker.streams import DELIVERY
 from tests.conftest import ClientFactory, make_settings
-from tests.helpers import drain, referral, sharing
+from tests.helpers import drain, example, referral, sharing
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -59,7 +58,7 @@ async def test_audit_records_metadata_only(broker: Broker, agency: ClientFactory
 
 async def test_hybrid_suite_recipient_gets_post_quantum_sealing(broker: Broker, agency: ClientFactory) -> None:
     la, health = await agency("la-camden"), await agency("health-camden")
-    request = orjson.loads(Path("schemas/examples/information-request.example.json").read_bytes())
+    request = example("information-request.example.json")
     jti = await la.send(typ="information-request", to=["health-camden"], payload=request,
                         sharing=sharing("information-request"))
     assert (await la.wait_outcome(jti, timeout=10)).type == "receipt"
