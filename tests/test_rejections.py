@@ -89,7 +89,8 @@ def _bad_nhs_number(client: AgencyClient) -> tuple[str, bytes]:
 
 
 def _no_basis(client: AgencyClient) -> tuple[str, bytes]:
-    return _good(client, sharing={k: v for k, v in sharing().items() if k not in ("lawfulBasis", "lawEnforcementBasis")})
+    bases = ("lawfulBasis", "lawEnforcementBasis")
+    return _good(client, sharing={k: v for k, v in sharing().items() if k not in bases})
 
 
 CASES: dict[str, tuple[str, Callable[[AgencyClient], tuple[str, bytes]]]] = {

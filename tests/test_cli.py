@@ -1,0 +1,115 @@
+"""The integrator's command line, run as a real process against a real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from broker.config import Settings
+from broker.service import Broker
+
+pytestmark = pytest.mark.timeout(120)
+EXAMPLES = Path(__file__).resolve().parent.parent / "schemas" / "examples"
+
+
+async def sgb(*args: str, home: Path, url: str | None = None, timeout: float = 60) -> tuple[int, str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SGB_")} | {"SGB_HOME": str(home)}
+    if url:
+        env["SGB_NATS_URL"] = url
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "broker.cli", *args, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def _lines(text: str) -> list[dict[str, object]]:
+    return [orjson.loads(line) for line in text.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("command", [["keys", "init"], ["serve"], ["demo"], ["send"], ["inbox"], ["audit", "list"]])
+async def test_help(command: list[str], tmp_path: Path) -> None:
+    rc, out, _ = await sgb(*command, "--help", home=tmp_path)
+    assert rc == 0 and "--home" in out
+
+
+async def test_keys_init_writes_private_keys_0600(tmp_path: Path) -> None:
+    home = tmp_path / "h"
+    rc, out, _ = await sgb("keys", "init", home=home)
+    assert rc == 0, out
+    assert stat.S_IMODE((home / "keys").stat().st_mode) == 0o700
+    keys = sorted((home / "keys").iterdir())
+    assert {p.name for p in keys} >= {"police-met.key.json", "sg-broker.key.json", "dev-token-issuer.key.json"}
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in keys)
+    registry = orjson.loads((home / "registry.json").read_bytes())
+    assert {a["id"] for a in registry["agencies"]} >= {"police-met", "health-camden", "la-camden", "school-hillside"}
+    assert b'"d"' not in (home / "registry.json").read_bytes()  # no private material in the registry
+    rc, _, err = await sgb("keys", "init", home=home)
+    assert rc == 1 and "--force" in err
+
+
+async def test_send_wait_inbox_and_audit(broker: Broker, settings: Settings, tmp_path: Path) -> None:
+    home, url = settings.home, settings.nats.url
+    send = ("send", "--as", "police-met", "--type", "referral", "--to", "la-camden",
+            "--sharing", str(EXAMPLES / "referral.sharing.example.json"), str(EXAMPLES / "referral.example.json"))
+    rc, out, err = await sgb(*send, "--wait", home=home, url=url)
+    assert rc == 0, err
+    (result,) = _lines(out)
+    assert result["outcome"] == "routed" and result["deliveredTo"] == ["la-camden"]
+
+    # --out then --raw: the file is the wire message and goes out unchanged
+    wire_file = tmp_path / "msg.jws"
+    rc, out, _ = await sgb(*send, "--out", str(wire_file), home=home, url=url)
+    assert rc == 0 and wire_file.read_bytes().count(b".") == 2
+    rc, out, _ = await sgb("send", "--as", "police-met", "--raw", str(wire_file), "--wait", home=home, url=url)
+    assert rc == 0 and _lines(out)[0]["outcome"] == "routed"
+
+    rc, out, _ = await sgb("inbox", "--as", "la-camden", "--json", home=home, url=url)
+    assert rc == 0
+    first = _lines(out)
+    assert len(first) == 2 and all(d["envelope"]["typ"] == "referral" for d in first)  # type: ignore[index]
+    assert first[0]["payload"] == orjson.loads((EXAMPLES / "referral.example.json").read_bytes())
+    rc, out, _ = await sgb("inbox", "--as", "la-camden", "--json", "--ack", home=home, url=url)
+    assert len(_lines(out)) == 2  # not acked before, so shown again
+    rc, out, _ = await sgb("inbox", "--as", "la-camden", "--json", home=home, url=url)
+    assert _lines(out) == []  # acked: gone
+
+    rc, out, _ = await sgb("audit", "list", "--json", home=home, url=url)
+    events = [r["event"] for r in _lines(out)]
+    assert events.count("received") == 2 and events.count("shared") == 2
+
+
+async def test_send_wait_reports_rejection_with_exit_3(broker: Broker, settings: Settings, tmp_path: Path) -> None:
+    sharing = orjson.loads((EXAMPLES / "referral.sharing.example.json").read_bytes())
+    for key in ("lawfulBasis", "lawEnforcementBasis"):
+        sharing.pop(key)
+    (tmp_path / "s.json").write_bytes(orjson.dumps(sharing))
+    rc, out, _ = await sgb("send", "--as", "police-met", "--type", "referral", "--to", "la-camden",
+                           "--sharing", str(tmp_path / "s.json"), str(EXAMPLES / "referral.example.json"),
+                           "--wait", home=settings.home, url=settings.nats.url)
+    assert rc == 3
+    (result,) = _lines(out)
+    assert result["outcome"] == "rejected" and result["code"] == "no-lawful-basis"
+    assert result["field"] == "/sharing/lawfulBasis"
+
+
+async def test_raw_garbage_is_rejected_visibly(broker: Broker, settings: Settings, tmp_path: Path) -> None:
+    (tmp_path / "junk").write_bytes(b"this is not a message")
+    rc, out, _ = await sgb("send", "--as", "police-met", "--raw", str(tmp_path / "junk"), "--wait",
+                           home=settings.home, url=settings.nats.url)
+    assert rc == 3 and _lines(out)[0]["code"] == "malformed"
+
+
+async def test_demo_on_embedded_nats_completes(tmp_path: Path) -> None:
+    rc, out, err = await sgb("demo", home=tmp_path / "demo-home", timeout=100)
+    assert rc == 0, out + err
+    assert "The story completed" in out
+    assert "REFUSED [no-lawful-basis]" in out
+    assert not (tmp_path / "demo-home" / "demo" / "nats" / "url").exists()  # server stopped cleanly
