@@ -1,0 +1,1 @@
+"""``make bench``: raw JetStream relay, the crypto floor, and the full broker pipeline."""
