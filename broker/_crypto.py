@@ -13,7 +13,7 @@ import hmac
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from cryptography.exceptions import InvalidTag
+from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.hpke import (
@@ -69,6 +69,14 @@ def signing_key_bytes(key: SigningKey) -> bytes:
 
 def signing_key_from_bytes(raw: bytes) -> SigningKey:
     return Ed25519PrivateKey.from_private_bytes(raw)
+
+
+def verify_signature(key: VerifyKey, signature: bytes, data: bytes) -> None:
+    """Ed25519 verification; raises :class:`InvalidEnvelope` on a bad signature."""
+    try:
+        key.verify(signature, data)
+    except InvalidSignature as exc:
+        raise InvalidEnvelope("signature does not verify") from exc
 
 
 def verify_key_bytes(key: VerifyKey) -> bytes:

@@ -130,3 +130,26 @@ def test_identity_kem_lookup() -> None:
     ident = Identity("a", "k", _SK, {"enc-1": kp})
     assert ident.kem_key("enc-1") is kp
     assert ident.kem_key("enc-2") is None
+
+
+def _outcome(fn: object, token: bytes) -> str:
+    try:
+        wire.read_header(token)
+        fn(token, _SK.public_key())  # type: ignore[operator]
+    except (Malformed, BadSignature) as exc:
+        return type(exc).__name__
+    return "ok"
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_fast_verify_agrees_with_pyjwt(data: st.DataObject) -> None:
+    """The broker's hot-path verifier accepts and refuses exactly what PyJWT does."""
+    claims = _full_claims()
+    if data.draw(st.booleans()):
+        del claims[data.draw(st.sampled_from(sorted(claims)))]
+    token = bytearray(wire.sign(claims, _SK, "kid-1"))
+    for _ in range(data.draw(st.integers(0, 2))):
+        i = data.draw(st.integers(0, len(token) - 1))
+        token[i] = data.draw(st.sampled_from(b"ABCabc019-_.=!"))
+    assert _outcome(wire.verify_fast, bytes(token)) == _outcome(wire.verify, bytes(token))
