@@ -61,6 +61,7 @@ class Settings:
     home: Path
     registry_path: Path
     instance: str
+    rulebook_path: Path | None = None  # None: deploy/rulebook.yaml
     nats: NatsSettings = NatsSettings()
     streams: StreamSettings = StreamSettings()
     pipeline: PipelineSettings = PipelineSettings()
@@ -101,7 +102,9 @@ class Settings:
             user=env.get("SGB_NATS_USER") or None,
             password=env.get("SGB_NATS_PASSWORD") or None,
         )
-        return cls(home=home_path, registry_path=registry, instance=instance, nats=nats, pipeline=pipeline)
+        rulebook = Path(env["SGB_RULEBOOK"]) if env.get("SGB_RULEBOOK") else None
+        return cls(home=home_path, registry_path=registry, instance=instance, rulebook_path=rulebook, nats=nats,
+                   pipeline=pipeline)
 
 
 def default_instance_id() -> str:

@@ -44,7 +44,9 @@ def _say(text: str = "") -> None:
 def _sharing(**over: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
         "vocabulary": "sgb-lawful-basis/1", "purpose": "CHILD_PROTECTION", "lawfulBasis": "UKGDPR_6_1_E",
-        "statutoryGateways": ["CA1989_S47"], "consentStatus": "NOT_SOUGHT", "urgency": "URGENT",
+        "specialCategoryCondition": "UKGDPR_9_2_G_SCH1_P18", "statutoryGateways": ["CA1989_S47"],
+        "consentStatus": "NOT_SOUGHT", "nonConsentReason": "WOULD_PREJUDICE_PROTECTION",
+        "subjectInformed": "TO_BE_INFORMED_LATER", "urgency": "URGENT",
         "decidedBy": {"role": "Social Worker", "staffRef": "LBC-SW-0192"}, "guidanceEdition": "WT2023",
     }
     return {k: v for k, v in (base | over).items() if v is not None}
@@ -148,7 +150,8 @@ async def play(story: Story, c: dict[str, AgencyClient]) -> None:
     ada = _referral(_child("Ada", "2017-03-14", "9990001234", "A123456789012"), consent="given")
     ben = _referral(_child("Ben", "2020-09-02", "9990005678", "B123456789012"), consent="refused")
     await _send(story, police, typ="referral", to=[LA], payload=ada, label="referral, child 1",
-                sharing=police_sharing | {"consentStatus": "GIVEN", "subjectInformed": "INFORMED"})
+                sharing={k: v for k, v in police_sharing.items() if k != "nonConsentReason"}
+                | {"consentStatus": "GIVEN", "subjectInformed": "INFORMED"})
     await _send(story, police, typ="referral", to=[LA], payload=ben, label="referral, child 2",
                 sharing=police_sharing | {"consentStatus": "NOT_SOUGHT",
                                           "nonConsentReason": "WOULD_INCREASE_RISK_OF_HARM",

@@ -99,6 +99,8 @@ class Outcomes:
             "type": claims["typ"], "version": claims["ver"], "sender": sender,
             "sharing": claims["sharing"], "payloadDigest": digest, "rules": list(decision.rules),
         }
+        if decision.flags:
+            base["flags"] = list(decision.flags)
         if claims.get("thread"):
             base["thread"] = claims["thread"]
         out = [self._audit(base | {"id": derived_id("audit", jti, "received"), "event": "received",
@@ -119,8 +121,11 @@ class Outcomes:
                               plaintext=plaintext, sharing=claims["sharing"], re=claims.get("re"),
                               thread=claims.get("thread"), origin=origin)
             out.append(Outgoing(delivery_subject(rd.recipient), token, delivery_id))
-            out.append(self._audit(record | {"event": "shared", "decision": "share", "deliveryId": delivery_id,
-                                             "fields": sorted(payload)}))
+            shared = record | {"event": "shared", "decision": "share", "deliveryId": delivery_id,
+                               "fields": sorted(payload)}
+            if rd.withheld:
+                shared["withheld"] = list(rd.withheld)
+            out.append(self._audit(shared))
         receipt = {
             "messageId": jti, "status": "routed", "at": iso(self.clock()),
             "recipients": [r.recipient for r in decision.shared],

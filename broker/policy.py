@@ -1,46 +1,30 @@
-"""Step 4, the decision: may this sender share this message with each recipient, on what basis?
+"""Step 4, the decision: may this sender share this message with each recipient, on what basis,
+and which fields may each recipient see?
 
-This is the seam where the full information-sharing rulebook plugs in: anything with a
-``decide`` method of the :class:`Policy` shape will do. :class:`BaselinePolicy` applies the
-first checks of the wire contract: routing by agency kind and the presence of a lawful
-basis. It refuses the whole message when no recipient may receive it, and narrows ``to``
-(never widens it) when only some may.
+:class:`Policy` is the seam; :class:`RulebookPolicy` applies the partnership's rulebook
+(``deploy/rulebook.yaml``): routing by agency kind, the lawful basis and conditions, consent
+and transparency, necessary-and-proportionate field allow-lists per recipient kind, and
+protected identities. It refuses the whole message (raising a
+:class:`~broker.errors.RejectedMessage`) when the message itself is unlawful or no recipient
+may receive it, and narrows ``to`` (never widens it) when only some may. Every decision names
+the rules that made it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any, Final, Protocol
+
+import orjson
 
 from broker.catalogue import MessageType
 from broker.errors import NoLawfulBasis, NotPermitted
 from broker.registry import Agency
+from broker.rulebook import Rule, Rulebook
 
-PARTNERS: Final = frozenset({"police", "health", "local-authority"})
-AGENCIES: Final = PARTNERS | {"school", "voluntary-sector", "probation", "national-panel"}
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    rule: str
-    senders: frozenset[str]
-    recipients: frozenset[str]
-    citation: str
-
-
-# Which kinds may send which types to which kinds (Working Together 2023 ch. 2 and 3).
-ROUTES: Final[Mapping[str, Route]] = {
-    "referral": Route("route.referral", AGENCIES - {"national-panel"}, frozenset({"local-authority"}),
-                      "WT2023 ch.2 para 2.4: anyone with concerns refers to LA children's social care"),
-    "referral-outcome": Route("route.referral-outcome", frozenset({"local-authority"}), AGENCIES,
-                              "WT2023: LA acknowledges and decides within one working day, then tells the referrer"),
-    "information-request": Route("route.information-request", PARTNERS, PARTNERS | {"school"},
-                                 "CA1989 s47(9)-(11), s27; CA2004 s16E: partners request information of one another"),
-    "information-response": Route("route.information-response", AGENCIES, PARTNERS,
-                                  "CA1989 s47(9)-(11): duty to assist with enquiries"),
-    "receipt": Route("route.receipt", AGENCIES, AGENCIES, "service administration"),
-}
+WITHOUT_CONSENT: Final = frozenset({"NOT_SOUGHT", "REFUSED_OVERRIDDEN"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,13 +34,15 @@ class RecipientDecision:
     rules: tuple[str, ...]
     code: str | None = None
     reason: str | None = None
-    fields: tuple[str, ...] | None = None  # payload members passed on; None = all
+    fields: tuple[str, ...] | None = None  # top-level payload members passed on; None = all
+    withheld: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
     recipients: tuple[RecipientDecision, ...]
-    rules: tuple[str, ...] = field(default=())
+    rules: tuple[str, ...] = ()
+    flags: tuple[str, ...] = field(default=())  # reasons for IG review
 
     @property
     def shared(self) -> tuple[RecipientDecision, ...]:
@@ -74,34 +60,111 @@ class Policy(Protocol):
         ...
 
 
-class BaselinePolicy:
-    """Routing by kind, plus a lawful basis wherever personal data is shared."""
+def _restricted_bases() -> frozenset[str]:
+    vocab = orjson.loads((resources.files("schemas") / "vocabulary.v1.json").read_bytes())
+    return frozenset(e["code"] for e in vocab["lists"]["lawfulBasis"] if e.get("notForPublicAuthorities"))
+
+
+class RulebookPolicy:
+    def __init__(self, rulebook: Rulebook) -> None:
+        self.rulebook = rulebook
+        self._restricted = _restricted_bases()
 
     def decide(self, sender: Agency, recipients: tuple[Agency, ...], mtype: MessageType,
                sharing: Mapping[str, Any], payload: Mapping[str, Any]) -> Decision:
-        route = ROUTES.get(mtype.name)
-        if route is None or sender.kind not in route.senders:
-            raise NotPermitted(f"a {sender.kind} agency may not send {mtype.name} messages",
-                               field="/typ", rule=route.rule if route else "route.none")
-        rules = [route.rule]
+        rule = self.rulebook.rule_for(mtype.name, sender.kind)
+        if rule is None:
+            raise NotPermitted(f"no rule lets a {sender.kind} agency send {mtype.name} messages",
+                               field="/typ", rule=f"route.{mtype.name}")
+        applied = [rule.id]
+        flags: list[str] = []
         if mtype.personal_data:
-            has_basis = "lawfulBasis" in sharing or (
-                sender.kind == "police" and "lawEnforcementBasis" in sharing
-            )
-            if not has_basis:
-                raise NoLawfulBasis("a UK GDPR Art 6 basis (or, for police, a DPA 2018 Part 3 basis) is required",
-                                    field="/sharing/lawfulBasis", rule="basis.present")
-            rules.append("basis.present")
-        decisions = []
-        for agency in recipients:
-            if agency.kind in route.recipients:
-                decisions.append(RecipientDecision(agency.id, True, tuple(rules)))
-            else:
-                decisions.append(RecipientDecision(
-                    agency.id, False, (route.rule,), code=NotPermitted.code,
-                    reason=f"{mtype.name} may not be sent to a {agency.kind} agency",
-                ))
+            applied += self._lawful_basis(rule, sender, mtype, sharing)
+            applied += self._consent(sharing, flags)
+        if "adviceSought" in sharing:
+            flags.append("advice-sought")
+        decisions = tuple(self._for_recipient(rule, agency, sharing, payload, tuple(applied)) for agency in recipients)
         if not any(d.share for d in decisions):
             raise NotPermitted(f"no recipient may receive {mtype.name} from a {sender.kind} agency",
-                               field="/to", rule=route.rule)
-        return Decision(tuple(decisions), tuple(rules))
+                               field="/to", rule=rule.id)
+        return Decision(decisions, tuple(applied), tuple(flags))
+
+    def _lawful_basis(self, rule: Rule, sender: Agency, mtype: MessageType, sharing: Mapping[str, Any]) -> list[str]:
+        police_part3 = sender.kind == "police" and "lawEnforcementBasis" in sharing
+        basis = sharing.get("lawfulBasis")
+        if basis is None and not police_part3:
+            raise NoLawfulBasis("a UK GDPR Art 6 basis (or, for police, a DPA 2018 Part 3 basis) is required",
+                                field="/sharing/lawfulBasis", rule="basis.present")
+        applied = ["basis.present"]
+        if basis is not None:
+            if basis in self._restricted and sender.kind in self.rulebook.public_authorities:
+                raise NoLawfulBasis("a public authority may not rely on (recognised) legitimate interests",
+                                    field="/sharing/lawfulBasis", rule="basis.public-authority")
+            if rule.lawful_bases and basis not in rule.lawful_bases:
+                raise NoLawfulBasis(f"this basis is not one the agreement accepts for {rule.type}",
+                                    field="/sharing/lawfulBasis", rule=rule.id)
+            applied.append("basis.public-authority")
+        if sender.kind == "police" and mtype.criminal_offence:
+            if not police_part3:
+                raise NoLawfulBasis("police sharing criminal offence data need a DPA 2018 Sch 8 condition",
+                                    field="/sharing/lawEnforcementBasis", rule="basis.law-enforcement")
+            applied.append("basis.law-enforcement")
+        if mtype.special_category and not police_part3:
+            if "specialCategoryCondition" not in sharing:
+                raise NoLawfulBasis("special category data need an Art 9 condition",
+                                    field="/sharing/specialCategoryCondition", rule="basis.special-category")
+            applied.append("basis.special-category")
+        if rule.gateways:
+            if not set(sharing.get("statutoryGateways", ())) & rule.gateways:
+                raise NoLawfulBasis("a statutory gateway for this share is required",
+                                    field="/sharing/statutoryGateways", rule=rule.id)
+        return applied
+
+    def _consent(self, sharing: Mapping[str, Any], flags: list[str]) -> list[str]:
+        emergency = sharing.get("urgency") == "EMERGENCY"
+        applied = []
+        status = sharing.get("consentStatus")
+        if status in WITHOUT_CONSENT:
+            applied.append("consent.reason")
+            if "nonConsentReason" not in sharing:
+                if not emergency:
+                    raise NoLawfulBasis("sharing without consent needs a recorded reason",
+                                        field="/sharing/nonConsentReason", rule="consent.reason")
+                flags.append("emergency-without-consent-reason")
+                applied.append("urgent.never-held")
+            if status == "REFUSED_OVERRIDDEN":
+                flags.append("consent-overridden")
+                applied.append("consent.override-review")
+            elif status == "NOT_SOUGHT":
+                flags.append("shared-without-consent")
+        if "subjectInformed" not in sharing:
+            if not emergency:
+                raise NoLawfulBasis("whether the family was informed, or why not, must be recorded",
+                                    field="/sharing/subjectInformed", rule="transparency.informed")
+            flags.append("emergency-family-informed-unrecorded")
+            applied.append("urgent.never-held")
+        applied.append("transparency.informed")
+        return applied
+
+    def _for_recipient(self, rule: Rule, agency: Agency, sharing: Mapping[str, Any], payload: Mapping[str, Any],
+                       applied: tuple[str, ...]) -> RecipientDecision:
+        if agency.kind not in rule.fields:
+            return RecipientDecision(agency.id, False, (rule.id,), code=NotPermitted.code,
+                                     reason=f"{rule.type} may not be sent to a {agency.kind} agency")
+        allowed = rule.fields[agency.kind]
+        keep = set(payload) if allowed is None else set(payload) & set(allowed)
+        rules = list(applied)
+        for identity, protection in rule.protect.items():
+            if agency.kind in protection.from_kinds and _is_protected(identity, sharing, payload):
+                keep -= set(protection.fields)
+                rules.append("identity.protect")
+        withheld = tuple(sorted(set(payload) - keep))
+        fields = None if not withheld else tuple(sorted(keep))
+        return RecipientDecision(agency.id, True, tuple(dict.fromkeys(rules)), fields=fields, withheld=withheld)
+
+
+def _is_protected(identity: str, sharing: Mapping[str, Any], payload: Mapping[str, Any]) -> bool:
+    if identity in sharing.get("protectedIdentities", ()):
+        return True
+    referrer = payload.get("referrer")
+    return identity == "referrer" and isinstance(referrer, Mapping) and bool(referrer.get("atRiskIfIdentified"))

@@ -25,7 +25,8 @@ from broker.keystore import Identity, load_identity, load_secret
 from broker.natsserver import embedded_nats, running_url
 from broker.outcomes import Outcomes
 from broker.pipeline import Pipeline
-from broker.policy import BaselinePolicy, Policy
+from broker import rulebook as rulebooks
+from broker.policy import Policy, RulebookPolicy
 from broker.registry import Registry
 from broker.streams import ensure_topology
 
@@ -102,11 +103,13 @@ async def running_broker(settings: Settings, url: str, *, policy: Policy | None 
     registry = Registry.load(settings.registry_path, catalogue)
     identity = load_identity(settings.home, registry.broker_id)
     audit_key = load_secret(settings.home, "audit-hmac.key")
+    if policy is None:
+        policy = RulebookPolicy(rulebooks.load(settings.rulebook_path or rulebooks.DEFAULT_RULEBOOK, catalogue))
     async with connected(settings, url, name=f"sgb-broker-{settings.instance}") as nc:
         js = jetstream(nc, settings)
         await ensure_topology(js, settings.streams, settings.pipeline, addressable(registry))
         pipeline = Pipeline(
-            js, Intake(registry, catalogue, identity, settings.pipeline), policy or BaselinePolicy(),
+            js, Intake(registry, catalogue, identity, settings.pipeline), policy,
             Outcomes(registry, identity, audit_key, settings.instance), settings.pipeline,
             request_timeout=settings.nats.request_timeout,
         )

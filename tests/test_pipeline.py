@@ -74,7 +74,7 @@ async def test_policy_narrows_recipients_never_widens(broker: Broker, agency: Cl
     outcome = await police.wait_outcome(jti, timeout=10)
     assert outcome.payload["recipients"] == ["la-camden"]
     assert outcome.payload["refused"] == [{"recipient": "school-hillside", "code": "not-permitted",
-                                           "rule": "route.referral"}]
+                                           "rule": "referral.to-local-authority"}]
     await drain(la, want=1)
     assert [d async for d in school.fetch(idle=0.5)] == []
 

@@ -1,0 +1,107 @@
+"""The information-sharing rulebook: the partnership's agreement as data (``deploy/rulebook.yaml``).
+
+Loading validates the file against ``schemas/rulebook.v1.json`` and then its meaning (every
+message type exists, rule ids are unique, each type has at most one rule per sender kind).
+A bad rulebook raises :class:`~broker.errors.ConfigError` naming each problem, so a reload
+can refuse it and keep the old one in force.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from broker.catalogue import Catalogue
+from broker.errors import ConfigError
+
+DEFAULT_RULEBOOK = Path(__file__).resolve().parent.parent / "deploy" / "rulebook.yaml"
+
+
+@dataclass(frozen=True, slots=True)
+class Protection:
+    fields: tuple[str, ...]
+    from_kinds: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    id: str
+    says: str
+    cite: tuple[str, ...]
+    type: str
+    senders: frozenset[str]
+    fields: Mapping[str, tuple[str, ...] | None]  # recipient kind -> allowed top-level fields (None: all)
+    lawful_bases: frozenset[str]
+    gateways: frozenset[str]
+    protect: Mapping[str, Protection]
+
+
+@dataclass(frozen=True, slots=True)
+class Rulebook:
+    edition: str
+    title: str
+    public_authorities: frozenset[str]
+    general: Mapping[str, tuple[str, tuple[str, ...]]]  # id -> (says, cite)
+    rules: tuple[Rule, ...]
+    source: str
+
+    def rule_for(self, type_name: str, sender_kind: str) -> Rule | None:
+        for rule in self.rules:
+            if rule.type == type_name and sender_kind in rule.senders:
+                return rule
+        return None
+
+    def citation(self, rule_id: str) -> tuple[str, ...]:
+        if rule_id in self.general:
+            return self.general[rule_id][1]
+        return next((r.cite for r in self.rules if r.id == rule_id), ())
+
+
+def parse(doc: Any, catalogue: Catalogue, *, source: str = "<rulebook>") -> Rulebook:
+    problems: list[str] = []
+    for err in catalogue.validator("rulebook.v1.json").iter_errors(doc):
+        pointer = "/" + "/".join(str(p) for p in err.instance_path)
+        problems.append(f"{pointer}: '{err.kind.name}' check failed")
+    if problems:
+        raise ConfigError(f"rulebook {source} is invalid: " + "; ".join(problems[:20]))
+    known_types = {name for name, _ in catalogue.types}
+    seen_ids: set[str] = {g["id"] for g in doc["general"]}
+    senders_by_type: dict[str, set[str]] = {}
+    rules = []
+    for i, r in enumerate(doc["rules"]):
+        where = f"/rules/{i} ({r['id']})"
+        if r["id"] in seen_ids:
+            problems.append(f"{where}: rule id is used twice")
+        seen_ids.add(r["id"])
+        if r["type"] not in known_types:
+            problems.append(f"{where}: no schema for message type {r['type']!r}")
+        overlap = senders_by_type.setdefault(r["type"], set()) & set(r["from"])
+        if overlap:
+            problems.append(f"{where}: another rule already covers {r['type']} from {sorted(overlap)}")
+        senders_by_type[r["type"]] |= set(r["from"])
+        rules.append(Rule(
+            id=r["id"], says=r["says"], cite=tuple(r["cite"]), type=r["type"], senders=frozenset(r["from"]),
+            fields={k: None if v["fields"] == "all" else tuple(v["fields"]) for k, v in r["to"].items()},
+            lawful_bases=frozenset(r.get("lawfulBasis", ())), gateways=frozenset(r.get("gateways", ())),
+            protect={k: Protection(tuple(v["fields"]), frozenset(v["from"])) for k, v in r.get("protect", {}).items()},
+        ))
+    if problems:
+        raise ConfigError(f"rulebook {source} is invalid: " + "; ".join(problems))
+    return Rulebook(
+        edition=doc["edition"], title=doc["title"], public_authorities=frozenset(doc["publicAuthorities"]),
+        general={g["id"]: (g["says"], tuple(g["cite"])) for g in doc["general"]}, rules=tuple(rules), source=source,
+    )
+
+
+def load(path: Path, catalogue: Catalogue) -> Rulebook:
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"no rulebook at {path}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"rulebook {path} is not valid YAML: {exc}") from exc
+    return parse(doc, catalogue, source=str(path))
