@@ -114,10 +114,9 @@ class RulebookPolicy:
                 raise NoLawfulBasis("special category data need an Art 9 condition",
                                     field="/sharing/specialCategoryCondition", rule="basis.special-category")
             applied.append("basis.special-category")
-        if rule.gateways:
-            if not set(sharing.get("statutoryGateways", ())) & rule.gateways:
-                raise NoLawfulBasis("a statutory gateway for this share is required",
-                                    field="/sharing/statutoryGateways", rule=rule.id)
+        if rule.gateways and not set(sharing.get("statutoryGateways", ())) & rule.gateways:
+            raise NoLawfulBasis("a statutory gateway for this share is required",
+                                field="/sharing/statutoryGateways", rule=rule.id)
         return applied
 
     def _consent(self, sharing: Mapping[str, Any], flags: list[str]) -> list[str]:

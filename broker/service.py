@@ -17,6 +17,7 @@ from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 
+from broker import rulebook as rulebooks
 from broker.catalogue import Catalogue
 from broker.config import Settings
 from broker.errors import TransportError
@@ -25,7 +26,6 @@ from broker.keystore import Identity, load_identity, load_secret
 from broker.natsserver import embedded_nats, running_url
 from broker.outcomes import Outcomes
 from broker.pipeline import Pipeline
-from broker import rulebook as rulebooks
 from broker.policy import Policy, RulebookPolicy
 from broker.registry import Registry
 from broker.streams import ensure_topology

@@ -147,3 +147,23 @@ async def test_two_instances_share_the_work(settings: Settings, topology: None, 
         assert await _wait_count(settings, "sg.out.la-camden", total, timeout=30) == total
         assert one.pipeline.counters.shared > 0 and two.pipeline.counters.shared > 0
         assert one.pipeline.counters.shared + two.pipeline.counters.shared == total
+
+
+async def test_minimised_delivery_and_review_flag_reach_the_audit(broker: Broker, agency: ClientFactory,
+                                                                   settings: Settings) -> None:
+    la, school = await agency("la-camden"), await agency("school-hillside")
+    outcome_payload = example("referral-outcome.example.json")
+    emergency = sharing("referral-outcome") | {"urgency": "EMERGENCY", "consentStatus": "REFUSED_OVERRIDDEN"}
+    emergency.pop("subjectInformed")
+    jti = await la.send(typ="referral-outcome", to=["school-hillside"], payload=outcome_payload, sharing=emergency)
+    assert (await la.wait_outcome(jti, timeout=10)).type == "receipt"
+    (delivery,) = await drain(school, want=1)
+    assert set(delivery.payload) == set(outcome_payload) - {"reasons", "allocatedTeam"}
+    assert "reasons" not in delivery.payload
+    async with connected(settings, settings.nats.url or "", name="t") as nc:
+        records = [r async for r in read_audit(jetstream(nc, settings))]
+    shared = next(r for r in records if r["event"] == "shared")
+    assert shared["withheld"] == ["allocatedTeam", "reasons"]
+    assert shared["fields"] == sorted(delivery.payload)
+    assert shared["flags"] == ["consent-overridden", "emergency-family-informed-unrecorded"]
+    assert "referral-outcome.to-referrer" in shared["rules"] and "urgent.never-held" in shared["rules"]
