@@ -81,6 +81,7 @@ async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with nats_location(settings) as url, running_broker(settings, url) as broker:
+        loop.add_signal_handler(signal.SIGHUP, broker.reload_policy)
         runner: web.AppRunner | None = None
         if args.http:
             host, _, port = args.http.rpartition(":")
@@ -223,6 +224,50 @@ def format_audit(r: dict[str, Any]) -> str:
             f"  basis={basis}{extra}  msg={r['message']}")
 
 
+async def cmd_policy_check(settings: Settings, args: argparse.Namespace) -> int:
+    from broker import rulebook as rulebooks
+
+    path = Path(args.file) if args.file else (settings.rulebook_path or rulebooks.DEFAULT_RULEBOOK)
+    book = rulebooks.load(path, Catalogue())  # ConfigError names each problem; exit 1
+    print(f"{path}: valid — edition {book.edition}, {len(book.rules)} rules, {len(book.general)} general rules")
+    return 0
+
+
+async def cmd_policy_explain(settings: Settings, args: argparse.Namespace) -> int:
+    from broker import rulebook as rulebooks
+    from broker.errors import RejectedMessage
+    from broker.policy import RulebookPolicy
+
+    catalogue = Catalogue()
+    registry = Registry.load(settings.registry_path, catalogue)
+    book = rulebooks.load(settings.rulebook_path or rulebooks.DEFAULT_RULEBOOK, catalogue)
+    sender = registry.get(args.as_)
+    mtype = catalogue.message_type(args.type, args.version)
+    if sender is None or mtype is None:
+        raise BrokerError("unknown agency or message type")
+    recipients = []
+    for rid in args.to.split(","):
+        agency = registry.get(rid)
+        if agency is None:
+            raise BrokerError(f"{rid} is not in the trust registry")
+        recipients.append(agency)
+    payload = orjson.loads(Path(args.payload).read_bytes())
+    sharing = orjson.loads(Path(args.sharing).read_bytes())
+    catalogue.check_payload(mtype, payload)
+    try:
+        decision = RulebookPolicy(book).decide(sender, tuple(recipients), mtype, sharing, payload)
+    except RejectedMessage as exc:
+        _print({"decision": "refuse", "code": exc.code, "reason": exc.reason, "field": exc.field, "rule": exc.rule,
+                "cite": list(book.citation(exc.rule or ""))})
+        return EXIT_REJECTED
+    for rd in decision.recipients:
+        _print({"recipient": rd.recipient, "decision": "share" if rd.share else "refuse", "code": rd.code,
+                "fields": sorted(payload) if rd.fields is None else list(rd.fields), "withheld": list(rd.withheld),
+                "rules": [{"id": r, "cite": list(book.citation(r))} for r in rd.rules],
+                "flags": list(decision.flags)})
+    return 0
+
+
 # -- parser -----------------------------------------------------------------------------
 
 
@@ -274,6 +319,20 @@ def build_parser() -> argparse.ArgumentParser:
     alist = audit_sub.add_parser("list", parents=[common], help="print the audit records so far")
     alist.add_argument("--json", action="store_true", help="one JSON object a line")
     alist.set_defaults(func=cmd_audit_list)
+    pol = sub.add_parser("policy", help="the information-sharing rulebook", parents=[common])
+    pol_sub = pol.add_subparsers(dest="policy_command", required=True)
+    check = pol_sub.add_parser("check", parents=[common], help="validate a rulebook (default: the one in force)")
+    check.add_argument("file", nargs="?", metavar="FILE")
+    check.set_defaults(func=cmd_policy_check)
+    explain = pol_sub.add_parser("explain", parents=[common],
+                                 help="print the decision for each recipient, without sending")
+    explain.add_argument("--as", dest="as_", required=True, metavar="AGENCY")
+    explain.add_argument("--type", required=True)
+    explain.add_argument("--version", type=int, default=1)
+    explain.add_argument("--to", required=True, metavar="AGENCY[,AGENCY]")
+    explain.add_argument("--sharing", required=True, metavar="SHARING.json")
+    explain.add_argument("payload", metavar="PAYLOAD.json")
+    explain.set_defaults(func=cmd_policy_explain)
     return parser
 
 

@@ -15,11 +15,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 from typing import Any, Final, Protocol
 
 import orjson
 
-from broker.catalogue import MessageType
+from broker import rulebook as rulebooks
+from broker.catalogue import Catalogue, MessageType
 from broker.errors import NoLawfulBasis, NotPermitted
 from broker.registry import Agency
 from broker.rulebook import Rule, Rulebook
@@ -167,3 +169,22 @@ def _is_protected(identity: str, sharing: Mapping[str, Any], payload: Mapping[st
         return True
     referrer = payload.get("referrer")
     return identity == "referrer" and isinstance(referrer, Mapping) and bool(referrer.get("atRiskIfIdentified"))
+
+
+class ReloadablePolicy:
+    """The policy in force, replaceable at run time. A rulebook that fails to load is refused
+    and the one in force stays (the caller logs the problem)."""
+
+    def __init__(self, path: Path, catalogue: Catalogue) -> None:
+        self.path = path
+        self._catalogue = catalogue
+        self.current = RulebookPolicy(rulebooks.load(path, catalogue))
+
+    def reload(self) -> Rulebook:
+        """Load the rulebook again; raises :class:`~broker.errors.ConfigError` and keeps the old one on error."""
+        self.current = RulebookPolicy(rulebooks.load(self.path, self._catalogue))
+        return self.current.rulebook
+
+    def decide(self, sender: Agency, recipients: tuple[Agency, ...], mtype: MessageType,
+               sharing: Mapping[str, Any], payload: Mapping[str, Any]) -> Decision:
+        return self.current.decide(sender, recipients, mtype, sharing, payload)

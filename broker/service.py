@@ -20,13 +20,13 @@ from nats.js import JetStreamContext
 from broker import rulebook as rulebooks
 from broker.catalogue import Catalogue
 from broker.config import Settings
-from broker.errors import TransportError
+from broker.errors import ConfigError, TransportError
 from broker.intake import Intake
 from broker.keystore import Identity, load_identity, load_secret
 from broker.natsserver import embedded_nats, running_url
 from broker.outcomes import Outcomes
 from broker.pipeline import Pipeline
-from broker.policy import Policy, RulebookPolicy
+from broker.policy import Policy, ReloadablePolicy
 from broker.registry import Registry
 from broker.streams import ensure_topology
 
@@ -94,6 +94,19 @@ class Broker:
     js: JetStreamContext
     pipeline: Pipeline
     task: asyncio.Task[None]
+    policy: Policy
+
+    def reload_policy(self) -> bool:
+        """Reload the rulebook (SIGHUP). Returns False, keeping the old rulebook, if the new one is bad."""
+        if not isinstance(self.policy, ReloadablePolicy):
+            return False
+        try:
+            book = self.policy.reload()
+        except ConfigError as exc:
+            log.error("rulebook refused; the previous one stays in force", error=str(exc))
+            return False
+        log.info("rulebook reloaded", edition=book.edition, rules=len(book.rules), source=book.source)
+        return True
 
 
 @contextlib.asynccontextmanager
@@ -104,7 +117,7 @@ async def running_broker(settings: Settings, url: str, *, policy: Policy | None 
     identity = load_identity(settings.home, registry.broker_id)
     audit_key = load_secret(settings.home, "audit-hmac.key")
     if policy is None:
-        policy = RulebookPolicy(rulebooks.load(settings.rulebook_path or rulebooks.DEFAULT_RULEBOOK, catalogue))
+        policy = ReloadablePolicy(settings.rulebook_path or rulebooks.DEFAULT_RULEBOOK, catalogue)
     async with connected(settings, url, name=f"sgb-broker-{settings.instance}") as nc:
         js = jetstream(nc, settings)
         await ensure_topology(js, settings.streams, settings.pipeline, addressable(registry))
@@ -116,7 +129,7 @@ async def running_broker(settings: Settings, url: str, *, policy: Policy | None 
         task = asyncio.create_task(pipeline.run(), name="sgb-pipeline")
         log.info("broker running", instance=settings.instance, url=url)
         try:
-            yield Broker(settings, registry, catalogue, identity, nc, js, pipeline, task)
+            yield Broker(settings, registry, catalogue, identity, nc, js, pipeline, task, policy)
         finally:
             pipeline.stop()
             try:

@@ -113,3 +113,19 @@ async def test_demo_on_embedded_nats_completes(tmp_path: Path) -> None:
     assert "The story completed" in out
     assert "REFUSED [no-lawful-basis]" in out
     assert not (tmp_path / "demo-home" / "demo" / "nats" / "url").exists()  # server stopped cleanly
+
+
+async def test_policy_check_and_explain(tmp_path: Path, home: Path) -> None:
+    rc, out, _ = await sgb("policy", "check", home=home)
+    assert rc == 0 and "valid" in out
+    (tmp_path / "bad.yaml").write_text("rulebook: sgb-rulebook\nversion: 2\n")
+    rc, _, err = await sgb("policy", "check", str(tmp_path / "bad.yaml"), home=home)
+    assert rc == 1 and "/version" in err
+    rc, out, _ = await sgb("policy", "explain", "--as", "la-camden", "--type", "referral-outcome",
+                           "--to", "school-hillside,police-met",
+                           "--sharing", str(EXAMPLES / "referral-outcome.sharing.example.json"),
+                           str(EXAMPLES / "referral-outcome.example.json"), home=home)
+    assert rc == 0
+    school, police = _lines(out)
+    assert school["withheld"] == ["allocatedTeam", "reasons"] and police["withheld"] == []
+    assert any(r["id"] == "referral-outcome.to-referrer" and r["cite"] for r in school["rules"])  # type: ignore[union-attr]

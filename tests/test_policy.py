@@ -234,3 +234,26 @@ def test_a_bad_rulebook_is_refused_naming_each_problem(tmp_path: Any) -> None:
     bad.write_text("rules: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         rulebooks.load(bad, Catalogue())
+
+
+async def test_reload_swaps_a_good_rulebook_and_refuses_a_bad_one(tmp_path: Any) -> None:
+    from broker.policy import ReloadablePolicy
+
+    path = tmp_path / "rulebook.yaml"
+    path.write_text(rulebooks.DEFAULT_RULEBOOK.read_text())
+    live = ReloadablePolicy(path, Catalogue())
+    s = SCENARIOS["referral to the LA and a school is narrowed"]
+    assert live.current.rulebook.rule_for("referral", "health") is not None
+    path.write_text("rulebook: [broken")
+    with pytest.raises(ConfigError):
+        live.reload()
+    assert {d.recipient for d in _decide(live.current, s).shared} == {"la-camden"}  # old one in force
+    bases = "    lawfulBasis: [UKGDPR_6_1_E, UKGDPR_6_1_C, UKGDPR_6_1_D, UKGDPR_6_1_A"
+    path.write_text(rulebooks.DEFAULT_RULEBOOK.read_text().replace(
+        "      local-authority: {fields: all}\n" + bases,
+        "      local-authority: {fields: all}\n      school: {fields: [child, concern]}\n" + bases))
+    assert live.reload().rule_for("referral", "health") is not None
+    decision = _decide(live.current, s)
+    assert {d.recipient for d in decision.shared} == {"la-camden", "school-hillside"}
+    school = next(d for d in decision.shared if d.recipient == "school-hillside")
+    assert school.fields == ("child", "concern")
