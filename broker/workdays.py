@@ -1,0 +1,51 @@
+"""Statutory timescales on the England and Wales working-day calendar.
+
+Bank holidays come from the ``holidays`` package (``GB``, subdivision ``ENG``: England and
+Wales share their bank holidays), never from a hand-written list. "Within N working days"
+means by the end of the Nth working day after the day received (Europe/London); the day a
+message arrives never counts, whether or not it is a working day.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from functools import lru_cache
+from zoneinfo import ZoneInfo
+
+import holidays
+
+LONDON = ZoneInfo("Europe/London")
+
+
+@lru_cache(maxsize=64)
+def _bank_holidays(year: int) -> frozenset[dt.date]:
+    return frozenset(holidays.country_holidays("GB", subdiv="ENG", years=year))
+
+
+def is_working_day(day: dt.date) -> bool:
+    return day.weekday() < 5 and day not in _bank_holidays(day.year)
+
+
+def next_working_day(day: dt.date) -> dt.date:
+    day += dt.timedelta(days=1)
+    while not is_working_day(day):
+        day += dt.timedelta(days=1)
+    return day
+
+
+def add_working_days(received: dt.datetime, days: int) -> dt.datetime:
+    """The end (23:59:59 London time) of the ``days``-th working day after ``received``."""
+    day = received.astimezone(LONDON).date()
+    for _ in range(max(days, 1)):
+        day = next_working_day(day)
+    return dt.datetime.combine(day, dt.time(23, 59, 59), LONDON)
+
+
+def next_school_day_start(received: dt.datetime, start: dt.time = dt.time(8, 30)) -> dt.datetime:
+    """Operation Encompass: before the start of the next school day (weekdays that are not bank
+    holidays; local term dates are a partnership setting)."""
+    local = received.astimezone(LONDON)
+    day = local.date()
+    if not (is_working_day(day) and local.time() < start):
+        day = next_working_day(day)
+    return dt.datetime.combine(day, start, LONDON)

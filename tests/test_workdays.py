@@ -1,0 +1,47 @@
+"""Deadlines across weekends and England and Wales bank holidays."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from broker.workdays import LONDON, add_working_days, is_working_day, next_school_day_start
+
+
+def _at(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text).replace(tzinfo=LONDON)
+
+
+@pytest.mark.parametrize(("received", "days", "due"), [
+    ("2026-11-18 10:00", 1, "2026-11-19"),   # Wednesday -> Thursday
+    ("2026-11-20 16:30", 1, "2026-11-23"),   # Friday -> Monday
+    ("2026-11-21 09:00", 1, "2026-11-23"),   # Saturday -> Monday
+    ("2026-12-24 12:00", 1, "2026-12-29"),   # Christmas Eve -> past Christmas, Boxing Day (observed)
+    ("2027-03-25 12:00", 1, "2027-03-30"),   # Thursday before Good Friday and Easter Monday
+    ("2026-08-28 09:00", 1, "2026-09-01"),   # Friday before the late summer bank holiday
+    ("2026-11-16 09:00", 5, "2026-11-23"),   # serious incident notification: 5 working days
+    ("2026-12-21 09:00", 5, "2026-12-30"),   # ... across Christmas and Boxing Day (observed)
+    ("2026-12-29 09:00", 5, "2027-01-06"),   # ... across New Year
+    ("2026-11-02 09:00", 15, "2026-11-23"),  # rapid review: 15 working days
+])
+def test_working_day_deadlines(received: str, days: int, due: str) -> None:
+    deadline = add_working_days(_at(received), days)
+    assert deadline.date().isoformat() == due
+    assert deadline.time() == dt.time(23, 59, 59)
+
+
+def test_bank_holidays_come_from_the_calendar() -> None:
+    assert not is_working_day(dt.date(2026, 12, 28))  # Boxing Day observed
+    assert not is_working_day(dt.date(2026, 5, 25))   # Spring bank holiday
+    assert is_working_day(dt.date(2026, 11, 23))
+
+
+@pytest.mark.parametrize(("received", "due"), [
+    ("2026-11-18 23:40", "2026-11-19 08:30"),  # late on a school night
+    ("2026-11-19 07:00", "2026-11-19 08:30"),  # early the same morning
+    ("2026-11-20 22:00", "2026-11-23 08:30"),  # Friday night -> Monday
+    ("2026-12-24 20:00", "2026-12-29 08:30"),  # Christmas
+])
+def test_operation_encompass_before_the_next_school_day(received: str, due: str) -> None:
+    assert next_school_day_start(_at(received)) == _at(due)
