@@ -54,6 +54,7 @@ class PipelineSettings:
     max_age: float = 300.0
     max_future_skew: float = 60.0
     drain_timeout: float = 10.0
+    deadline_scan_interval: float = 30.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from broker import _crypto, wire
+from broker import _crypto, deadlines, wire
 from broker.errors import RejectedMessage
 from broker.intake import Opened
 from broker.keystore import Identity
@@ -90,7 +90,9 @@ class Outcomes:
 
     # -- accepted ---------------------------------------------------------------------
 
-    def accepted(self, ingress: Ingress, opened: Opened, decision: Decision) -> list[Outgoing]:
+    def accepted(self, ingress: Ingress, opened: Opened, decision: Decision, *,
+                 closes: bool = False) -> list[Outgoing]:
+        """``closes``: this message is the reply a deadline on ``re`` was waiting for."""
         claims = opened.auth.claims
         jti, sender = claims["jti"], opened.auth.sender.id
         origin = {"iss": sender, "jti": jti, "digest": wire.digest(opened.auth.token)}
@@ -123,9 +125,18 @@ class Outcomes:
             out.append(Outgoing(delivery_subject(rd.recipient), token, delivery_id))
             shared = record | {"event": "shared", "decision": "share", "deliveryId": delivery_id,
                                "fields": sorted(payload)}
+            due = deadlines.due_at(decision.deadline, ingress.stored_at, opened.payload) if decision.deadline else None
+            if due is not None and decision.deadline is not None:
+                shared["due"] = iso(due)
+                out.append(deadlines.open_entry(jti, rd.recipient, {
+                    "message": jti, "type": claims["typ"], "sender": sender, "recipient": rd.recipient, "due": due,
+                    "expect": list(decision.deadline.expect), "rule": decision.deadline_rule,
+                    "says": decision.deadline.says}))
             if rd.withheld:
                 shared["withheld"] = list(rd.withheld)
             out.append(self._audit(shared))
+        if closes and claims.get("re"):
+            out.append(deadlines.close_entry(claims["re"], sender, jti))
         receipt = {
             "messageId": jti, "status": "routed", "at": iso(self.clock()),
             "recipients": [r.recipient for r in decision.shared],
@@ -171,6 +182,25 @@ class Outcomes:
         out.append(Outgoing(delivery_subject(ingress.subject_agency), self.seal(
             jti=rejection_id, typ="rejection", ver=1, recipient=ingress.subject_agency,
             plaintext=wire.dumps(body), sharing=ADMIN_SHARING, re=re), rejection_id))
+        return out
+
+    # -- overdue ----------------------------------------------------------------------
+
+    def overdue(self, entry: Mapping[str, Any]) -> list[Outgoing]:
+        """Overdue notices to both sides of a deadline that passed, and an audit record."""
+        message, recipient = entry["message"], entry["recipient"]
+        body = {"messageId": message, "messageType": entry["type"], "recipient": recipient, "due": iso(entry["due"]),
+                "expected": entry["expect"], "at": iso(self.clock()), "rule": entry["rule"], "says": entry["says"]}
+        out = []
+        for party in (entry["sender"], recipient):
+            notice_id = derived_id("overdue", message, recipient, party)
+            out.append(Outgoing(delivery_subject(party), self.seal(
+                jti=notice_id, typ="overdue-notice", ver=1, recipient=party, plaintext=wire.dumps(body),
+                sharing=ADMIN_SHARING, re=message), notice_id))
+        out.append(self._audit({"v": 1, "at": iso(self.clock()), "instance": self.instance, "message": message,
+                                "id": derived_id("audit", message, recipient, "overdue"), "event": "overdue",
+                                "type": entry["type"], "sender": entry["sender"], "recipient": recipient,
+                                "due": iso(entry["due"]), "rules": [entry["rule"]]}))
         return out
 
     # -- audit ------------------------------------------------------------------------

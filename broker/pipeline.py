@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import structlog
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from broker.config import PipelineSettings
 from broker.errors import RejectedMessage, TransportError
@@ -28,7 +30,7 @@ from broker.outcomes import Ingress, Outcomes, derived_id
 from broker.policy import Policy
 from broker.publisher import Outgoing, Publisher
 from broker.replay import ReplayGuard
-from broker.streams import BROKER_CONSUMER, INGRESS
+from broker.streams import BROKER_CONSUMER, DEADLINES_BUCKET, INGRESS
 
 log = structlog.get_logger("sgb.pipeline")
 
@@ -48,6 +50,7 @@ class Counters:
     shared: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
     retried: int = 0
+    overdue: int = 0
 
 
 class Pipeline:
@@ -147,7 +150,8 @@ class Pipeline:
                 opened = self._intake.open(auth)
                 decision = self._policy.decide(auth.sender, opened.recipients, opened.mtype,
                                                auth.claims["sharing"], opened.payload)
-                return self._outcomes.accepted(ingress, opened, decision), "shared"
+                closes = await self._answers_deadline(auth.claims)
+                return self._outcomes.accepted(ingress, opened, decision, closes=closes), "shared"
             except RejectedMessage as rejection:
                 log.info("message rejected", stage="decide", code=rejection.code, field=rejection.field,
                          rule=rejection.rule)
@@ -160,6 +164,28 @@ class Pipeline:
                 raise TransportError(f"internal error ({type(exc).__name__}); will retry") from exc
             error = InternalFailure("the broker could not process this message; send it again", rule="internal")
             return self._outcomes.rejected(ingress, error, auth.claims if auth else None), error.code
+
+    async def _answers_deadline(self, claims: dict[str, Any]) -> bool:
+        """Whether this message is a reply an open deadline on ``re`` expects from its sender."""
+        if not claims.get("re"):
+            return False
+        try:
+            entry = await self._js.get_last_msg(f"KV_{DEADLINES_BUCKET}",
+                                                f"$KV.{DEADLINES_BUCKET}.{claims['re']}.{claims['iss']}")
+        except NotFoundError:
+            return False
+        except NatsError as exc:
+            raise TransportError(f"deadline store unavailable: {type(exc).__name__}") from exc
+        if not entry.data:
+            return False
+        record = orjson.loads(entry.data)
+        return record.get("state") in ("open", "overdue") and claims["typ"] in record.get("expect", ())
+
+    async def on_overdue(self, entry: Mapping[str, Any]) -> None:
+        await self._publisher.publish_all(self._outcomes.overdue(entry))
+        self.counters.overdue += 1
+        log.info("deadline passed; both sides told", stage="overdue", message=entry["message"],
+                 recipient=entry["recipient"], rule=entry["rule"])
 
     def _record(self, outcome: str) -> None:
         self.counters.received += 1

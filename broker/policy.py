@@ -24,7 +24,7 @@ from broker import rulebook as rulebooks
 from broker.catalogue import Catalogue, MessageType
 from broker.errors import NoLawfulBasis, NotPermitted
 from broker.registry import Agency
-from broker.rulebook import Rule, Rulebook
+from broker.rulebook import DeadlineSpec, Rule, Rulebook
 
 WITHOUT_CONSENT: Final = frozenset({"NOT_SOUGHT", "REFUSED_OVERRIDDEN"})
 
@@ -45,6 +45,8 @@ class Decision:
     recipients: tuple[RecipientDecision, ...]
     rules: tuple[str, ...] = ()
     flags: tuple[str, ...] = field(default=())  # reasons for IG review
+    deadline: DeadlineSpec | None = None
+    deadline_rule: str | None = None
 
     @property
     def shared(self) -> tuple[RecipientDecision, ...]:
@@ -89,7 +91,7 @@ class RulebookPolicy:
         if not any(d.share for d in decisions):
             raise NotPermitted(f"no recipient may receive {mtype.name} from a {sender.kind} agency",
                                field="/to", rule=rule.id)
-        return Decision(decisions, tuple(applied), tuple(flags))
+        return Decision(decisions, tuple(applied), tuple(flags), rule.deadline, rule.id if rule.deadline else None)
 
     def _lawful_basis(self, rule: Rule, sender: Agency, mtype: MessageType, sharing: Mapping[str, Any]) -> list[str]:
         police_part3 = sender.kind == "police" and "lawEnforcementBasis" in sharing

@@ -28,6 +28,17 @@ class Protection:
 
 
 @dataclass(frozen=True, slots=True)
+class DeadlineSpec:
+    """When the recipient must reply, and with which message types."""
+
+    expect: tuple[str, ...]
+    says: str
+    working_days: int | None = None
+    school_day_start: str | None = None   # "HH:MM"
+    from_payload: str | None = None       # a top-level date-time field of the payload
+
+
+@dataclass(frozen=True, slots=True)
 class Rule:
     id: str
     says: str
@@ -38,6 +49,7 @@ class Rule:
     lawful_bases: frozenset[str]
     gateways: frozenset[str]
     protect: Mapping[str, Protection]
+    deadline: DeadlineSpec | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +100,7 @@ def parse(doc: Any, catalogue: Catalogue, *, source: str = "<rulebook>") -> Rule
             fields={k: None if v["fields"] == "all" else tuple(v["fields"]) for k, v in r["to"].items()},
             lawful_bases=frozenset(r.get("lawfulBasis", ())), gateways=frozenset(r.get("gateways", ())),
             protect={k: Protection(tuple(v["fields"]), frozenset(v["from"])) for k, v in r.get("protect", {}).items()},
+            deadline=_deadline(r.get("deadline")),
         ))
     if problems:
         raise ConfigError(f"rulebook {source} is invalid: " + "; ".join(problems))
@@ -95,6 +108,13 @@ def parse(doc: Any, catalogue: Catalogue, *, source: str = "<rulebook>") -> Rule
         edition=doc["edition"], title=doc["title"], public_authorities=frozenset(doc["publicAuthorities"]),
         general={g["id"]: (g["says"], tuple(g["cite"])) for g in doc["general"]}, rules=tuple(rules), source=source,
     )
+
+
+def _deadline(spec: Mapping[str, Any] | None) -> DeadlineSpec | None:
+    if spec is None:
+        return None
+    return DeadlineSpec(expect=tuple(spec["expect"]), says=spec["says"], working_days=spec.get("workingDays"),
+                        school_day_start=spec.get("schoolDayStart"), from_payload=spec.get("fromPayload"))
 
 
 def load(path: Path, catalogue: Catalogue) -> Rulebook:

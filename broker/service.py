@@ -17,6 +17,7 @@ from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 
+from broker import deadlines
 from broker import rulebook as rulebooks
 from broker.catalogue import Catalogue
 from broker.config import Settings
@@ -127,10 +128,15 @@ async def running_broker(settings: Settings, url: str, *, policy: Policy | None 
             request_timeout=settings.nats.request_timeout,
         )
         task = asyncio.create_task(pipeline.run(), name="sgb-pipeline")
+        scanner = asyncio.create_task(deadlines.scan_forever(
+            js, pipeline.on_overdue, interval=settings.pipeline.deadline_scan_interval), name="sgb-deadlines")
         log.info("broker running", instance=settings.instance, url=url)
         try:
             yield Broker(settings, registry, catalogue, identity, nc, js, pipeline, task, policy)
         finally:
+            scanner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await scanner
             pipeline.stop()
             try:
                 await asyncio.wait_for(task, settings.pipeline.drain_timeout + settings.pipeline.fetch_timeout + 5)

@@ -8,6 +8,7 @@ stream            subjects            retention
                                       or until it expires (``delivery_max_age``)
 ``SG_AUDIT``      ``sg.audit.>``      limits, no age limit, deny delete, deny purge
 ``KV_SG_SEEN``    (KV bucket)         message ids seen recently, for replay detection
+``KV_SG_DEADLINES`` (KV bucket)       open deadlines per delivered message (broker/deadlines.py)
 ================  ==================  =========================================================
 
 All use file storage and a duplicate window, so that a re-publish under the same
@@ -41,6 +42,7 @@ INGRESS: Final = "SG_INGRESS"
 DELIVERY: Final = "SG_DELIVERY"
 AUDIT: Final = "SG_AUDIT"
 SEEN_BUCKET: Final = "SG_SEEN"
+DEADLINES_BUCKET: Final = "SG_DEADLINES"
 BROKER_CONSUMER: Final = "sg-broker"
 
 
@@ -123,6 +125,9 @@ async def ensure_topology(
         await _retry(js.create_key_value, KeyValueConfig(
             bucket=SEEN_BUCKET, history=1, ttl=streams.seen_ttl, storage=StorageType.FILE,
             replicas=streams.replicas,
+        ))
+        await _retry(js.create_key_value, KeyValueConfig(
+            bucket=DEADLINES_BUCKET, history=1, storage=StorageType.FILE, replicas=streams.replicas,
         ))
         await _retry(js.add_consumer, INGRESS, broker_consumer(pipeline))
         for agency in agencies:

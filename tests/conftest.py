@@ -59,7 +59,8 @@ def make_settings(home: Path, url: str, instance: str = "test-1", **pipeline: fl
         home=home, registry_path=home / "registry.json", instance=instance,
         nats=NatsSettings(url=url, request_timeout=2.0),
         streams=StreamSettings(duplicate_window=60.0),
-        pipeline=PipelineSettings(fetch_timeout=0.2, ack_wait=5.0, publish_deadline=2.0, drain_timeout=3.0,
+        pipeline=PipelineSettings(fetch_timeout=0.2, ack_wait=5.0, deadline_scan_interval=0.3, publish_deadline=2.0,
+                                  drain_timeout=3.0,
                                   **pipeline),  # type: ignore[arg-type]
     )
 

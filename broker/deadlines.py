@@ -1,0 +1,101 @@
+"""Statutory and agreed deadlines, tracked per delivered message.
+
+When a rule carries a deadline, the broker records ``<message id>.<recipient>`` in the KV
+bucket ``SG_DEADLINES`` (in the same acknowledged batch as the delivery). A reply of an
+expected type from that recipient, answering that message (``re``), deletes the entry. A
+scanner in every broker instance finds open entries past due, sends an ``overdue-notice``
+to both sides, records an ``overdue`` audit record, and marks the entry overdue with a
+compare-and-set so that, with several instances, one wins (duplicate notices are also
+absorbed by their deterministic message ids).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Final
+
+import orjson
+import structlog
+from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
+from nats.js.errors import APIError, BucketNotFoundError, KeyWrongLastSequenceError, NoKeysError
+
+from broker.errors import TransportError
+from broker.publisher import Outgoing
+from broker.rulebook import DeadlineSpec
+from broker.workdays import add_working_days, next_school_day_start
+
+log = structlog.get_logger("sgb.deadlines")
+BUCKET: Final = "SG_DEADLINES"
+
+
+def due_at(spec: DeadlineSpec, received: float, payload: Mapping[str, Any]) -> float | None:
+    """The deadline for a message received at ``received`` (epoch seconds), or None if the
+    payload does not give the date the rule asks for."""
+    at = dt.datetime.fromtimestamp(received, dt.UTC)
+    if spec.working_days is not None:
+        return add_working_days(at, spec.working_days).timestamp()
+    if spec.school_day_start is not None:
+        hours, minutes = (int(x) for x in spec.school_day_start.split(":"))
+        return next_school_day_start(at, dt.time(hours, minutes)).timestamp()
+    if spec.from_payload is not None:
+        value = payload.get(spec.from_payload)
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    return None
+
+
+def key(message_id: str, recipient: str) -> str:
+    return f"{message_id}.{recipient}"
+
+
+def open_entry(message_id: str, recipient: str, entry: Mapping[str, Any]) -> Outgoing:
+    """The KV put recording an open deadline, published with the delivery."""
+    k = key(message_id, recipient)
+    return Outgoing(f"$KV.{BUCKET}.{k}", orjson.dumps(dict(entry) | {"state": "open"}), f"deadline-{k}")
+
+
+def close_entry(message_id: str, recipient: str, reply_id: str) -> Outgoing:
+    """A KV delete closing the deadline once the expected reply arrives."""
+    k = key(message_id, recipient)
+    return Outgoing(f"$KV.{BUCKET}.{k}", b"", f"deadline-met-{reply_id}", headers={"KV-Operation": "DEL"})
+
+
+OverdueHandler = Callable[[Mapping[str, Any]], Awaitable[None]]
+
+
+async def scan_forever(js: JetStreamContext, on_overdue: OverdueHandler, *, interval: float,
+                       clock: Callable[[], float] = time.time) -> None:
+    """Every ``interval`` seconds, handle each open deadline that has passed."""
+    while True:
+        try:
+            await scan_once(js, on_overdue, clock=clock)
+        except (TransportError, NatsError, APIError) as exc:
+            log.warning("deadline scan failed; will retry", error=type(exc).__name__)
+        await asyncio.sleep(interval)
+
+
+async def scan_once(js: JetStreamContext, on_overdue: OverdueHandler, *, clock: Callable[[], float] = time.time) -> int:
+    try:
+        kv = await js.key_value(BUCKET)
+        keys = await kv.keys()
+    except (NoKeysError, BucketNotFoundError):
+        return 0
+    now, handled = clock(), 0
+    for k in keys:
+        entry = await kv.get(k)
+        if not entry.value:
+            continue
+        record = orjson.loads(entry.value)
+        if record.get("state") != "open" or record["due"] > now:
+            continue
+        await on_overdue(record)
+        with contextlib.suppress(KeyWrongLastSequenceError):  # another instance got there first
+            await kv.update(k, orjson.dumps(record | {"state": "overdue"}), last=entry.revision)
+            handled += 1
+    return handled

@@ -1,0 +1,76 @@
+"""Deadlines through a real broker: recorded with the delivery, stopped by the expected reply,
+and, when they pass, an overdue notice to both sides and an audit record."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from broker.auditlog import read_audit
+from broker.config import Settings
+from broker.service import Broker, connected, jetstream
+from broker.workdays import LONDON, add_working_days
+from tests.conftest import ClientFactory
+from tests.helpers import drain, example, referral, sharing
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _request(respond_in: float) -> dict[str, Any]:
+    request = example("information-request.example.json")
+    due = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=respond_in)
+    request["respondBy"] = due.isoformat(timespec="seconds").replace("+00:00", "Z")
+    return request
+
+
+async def _audit(settings: Settings) -> list[dict[str, Any]]:
+    async with connected(settings, settings.nats.url or "", name="audit") as nc:
+        return [r async for r in read_audit(jetstream(nc, settings))]
+
+
+async def test_referral_deadline_is_one_working_day(broker: Broker, agency: ClientFactory, settings: Settings) -> None:
+    police = await agency("police-met")
+    jti = await police.send(typ="referral", to=["la-camden"], payload=referral(), sharing=sharing())
+    await police.wait_outcome(jti, timeout=10)
+    shared = next(r for r in await _audit(settings) if r["event"] == "shared")
+    received = dt.datetime.fromisoformat(shared["receivedAt"].replace("Z", "+00:00"))
+    expected = add_working_days(received, 1).astimezone(dt.UTC)
+    assert dt.datetime.fromisoformat(shared["due"].replace("Z", "+00:00")) == expected.replace(microsecond=0)
+    assert expected.astimezone(LONDON).time() == dt.time(23, 59, 59)
+
+
+async def test_overdue_request_tells_both_sides(broker: Broker, agency: ClientFactory, settings: Settings) -> None:
+    la, health = await agency("la-camden"), await agency("health-camden")
+    jti = await la.send(typ="information-request", to=["health-camden"], payload=_request(1.0),
+                        sharing=sharing("information-request"))
+    assert (await la.wait_outcome(jti, timeout=10)).type == "receipt"
+    await asyncio.sleep(2.0)  # past respondBy; the scanner runs every 0.3 s in tests
+    notices = [d for d in await drain(la, want=1) if d.type == "overdue-notice"]
+    health_got = await drain(health, want=2)
+    assert [d.type for d in health_got].count("overdue-notice") == 1
+    (notice,) = notices
+    assert notice.payload["messageId"] == jti and notice.payload["recipient"] == "health-camden"
+    assert notice.payload["expected"] == ["information-response"]
+    assert notice.payload["rule"] == "information-request.between-partners"
+    overdue = [r for r in await _audit(settings) if r["event"] == "overdue"]
+    assert len(overdue) == 1 and overdue[0]["recipient"] == "health-camden"
+    assert broker.pipeline.counters.overdue == 1
+
+
+async def test_expected_reply_stops_the_clock(broker: Broker, agency: ClientFactory, settings: Settings) -> None:
+    la, health = await agency("la-camden"), await agency("health-camden")
+    jti = await la.send(typ="information-request", to=["health-camden"], payload=_request(2.0),
+                        sharing=sharing("information-request"))
+    await la.wait_outcome(jti, timeout=10)
+    (request,) = await drain(health, want=1)
+    answer = example("information-response.example.json") | {"requestId": jti}
+    reply = await health.send(typ="information-response", to=["la-camden"], payload=answer,
+                              sharing=sharing("information-response"), re=request.claims["origin"]["jti"])
+    assert (await health.wait_outcome(reply, timeout=10)).type == "receipt"
+    await asyncio.sleep(3.0)  # well past respondBy
+    assert [d.type for d in await drain(la, want=1)] == ["information-response"]
+    assert not [r for r in await _audit(settings) if r["event"] == "overdue"]
+    assert broker.pipeline.counters.overdue == 0
