@@ -37,7 +37,8 @@ def test_every_example_is_valid(example: str, catalogue: Catalogue) -> None:
 
 def test_each_message_type_has_payload_and_sharing_examples(catalogue: Catalogue) -> None:
     assert {t for t, _ in catalogue.types} == {
-        "referral", "referral-outcome", "information-request", "information-response", "receipt", "rejection"}
+        "referral", "referral-outcome", "information-request", "information-response", "receipt", "rejection",
+        "overdue-notice"}
     for name, _ in catalogue.types:
         assert (EXAMPLES / f"{name}.example.json").exists()
         assert (EXAMPLES / f"{name}.sharing.example.json").exists()
@@ -108,4 +109,4 @@ def test_payload_schemas_are_annotated(catalogue: Catalogue) -> None:
     for (name, version), mtype in catalogue.types.items():
         meta = catalogue.documents[f"{name}.v{version}.json"]["x-sgb"]
         assert meta["type"] == name and meta["version"] == version
-        assert mtype.personal_data is (name not in ("receipt", "rejection"))
+        assert mtype.personal_data is (name not in ("receipt", "rejection", "overdue-notice"))
