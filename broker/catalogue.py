@@ -38,6 +38,7 @@ class MessageType:
     special_category: bool
     criminal_offence: bool
     validator: jsonschema_rs.Validator
+    record_only: bool = False  # recorded and audited, delivered to no one
 
 
 def _pointer(path: Iterable[str | int]) -> str:
@@ -81,7 +82,7 @@ class Catalogue:
                 personal_data=bool(meta.get("personalData", True)),
                 special_category=bool(meta.get("specialCategory", False)),
                 criminal_offence=bool(meta.get("criminalOffence", False)),
-                validator=self._validators[name],
+                validator=self._validators[name], record_only=bool(meta.get("recordOnly", False)),
             )
 
     def validator(self, file_name: str) -> jsonschema_rs.Validator:

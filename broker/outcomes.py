@@ -111,7 +111,8 @@ class Outcomes:
             record = base | {"id": derived_id("audit", jti, rd.recipient), "recipient": rd.recipient,
                              "rules": list(rd.rules)}
             if not rd.share:
-                out.append(self._audit(record | {"event": "refused", "decision": "refuse", "code": rd.code,
+                event = ("not-shared", "not-share") if opened.mtype.record_only else ("refused", "refuse")
+                out.append(self._audit(record | {"event": event[0], "decision": event[1], "code": rd.code,
                                                  "reason": rd.reason}))
                 continue
             payload = opened.payload if rd.fields is None else {
@@ -138,10 +139,10 @@ class Outcomes:
         if closes and claims.get("re"):
             out.append(deadlines.close_entry(claims["re"], sender, jti))
         receipt = {
-            "messageId": jti, "status": "routed", "at": iso(self.clock()),
+            "messageId": jti, "status": "recorded" if opened.mtype.record_only else "routed", "at": iso(self.clock()),
             "recipients": [r.recipient for r in decision.shared],
         }
-        if decision.refused:
+        if decision.refused and not opened.mtype.record_only:
             receipt["refused"] = [{"recipient": r.recipient, "code": r.code, "rule": r.rules[0]}
                                   for r in decision.refused]
         receipt_id = derived_id("receipt", jti)

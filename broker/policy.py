@@ -80,6 +80,10 @@ class RulebookPolicy:
         if rule is None:
             raise NotPermitted(f"no rule lets a {sender.kind} agency send {mtype.name} messages",
                                field="/typ", rule=f"route.{mtype.name}")
+        if mtype.record_only:
+            return Decision(tuple(RecipientDecision(a.id, False, (rule.id,), code="not-shared",
+                                                    reason="a practitioner decided not to share")
+                                  for a in recipients), (rule.id,))
         applied = [rule.id]
         flags: list[str] = []
         if mtype.personal_data:

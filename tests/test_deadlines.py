@@ -74,3 +74,38 @@ async def test_expected_reply_stops_the_clock(broker: Broker, agency: ClientFact
     assert [d.type for d in await drain(la, want=1)] == ["information-response"]
     assert not [r for r in await _audit(settings) if r["event"] == "overdue"]
     assert broker.pipeline.counters.overdue == 0
+
+
+async def test_decision_not_to_share_is_recorded_and_reaches_no_one(broker: Broker, agency: ClientFactory,
+                                                                    settings: Settings) -> None:
+    health, la = await agency("health-camden"), await agency("la-camden")
+    jti = await health.send(typ="decision-not-to-share", to=["la-camden"],
+                            payload=example("decision-not-to-share.example.json"),
+                            sharing=sharing("decision-not-to-share"))
+    outcome = await health.wait_outcome(jti, timeout=10)
+    assert outcome.payload["status"] == "recorded" and outcome.payload["recipients"] == []
+    assert [d async for d in la.fetch(idle=0.5)] == []
+    (record,) = [r for r in await _audit(settings) if r["event"] == "not-shared"]
+    assert record["recipient"] == "la-camden" and record["rules"] == ["decision-not-to-share.record"]
+    assert "reasons" not in record and "NOT_PROPORTIONATE" not in str(record)  # metadata only
+
+
+async def test_encompass_due_before_next_school_day_and_receipt_closes_it(
+        broker: Broker, agency: ClientFactory, settings: Settings) -> None:
+    police, school = await agency("police-met"), await agency("school-hillside")
+    jti = await police.send(typ="encompass-notification", to=["school-hillside"],
+                            payload=example("encompass-notification.example.json"),
+                            sharing=sharing("encompass-notification"))
+    assert (await police.wait_outcome(jti, timeout=10)).type == "receipt"
+    (notice,) = await drain(school, want=1)
+    assert "circumstances" not in notice.payload and "adultsInvolved" not in notice.payload
+    shared = next(r for r in await _audit(settings) if r["event"] == "shared")
+    due = dt.datetime.fromisoformat(shared["due"].replace("Z", "+00:00")).astimezone(LONDON)
+    assert due.time() == dt.time(8, 30) and due > dt.datetime.now(LONDON)
+    receipt = {"messageId": jti, "status": "accepted", "at": dt.datetime.now(dt.UTC).isoformat()}
+    rid = await school.send(typ="receipt", to=["police-met"], payload=receipt, sharing=sharing("receipt"),
+                            re=notice.claims["origin"]["jti"])
+    assert (await school.wait_outcome(rid, timeout=10)).type == "receipt"
+    async with connected(settings, settings.nats.url or "", name="kv") as nc:
+        last = await jetstream(nc, settings).get_last_msg("KV_SG_DEADLINES", f"$KV.SG_DEADLINES.{jti}.school-hillside")
+    assert (last.headers or {}).get("KV-Operation") == "DEL"  # the school's receipt closed the deadline

@@ -22,7 +22,8 @@ from broker.registry import Agency
 from tests.helpers import example
 
 KIND_OF = {"police": "police-met", "health": "health-camden", "local-authority": "la-camden",
-           "school": "school-hillside", "voluntary-sector": "vol-camden", "probation": "probation-london"}
+           "school": "school-hillside", "voluntary-sector": "vol-camden", "probation": "probation-london",
+           "national-panel": "cscpr-panel"}
 
 
 def _agency(kind: str) -> Agency:
@@ -149,6 +150,39 @@ SCENARIOS: dict[str, Scenario] = {
                                                        "information-response", ("local-authority",),
                                                        {"lawfulBasis": "UKGDPR_6_1_F"}, shared=("local-authority",),
                                                        flags=("shared-without-consent",)),
+    "Operation Encompass to the school is minimised": S(
+        "encompass.police-to-school", "police", "encompass-notification", ("school",),
+        POLICE | {"statutoryGateways": ["DAA2021_S49A"], "purpose": "DOMESTIC_ABUSE_NOTIFICATION"}, shared=("school",),
+        withheld={"school": ("adultsInvolved", "circumstances", "incidentLocation", "voiceOfChild")},
+        flags=("shared-without-consent",)),
+    "Operation Encompass in full for a home-educated child": S(
+        "encompass.police-to-school", "police", "encompass-notification", ("local-authority",),
+        POLICE | {"statutoryGateways": ["DAA2021_S49A"]}, shared=("local-authority",),
+        flags=("shared-without-consent",)),
+    "Operation Encompass without the s49A gateway": S("encompass.police-to-school", "police",
+                                                      "encompass-notification", ("school",), POLICE,
+                                                      refuse="no-lawful-basis"),
+    "Operation Encompass from health": S("route.encompass-notification", "health", "encompass-notification",
+                                         ("school",), refuse="not-permitted"),
+    "strategy discussion invitation to the school": S("strategy-discussion.la-to-partners", "local-authority",
+                                                      "strategy-discussion", ("school", "police", "health"),
+                                                      shared=("school", "police", "health"),
+                                                      flags=("shared-without-consent",)),
+    "child protection status to health": S("cp-status.la-to-health", "local-authority", "child-protection-status",
+                                           ("health",), shared=("health",), flags=("shared-without-consent",)),
+    "child protection status to police": S("cp-status.la-to-health", "local-authority", "child-protection-status",
+                                           ("police",), refuse="not-permitted"),
+    "allegation against a coach to the LADO": S("lado.referral", "school", "lado-referral", ("local-authority",),
+                                                shared=("local-authority",), flags=("shared-without-consent",)),
+    "serious incident notified to the panel": S("sin.la-to-panel", "local-authority",
+                                                "serious-incident-notification", ("national-panel",),
+                                                {"statutoryGateways": ["CA2004_S16C"]}, shared=("national-panel",),
+                                                flags=("shared-without-consent",)),
+    "serious incident notification without s16C": S("sin.la-to-panel", "local-authority",
+                                                     "serious-incident-notification", ("national-panel",),
+                                                     refuse="no-lawful-basis"),
+    "a decision not to share reaches no one": S("decision-not-to-share.record", "health", "decision-not-to-share",
+                                                ("local-authority",), {"lawfulBasis": DROP}),
     "receipt needs no basis": S("receipt.any", "school", "receipt", ("police",),
                                 {"lawfulBasis": DROP, "consentStatus": "NOT_APPLICABLE"}, shared=("police",)),
     "agencies may not send rejections": S("route.rejection", "health", "rejection", ("police",),

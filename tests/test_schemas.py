@@ -38,7 +38,8 @@ def test_every_example_is_valid(example: str, catalogue: Catalogue) -> None:
 def test_each_message_type_has_payload_and_sharing_examples(catalogue: Catalogue) -> None:
     assert {t for t, _ in catalogue.types} == {
         "referral", "referral-outcome", "information-request", "information-response", "receipt", "rejection",
-        "overdue-notice"}
+        "overdue-notice", "encompass-notification", "strategy-discussion", "child-protection-status", "lado-referral",
+        "serious-incident-notification", "decision-not-to-share"}
     for name, _ in catalogue.types:
         assert (EXAMPLES / f"{name}.example.json").exists()
         assert (EXAMPLES / f"{name}.sharing.example.json").exists()
