@@ -27,7 +27,7 @@ from nats.js.errors import APIError, BucketNotFoundError, KeyWrongLastSequenceEr
 from broker.errors import TransportError
 from broker.publisher import Outgoing
 from broker.rulebook import DeadlineSpec
-from broker.workdays import add_working_days, next_school_day_start
+from broker.workdays import add_working_days, add_working_hours, next_school_day_start
 
 log = structlog.get_logger("sgb.deadlines")
 BUCKET: Final = "SG_DEADLINES"
@@ -38,7 +38,12 @@ def due_at(spec: DeadlineSpec, received: float, payload: Mapping[str, Any]) -> f
     payload does not give the date the rule asks for."""
     at = dt.datetime.fromtimestamp(received, dt.UTC)
     if spec.working_days is not None:
-        return add_working_days(at, spec.working_days).timestamp()
+        due = add_working_days(at, spec.working_days).timestamp()
+        risk = payload.get("risk")
+        rating = risk.get("ragRating") if isinstance(risk, Mapping) else None
+        if spec.rag_hours and rating in spec.rag_hours:
+            due = min(due, add_working_hours(at, spec.rag_hours[rating]).timestamp())
+        return due
     if spec.school_day_start is not None:
         hours, minutes = (int(x) for x in spec.school_day_start.split(":"))
         return next_school_day_start(at, dt.time(hours, minutes)).timestamp()

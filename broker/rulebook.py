@@ -36,6 +36,7 @@ class DeadlineSpec:
     working_days: int | None = None
     school_day_start: str | None = None   # "HH:MM"
     from_payload: str | None = None       # a top-level date-time field of the payload
+    rag_hours: Mapping[str, float] | None = None  # local MASH timescale by the payload's risk.ragRating
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +101,7 @@ def parse(doc: Any, catalogue: Catalogue, *, source: str = "<rulebook>") -> Rule
             fields={k: None if v["fields"] == "all" else tuple(v["fields"]) for k, v in r["to"].items()},
             lawful_bases=frozenset(r.get("lawfulBasis", ())), gateways=frozenset(r.get("gateways", ())),
             protect={k: Protection(tuple(v["fields"]), frozenset(v["from"])) for k, v in r.get("protect", {}).items()},
-            deadline=_deadline(r.get("deadline")),
+            deadline=_deadline(r.get("deadline"), doc.get("localTimescales", {})),
         ))
     if problems:
         raise ConfigError(f"rulebook {source} is invalid: " + "; ".join(problems))
@@ -110,11 +111,15 @@ def parse(doc: Any, catalogue: Catalogue, *, source: str = "<rulebook>") -> Rule
     )
 
 
-def _deadline(spec: Mapping[str, Any] | None) -> DeadlineSpec | None:
+def _deadline(spec: Mapping[str, Any] | None, local: Mapping[str, Any]) -> DeadlineSpec | None:
     if spec is None:
         return None
+    rag = None
+    if spec.get("localTimescale") == "ragRating":
+        rag = {rating: float(v["workingHours"]) for rating, v in local.get("ragRating", {}).items()}
     return DeadlineSpec(expect=tuple(spec["expect"]), says=spec["says"], working_days=spec.get("workingDays"),
-                        school_day_start=spec.get("schoolDayStart"), from_payload=spec.get("fromPayload"))
+                        school_day_start=spec.get("schoolDayStart"), from_payload=spec.get("fromPayload"),
+                        rag_hours=rag)
 
 
 def load(path: Path, catalogue: Catalogue) -> Rulebook:

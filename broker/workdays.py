@@ -49,3 +49,23 @@ def next_school_day_start(received: dt.datetime, start: dt.time = dt.time(8, 30)
     if not (is_working_day(day) and local.time() < start):
         day = next_working_day(day)
     return dt.datetime.combine(day, start, LONDON)
+
+
+def add_working_hours(received: dt.datetime, hours: float, *, opens: dt.time = dt.time(9),
+                      closes: dt.time = dt.time(17)) -> dt.datetime:
+    """``hours`` of working time (``opens``–``closes`` London time on working days) after ``received``.
+    Local MASH timescales (RAG ratings) are counted this way."""
+    local = received.astimezone(LONDON)
+    day, now = local.date(), local.time()
+    if not is_working_day(day) or now >= closes:
+        day, now = next_working_day(day), opens
+    elif now < opens:
+        now = opens
+    remaining = dt.timedelta(hours=hours)
+    while True:
+        start = dt.datetime.combine(day, now, LONDON)
+        end = dt.datetime.combine(day, closes, LONDON)
+        if start + remaining <= end:
+            return start + remaining
+        remaining -= end - start
+        day, now = next_working_day(day), opens

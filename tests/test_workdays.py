@@ -45,3 +45,32 @@ def test_bank_holidays_come_from_the_calendar() -> None:
 ])
 def test_operation_encompass_before_the_next_school_day(received: str, due: str) -> None:
     assert next_school_day_start(_at(received)) == _at(due)
+
+
+@pytest.mark.parametrize(("received", "hours", "due"), [
+    ("2026-11-18 10:00", 4, "2026-11-18 14:00"),   # red: within the day
+    ("2026-11-18 15:00", 4, "2026-11-19 11:00"),   # carries over to the next morning
+    ("2026-11-20 16:00", 4, "2026-11-23 12:00"),   # Friday afternoon -> Monday
+    ("2026-11-21 10:00", 4, "2026-11-23 13:00"),   # Saturday: counting starts Monday 09:00
+    ("2026-11-18 07:00", 24, "2026-11-20 17:00"),  # amber: three working days of eight hours
+    ("2026-12-24 16:00", 4, "2026-12-29 12:00"),   # over Christmas
+])
+def test_working_hours_for_local_rag_timescales(received: str, hours: float, due: str) -> None:
+    from broker.workdays import add_working_hours
+
+    assert add_working_hours(_at(received), hours) == _at(due)
+
+
+@pytest.mark.parametrize(("rating", "due"), [
+    ("red", "2026-11-18 14:00"), ("amber", "2026-11-19 23:59:59"), (None, "2026-11-19 23:59:59"),
+])
+def test_referral_due_by_the_earlier_of_statute_and_local_rag(rating: str | None, due: str) -> None:
+    from broker import deadlines
+    from broker import rulebook as rulebooks
+    from broker.catalogue import Catalogue
+
+    rule = rulebooks.load(rulebooks.DEFAULT_RULEBOOK, Catalogue()).rule_for("referral", "health")
+    assert rule is not None and rule.deadline is not None
+    payload = {"risk": {"ragRating": rating}} if rating else {}
+    got = deadlines.due_at(rule.deadline, _at("2026-11-18 10:00").timestamp(), payload)
+    assert got == _at(due).timestamp()
