@@ -22,7 +22,7 @@ import orjson
 import structlog
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
-from nats.js.errors import APIError, BucketNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js.errors import APIError, NotFoundError
 
 from broker.errors import TransportError
 from broker.publisher import Outgoing
@@ -31,6 +31,8 @@ from broker.workdays import add_working_days, add_working_hours, next_school_day
 
 log = structlog.get_logger("sgb.deadlines")
 BUCKET: Final = "SG_DEADLINES"
+_STREAM: Final = f"KV_{BUCKET}"
+_WRONG_LAST_SEQUENCE: Final = 10071
 
 
 def due_at(spec: DeadlineSpec, received: float, payload: Mapping[str, Any]) -> float | None:
@@ -41,7 +43,7 @@ def due_at(spec: DeadlineSpec, received: float, payload: Mapping[str, Any]) -> f
         due = add_working_days(at, spec.working_days).timestamp()
         risk = payload.get("risk")
         rating = risk.get("ragRating") if isinstance(risk, Mapping) else None
-        if spec.rag_hours and rating in spec.rag_hours:
+        if spec.rag_hours and isinstance(rating, str) and rating in spec.rag_hours:
             due = min(due, add_working_hours(at, spec.rag_hours[rating]).timestamp())
         return due
     if spec.school_day_start is not None:
@@ -74,33 +76,42 @@ def close_entry(message_id: str, recipient: str, reply_id: str) -> Outgoing:
 OverdueHandler = Callable[[Mapping[str, Any]], Awaitable[None]]
 
 
-async def scan_forever(js: JetStreamContext, on_overdue: OverdueHandler, *, interval: float,
+async def scan_forever(js: JetStreamContext, on_overdue: OverdueHandler, *, interval: float, stop: asyncio.Event,
                        clock: Callable[[], float] = time.time) -> None:
-    """Every ``interval`` seconds, handle each open deadline that has passed."""
-    while True:
+    """Every ``interval`` seconds until ``stop`` is set, handle each open deadline that has passed."""
+    while not stop.is_set():
         try:
             await scan_once(js, on_overdue, clock=clock)
         except (TransportError, NatsError, APIError) as exc:
             log.warning("deadline scan failed; will retry", error=type(exc).__name__)
-        await asyncio.sleep(interval)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)
 
 
 async def scan_once(js: JetStreamContext, on_overdue: OverdueHandler, *, clock: Callable[[], float] = time.time) -> int:
+    """One pass over the bucket with plain requests (no KV watcher: its subscription swallows
+    cancellation in nats-py 2.16, which stalled shutdown)."""
     try:
-        kv = await js.key_value(BUCKET)
-        keys = await kv.keys()
-    except (NoKeysError, BucketNotFoundError):
+        info = await js.stream_info(_STREAM, subjects_filter=f"$KV.{BUCKET}.>")
+    except NotFoundError:
         return 0
     now, handled = clock(), 0
-    for k in keys:
-        entry = await kv.get(k)
-        if not entry.value:
+    for subject in sorted(info.state.subjects or {}):
+        try:
+            msg = await js.get_last_msg(_STREAM, subject)
+        except NotFoundError:
             continue
-        record = orjson.loads(entry.value)
+        if not msg.data or (msg.headers or {}).get("KV-Operation"):
+            continue  # deleted: the expected reply arrived
+        record = orjson.loads(msg.data)
         if record.get("state") != "open" or record["due"] > now:
             continue
         await on_overdue(record)
-        with contextlib.suppress(KeyWrongLastSequenceError):  # another instance got there first
-            await kv.update(k, orjson.dumps(record | {"state": "overdue"}), last=entry.revision)
+        try:  # compare-and-set: with several instances, one marks it
+            await js.publish(subject, orjson.dumps(record | {"state": "overdue"}),
+                             headers={"Nats-Expected-Last-Subject-Sequence": str(msg.seq)})
             handled += 1
+        except APIError as exc:
+            if exc.err_code != _WRONG_LAST_SEQUENCE:
+                raise
     return handled

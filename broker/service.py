@@ -128,15 +128,19 @@ async def running_broker(settings: Settings, url: str, *, policy: Policy | None 
             request_timeout=settings.nats.request_timeout,
         )
         task = asyncio.create_task(pipeline.run(), name="sgb-pipeline")
+        scanner_stop = asyncio.Event()
         scanner = asyncio.create_task(deadlines.scan_forever(
-            js, pipeline.on_overdue, interval=settings.pipeline.deadline_scan_interval), name="sgb-deadlines")
+            js, pipeline.on_overdue, interval=settings.pipeline.deadline_scan_interval, stop=scanner_stop),
+            name="sgb-deadlines")
         log.info("broker running", instance=settings.instance, url=url)
         try:
             yield Broker(settings, registry, catalogue, identity, nc, js, pipeline, task, policy)
         finally:
-            scanner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await scanner
+            scanner_stop.set()
+            try:
+                await asyncio.wait_for(scanner, settings.nats.request_timeout * 3)
+            except TimeoutError:
+                log.warning("deadline scanner did not stop in time; cancelled")
             pipeline.stop()
             try:
                 await asyncio.wait_for(task, settings.pipeline.drain_timeout + settings.pipeline.fetch_timeout + 5)
