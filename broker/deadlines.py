@@ -76,42 +76,61 @@ def close_entry(message_id: str, recipient: str, reply_id: str) -> Outgoing:
 OverdueHandler = Callable[[Mapping[str, Any]], Awaitable[None]]
 
 
-async def scan_forever(js: JetStreamContext, on_overdue: OverdueHandler, *, interval: float, stop: asyncio.Event,
-                       clock: Callable[[], float] = time.time) -> None:
-    """Every ``interval`` seconds until ``stop`` is set, handle each open deadline that has passed."""
-    while not stop.is_set():
-        try:
-            await scan_once(js, on_overdue, clock=clock)
-        except (TransportError, NatsError, APIError) as exc:
-            log.warning("deadline scan failed; will retry", error=type(exc).__name__)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), interval)
+class Scanner:
+    """Finds passed deadlines. Each instance remembers when each open entry falls due, so a pass
+    costs one stream-info request plus a read of only the new or now-due entries."""
 
+    def __init__(self, js: JetStreamContext, on_overdue: OverdueHandler, *,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._js = js
+        self._on_overdue = on_overdue
+        self._clock = clock
+        self._known: dict[str, tuple[int | None, float | None]] = {}  # subject -> (last seq read, due if open)
 
-async def scan_once(js: JetStreamContext, on_overdue: OverdueHandler, *, clock: Callable[[], float] = time.time) -> int:
-    """One pass over the bucket with plain requests (no KV watcher: its subscription swallows
-    cancellation in nats-py 2.16, which stalled shutdown)."""
-    try:
-        info = await js.stream_info(_STREAM, subjects_filter=f"$KV.{BUCKET}.>")
-    except NotFoundError:
-        return 0
-    now, handled = clock(), 0
-    for subject in sorted(info.state.subjects or {}):
+    async def run(self, *, interval: float, stop: asyncio.Event) -> None:
+        """Every ``interval`` seconds until ``stop`` is set."""
+        while not stop.is_set():
+            try:
+                await self.scan_once()
+            except (TransportError, NatsError, APIError) as exc:
+                log.warning("deadline scan failed; will retry", error=type(exc).__name__)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+
+    async def scan_once(self) -> int:
+        """One pass with plain requests (no KV watcher: its subscription swallows cancellation in
+        nats-py 2.16, which stalled shutdown)."""
         try:
-            msg = await js.get_last_msg(_STREAM, subject)
+            info = await self._js.stream_info(_STREAM, subjects_filter=f"$KV.{BUCKET}.>")
         except NotFoundError:
-            continue
-        if not msg.data or (msg.headers or {}).get("KV-Operation"):
-            continue  # deleted: the expected reply arrived
-        record = orjson.loads(msg.data)
-        if record.get("state") != "open" or record["due"] > now:
-            continue
-        await on_overdue(record)
-        try:  # compare-and-set: with several instances, one marks it
-            await js.publish(subject, orjson.dumps(record | {"state": "overdue"}),
-                             headers={"Nats-Expected-Last-Subject-Sequence": str(msg.seq)})
-            handled += 1
-        except APIError as exc:
-            if exc.err_code != _WRONG_LAST_SEQUENCE:
-                raise
-    return handled
+            return 0
+        subjects = info.state.subjects or {}
+        now, handled = self._clock(), 0
+        for subject in list(self._known):
+            if subject not in subjects:
+                del self._known[subject]
+        for subject in sorted(subjects):
+            known = self._known.get(subject)
+            if known is not None and (known[1] is None or known[1] > now):
+                continue  # closed, or not yet due
+            try:
+                msg = await self._js.get_last_msg(_STREAM, subject)
+            except NotFoundError:
+                continue
+            record = orjson.loads(msg.data) if msg.data and not (msg.headers or {}).get("KV-Operation") else {}
+            if record.get("state") != "open":
+                self._known[subject] = (msg.seq, None)
+                continue
+            self._known[subject] = (msg.seq, record["due"])
+            if record["due"] > now:
+                continue
+            await self._on_overdue(record)
+            self._known[subject] = (msg.seq, None)
+            try:  # compare-and-set: with several instances, one marks it
+                await self._js.publish(subject, orjson.dumps(record | {"state": "overdue"}),
+                                       headers={"Nats-Expected-Last-Subject-Sequence": str(msg.seq)})
+                handled += 1
+            except APIError as exc:
+                if exc.err_code != _WRONG_LAST_SEQUENCE:
+                    raise
+        return handled

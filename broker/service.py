@@ -129,9 +129,8 @@ async def running_broker(settings: Settings, url: str, *, policy: Policy | None 
         )
         task = asyncio.create_task(pipeline.run(), name="sgb-pipeline")
         scanner_stop = asyncio.Event()
-        scanner = asyncio.create_task(deadlines.scan_forever(
-            js, pipeline.on_overdue, interval=settings.pipeline.deadline_scan_interval, stop=scanner_stop),
-            name="sgb-deadlines")
+        scanner = asyncio.create_task(deadlines.Scanner(js, pipeline.on_overdue).run(
+            interval=settings.pipeline.deadline_scan_interval, stop=scanner_stop), name="sgb-deadlines")
         log.info("broker running", instance=settings.instance, url=url)
         try:
             yield Broker(settings, registry, catalogue, identity, nc, js, pipeline, task, policy)
