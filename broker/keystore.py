@@ -29,6 +29,7 @@ DEMO_AGENCIES: tuple[tuple[str, str, str, _crypto.SuiteName], ...] = (
     ("health-camden", "health", "NHS North Central London ICB (Camden)", _crypto.HYBRID_SUITE),
     ("la-camden", "local-authority", "London Borough of Camden Children's Social Care", _crypto.X25519_SUITE),
     ("school-hillside", "school", "Hillside Primary School", _crypto.X25519_SUITE),
+    ("cscpr-panel", "national-panel", "Child Safeguarding Practice Review Panel", _crypto.X25519_SUITE),
 )
 
 

@@ -129,9 +129,10 @@ class Outcomes:
             due = deadlines.due_at(decision.deadline, ingress.stored_at, opened.payload) if decision.deadline else None
             if due is not None and decision.deadline is not None:
                 shared["due"] = iso(due)
-                out.append(deadlines.open_entry(jti, rd.recipient, {
+                replier = sender if decision.deadline.from_sender else rd.recipient
+                out.append(deadlines.open_entry(jti, replier, {
                     "message": jti, "type": claims["typ"], "sender": sender, "recipient": rd.recipient, "due": due,
-                    "expect": list(decision.deadline.expect), "rule": decision.deadline_rule,
+                    "expect": list(decision.deadline.expect), "expectFrom": replier, "rule": decision.deadline_rule,
                     "says": decision.deadline.says}))
             if rd.withheld:
                 shared["withheld"] = list(rd.withheld)

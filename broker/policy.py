@@ -12,7 +12,9 @@ the rules that made it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import datetime as dt
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -24,7 +26,8 @@ from broker import rulebook as rulebooks
 from broker.catalogue import Catalogue, MessageType
 from broker.errors import NoLawfulBasis, NotPermitted
 from broker.registry import Agency
-from broker.rulebook import DeadlineSpec, Rule, Rulebook
+from broker.rulebook import DeadlineSpec, LateAfter, Rule, Rulebook
+from broker.workdays import LONDON, add_working_days
 
 WITHOUT_CONSENT: Final = frozenset({"NOT_SOUGHT", "REFUSED_OVERRIDDEN"})
 
@@ -70,9 +73,10 @@ def _restricted_bases() -> frozenset[str]:
 
 
 class RulebookPolicy:
-    def __init__(self, rulebook: Rulebook) -> None:
+    def __init__(self, rulebook: Rulebook, clock: Callable[[], float] = time.time) -> None:
         self.rulebook = rulebook
         self._restricted = _restricted_bases()
+        self._clock = clock
 
     def decide(self, sender: Agency, recipients: tuple[Agency, ...], mtype: MessageType,
                sharing: Mapping[str, Any], payload: Mapping[str, Any]) -> Decision:
@@ -91,6 +95,9 @@ class RulebookPolicy:
             applied += self._consent(sharing, flags)
         if "adviceSought" in sharing:
             flags.append("advice-sought")
+        if rule.late_after is not None and _is_late(rule.late_after, payload, self._clock()):
+            flags.append("late")
+            applied.append(rule.id)
         decisions = tuple(self._for_recipient(rule, agency, sharing, payload, tuple(applied)) for agency in recipients)
         if not any(d.share for d in decisions):
             raise NotPermitted(f"no recipient may receive {mtype.name} from a {sender.kind} agency",
@@ -168,6 +175,17 @@ class RulebookPolicy:
         withheld = tuple(sorted(set(payload) - keep))
         fields = None if not withheld else tuple(sorted(keep))
         return RecipientDecision(agency.id, True, tuple(dict.fromkeys(rules)), fields=fields, withheld=withheld)
+
+
+def _is_late(late: LateAfter, payload: Mapping[str, Any], now: float) -> bool:
+    value = payload.get(late.field)
+    if not isinstance(value, str):
+        return False
+    try:
+        start = dt.datetime.fromisoformat(value).replace(tzinfo=LONDON)
+    except ValueError:
+        return False
+    return now > add_working_days(start, late.working_days).timestamp()
 
 
 def _is_protected(identity: str, sharing: Mapping[str, Any], payload: Mapping[str, Any]) -> bool:

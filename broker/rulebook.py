@@ -37,6 +37,16 @@ class DeadlineSpec:
     school_day_start: str | None = None   # "HH:MM"
     from_payload: str | None = None       # a top-level date-time field of the payload
     rag_hours: Mapping[str, float] | None = None  # local MASH timescale by the payload's risk.ragRating
+    from_sender: bool = False  # the reply is expected from the sender (e.g. a rapid review), not the recipient
+
+
+@dataclass(frozen=True, slots=True)
+class LateAfter:
+    """Flag a message sent more than ``working_days`` after the date in ``field``."""
+
+    field: str
+    working_days: int
+    says: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +61,7 @@ class Rule:
     gateways: frozenset[str]
     protect: Mapping[str, Protection]
     deadline: DeadlineSpec | None = None
+    late_after: LateAfter | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +113,8 @@ def parse(doc: Any, catalogue: Catalogue, *, source: str = "<rulebook>") -> Rule
             lawful_bases=frozenset(r.get("lawfulBasis", ())), gateways=frozenset(r.get("gateways", ())),
             protect={k: Protection(tuple(v["fields"]), frozenset(v["from"])) for k, v in r.get("protect", {}).items()},
             deadline=_deadline(r.get("deadline"), doc.get("localTimescales", {})),
+            late_after=LateAfter(r["lateAfter"]["field"], r["lateAfter"]["workingDays"], r["lateAfter"]["says"])
+            if "lateAfter" in r else None,
         ))
     if problems:
         raise ConfigError(f"rulebook {source} is invalid: " + "; ".join(problems))
@@ -119,7 +132,7 @@ def _deadline(spec: Mapping[str, Any] | None, local: Mapping[str, Any]) -> Deadl
         rag = {rating: float(v["workingHours"]) for rating, v in local.get("ragRating", {}).items()}
     return DeadlineSpec(expect=tuple(spec["expect"]), says=spec["says"], working_days=spec.get("workingDays"),
                         school_day_start=spec.get("schoolDayStart"), from_payload=spec.get("fromPayload"),
-                        rag_hours=rag)
+                        rag_hours=rag, from_sender=spec.get("expectFrom") == "sender")
 
 
 def load(path: Path, catalogue: Catalogue) -> Rulebook:

@@ -75,10 +75,9 @@ def read_header(token: bytes) -> dict[str, Any]:
         raise Malformed("not a JWS compact serialisation", field="/")
     # Only the small header segment is decoded here: PyJWT's own header reader checks the
     # alphabet of the whole token character by character, which costs more than the signature.
-    segment = token[: token.index(b".")]
     try:
-        header = orjson.loads(_crypto.unb64u(segment.decode("ascii")))
-    except (ValueError, orjson.JSONDecodeError) as exc:
+        header = orjson.loads(_segment(token[: token.index(b".")]))
+    except (Malformed, orjson.JSONDecodeError) as exc:
         raise Malformed("the JWS header cannot be read", field="/header") from exc
     if not isinstance(header, dict):
         raise Malformed("the JWS header is not a JSON object", field="/header")
@@ -135,13 +134,14 @@ def verify_fast(token: bytes, key: _crypto.VerifyKey) -> dict[str, Any]:
         raise Malformed("not a JWS compact serialisation", field="/")
     signing_input, _, sig = token.rpartition(b".")
     body = signing_input.partition(b".")[2]
+    raw_body = _segment(body)  # canonical spelling is checked before the signature, as PyJWT does
     signature = _segment(sig)
     try:
         _crypto.verify_signature(key, signature, signing_input)
     except InvalidEnvelope as exc:
         raise BadSignature("the signature does not verify", field="/signature") from exc
     try:
-        claims = orjson.loads(_segment(body))
+        claims = orjson.loads(raw_body)
     except orjson.JSONDecodeError as exc:
         raise Malformed("the envelope cannot be read", field="/") from exc
     if not isinstance(claims, dict):

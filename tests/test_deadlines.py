@@ -109,3 +109,24 @@ async def test_encompass_due_before_next_school_day_and_receipt_closes_it(
     async with connected(settings, settings.nats.url or "", name="kv") as nc:
         last = await jetstream(nc, settings).get_last_msg("KV_SG_DEADLINES", f"$KV.SG_DEADLINES.{jti}.school-hillside")
     assert (last.headers or {}).get("KV-Operation") == "DEL"  # the school's receipt closed the deadline
+
+
+async def test_rapid_review_from_the_notifier_stops_the_fifteen_day_clock(
+        broker: Broker, agency: ClientFactory, settings: Settings) -> None:
+    la, panel = await agency("la-camden"), await agency("cscpr-panel")
+    sin = await la.send(typ="serious-incident-notification", to=["cscpr-panel"],
+                        payload=example("serious-incident-notification.example.json"),
+                        sharing=sharing("serious-incident-notification"))
+    assert (await la.wait_outcome(sin, timeout=10)).type == "receipt"
+    shared = next(r for r in await _audit(settings) if r["event"] == "shared")
+    received = dt.datetime.fromisoformat(shared["receivedAt"].replace("Z", "+00:00"))
+    assert shared["due"] == add_working_days(received, 15).astimezone(dt.UTC).isoformat(
+        timespec="milliseconds").replace("+00:00", "Z")
+    review = example("rapid-review.example.json") | {"notificationId": sin}
+    rid = await la.send(typ="rapid-review", to=["cscpr-panel"], payload=review,
+                        sharing=sharing("rapid-review"), re=sin)
+    assert (await la.wait_outcome(rid, timeout=10)).type == "receipt"
+    assert len(await drain(panel, want=2)) == 2
+    async with connected(settings, settings.nats.url or "", name="kv") as nc:
+        last = await jetstream(nc, settings).get_last_msg("KV_SG_DEADLINES", f"$KV.SG_DEADLINES.{sin}.la-camden")
+    assert (last.headers or {}).get("KV-Operation") == "DEL"

@@ -7,6 +7,7 @@ sign off: refuse (with code and rule), or share per recipient with the fields an
 from __future__ import annotations
 
 import copy
+import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +33,7 @@ def _agency(kind: str) -> Agency:
 
 @pytest.fixture(scope="module")
 def policy() -> RulebookPolicy:
-    return RulebookPolicy(rulebooks.load(rulebooks.DEFAULT_RULEBOOK, Catalogue()))
+    return RulebookPolicy(rulebooks.load(rulebooks.DEFAULT_RULEBOOK, Catalogue()), clock=lambda: NOW)
 
 
 BASE_SHARING: dict[str, Any] = {
@@ -44,6 +45,7 @@ BASE_SHARING: dict[str, Any] = {
 }
 POLICE = {"lawEnforcementBasis": "DPA_SCH8_P4", "criminalOffenceCondition": "DPA_SCH1_P18"}
 DROP = object()
+NOW = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.UTC).timestamp()  # scenarios are judged at a fixed time
 
 
 @dataclass(frozen=True)
@@ -181,6 +183,14 @@ SCENARIOS: dict[str, Scenario] = {
     "serious incident notification without s16C": S("sin.la-to-panel", "local-authority",
                                                      "serious-incident-notification", ("national-panel",),
                                                      refuse="no-lawful-basis"),
+    "serious incident notified late is flagged": S("sin.la-to-panel", "local-authority",
+                                                    "serious-incident-notification", ("national-panel",),
+                                                    {"statutoryGateways": ["CA2004_S16C"]},
+                                                    {"becameAware": "2026-11-02"}, shared=("national-panel",),
+                                                    flags=("shared-without-consent", "late")),
+    "rapid review to the panel": S("rapid-review.to-panel", "local-authority", "rapid-review", ("national-panel",),
+                                   {"statutoryGateways": ["CA2004_S16C"]}, shared=("national-panel",),
+                                   flags=("shared-without-consent",)),
     "a decision not to share reaches no one": S("decision-not-to-share.record", "health", "decision-not-to-share",
                                                 ("local-authority",), {"lawfulBasis": DROP}),
     "receipt needs no basis": S("receipt.any", "school", "receipt", ("police",),

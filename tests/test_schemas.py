@@ -39,7 +39,7 @@ def test_each_message_type_has_payload_and_sharing_examples(catalogue: Catalogue
     assert {t for t, _ in catalogue.types} == {
         "referral", "referral-outcome", "information-request", "information-response", "receipt", "rejection",
         "overdue-notice", "encompass-notification", "strategy-discussion", "child-protection-status", "lado-referral",
-        "serious-incident-notification", "decision-not-to-share"}
+        "serious-incident-notification", "decision-not-to-share", "rapid-review"}
     for name, _ in catalogue.types:
         assert (EXAMPLES / f"{name}.example.json").exists()
         assert (EXAMPLES / f"{name}.sharing.example.json").exists()

@@ -141,7 +141,7 @@ def _outcome(fn: object, token: bytes) -> str:
     return "ok"
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(data=st.data())
 def test_fast_verify_agrees_with_pyjwt(data: st.DataObject) -> None:
     """The broker's hot-path verifier accepts and refuses exactly what PyJWT does."""
