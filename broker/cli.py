@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -260,8 +261,17 @@ async def cmd_policy_explain(settings: Settings, args: argparse.Namespace) -> in
         _print({"decision": "refuse", "code": exc.code, "reason": exc.reason, "field": exc.field, "rule": exc.rule,
                 "cite": list(book.citation(exc.rule or ""))})
         return EXIT_REJECTED
+    due = None
+    if decision.deadline is not None:
+        from broker import deadlines
+        from broker.outcomes import iso
+
+        when = deadlines.due_at(decision.deadline, time.time(), payload)
+        due = {"due": iso(when) if when else None, "expect": list(decision.deadline.expect),
+               "from": "sender" if decision.deadline.from_sender else "recipient", "says": decision.deadline.says}
     for rd in decision.recipients:
         _print({"recipient": rd.recipient, "decision": "share" if rd.share else "refuse", "code": rd.code,
+                "deadline": due if rd.share else None,
                 "fields": sorted(payload) if rd.fields is None else list(rd.fields), "withheld": list(rd.withheld),
                 "rules": [{"id": r, "cite": list(book.citation(r))} for r in rd.rules],
                 "flags": list(decision.flags)})

@@ -128,4 +128,10 @@ async def test_policy_check_and_explain(tmp_path: Path, home: Path) -> None:
     assert rc == 0
     school, police = _lines(out)
     assert school["withheld"] == ["allocatedTeam", "reasons"] and police["withheld"] == []
+    assert school["deadline"] is None  # an outcome answers a referral; nothing is due back
+    rc, out, _ = await sgb("policy", "explain", "--as", "police-met", "--type", "referral", "--to", "la-camden",
+                           "--sharing", str(EXAMPLES / "referral.sharing.example.json"),
+                           str(EXAMPLES / "referral.example.json"), home=home)
+    (la,) = _lines(out)
+    assert la["deadline"]["expect"] == ["referral-outcome"] and la["deadline"]["due"]  # type: ignore[index]
     assert any(r["id"] == "referral-outcome.to-referrer" and r["cite"] for r in school["rules"])  # type: ignore[union-attr]
