@@ -6,12 +6,14 @@ import asyncio
 import os
 import signal
 import sys
+import time
 
 import orjson
 import pytest
 
 from broker.auditlog import read_audit
 from broker.config import Settings
+from broker.outcomes import iso
 from broker.service import Broker, connected, jetstream, running_broker
 from broker.streams import DELIVERY
 from tests.conftest import ClientFactory, make_settings
@@ -59,6 +61,7 @@ async def test_audit_records_metadata_only(broker: Broker, agency: ClientFactory
 async def test_hybrid_suite_recipient_gets_post_quantum_sealing(broker: Broker, agency: ClientFactory) -> None:
     la, health = await agency("la-camden"), await agency("health-camden")
     request = example("information-request.example.json")
+    request["respondBy"] = iso(time.time() + 7 * 86400)  # not yet due: no overdue notice joins the delivery
     jti = await la.send(typ="information-request", to=["health-camden"], payload=request,
                         sharing=sharing("information-request"))
     assert (await la.wait_outcome(jti, timeout=10)).type == "receipt"
