@@ -1,30 +1,18 @@
-"""Reading the audit stream. (The hash chain, signatures and index are a later issue.)"""
+"""Reading audit records back out of ``SG_AUDIT`` (unverified; see :mod:`broker.auditverify`)."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-import orjson
 from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy
 
-from broker.streams import AUDIT
+from broker.auditchain import block_records, is_checkpoint, read_stream
 
 
 async def read_audit(js: JetStreamContext, *, idle: float = 2.0) -> AsyncIterator[dict[str, Any]]:
-    """Every audit record stored so far, in stream order, through an ordered consumer."""
-    info = await js.stream_info(AUDIT)
-    last = info.state.last_seq
-    if info.state.messages == 0:
-        return
-    sub = await js.subscribe("sg.audit.>", stream=AUDIT, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
-    try:
-        while True:
-            msg = await asyncio.wait_for(sub.next_msg(timeout=idle), idle + 1)
-            yield orjson.loads(msg.data)
-            if msg.metadata.sequence.stream >= last:
-                return
-    finally:
-        await sub.unsubscribe()
+    """Every audit record stored so far, in stream order."""
+    async for stored in read_stream(js, idle=idle):
+        if not is_checkpoint(stored.subject):
+            for record in block_records(stored.data):
+                yield record

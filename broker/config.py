@@ -42,6 +42,16 @@ class StreamSettings:
 
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditSettings:
+    block_records: int = 512          # group commit: at most this many pending appends per block
+    block_bytes: int = 512 * 1024     # and about this many bytes (the stream takes up to 1 MiB)
+    max_pending: int = 4096           # appends waiting for a block
+    publish_deadline: float = 5.0
+    attempts: int = 6
+    checkpoint_interval: float = 60.0
+
+
 @dataclass(frozen=True, kw_only=True)
 class PipelineSettings:
     fetch_batch: int = 128
@@ -66,6 +76,7 @@ class Settings:
     nats: NatsSettings = NatsSettings()
     streams: StreamSettings = StreamSettings()
     pipeline: PipelineSettings = PipelineSettings()
+    audit: AuditSettings = AuditSettings()
 
     @property
     def keys_dir(self) -> Path:

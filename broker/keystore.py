@@ -133,6 +133,10 @@ def init_dev_keys(home: Path, registry_path: Path, *, force: bool = False) -> li
             entry["suite"] = suite
         agencies.append(entry)
     _write_private(home / "keys" / "audit-hmac.key", secrets.token_bytes(32))
+    from broker.subjects import rotate_subject_key
+
+    (home / "keys" / "subject-index.keyring.json").unlink(missing_ok=True)
+    rotate_subject_key(home)
     registry = {"registry": "sgb-trust-registry", "version": 1, "broker": BROKER_ID, "agencies": agencies}
     registry_path.parent.mkdir(parents=True, exist_ok=True)
     registry_path.write_bytes(orjson.dumps(registry, option=orjson.OPT_INDENT_2))

@@ -23,7 +23,8 @@ from broker.keystore import Identity
 from broker.policy import Decision
 from broker.publisher import Outgoing
 from broker.registry import Registry
-from broker.streams import audit_subject, delivery_subject
+from broker.streams import delivery_subject
+from broker.subjects import SubjectIndex
 
 _NS: Final = uuid.UUID("6f1c1f43-7d0e-4f59-9a8e-2b1f7c5d9e10")
 
@@ -47,6 +48,16 @@ def iso(ts: float) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One audit record, for the instance's hash chain (:mod:`broker.auditchain`)."""
+
+    record: dict[str, Any]
+
+
+Output = Outgoing | AuditEntry
+
+
+@dataclass(frozen=True, slots=True)
 class Ingress:
     """Where a message came from in the ingress stream; the key for derived ids."""
 
@@ -58,13 +69,13 @@ class Ingress:
 
 class Outcomes:
     def __init__(self, registry: Registry, broker: Identity, audit_key: bytes, instance: str,
-                 clock: Callable[[], float] = time.time) -> None:
+                 subjects: SubjectIndex, clock: Callable[[], float] = time.time) -> None:
         self.registry = registry
         self.broker = broker
         self.audit_key = audit_key
         self.instance = instance
+        self.subjects = subjects
         self.clock = clock
-        self._audit_subject = audit_subject(instance)
 
     # -- sealing ----------------------------------------------------------------------
 
@@ -91,7 +102,7 @@ class Outcomes:
     # -- accepted ---------------------------------------------------------------------
 
     def accepted(self, ingress: Ingress, opened: Opened, decision: Decision, *,
-                 closes: bool = False) -> list[Outgoing]:
+                 closes: bool = False) -> list[Output]:
         """``closes``: this message is the reply a deadline on ``re`` was waiting for."""
         claims = opened.auth.claims
         jti, sender = claims["jti"], opened.auth.sender.id
@@ -105,7 +116,12 @@ class Outcomes:
             base["flags"] = list(decision.flags)
         if claims.get("thread"):
             base["thread"] = claims["thread"]
-        out = [self._audit(base | {"id": derived_id("audit", jti, "received"), "event": "received",
+        if claims.get("re"):
+            base["re"] = claims["re"]
+        subjects = self.subjects.tokens_for(opened.payload)
+        if subjects:
+            base["subjects"] = subjects
+        out: list[Output] = [self._audit(base | {"id": derived_id("audit", jti, "received"), "event": "received",
                                    "to": list(claims["to"])})]
         for rd in decision.recipients:
             record = base | {"id": derived_id("audit", jti, rd.recipient), "recipient": rd.recipient,
@@ -154,7 +170,7 @@ class Outcomes:
 
     # -- rejected ---------------------------------------------------------------------
 
-    def rejected(self, ingress: Ingress, error: RejectedMessage, claims: Mapping[str, Any] | None) -> list[Outgoing]:
+    def rejected(self, ingress: Ingress, error: RejectedMessage, claims: Mapping[str, Any] | None) -> list[Output]:
         """A signed rejection to the publishing agency, and an audit record. ``claims`` are given
         only once the signature was verified, so nothing unauthenticated is echoed."""
         message_id = claims["jti"] if claims else ingress.msg_id
@@ -168,7 +184,7 @@ class Outcomes:
             record["rule"] = error.rule
         if claims:
             record |= {"type": claims["typ"], "version": claims["ver"], "sharing": claims["sharing"]}
-        out = [self._audit(record)]
+        out: list[Output] = [self._audit(record)]
         if self.registry.get(ingress.subject_agency) is None:
             return out  # nobody to tell: no such agency (only possible without NATS permissions)
         body: dict[str, Any] = {
@@ -188,12 +204,12 @@ class Outcomes:
 
     # -- overdue ----------------------------------------------------------------------
 
-    def overdue(self, entry: Mapping[str, Any]) -> list[Outgoing]:
+    def overdue(self, entry: Mapping[str, Any]) -> list[Output]:
         """Overdue notices to both sides of a deadline that passed, and an audit record."""
         message, recipient = entry["message"], entry["recipient"]
         body = {"messageId": message, "messageType": entry["type"], "recipient": recipient, "due": iso(entry["due"]),
                 "expected": entry["expect"], "at": iso(self.clock()), "rule": entry["rule"], "says": entry["says"]}
-        out = []
+        out: list[Output] = []
         for party in (entry["sender"], recipient):
             notice_id = derived_id("overdue", message, recipient, party)
             out.append(Outgoing(delivery_subject(party), self.seal(
@@ -211,8 +227,8 @@ class Outcomes:
         return {"v": 1, "at": iso(self.clock()), "instance": self.instance, "message": message_id,
                 "ingressSeq": ingress.seq, "receivedAt": iso(ingress.stored_at)}
 
-    def _audit(self, record: dict[str, Any]) -> Outgoing:
-        return Outgoing(self._audit_subject, wire.dumps(record), "audit-" + record["id"])
+    def _audit(self, record: dict[str, Any]) -> AuditEntry:
+        return AuditEntry(record)
 
 
 def _is_uuid(text: str) -> bool:

@@ -23,10 +23,11 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from broker.auditchain import AuditWriter
 from broker.config import PipelineSettings
 from broker.errors import RejectedMessage, TransportError
 from broker.intake import Authenticated, Intake
-from broker.outcomes import Ingress, Outcomes, derived_id
+from broker.outcomes import AuditEntry, Ingress, Outcomes, Output, derived_id
 from broker.policy import Policy
 from broker.publisher import Outgoing, Publisher
 from broker.replay import ReplayGuard
@@ -55,12 +56,13 @@ class Counters:
 
 class Pipeline:
     def __init__(self, js: JetStreamContext, intake: Intake, policy: Policy, outcomes: Outcomes,
-                 settings: PipelineSettings, *, request_timeout: float,
+                 audit: AuditWriter, settings: PipelineSettings, *, request_timeout: float,
                  on_outcome: Callable[[str, str], None] | None = None) -> None:
         self._js = js
         self._intake = intake
         self._policy = policy
         self._outcomes = outcomes
+        self._audit = audit
         self._settings = settings
         self._publisher = Publisher(js, deadline=settings.publish_deadline, attempts=settings.publish_attempts)
         self._replay = ReplayGuard(js, timeout=request_timeout)
@@ -128,8 +130,8 @@ class Pipeline:
         bound = structlog.contextvars.bound_contextvars(msg_id=msg_id, sender=agency, seq=seq)
         with bound:
             try:
-                outgoing, outcome = await self._process(ingress, msg.data, meta.num_delivered)
-                await self._publisher.publish_all(outgoing)
+                outputs, outcome = await self._process(ingress, msg.data, meta.num_delivered)
+                await self._store(outputs)
                 await msg.ack()
             except TransportError as exc:
                 self.counters.retried += 1
@@ -140,7 +142,13 @@ class Pipeline:
             self._record(outcome)
             log.info("message processed", stage="done", outcome=outcome)
 
-    async def _process(self, ingress: Ingress, data: bytes, num_delivered: int) -> tuple[list[Outgoing], str]:
+    async def _store(self, outputs: list[Output]) -> None:
+        """Deliveries and audit records together; both must be stored before the ingress ack."""
+        messages = [o for o in outputs if isinstance(o, Outgoing)]
+        records = [o.record for o in outputs if isinstance(o, AuditEntry)]
+        await asyncio.gather(self._publisher.publish_all(messages), self._audit.append(records))
+
+    async def _process(self, ingress: Ingress, data: bytes, num_delivered: int) -> tuple[list[Output], str]:
         auth: Authenticated | None = None
         try:
             try:
@@ -182,7 +190,7 @@ class Pipeline:
         return record.get("state") in ("open", "overdue") and claims["typ"] in record.get("expect", ())
 
     async def on_overdue(self, entry: Mapping[str, Any]) -> None:
-        await self._publisher.publish_all(self._outcomes.overdue(entry))
+        await self._store(self._outcomes.overdue(entry))
         self.counters.overdue += 1
         log.info("deadline passed; both sides told", stage="overdue", message=entry["message"],
                  recipient=entry["recipient"], rule=entry["rule"])

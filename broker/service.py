@@ -19,6 +19,7 @@ from nats.js import JetStreamContext
 
 from broker import deadlines
 from broker import rulebook as rulebooks
+from broker.auditchain import AuditWriter
 from broker.catalogue import Catalogue
 from broker.config import Settings
 from broker.errors import ConfigError, TransportError
@@ -30,6 +31,7 @@ from broker.pipeline import Pipeline
 from broker.policy import Policy, ReloadablePolicy
 from broker.registry import Registry
 from broker.streams import ensure_topology
+from broker.subjects import SubjectIndex, load_subject_index
 
 log = structlog.get_logger("sgb.service")
 NOT_ADDRESSABLE = frozenset({"broker", "token-issuer"})
@@ -96,6 +98,8 @@ class Broker:
     pipeline: Pipeline
     task: asyncio.Task[None]
     policy: Policy
+    audit: AuditWriter
+    subjects: SubjectIndex
 
     def reload_policy(self) -> bool:
         """Reload the rulebook (SIGHUP). Returns False, keeping the old rulebook, if the new one is bad."""
@@ -117,34 +121,46 @@ async def running_broker(settings: Settings, url: str, *, policy: Policy | None 
     registry = Registry.load(settings.registry_path, catalogue)
     identity = load_identity(settings.home, registry.broker_id)
     audit_key = load_secret(settings.home, "audit-hmac.key")
+    subjects = load_subject_index(settings.home)
     if policy is None:
         policy = ReloadablePolicy(settings.rulebook_path or rulebooks.DEFAULT_RULEBOOK, catalogue)
     async with connected(settings, url, name=f"sgb-broker-{settings.instance}") as nc:
         js = jetstream(nc, settings)
         await ensure_topology(js, settings.streams, settings.pipeline, addressable(registry))
-        pipeline = Pipeline(
-            js, Intake(registry, catalogue, identity, settings.pipeline), policy,
-            Outcomes(registry, identity, audit_key, settings.instance), settings.pipeline,
-            request_timeout=settings.nats.request_timeout,
-        )
-        task = asyncio.create_task(pipeline.run(), name="sgb-pipeline")
-        scanner_stop = asyncio.Event()
-        scanner = asyncio.create_task(deadlines.Scanner(js, pipeline.on_overdue).run(
-            interval=settings.pipeline.deadline_scan_interval, stop=scanner_stop), name="sgb-deadlines")
-        log.info("broker running", instance=settings.instance, url=url)
+        async with AuditWriter(js, identity, settings.instance, settings.audit) as audit, _pipeline(
+                settings, js, registry, catalogue, identity, policy, audit, audit_key, subjects) as (pipeline, task):
+            yield Broker(settings, registry, catalogue, identity, nc, js, pipeline, task, policy, audit, subjects)
+
+
+@contextlib.asynccontextmanager
+async def _pipeline(settings: Settings, js: JetStreamContext, registry: Registry, catalogue: Catalogue,
+                    identity: Identity, policy: Policy, audit: AuditWriter, audit_key: bytes,
+                    subjects: SubjectIndex) -> AsyncIterator[tuple[Pipeline, asyncio.Task[None]]]:
+    """The pipeline and the deadline scanner; both stop (in-flight work drained) before the
+    audit writer that they write to is closed."""
+    pipeline = Pipeline(
+        js, Intake(registry, catalogue, identity, settings.pipeline), policy,
+        Outcomes(registry, identity, audit_key, settings.instance, subjects), audit, settings.pipeline,
+        request_timeout=settings.nats.request_timeout,
+    )
+    task = asyncio.create_task(pipeline.run(), name="sgb-pipeline")
+    scanner_stop = asyncio.Event()
+    scanner = asyncio.create_task(deadlines.Scanner(js, pipeline.on_overdue).run(
+        interval=settings.pipeline.deadline_scan_interval, stop=scanner_stop), name="sgb-deadlines")
+    log.info("broker running", instance=settings.instance)
+    try:
+        yield pipeline, task
+    finally:
+        scanner_stop.set()
         try:
-            yield Broker(settings, registry, catalogue, identity, nc, js, pipeline, task, policy)
-        finally:
-            scanner_stop.set()
-            try:
-                await asyncio.wait_for(scanner, settings.nats.request_timeout * 3)
-            except TimeoutError:
-                log.warning("deadline scanner did not stop in time; cancelled")
-            pipeline.stop()
-            try:
-                await asyncio.wait_for(task, settings.pipeline.drain_timeout + settings.pipeline.fetch_timeout + 5)
-            except TimeoutError:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            log.info("broker stopped", instance=settings.instance, **pipeline.counters.__dict__)
+            await asyncio.wait_for(scanner, settings.nats.request_timeout * 3)
+        except TimeoutError:
+            log.warning("deadline scanner did not stop in time; cancelled")
+        pipeline.stop()
+        try:
+            await asyncio.wait_for(task, settings.pipeline.drain_timeout + settings.pipeline.fetch_timeout + 5)
+        except TimeoutError:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        log.info("broker stopped", instance=settings.instance, **pipeline.counters.__dict__)

@@ -9,6 +9,7 @@ stream            subjects            retention
 ``SG_AUDIT``      ``sg.audit.>``      limits, no age limit, deny delete, deny purge
 ``KV_SG_SEEN``    (KV bucket)         message ids seen recently, for replay detection
 ``KV_SG_DEADLINES`` (KV bucket)       open deadlines per delivered message (broker/deadlines.py)
+``KV_SG_AUDIT_HEADS`` (KV bucket)     last signed checkpoint of each instance's audit chain
 ================  ==================  =========================================================
 
 All use file storage and a duplicate window, so that a re-publish under the same
@@ -43,6 +44,7 @@ DELIVERY: Final = "SG_DELIVERY"
 AUDIT: Final = "SG_AUDIT"
 SEEN_BUCKET: Final = "SG_SEEN"
 DEADLINES_BUCKET: Final = "SG_DEADLINES"
+AUDIT_HEADS_BUCKET: Final = "SG_AUDIT_HEADS"
 BROKER_CONSUMER: Final = "sg-broker"
 
 
@@ -56,6 +58,10 @@ def delivery_subject(agency: str) -> str:
 
 def audit_subject(instance: str) -> str:
     return f"sg.audit.{instance}"
+
+
+def checkpoint_subject(instance: str) -> str:
+    return f"sg.audit.{instance}.checkpoint"
 
 
 def stream_configs(s: StreamSettings) -> list[StreamConfig]:
@@ -128,6 +134,9 @@ async def ensure_topology(
         ))
         await _retry(js.create_key_value, KeyValueConfig(
             bucket=DEADLINES_BUCKET, history=1, storage=StorageType.FILE, replicas=streams.replicas,
+        ))
+        await _retry(js.create_key_value, KeyValueConfig(
+            bucket=AUDIT_HEADS_BUCKET, history=64, storage=StorageType.FILE, replicas=streams.replicas,
         ))
         await _retry(js.add_consumer, INGRESS, broker_consumer(pipeline))
         for agency in agencies:

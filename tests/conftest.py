@@ -13,7 +13,7 @@ import structlog
 
 from adapters.sdk import AgencyClient, SeenStore
 from broker.catalogue import Catalogue
-from broker.config import NatsSettings, PipelineSettings, Settings, StreamSettings
+from broker.config import AuditSettings, NatsSettings, PipelineSettings, Settings, StreamSettings
 from broker.keystore import init_dev_keys, load_identity
 from broker.natsserver import embedded_nats
 from broker.registry import Registry
@@ -59,6 +59,7 @@ def make_settings(home: Path, url: str, instance: str = "test-1", **pipeline: fl
         home=home, registry_path=home / "registry.json", instance=instance,
         nats=NatsSettings(url=url, request_timeout=2.0),
         streams=StreamSettings(duplicate_window=60.0),
+        audit=AuditSettings(checkpoint_interval=0.5, publish_deadline=2.0),
         pipeline=PipelineSettings(fetch_timeout=0.2, ack_wait=5.0, deadline_scan_interval=0.3, publish_deadline=2.0,
                                   drain_timeout=3.0,
                                   **pipeline),  # type: ignore[arg-type]
