@@ -61,6 +61,7 @@ class ChainReport:
     records: int = 0
     head: str = GENESIS
     checkpoint: dict[str, Any] | None = None
+    checkpoint_token: bytes | None = None
 
 
 @dataclass(slots=True)
@@ -110,7 +111,8 @@ class Verifier:
                  on_record: Callable[[dict[str, Any]], None] | None = None) -> None:
         self._keys = keys
         self._blocks: dict[str, list[_Block]] = {}
-        self._checkpoints: list[tuple[int | None, dict[str, Any]]] = []
+        self._checkpoints: list[tuple[int | None, dict[str, Any], bytes]] = []
+        self._ends: dict[str, dict[int, str]] = {}
         self._on_record = on_record
         self.report = Report()
 
@@ -183,14 +185,14 @@ class Verifier:
             self._problem("signature", instance, f"{source} checkpoint: {exc}", seq)
             return
         self.report.checkpoints += 1
-        self._checkpoints.append((seq, claims))
+        self._checkpoints.append((seq, claims, token))
 
     def finish(self, *, partial: bool = False) -> Report:
         """``partial``: the blocks are a slice (an export), so a chain may start after genesis."""
         for instance, blocks in self._blocks.items():
             self._check_chain(instance, blocks, partial=partial)
-        for seq, cp in self._checkpoints:
-            self._check_checkpoint(seq, cp, partial=partial)
+        for seq, cp, token in self._checkpoints:
+            self._check_checkpoint(seq, cp, token, partial=partial)
         return self.report
 
     def _check_chain(self, instance: str, blocks: list[_Block], *, partial: bool) -> None:
@@ -220,15 +222,14 @@ class Verifier:
                               b.first)
             expected_block, expected_first, head = b.block + 1, b.first + b.count, b.head
         chain.blocks, chain.records, chain.head = len(ordered), expected_first, head
-        self._ends = getattr(self, "_ends", {})
         self._ends[instance] = {b.first + b.count: b.head for b in ordered}
 
-    def _check_checkpoint(self, seq: int | None, cp: dict[str, Any], *, partial: bool) -> None:
+    def _check_checkpoint(self, seq: int | None, cp: dict[str, Any], token: bytes, *, partial: bool) -> None:
         instance, count, head = str(cp["instance"]), int(cp["count"]), str(cp["head"])
         chain = self.report.chains.setdefault(instance, ChainReport(instance))
         if chain.checkpoint is None or count >= int(chain.checkpoint["count"]):
-            chain.checkpoint = cp
-        ends: dict[int, str] = getattr(self, "_ends", {}).get(instance, {})
+            chain.checkpoint, chain.checkpoint_token = cp, token
+        ends = self._ends.get(instance, {})
         if count > chain.records:
             if partial:
                 return  # an export holds a slice: a later checkpoint may be outside it

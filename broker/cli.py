@@ -1,7 +1,8 @@
 """``sgb``: the command line for operators and agency integrators.
 
 Exit codes: 0 success; 1 error (printed on stderr, never with personal data); 2 usage;
-3 the broker rejected the message (``--wait``); 4 no outcome within the deadline.
+3 the broker rejected the message (``--wait``); 4 no outcome within the deadline; 5 the audit
+log failed verification.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from broker.service import connected, jetstream, nats_location, running_broker
 log = structlog.get_logger("sgb.cli")
 EXIT_REJECTED = 3
 EXIT_TIMEOUT = 4
+EXIT_TAMPERED = 5
 
 
 def _print(obj: Any) -> None:
@@ -217,6 +219,50 @@ async def cmd_audit_list(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_audit_verify(settings: Settings, args: argparse.Namespace) -> int:
+    from broker.auditexport import verify_export, verify_store
+
+    registry = Registry.load(settings.registry_path, Catalogue())
+    if args.export:
+        report = verify_export(Path(args.export), registry)
+    else:
+        witnesses = [line.encode("ascii") for line in Path(args.witness).read_text().split()] if args.witness else []
+        async with nats_location(settings) as url, connected(settings, url, name="sgb-audit-verify") as nc:
+            report = await verify_store(jetstream(nc, settings), registry, witnesses=witnesses)
+        if args.save_witness and report.ok:
+            tokens = [c.checkpoint_token for c in report.chains.values() if c.checkpoint_token is not None]
+            Path(args.save_witness).write_bytes(b"".join(t + b"\n" for t in tokens))
+    if args.json:
+        _print(report.summary())
+    else:
+        what = f"export {args.export}" if args.export else "audit stream"
+        print(f"{what}: {report.blocks} blocks, {report.records} records, {report.checkpoints} checkpoints, "
+              f"{len(report.chains)} chains")
+        for problem in report.problems:
+            print(f"  TAMPERED {problem}")
+        print("verified: every signature and link holds" if report.ok else
+              f"FAILED: {len(report.problems)} problems")
+    return 0 if report.ok else EXIT_TAMPERED
+
+
+async def cmd_audit_export(settings: Settings, args: argparse.Namespace) -> int:
+    from broker.auditexport import export, parse_when
+
+    registry = Registry.load(settings.registry_path, Catalogue())
+    identity = load_identity(settings.home, registry.broker_id)
+    since, until = parse_when(args.since), parse_when(args.until)
+    if until <= since:
+        raise BrokerError("--until must be after --since")
+    target = Path(args.file)
+    tmp = target.with_suffix(target.suffix + ".part")
+    async with nats_location(settings) as url, connected(settings, url, name="sgb-audit-export") as nc:
+        with tmp.open("wb") as out:
+            lines = await export(jetstream(nc, settings), identity, out, since=since, until=until)
+    tmp.replace(target)
+    print(f"wrote {target}: {lines - 1} blocks and checkpoints, signed")
+    return 0
+
+
 def format_audit(r: dict[str, Any]) -> str:
     target = f" -> {r['recipient']}" if "recipient" in r else ""
     extra = f" code={r['code']}" if "code" in r else ""
@@ -329,6 +375,18 @@ def build_parser() -> argparse.ArgumentParser:
     alist = audit_sub.add_parser("list", parents=[common], help="print the audit records so far")
     alist.add_argument("--json", action="store_true", help="one JSON object a line")
     alist.set_defaults(func=cmd_audit_list)
+    averify = audit_sub.add_parser("verify", parents=[common],
+                                   help="check every chain, signature and checkpoint (exit 5 if tampered)")
+    averify.add_argument("--export", metavar="FILE", help="check an export file offline instead of the stream")
+    averify.add_argument("--witness", metavar="FILE", help="checkpoints saved earlier (--save-witness)")
+    averify.add_argument("--save-witness", metavar="FILE", help="save the latest checkpoints, to keep elsewhere")
+    averify.add_argument("--json", action="store_true", help="the report as JSON")
+    averify.set_defaults(func=cmd_audit_verify)
+    aexport = audit_sub.add_parser("export", parents=[common], help="write a signed export of a time range")
+    aexport.add_argument("--since", required=True, help="YYYY-MM-DD or ISO 8601 time (UTC), inclusive")
+    aexport.add_argument("--until", required=True, help="YYYY-MM-DD or ISO 8601 time (UTC), exclusive")
+    aexport.add_argument("file", metavar="FILE")
+    aexport.set_defaults(func=cmd_audit_export)
     pol = sub.add_parser("policy", help="the information-sharing rulebook", parents=[common])
     pol_sub = pol.add_subparsers(dest="policy_command", required=True)
     check = pol_sub.add_parser("check", parents=[common], help="validate a rulebook (default: the one in force)")

@@ -80,8 +80,7 @@ def identifiers(payload: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
     if "nhsNumber" in payload:
         people.append(payload)
     for person in people:
-        for kind, value in _person_identifiers(person):
-            yield kind, value
+        yield from _person_identifiers(person)
 
 
 def _person_identifiers(person: Mapping[str, Any]) -> list[tuple[str, str]]:
