@@ -83,12 +83,17 @@ async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with nats_location(settings) as url, running_broker(settings, url) as broker:
+    async with contextlib.AsyncExitStack() as stack:
+        url = await stack.enter_async_context(nats_location(settings))
+        broker = await stack.enter_async_context(running_broker(settings, url))
         loop.add_signal_handler(signal.SIGHUP, broker.reload_policy)
         runner: web.AppRunner | None = None
         if args.http:
+            from broker.http import audit_service
+
+            service = await stack.enter_async_context(audit_service(broker))
             host, _, port = args.http.rpartition(":")
-            runner = web.AppRunner(make_app(broker), access_log=None)
+            runner = web.AppRunner(make_app(broker, service), access_log=None)
             await runner.setup()
             await web.TCPSite(runner, host or "127.0.0.1", int(port)).start()
             log.info("http listening", address=args.http)
@@ -245,6 +250,48 @@ async def cmd_audit_verify(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if report.ok else EXIT_TAMPERED
 
 
+async def cmd_audit_reindex(settings: Settings, args: argparse.Namespace) -> int:
+    from broker.auditindex import AuditIndex, Indexer
+    from broker.auditverify import broker_keys
+    from broker.streams import AUDIT
+
+    registry = Registry.load(settings.registry_path, Catalogue())
+    path = settings.index_path
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(path) + suffix).unlink(missing_ok=True)
+    index = AuditIndex(path)
+    try:
+        async with nats_location(settings) as url, connected(settings, url, name="sgb-audit-reindex") as nc:
+            js = jetstream(nc, settings)
+            await index.open(stream_created=str((await js.stream_info(AUDIT)).created))
+            indexer = Indexer(js, index, broker_keys(registry))
+            started = time.monotonic()
+            last = await indexer.catch_up()
+            counts = await index.counts()
+    finally:
+        index.close()
+    print(f"rebuilt {path}: {counts['records']} records to stream seq {last} in {time.monotonic() - started:.1f} s; "
+          f"{indexer.rejected_blocks} blocks failed verification and were left out")
+    return 0 if not indexer.rejected_blocks else EXIT_TAMPERED
+
+
+async def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
+    from broker.auth import mint
+
+    identity = load_identity(settings.home, settings.api.issuer)
+    print(mint(identity, sub=args.sub, roles=args.role, settings=settings.api, ttl=args.ttl))
+    return 0
+
+
+async def cmd_keys_rotate_subject(settings: Settings, args: argparse.Namespace) -> int:
+    from broker.subjects import rotate_subject_key
+
+    kid = rotate_subject_key(settings.home)
+    print(f"subject index key {kid} is now current; earlier keys stay for searching older records")
+    print("copy the keyring to every broker instance, then restart them (or send SIGHUP)")
+    return 0
+
+
 async def cmd_audit_export(settings: Settings, args: argparse.Namespace) -> int:
     from broker.auditexport import export, parse_when
 
@@ -341,9 +388,20 @@ def build_parser() -> argparse.ArgumentParser:
                                help="create a development registry and private keys for the demo agencies")
     init.add_argument("--force", action="store_true", help="replace existing development keys")
     init.set_defaults(func=cmd_keys_init)
+    rotate = keys_sub.add_parser("rotate-subject-key", parents=[common],
+                                 help="add a new key for the audit log's blind index of children")
+    rotate.set_defaults(func=cmd_keys_rotate_subject)
+
+    token = sub.add_parser("token", parents=[common], help="mint a development API token (dev issuer key)")
+    token.add_argument("--role", action="append", required=True, choices=["ig-officer", "auditor", "operator"],
+                       help="a role (repeat for more)")
+    token.add_argument("--sub", default="dev-user", help="who the token is for (default dev-user)")
+    token.add_argument("--ttl", type=float, default=3600.0, help="lifetime in seconds (default 3600)")
+    token.set_defaults(func=cmd_token)
 
     serve = sub.add_parser("serve", parents=[common], help="run a broker instance until SIGINT/SIGTERM")
-    serve.add_argument("--http", metavar="HOST:PORT", help="serve /healthz and /readyz on this address")
+    serve.add_argument("--http", metavar="HOST:PORT",
+                       help="serve the probes, the audit API (/api/v1) and the IG pages (/ig/) on this address")
     serve.set_defaults(func=cmd_serve, log_level_default="INFO")
 
     demo = sub.add_parser("demo", parents=[common], help="play the demo story on an embedded NATS")
@@ -382,6 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
     averify.add_argument("--save-witness", metavar="FILE", help="save the latest checkpoints, to keep elsewhere")
     averify.add_argument("--json", action="store_true", help="the report as JSON")
     averify.set_defaults(func=cmd_audit_verify)
+    areindex = audit_sub.add_parser("reindex", parents=[common],
+                                    help="rebuild the local SQLite index from the audit stream")
+    areindex.set_defaults(func=cmd_audit_reindex)
     aexport = audit_sub.add_parser("export", parents=[common], help="write a signed export of a time range")
     aexport.add_argument("--since", required=True, help="YYYY-MM-DD or ISO 8601 time (UTC), inclusive")
     aexport.add_argument("--until", required=True, help="YYYY-MM-DD or ISO 8601 time (UTC), exclusive")

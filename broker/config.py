@@ -52,6 +52,16 @@ class AuditSettings:
     checkpoint_interval: float = 60.0
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ApiSettings:
+    issuer: str = "dev-token-issuer"    # the registry entry whose signing keys sign API tokens
+    audience: str = "sgb-api"
+    leeway: float = 30.0                # clock skew allowed on exp/iat
+    max_lifetime: float = 12 * 3600.0   # a token living longer than this is refused
+    integrity_interval: float = 900.0   # how often the HTTP service re-verifies the whole log
+    index_path: Path | None = None      # None: <home>/audit/index.sqlite
+
+
 @dataclass(frozen=True, kw_only=True)
 class PipelineSettings:
     fetch_batch: int = 128
@@ -77,6 +87,11 @@ class Settings:
     streams: StreamSettings = StreamSettings()
     pipeline: PipelineSettings = PipelineSettings()
     audit: AuditSettings = AuditSettings()
+    api: ApiSettings = ApiSettings()
+
+    @property
+    def index_path(self) -> Path:
+        return self.api.index_path or self.home / "audit" / "index.sqlite"
 
     @property
     def keys_dir(self) -> Path:
@@ -115,8 +130,12 @@ class Settings:
             password=env.get("SGB_NATS_PASSWORD") or None,
         )
         rulebook = Path(env["SGB_RULEBOOK"]) if env.get("SGB_RULEBOOK") else None
+        default_api = ApiSettings()
+        api = ApiSettings(issuer=env.get("SGB_API_ISSUER") or default_api.issuer,
+                          audience=env.get("SGB_API_AUDIENCE") or default_api.audience,
+                          index_path=Path(env["SGB_AUDIT_INDEX"]) if env.get("SGB_AUDIT_INDEX") else None)
         return cls(home=home_path, registry_path=registry, instance=instance, rulebook_path=rulebook, nats=nats,
-                   pipeline=pipeline)
+                   pipeline=pipeline, api=api)
 
 
 def default_instance_id() -> str:

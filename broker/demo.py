@@ -147,8 +147,8 @@ async def play(story: Story, c: dict[str, AgencyClient]) -> None:
         criminalOffenceCondition="DPA_SCH1_P18", statutoryGateways=["CA1989_S47", "CDA1998_S115"],
         decidedBy={"role": "Police Constable", "staffRef": "MPS-4471"},
     )
-    ada = _referral(_child("Ada", "2017-03-14", "9990001234", "A123456789012"), consent="given")
-    ben = _referral(_child("Ben", "2020-09-02", "9990005678", "B123456789012"), consent="refused")
+    ada = _referral(_child("Ada", "2017-03-14", "9990001235", "A123456789012"), consent="given")
+    ben = _referral(_child("Ben", "2020-09-02", "9990005672", "B123456789012"), consent="refused")
     await _send(story, police, typ="referral", to=[LA], payload=ada, label="referral, child 1",
                 sharing={k: v for k, v in police_sharing.items() if k != "nonConsentReason"}
                 | {"consentStatus": "GIVEN", "subjectInformed": "INFORMED"})
@@ -177,7 +177,7 @@ async def play(story: Story, c: dict[str, AgencyClient]) -> None:
     request = {
         "requestReference": "LBC-S47-0042",
         "subject": {"name": {"given": "Ben", "family": "Okafor-Demo"}, "dateOfBirth": "2020-09-02",
-                    "nhsNumber": "9990005678"},
+                    "nhsNumber": "9990005672"},
         "questions": [{"id": "q1", "topic": "injuries", "text": "Any attendances for injuries in the last 12 months?"},
                       {"id": "q2", "topic": "missed-appointments", "text": "Any missed health appointments?"}],
         "reason": "Strategy discussion held; s47 enquiries under way.", "respondBy": _now(),

@@ -1,14 +1,27 @@
-"""The broker's HTTP face. For now the two probes an operator needs; the metrics, the API and
-the IG pages join this application in later issues."""
+"""The broker's HTTP face: the probes, the audit API and the IG pages, in one aiohttp app.
+
+:func:`audit_service` runs what the API and the pages stand on next to a broker: the SQLite
+index following ``SG_AUDIT``, and a periodic verification of every chain for the badge.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Final
 
+import structlog
 from aiohttp import web
 
+from broker import api, igpages
+from broker.auditindex import AuditIndex, Indexer
+from broker.auditverify import broker_keys
+from broker.auth import TokenVerifier
 from broker.service import Broker
+from broker.streams import AUDIT
 
+log = structlog.get_logger("sgb.http")
 BROKER_KEY: Final = web.AppKey("broker", Broker)
 
 
@@ -27,9 +40,56 @@ async def readyz(request: web.Request) -> web.Response:
                              status=200 if ready else 503)
 
 
-def make_app(broker: Broker) -> web.Application:
-    app = web.Application(client_max_size=64 * 1024)
+@contextlib.asynccontextmanager
+async def audit_service(broker: Broker) -> AsyncIterator[api.AuditService]:
+    """The index (caught up before this yields), its follower, and the periodic verification."""
+    settings = broker.settings
+    index = AuditIndex(settings.index_path)
+    info = await broker.js.stream_info(AUDIT)
+    await index.open(stream_created=str(info.created))
+    keys = broker_keys(broker.registry)
+    indexer = Indexer(broker.js, index, keys)
+    await indexer.catch_up()
+    stop = asyncio.Event()
+
+    async def follow() -> None:
+        while not stop.is_set():
+            await indexer.run(stop=stop)
+            if not stop.is_set():
+                await asyncio.sleep(0.5)
+
+    async def verify() -> dict[str, object]:
+        return await api.run_verification(broker.js, broker.registry, index)
+
+    async def verify_periodically() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(Exception):
+                await verify()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), settings.api.integrity_interval)
+
+    tasks = [asyncio.create_task(follow(), name="sgb-audit-index"),
+             asyncio.create_task(verify_periodically(), name="sgb-audit-verify")]
+    try:
+        yield api.AuditService(index=index, tokens=TokenVerifier(broker.registry, settings.api),
+                               subjects=broker.subjects, append=broker.audit.append, instance=settings.instance,
+                               verify=verify)
+    finally:
+        stop.set()
+        _, pending = await asyncio.wait(tasks, timeout=5.0)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        index.close()
+
+
+def make_app(broker: Broker, service: api.AuditService | None = None) -> web.Application:
+    app = web.Application(client_max_size=64 * 1024, middlewares=[api.api_middleware, igpages.security_headers])
     app[BROKER_KEY] = broker
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    if service is not None:
+        app[api.SERVICE] = service
+        api.add_routes(app)
+        igpages.add_routes(app)
     return app

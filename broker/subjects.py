@@ -39,16 +39,19 @@ _NAME_STRIP = re.compile(r"[^a-z]+")
 
 
 def normalise_nhs_number(text: str) -> str:
-    """Ten digits with a valid modulus-11 check digit; spaces and dashes are ignored."""
+    """Ten digits; spaces and dashes are ignored. The check digit is not enforced: the index must
+    find what an agency actually sent, typo or not."""
     digits = re.sub(r"[\s-]", "", text)
     if not re.fullmatch(r"[0-9]{10}", digits):
         raise ConfigError("an NHS number has ten digits")
-    total = sum(int(d) * (10 - i) for i, d in enumerate(digits[:9]))
-    check = 11 - total % 11
-    check = 0 if check == 11 else check
-    if check == 10 or check != int(digits[9]):
-        raise ConfigError("that NHS number's check digit is wrong")
     return digits
+
+
+def nhs_check_digit_ok(digits: str) -> bool:
+    """The modulus-11 check (shown as a warning to an officer who may have mistyped)."""
+    total = sum(int(d) * (10 - i) for i, d in enumerate(digits[:9]))
+    check = (11 - total % 11) % 11
+    return check != 10 and check == int(digits[9])
 
 
 def _fold(text: str) -> str:

@@ -18,8 +18,9 @@ pytestmark = pytest.mark.timeout(120)
 EXAMPLES = Path(__file__).resolve().parent.parent / "schemas" / "examples"
 
 
-async def sgb(*args: str, home: Path, url: str | None = None, timeout: float = 60) -> tuple[int, str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SGB_")} | {"SGB_HOME": str(home)}
+async def sgb(*args: str, home: Path, url: str | None = None, timeout: float = 60,
+              env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SGB_")} | {"SGB_HOME": str(home)} | (env or {})
     if url:
         env["SGB_NATS_URL"] = url
     proc = await asyncio.create_subprocess_exec(

@@ -9,7 +9,7 @@ import structlog
 
 from broker import logs
 
-MARKER = "Zebedee-Okafor-9990001234"
+MARKER = "Zebedee-Okafor-9990001235"
 
 
 def _fails_holding_personal_data() -> None:

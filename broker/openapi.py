@@ -1,0 +1,144 @@
+"""The OpenAPI 3.1 description of ``/api/v1`` (served at ``/api/openapi.json``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from broker.auditindex import REVIEW_OUTCOMES
+
+_PROBLEM = {"$ref": "#/components/responses/Problem"}
+_ERRORS = {"400": _PROBLEM, "401": _PROBLEM, "403": _PROBLEM, "500": _PROBLEM, "503": _PROBLEM}
+
+
+def _q(name: str, description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "description": description,
+            "schema": schema or {"type": "string"}}
+
+
+_FILTERS = [
+    _q("agency", "sending agency id"), _q("recipient", "recipient agency id"), _q("type", "message type"),
+    _q("event", "received, shared, refused, not-shared, rejected, overdue, reviewed, subject-search, exported"),
+    _q("decision", "share, refuse, not-share, reject"), _q("lawfulBasis", "UK GDPR / DPA 2018 basis code"),
+    _q("consentStatus", "consent status code"), _q("message", "message id"), _q("code", "rejection code"),
+    _q("flagged", "only records flagged (or not) for IG review", {"type": "boolean"}),
+    _q("since", "from this date or time (UTC), inclusive", {"type": "string", "format": "date-time"}),
+    _q("until", "before this date or time (UTC)", {"type": "string", "format": "date-time"}),
+]
+_PAGING = [_q("limit", "page size", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}),
+           _q("cursor", "the `next` value of the previous page")]
+
+
+def _ok(schema_ref: str, description: str) -> dict[str, Any]:
+    return {"200": {"description": description,
+                    "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema_ref}"}}}},
+            **_ERRORS}
+
+
+def _op(summary: str, roles: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"summary": summary, "description": f"Roles: {roles}.", "security": [{"bearer": []}],
+            "responses": responses, **extra}
+
+
+def document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Safeguarding Broker audit API", "version": "1.0.0",
+                 "description": "The lawful-basis audit log of every sharing decision: metadata only, never "
+                                "personal data. Bearer JWTs (EdDSA) with roles ig-officer, auditor, operator."},
+        "servers": [{"url": "/"}],
+        "paths": {
+            "/api/v1/records": {"get": _op("List audit records, newest first", "ig-officer, auditor",
+                                           _ok("RecordPage", "a page of records"), parameters=_FILTERS + _PAGING)},
+            "/api/v1/records.csv": {"get": _op(
+                "Export the filtered records as CSV (streamed; the export is itself audited)", "ig-officer, auditor",
+                {"200": {"description": "CSV", "content": {"text/csv": {"schema": {"type": "string"}}}}, **_ERRORS},
+                parameters=_FILTERS)},
+            "/api/v1/messages/{message}/trail": {"get": _op(
+                "Everything recorded about one message and its replies", "ig-officer, auditor",
+                _ok("Trail", "the trail") | {"404": _PROBLEM},
+                parameters=[{"name": "message", "in": "path", "required": True, "schema": {"type": "string"}}])},
+            "/api/v1/subject-search": {"post": _op(
+                "Find the records about one child by NHS number, or by name and date of birth "
+                "(matched through a keyed blind index; the search is audited without the identifier)", "ig-officer",
+                _ok("SubjectResult", "messages and records about that child"),
+                requestBody={"required": True, "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/SubjectSearch"}}}})},
+            "/api/v1/reviews": {
+                "get": _op("Items awaiting (or done) IG review", "ig-officer, auditor", _ok("ReviewPage", "items"),
+                           parameters=[_q("state", "open or done", {"enum": ["open", "done"]}), *_PAGING]),
+                "post": _op("Record a review outcome (an audit record in its turn)", "ig-officer",
+                            {"201": {"description": "the audit record of the review", "content": {
+                                "application/json": {"schema": {"$ref": "#/components/schemas/Record"}}}},
+                             "404": _PROBLEM, "409": _PROBLEM, **_ERRORS},
+                            requestBody={"required": True, "content": {"application/json": {
+                                "schema": {"$ref": "#/components/schemas/ReviewOutcome"}}}}),
+            },
+            "/api/v1/integrity": {"get": _op("The last verification of the log", "ig-officer, auditor, operator",
+                                             _ok("Integrity", "integrity status"))},
+            "/api/v1/integrity/verify": {"post": _op("Verify every chain now", "ig-officer, auditor, operator",
+                                                     _ok("Integrity", "integrity status"))},
+            "/api/v1/volumes": {"get": _op(
+                "Decisions per day by lawful basis, agency or decision", "ig-officer, auditor, operator",
+                _ok("Volumes", "counts"), parameters=[
+                    _q("by", "grouping", {"enum": ["lawfulBasis", "agency", "decision"]}),
+                    _q("since", "from (default 30 days ago)"), _q("until", "until (default tomorrow)")])},
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+            "responses": {"Problem": {"description": "an error (RFC 9457)", "content": {
+                "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}},
+            "schemas": {
+                "Problem": {"type": "object", "required": ["code", "status", "detail"], "properties": {
+                    "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
+                    "code": {"type": "string", "description": "stable error code"},
+                    "detail": {"type": "string"}}},
+                "Record": {"type": "object", "required": ["id", "at", "event"], "additionalProperties": True,
+                           "description": "one audit record (metadata only)", "properties": {
+                               "id": {"type": "string"}, "at": {"type": "string", "format": "date-time"},
+                               "event": {"type": "string"}, "message": {"type": "string"},
+                               "type": {"type": "string"}, "sender": {"type": "string"},
+                               "recipient": {"type": "string"}, "decision": {"type": "string"},
+                               "rules": {"type": "array", "items": {"type": "string"}},
+                               "fields": {"type": "array", "items": {"type": "string"}},
+                               "withheld": {"type": "array", "items": {"type": "string"}},
+                               "flags": {"type": "array", "items": {"type": "string"}},
+                               "sharing": {"type": "object"}, "n": {"type": "integer"},
+                               "prev": {"type": "string"}, "instance": {"type": "string"}}},
+                "RecordPage": {"type": "object", "required": ["items"], "properties": {
+                    "items": {"type": "array", "items": {"$ref": "#/components/schemas/Record"}},
+                    "next": {"type": ["string", "null"]}}},
+                "Trail": {"type": "object", "required": ["message", "records", "summary"], "properties": {
+                    "message": {"type": "string"},
+                    "records": {"type": "array", "items": {"$ref": "#/components/schemas/Record"}},
+                    "summary": {"type": "object"}}},
+                "SubjectSearch": {"type": "object", "properties": {
+                    "nhsNumber": {"type": "string"}, "givenName": {"type": "string"},
+                    "familyName": {"type": "string"}, "dateOfBirth": {"type": "string", "format": "date"},
+                    "limit": {"type": "integer"}, "cursor": {"type": "string"}}},
+                "SubjectResult": {"type": "object", "required": ["messages", "items"], "properties": {
+                    "messages": {"type": "array", "items": {"type": "string"}},
+                    "items": {"type": "array", "items": {"$ref": "#/components/schemas/Record"}},
+                    "next": {"type": ["string", "null"]}}},
+                "ReviewItem": {"type": "object", "required": ["item", "kind", "message", "reasons"], "properties": {
+                    "item": {"type": "string"}, "kind": {"enum": ["flagged", "overdue"]},
+                    "message": {"type": "string"}, "recipient": {"type": ["string", "null"]},
+                    "reasons": {"type": "array", "items": {"type": "string"}},
+                    "outcome": {"type": ["string", "null"]}, "reviewer": {"type": ["string", "null"]}}},
+                "ReviewPage": {"type": "object", "required": ["items"], "properties": {
+                    "items": {"type": "array", "items": {"$ref": "#/components/schemas/ReviewItem"}},
+                    "next": {"type": ["string", "null"]}, "reasons": {"type": "object"},
+                    "outcomes": {"type": "object"}}},
+                "ReviewOutcome": {"type": "object", "required": ["item", "outcome"], "properties": {
+                    "item": {"type": "string"}, "outcome": {"enum": list(REVIEW_OUTCOMES)},
+                    "reference": {"type": "string", "maxLength": 40, "pattern": "^[A-Za-z0-9/-]+$",
+                                  "description": "a case or ticket number; never a name"}}},
+                "Integrity": {"type": "object", "required": ["state"], "properties": {
+                    "state": {"enum": ["verified", "tampered", "unavailable", "never-verified"]},
+                    "at": {"type": "string"}, "records": {"type": "integer"},
+                    "problems": {"type": "array", "items": {"type": "object"}}}},
+                "Volumes": {"type": "object", "required": ["rows"], "properties": {
+                    "by": {"type": "string"}, "rows": {"type": "array", "items": {"type": "object", "properties": {
+                        "day": {"type": "string"}, "key": {"type": "string"}, "count": {"type": "integer"}}}}}},
+            },
+        },
+    }
