@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: demo test bench lint fmt clean
+.PHONY: demo test bench lint fmt clean browser
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed (set PYTHON=...)")'
@@ -16,7 +16,17 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/sgb demo
 
-test: $(STAMP)
+# The browser tests drive Debian's Chromium. CI (CI=true) installs it when missing; elsewhere
+# they skip with a message unless it is installed (apt-get install chromium).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$CI" = "true" ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Chromium for the browser tests"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
+	      (sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null); \
+	  else echo "no Chromium: the browser tests will be skipped (apt-get install chromium)"; fi; }
+
+test: $(STAMP) browser
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

@@ -254,7 +254,7 @@ async def test_subject_index_key_rotation_keeps_old_records_findable(client: Cli
     before = await send_referrals(agency)
     rotate_subject_key(settings.home)
     rotated = load_subject_index(settings.home)
-    broker.pipeline._outcomes.subjects = rotated  # noqa: SLF001 - what a restart would load
+    broker.pipeline._outcomes.subjects = rotated
     service.subjects = rotated
     after = await send_referrals(agency)
     await until_indexed(client, settings, after[0])

@@ -1,0 +1,240 @@
+"""The IG officers' pages: server behaviour through pytest-aiohttp, and a real headless Chromium
+(Debian's, driven by Playwright) signing in, filtering, opening a trail, recording a review and
+searching for a child. Screenshots go to ``$SGB_SCREENSHOTS`` (default: the test's tmp dir).
+
+Outside CI the browser tests skip when no Chromium is installed; in CI (``CI=true``) a missing
+browser fails them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from broker import api
+from broker.config import Settings
+from broker.http import audit_service, make_app
+from broker.service import Broker
+from tests.conftest import ClientFactory
+from tests.test_api import NHS, send_referrals, token, until_indexed
+
+pytestmark = pytest.mark.timeout(120)
+Client = TestClient  # type: ignore[type-arg]
+
+
+@pytest.fixture
+async def service(broker: Broker) -> AsyncIterator[api.AuditService]:
+    async with audit_service(broker) as svc:
+        yield svc
+
+
+@pytest.fixture
+async def client(broker: Broker, service: api.AuditService,
+                 aiohttp_client: Callable[..., Awaitable[Client]]) -> Client:
+    return await aiohttp_client(make_app(broker, service))
+
+
+async def sign_in(client: Client, settings: Settings, *roles: str) -> str:
+    r = await client.post("/ig/login", data={"token": token(settings, *roles), "next": "/ig/"}, allow_redirects=False)
+    assert r.status == 303 and r.cookies["sgb_session"]["httponly"]
+    assert r.cookies["sgb_session"]["samesite"] == "Strict"
+    page = await (await client.get("/ig/reviews")).text()
+    return page.split('name="csrf" value="')[1].split('"')[0]
+
+
+async def test_pages_need_a_session(client: Client, settings: Settings) -> None:
+    for path in ("/ig/", "/ig/reviews", "/ig/subject", "/ig/charts", "/ig/integrity", "/ig/messages/x"):
+        r = await client.get(path, allow_redirects=False)
+        assert r.status == 303 and r.headers["Location"].startswith("/ig/login"), path
+    r = await client.post("/ig/login", data={"token": "nonsense"})
+    assert r.status == 401 and "Not signed in" in await r.text()
+    r = await client.post("/ig/login", data={"token": token(settings, "ig-officer"), "next": "https://evil.example/"},
+                          allow_redirects=False)
+    assert r.headers["Location"] == "/ig/"  # no open redirect
+
+
+async def test_roles_csrf_and_headers(client: Client, settings: Settings, agency: ClientFactory) -> None:
+    (message,) = await send_referrals(agency, consent="REFUSED_OVERRIDDEN")
+    await until_indexed(client, settings, message)
+    csrf = await sign_in(client, settings, "auditor")
+    r = await client.get("/ig/subject")
+    assert r.status == 403  # subject access is for IG officers
+    r = await client.get("/ig/")
+    assert r.status == 200 and message[:8] in await r.text()
+    assert "default-src 'none'" in r.headers["Content-Security-Policy"] and r.headers["Cache-Control"] == "no-store"
+    assert 'name="outcome"' not in await (await client.get("/ig/reviews")).text()  # auditors cannot record reviews
+    r = await client.post("/ig/reviews", data={"csrf": csrf, "item": f"flag:{message}", "outcome": "breach"})
+    assert r.status == 403
+    client.session.cookie_jar.clear()
+    csrf = await sign_in(client, settings, "ig-officer")
+    r = await client.post("/ig/reviews", data={"item": f"flag:{message}", "outcome": "breach"})
+    assert r.status == 403 and "Form expired" in await r.text()  # no CSRF token
+    r = await client.post("/ig/reviews", data={"csrf": csrf, "item": f"flag:{message}", "outcome": "breach"},
+                          allow_redirects=False)
+    assert r.status == 303
+    client.session.cookie_jar.clear()
+    await sign_in(client, settings, "operator")
+    r = await client.get("/ig/", allow_redirects=False)
+    assert r.status == 303 and r.headers["Location"] == "/ig/integrity"
+    assert (await client.get("/ig/charts")).status == 200
+
+
+async def test_pages_render_quickly_on_a_large_log(client: Client, settings: Settings, service: api.AuditService,
+                                                   agency: ClientFactory) -> None:
+    """Functional check that the pages page through a big index (the timing is in ``make bench``)."""
+    (message,) = await send_referrals(agency)
+    await until_indexed(client, settings, message)
+    record = (await service.index.records(api.RecordQuery(equals={"event": "shared"}, limit=1))).items[0]
+    batch = [(10_000 + i, [record | {"id": f"synthetic-{i}", "message": f"m-{i}", "n": 10_000 + i}])
+             for i in range(5000)]
+    await service.index.apply(batch, [], await service.index.last_seq())
+    await sign_in(client, settings, "ig-officer")
+    page = await (await client.get("/ig/?event=shared")).text()
+    assert "50 records" in page and 'rel="next"' in page
+    nxt = page.split('<a href="?')[1].split('"')[0].replace("&amp;", "&")
+    second = await (await client.get("/ig/?" + nxt)).text()
+    assert "50 records" in second, nxt
+    assert "<svg" in await (await client.get("/ig/charts?by=decision")).text()
+
+
+# -- a real browser -------------------------------------------------------------------------------
+
+
+def chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path:
+        return path
+    if os.environ.get("CI") == "true":
+        pytest.fail("CI needs Chromium for the browser tests: apt-get install chromium")
+    pytest.skip("no Chromium here (apt-get install chromium); the browser tests run in CI")
+
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage"]
+
+
+@pytest.fixture
+async def browser_page(tmp_path: Path) -> AsyncIterator[Any]:
+    executable = chromium()
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
+        context = await browser.new_context(viewport={"width": 1280, "height": 900})
+        page = await context.new_page()
+        page.set_default_timeout(15_000)
+        try:
+            yield page
+        finally:
+            await context.close()
+            await browser.close()
+
+
+@pytest.fixture
+async def live_url(broker: Broker, service: api.AuditService) -> AsyncIterator[str]:
+    server = TestServer(make_app(broker, service), host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield str(server.make_url("")).rstrip("/")
+    finally:
+        await server.close()
+
+
+def shots(tmp_path: Path) -> Path:
+    target = Path(os.environ.get("SGB_SCREENSHOTS") or tmp_path / "screenshots")
+    target.mkdir(parents=True, exist_ok=True)
+    return target
+
+
+async def test_an_ig_officer_reviews_a_share_in_the_browser(browser_page: Any, live_url: str, settings: Settings,
+                                                            agency: ClientFactory, client: Client,
+                                                            tmp_path: Path) -> None:
+    page, out = browser_page, shots(tmp_path)
+    (flagged,) = await send_referrals(agency, consent="REFUSED_OVERRIDDEN")
+    (plain,) = await send_referrals(agency, consent="GIVEN")
+    await until_indexed(client, settings, plain)
+
+    await page.goto(f"{live_url}/ig/")
+    assert "/ig/login" in page.url
+    await page.get_by_label("Access token").fill(token(settings, "ig-officer", sub="ig-sam"))
+    await page.get_by_role("button", name="Sign in").click()
+    await page.wait_for_url(f"{live_url}/ig/")
+    await page.get_by_role("heading", name="Sharing log").wait_for()
+    await page.screenshot(path=str(out / "1-log.png"), full_page=True)
+
+    await page.get_by_label("Event").select_option("shared")
+    await page.get_by_label("Consent status").fill("REFUSED_OVERRIDDEN")
+    await page.get_by_role("button", name="Filter").click()
+    rows = page.locator("table.records tbody tr")
+    assert await rows.count() == 1
+    await page.screenshot(path=str(out / "2-filtered.png"), full_page=True)
+
+    await rows.first.get_by_role("link").click()
+    await page.get_by_role("heading", name=f"Trail of message {flagged}").wait_for()
+    decision = page.get_by_role("table", name="Decision per recipient")
+    assert "la-camden" in await decision.inner_text() and "share" in await decision.inner_text()
+    await page.screenshot(path=str(out / "3-trail.png"), full_page=True)
+
+    await page.get_by_role("link", name="Review queue").click()
+    item = page.locator("section.item", has_text="Consent overridden")
+    await item.get_by_label("Follow up with the agency").check()
+    await item.get_by_label("Case or ticket reference").fill("IG-2026/118")
+    await item.get_by_role("button", name="Record review").click()
+    await page.locator("#review-done").wait_for()
+    assert await page.locator("section.item", has_text="Consent overridden").count() == 0
+    await page.screenshot(path=str(out / "4-reviewed.png"), full_page=True)
+    await page.get_by_role("link", name="Reviewed").click()
+    assert "ig-sam" in await page.locator("main").inner_text()
+
+    await page.get_by_role("link", name="Subject access").click()
+    await page.get_by_label("NHS number").fill(NHS)
+    await page.get_by_role("button", name="Search").click()
+    await page.locator("#results").wait_for()
+    assert "2 messages found" in await page.locator("#results").inner_text()
+    await page.screenshot(path=str(out / "5-subject.png"), full_page=True)
+
+    await page.get_by_role("link", name="Volumes").click()
+    assert await page.locator("svg rect").count() >= 1
+    await page.get_by_role("link", name="Integrity").first.click()
+    await page.get_by_role("button", name="Verify now").click()
+    await page.locator("#integrity-state").wait_for()
+    assert "verified" in await page.locator("#integrity-badge").inner_text()
+    await page.screenshot(path=str(out / "6-integrity.png"), full_page=True)
+    assert all((out / f).stat().st_size > 1000 for f in ("1-log.png", "4-reviewed.png", "6-integrity.png"))
+
+
+async def test_keyboard_only_navigation(browser_page: Any, live_url: str, settings: Settings) -> None:
+    page = browser_page
+    await page.goto(f"{live_url}/ig/login")
+    await page.keyboard.press("Tab")
+    assert await page.evaluate("document.activeElement.textContent") == "Skip to main content"
+    await page.keyboard.press("Tab")
+    assert await page.evaluate("document.activeElement.id") == "token"
+    await page.keyboard.type(token(settings, "auditor"))
+    await page.keyboard.press("Tab")
+    await page.keyboard.press("Enter")
+    await page.get_by_role("heading", name="Sharing log").wait_for()
+    unlabelled = await page.evaluate("""() => [...document.querySelectorAll('input:not([type=hidden]), select, textarea')]
+        .filter(e => !e.labels || e.labels.length === 0).map(e => e.name)""")
+    assert unlabelled == []
+
+
+def test_web_app_has_no_route_without_an_owner() -> None:
+    """Every /ig/ route is either the sign-in or guarded by a role (a new page cannot forget to be)."""
+    app = web.Application()
+    from broker import igpages
+
+    igpages.add_routes(app)
+    open_paths = {"/ig", "/ig/", "/ig/login", "/ig/logout", "/ig/ig.css"}
+    for route in app.router.routes():
+        path = route.resource.canonical if route.resource else ""
+        if path not in open_paths:
+            assert route.handler.__name__ == "guarded", path
