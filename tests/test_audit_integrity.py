@@ -265,7 +265,7 @@ async def test_signed_export_verifies_offline_and_detects_edits(history: list[St
         records[0]["decision"] = "refuse"
 
     item["token"] = _edit(item["token"].encode(), change).decode()
-    (tmp_path / "edited.jsonl").write_bytes(b"".join(lines[:2] + [orjson.dumps(item) + b"\n"] + lines[3:]))
+    (tmp_path / "edited.jsonl").write_bytes(b"".join([*lines[:2], orjson.dumps(item) + b"\n", *lines[3:]]))
     report = verify_export(tmp_path / "edited.jsonl", registry)
     assert {"changed", "signature"} <= kinds(report)
     assert any(p.kind == "changed" and "does not match its signed manifest" in p.detail for p in report.problems)
