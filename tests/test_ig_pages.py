@@ -224,7 +224,7 @@ async def test_keyboard_only_navigation(browser_page: Any, live_url: str, settin
     await page.get_by_role("heading", name="Sharing log").wait_for()
     unlabelled = await page.evaluate("""() => [
         ...document.querySelectorAll('input:not([type=hidden]), select, textarea')]
-        ...document.querySelectorAll('input:not([type=hidden]), select, textarea')].filter(e => !e.labels || e.labels.length === 0).map(e => e.name)""")
+        .filter(e => !e.labels || e.labels.length === 0).map(e => e.name)""")
     assert unlabelled == []
 
 
