@@ -26,6 +26,7 @@ from broker.auditexport import verify_store
 from broker.auditindex import REVIEW_FLAGS, REVIEW_OUTCOMES, AuditIndex, RecordQuery
 from broker.auth import AuthError, Principal, TokenVerifier
 from broker.errors import BrokerError, ConfigError, TransportError
+from broker.retention import Holds
 from broker.subjects import SubjectIndex
 
 log = structlog.get_logger("sgb.api")
@@ -49,6 +50,8 @@ class AuditService:
     append: Callable[[list[dict[str, Any]]], Awaitable[None]]
     instance: str
     verify: Callable[[], Awaitable[dict[str, Any]]]
+    holds: Holds
+    retention: Callable[[], Awaitable[dict[str, Any]]]
 
 
 SERVICE: Final = web.AppKey("audit_service", AuditService)
@@ -156,8 +159,12 @@ def record_query(params: Mapping[str, str], *, messages: list[str] | None = None
                        messages=messages, limit=limit, cursor=params.get("cursor") or None)
 
 
+def iso_at(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return iso_at(time.time())
 
 
 async def audit_action(request: web.Request, event: str, **fields: Any) -> dict[str, Any]:
@@ -386,6 +393,55 @@ async def run_verification(js: Any, registry: Any, index: AuditIndex) -> dict[st
     return status
 
 
+HOLD_REASONS: Final = ("litigation", "regulator-investigation", "subject-access-request", "safeguarding-review",
+                        "police-investigation", "complaint")
+
+
+@requires(*READERS)
+async def list_holds(request: web.Request) -> web.Response:
+    """Legal holds in force, by message id."""
+    holds = await request.app[SERVICE].holds.all()
+    return web.json_response({"items": [{"message": k} | v for k, v in sorted(holds.items())]}, dumps=_dumps)
+
+
+@requires(IG)
+async def place_hold(request: web.Request) -> web.Response:
+    """Keep a message's deliveries past their retention until the hold is released (audited)."""
+    message = request.match_info["message"]
+    body = await _json(request)
+    reason, reference = _str(body, "reason"), _str(body, "reference")
+    if reason not in HOLD_REASONS:
+        raise ConfigError(f"reason is one of {', '.join(HOLD_REASONS)}")
+    if reference is not None and not _safe_reference(reference):
+        raise ConfigError("reference is up to 40 letters, digits, '-' or '/' (a case number, no names)")
+    service = request.app[SERVICE]
+    if not await service.index.trail(message):
+        raise Problem(404, "not-found", "no audit records for that message id")
+    hold = {"reason": reason, "by": principal(request).sub, "at": _now()} | ({"reference": reference}
+                                                                             if reference else {})
+    await audit_action(request, "hold-placed", message=message, reason=reason)
+    await service.holds.place(message, hold)
+    return web.json_response({"message": message} | hold, status=201, dumps=_dumps)
+
+
+@requires(IG)
+async def release_hold(request: web.Request) -> web.Response:
+    """Release a legal hold (audited); retention applies again from then."""
+    message = request.match_info["message"]
+    service = request.app[SERVICE]
+    if await service.holds.get(message) is None:
+        raise Problem(404, "not-found", "no hold on that message")
+    await audit_action(request, "hold-released", message=message)
+    await service.holds.release(message)
+    return web.json_response({"message": message, "released": True}, dumps=_dumps)
+
+
+@requires(*EVERYONE)
+async def retention(request: web.Request) -> web.Response:
+    """Retention periods and what they currently affect (counts only)."""
+    return web.json_response(await request.app[SERVICE].retention(), dumps=_dumps)
+
+
 ROUTES: Final = (
     ("GET", "/api/v1/records", list_records),
     ("GET", "/api/v1/messages/{message}/trail", message_trail),
@@ -396,6 +452,10 @@ ROUTES: Final = (
     ("GET", "/api/v1/integrity", integrity),
     ("POST", "/api/v1/integrity/verify", verify_now),
     ("GET", "/api/v1/volumes", volumes),
+    ("GET", "/api/v1/holds", list_holds),
+    ("PUT", "/api/v1/holds/{message}", place_hold),
+    ("DELETE", "/api/v1/holds/{message}", release_hold),
+    ("GET", "/api/v1/retention", retention),
 )
 
 

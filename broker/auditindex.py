@@ -306,6 +306,14 @@ class AuditIndex:
 
         return await self._read(get)
 
+    async def retention_counts(self, before: str) -> dict[str, Any]:
+        def get(conn: sqlite3.Connection) -> dict[str, Any]:
+            past = conn.execute("SELECT count(*), min(at) FROM records WHERE at < ?", (before,)).fetchone()
+            expired = conn.execute("SELECT count(*) FROM records WHERE event = 'expired'").fetchone()[0]
+            return {"auditRecordsPastRetention": past[0], "oldestPastRetention": past[1], "expiredDeliveries": expired}
+
+        return await self._read(get)
+
     async def checkpoint_tokens(self) -> list[bytes]:
         return await self._read(lambda c: [bytes(r[0]) for r in c.execute("SELECT token FROM checkpoints")])
 

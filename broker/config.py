@@ -35,7 +35,9 @@ class StreamSettings:
     replicas: int = 1
     duplicate_window: float = 600.0       # must cover redelivery after a crash (ack_wait)
     ingress_max_age: float = 30 * 86400.0
-    delivery_max_age: float = 30 * 86400.0
+    delivery_retention: float = 30 * 86400.0  # undelivered after this: removed, sender told (retention.py)
+    retention_sweep_interval: float = 300.0
+    audit_retention: float = 7 * 365 * 86400.0  # reported when passed; never deleted by the broker
     max_msg_size: int = 4 * 1024 * 1024  # the store's hard limit; the broker's own limit is lower
     seen_ttl: float = 900.0               # replay window; must exceed max_age + max_future_skew
 
@@ -131,11 +133,18 @@ class Settings:
         )
         rulebook = Path(env["SGB_RULEBOOK"]) if env.get("SGB_RULEBOOK") else None
         default_api = ApiSettings()
+        try:
+            streams = StreamSettings(
+                delivery_retention=float(env.get("SGB_DELIVERY_RETENTION_DAYS", 30)) * 86400.0,
+                audit_retention=float(env.get("SGB_AUDIT_RETENTION_YEARS", 7)) * 365 * 86400.0,
+            )
+        except ValueError as exc:
+            raise ConfigError(f"bad retention setting: {exc}") from exc
         api = ApiSettings(issuer=env.get("SGB_API_ISSUER") or default_api.issuer,
                           audience=env.get("SGB_API_AUDIENCE") or default_api.audience,
                           index_path=Path(env["SGB_AUDIT_INDEX"]) if env.get("SGB_AUDIT_INDEX") else None)
         return cls(home=home_path, registry_path=registry, instance=instance, rulebook_path=rulebook, nats=nats,
-                   pipeline=pipeline, api=api)
+                   pipeline=pipeline, api=api, streams=streams)
 
 
 def default_instance_id() -> str:

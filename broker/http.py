@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from typing import Final
 
@@ -19,7 +20,7 @@ from broker.auditindex import AuditIndex, Indexer
 from broker.auditverify import broker_keys
 from broker.auth import TokenVerifier
 from broker.service import Broker
-from broker.streams import AUDIT
+from broker.streams import AUDIT, DELIVERY
 
 log = structlog.get_logger("sgb.http")
 BROKER_KEY: Final = web.AppKey("broker", Broker)
@@ -61,6 +62,16 @@ async def audit_service(broker: Broker) -> AsyncIterator[api.AuditService]:
     async def verify() -> dict[str, object]:
         return await api.run_verification(broker.js, broker.registry, index)
 
+    async def retention() -> dict[str, object]:
+        streams = settings.streams
+        before = api.iso_at(time.time() - streams.audit_retention)
+        deliveries = await broker.js.stream_info(DELIVERY)
+        holds = await broker.sweeper.holds.all()
+        return {"deliveryRetentionDays": streams.delivery_retention / 86400,
+                "auditRetentionYears": round(streams.audit_retention / (365 * 86400), 2),
+                "deliveriesWaiting": deliveries.state.messages, "legalHolds": len(holds),
+                "auditRecordsAreDeleted": False} | await index.retention_counts(before)
+
     async def verify_periodically() -> None:
         while not stop.is_set():
             with contextlib.suppress(Exception):
@@ -73,7 +84,7 @@ async def audit_service(broker: Broker) -> AsyncIterator[api.AuditService]:
     try:
         yield api.AuditService(index=index, tokens=TokenVerifier(broker.registry, settings.api),
                                subjects=broker.subjects, append=broker.audit.append, instance=settings.instance,
-                               verify=verify)
+                               verify=verify, holds=broker.sweeper.holds, retention=retention)
     finally:
         stop.set()
         _, pending = await asyncio.wait(tasks, timeout=5.0)

@@ -39,7 +39,12 @@ def _op(summary: str, roles: str, responses: dict[str, Any], **extra: Any) -> di
             "responses": responses, **extra}
 
 
+_MESSAGE = {"name": "message", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
 def document() -> dict[str, Any]:
+    from broker.api import HOLD_REASONS
+
     return {
         "openapi": "3.1.0",
         "info": {"title": "Safeguarding Broker audit API", "version": "1.0.0",
@@ -82,6 +87,18 @@ def document() -> dict[str, Any]:
                 _ok("Volumes", "counts"), parameters=[
                     _q("by", "grouping", {"enum": ["lawfulBasis", "agency", "decision"]}),
                     _q("since", "from (default 30 days ago)"), _q("until", "until (default tomorrow)")])},
+            "/api/v1/holds": {"get": _op("Legal holds in force", "ig-officer, auditor", _ok("Holds", "holds"))},
+            "/api/v1/holds/{message}": {
+                "put": _op("Place a legal hold on a message (audited)", "ig-officer",
+                           {"201": {"description": "the hold", "content": {"application/json": {
+                               "schema": {"$ref": "#/components/schemas/Hold"}}}}, "404": _PROBLEM, **_ERRORS},
+                           parameters=[_MESSAGE], requestBody={"required": True, "content": {"application/json": {
+                               "schema": {"$ref": "#/components/schemas/HoldRequest"}}}}),
+                "delete": _op("Release a legal hold (audited)", "ig-officer",
+                              _ok("Released", "released") | {"404": _PROBLEM}, parameters=[_MESSAGE]),
+            },
+            "/api/v1/retention": {"get": _op("Retention periods and what they affect (counts)",
+                                             "ig-officer, auditor, operator", _ok("Retention", "retention"))},
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
@@ -136,6 +153,21 @@ def document() -> dict[str, Any]:
                     "state": {"enum": ["verified", "tampered", "unavailable", "never-verified"]},
                     "at": {"type": "string"}, "records": {"type": "integer"},
                     "problems": {"type": "array", "items": {"type": "object"}}}},
+                "HoldRequest": {"type": "object", "required": ["reason"], "properties": {
+                    "reason": {"enum": list(HOLD_REASONS)},
+                    "reference": {"type": "string", "maxLength": 40, "pattern": "^[A-Za-z0-9/-]+$"}}},
+                "Hold": {"type": "object", "required": ["message", "reason", "by", "at"], "properties": {
+                    "message": {"type": "string"}, "reason": {"type": "string"}, "by": {"type": "string"},
+                    "at": {"type": "string"}, "reference": {"type": "string"}}},
+                "Holds": {"type": "object", "required": ["items"], "properties": {
+                    "items": {"type": "array", "items": {"$ref": "#/components/schemas/Hold"}}}},
+                "Released": {"type": "object", "properties": {"message": {"type": "string"},
+                                                              "released": {"type": "boolean"}}},
+                "Retention": {"type": "object", "properties": {
+                    "deliveryRetentionDays": {"type": "number"}, "auditRetentionYears": {"type": "number"},
+                    "deliveriesWaiting": {"type": "integer"}, "legalHolds": {"type": "integer"},
+                    "auditRecordsPastRetention": {"type": "integer"}, "expiredDeliveries": {"type": "integer"},
+                    "auditRecordsAreDeleted": {"const": False}}},
                 "Volumes": {"type": "object", "required": ["rows"], "properties": {
                     "by": {"type": "string"}, "rows": {"type": "array", "items": {"type": "object", "properties": {
                         "day": {"type": "string"}, "key": {"type": "string"}, "count": {"type": "integer"}}}}}},

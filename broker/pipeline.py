@@ -131,7 +131,7 @@ class Pipeline:
         with bound:
             try:
                 outputs, outcome = await self._process(ingress, msg.data, meta.num_delivered)
-                await self._store(outputs)
+                await self.store(outputs)
                 await msg.ack()
             except TransportError as exc:
                 self.counters.retried += 1
@@ -142,7 +142,7 @@ class Pipeline:
             self._record(outcome)
             log.info("message processed", stage="done", outcome=outcome)
 
-    async def _store(self, outputs: list[Output]) -> None:
+    async def store(self, outputs: list[Output]) -> None:
         """Deliveries and audit records together; both must be stored before the ingress ack."""
         messages = [o for o in outputs if isinstance(o, Outgoing)]
         records = [o.record for o in outputs if isinstance(o, AuditEntry)]
@@ -190,7 +190,7 @@ class Pipeline:
         return record.get("state") in ("open", "overdue") and claims["typ"] in record.get("expect", ())
 
     async def on_overdue(self, entry: Mapping[str, Any]) -> None:
-        await self._store(self._outcomes.overdue(entry))
+        await self.store(self._outcomes.overdue(entry))
         self.counters.overdue += 1
         log.info("deadline passed; both sides told", stage="overdue", message=entry["message"],
                  recipient=entry["recipient"], rule=entry["rule"])

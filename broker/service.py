@@ -30,6 +30,7 @@ from broker.outcomes import Outcomes
 from broker.pipeline import Pipeline
 from broker.policy import Policy, ReloadablePolicy
 from broker.registry import Registry
+from broker.retention import Sweeper
 from broker.streams import ensure_topology
 from broker.subjects import SubjectIndex, load_subject_index
 
@@ -100,6 +101,7 @@ class Broker:
     policy: Policy
     audit: AuditWriter
     subjects: SubjectIndex
+    sweeper: Sweeper
 
     def reload_policy(self) -> bool:
         """Reload the rulebook (SIGHUP). Returns False, keeping the old rulebook, if the new one is bad."""
@@ -128,34 +130,42 @@ async def running_broker(settings: Settings, url: str, *, policy: Policy | None 
         js = jetstream(nc, settings)
         await ensure_topology(js, settings.streams, settings.pipeline, addressable(registry))
         async with AuditWriter(js, identity, settings.instance, settings.audit) as audit, _pipeline(
-                settings, js, registry, catalogue, identity, policy, audit, audit_key, subjects) as (pipeline, task):
-            yield Broker(settings, registry, catalogue, identity, nc, js, pipeline, task, policy, audit, subjects)
+                settings, js, registry, catalogue, identity, policy, audit, audit_key, subjects) as (pipeline, task,
+                                                                                            sweeper):
+            yield Broker(settings, registry, catalogue, identity, nc, js, pipeline, task, policy, audit, subjects,
+                         sweeper)
 
 
 @contextlib.asynccontextmanager
 async def _pipeline(settings: Settings, js: JetStreamContext, registry: Registry, catalogue: Catalogue,
                     identity: Identity, policy: Policy, audit: AuditWriter, audit_key: bytes,
-                    subjects: SubjectIndex) -> AsyncIterator[tuple[Pipeline, asyncio.Task[None]]]:
-    """The pipeline and the deadline scanner; both stop (in-flight work drained) before the
-    audit writer that they write to is closed."""
+                    subjects: SubjectIndex) -> AsyncIterator[tuple[Pipeline, asyncio.Task[None], Sweeper]]:
+    """The pipeline, the deadline scanner and the retention sweeper; all stop (in-flight work
+    drained) before the audit writer that they write to is closed."""
+    outcomes = Outcomes(registry, identity, audit_key, settings.instance, subjects)
     pipeline = Pipeline(
-        js, Intake(registry, catalogue, identity, settings.pipeline), policy,
-        Outcomes(registry, identity, audit_key, settings.instance, subjects), audit, settings.pipeline,
+        js, Intake(registry, catalogue, identity, settings.pipeline), policy, outcomes, audit, settings.pipeline,
         request_timeout=settings.nats.request_timeout,
     )
+    sweeper = Sweeper(js, outcomes, pipeline.store, retention=settings.streams.delivery_retention)
     task = asyncio.create_task(pipeline.run(), name="sgb-pipeline")
-    scanner_stop = asyncio.Event()
-    scanner = asyncio.create_task(deadlines.Scanner(js, pipeline.on_overdue).run(
-        interval=settings.pipeline.deadline_scan_interval, stop=scanner_stop), name="sgb-deadlines")
+    stop = asyncio.Event()
+    helpers = [
+        asyncio.create_task(deadlines.Scanner(js, pipeline.on_overdue).run(
+            interval=settings.pipeline.deadline_scan_interval, stop=stop), name="sgb-deadlines"),
+        asyncio.create_task(sweeper.run(interval=settings.streams.retention_sweep_interval, stop=stop),
+                            name="sgb-retention"),
+    ]
     log.info("broker running", instance=settings.instance)
     try:
-        yield pipeline, task
+        yield pipeline, task, sweeper
     finally:
-        scanner_stop.set()
-        try:
-            await asyncio.wait_for(scanner, settings.nats.request_timeout * 3)
-        except TimeoutError:
-            log.warning("deadline scanner did not stop in time; cancelled")
+        stop.set()
+        _, late = await asyncio.wait(helpers, timeout=settings.nats.request_timeout * 3)
+        for helper in late:
+            log.warning("background task did not stop in time; cancelled", task=helper.get_name())
+            helper.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
         pipeline.stop()
         try:
             await asyncio.wait_for(task, settings.pipeline.drain_timeout + settings.pipeline.fetch_timeout + 5)

@@ -4,12 +4,13 @@
 stream            subjects            retention
 ================  ==================  =========================================================
 ``SG_INGRESS``    ``sg.in.*``         work queue: a message leaves once the broker acks it
-``SG_DELIVERY``   ``sg.out.*``        interest: kept until the recipient's adapter acks it,
-                                      or until it expires (``delivery_max_age``)
+``SG_DELIVERY``   ``sg.out.*``        interest: kept until the recipient's adapter acks it; no age
+                                      limit (expiry is done with notice, broker/retention.py)
 ``SG_AUDIT``      ``sg.audit.>``      limits, no age limit, deny delete, deny purge
 ``KV_SG_SEEN``    (KV bucket)         message ids seen recently, for replay detection
 ``KV_SG_DEADLINES`` (KV bucket)       open deadlines per delivered message (broker/deadlines.py)
 ``KV_SG_AUDIT_HEADS`` (KV bucket)     last signed checkpoint of each instance's audit chain
+``KV_SG_HOLDS``   (KV bucket)         legal holds by message id
 ================  ==================  =========================================================
 
 All use file storage and a duplicate window, so that a re-publish under the same
@@ -45,6 +46,7 @@ AUDIT: Final = "SG_AUDIT"
 SEEN_BUCKET: Final = "SG_SEEN"
 DEADLINES_BUCKET: Final = "SG_DEADLINES"
 AUDIT_HEADS_BUCKET: Final = "SG_AUDIT_HEADS"
+HOLDS_BUCKET: Final = "SG_HOLDS"
 BROKER_CONSUMER: Final = "sg-broker"
 
 
@@ -74,7 +76,7 @@ def stream_configs(s: StreamSettings) -> list[StreamConfig]:
         StreamConfig(
             name=DELIVERY, subjects=["sg.out.*"], retention=RetentionPolicy.INTEREST,
             storage=StorageType.FILE, num_replicas=s.replicas, duplicate_window=s.duplicate_window,
-            max_age=s.delivery_max_age, max_msg_size=s.max_msg_size, discard=DiscardPolicy.NEW,
+            max_msg_size=s.max_msg_size, discard=DiscardPolicy.NEW,
         ),
         StreamConfig(
             name=AUDIT, subjects=["sg.audit.>"], retention=RetentionPolicy.LIMITS,
@@ -137,6 +139,9 @@ async def ensure_topology(
         ))
         await _retry(js.create_key_value, KeyValueConfig(
             bucket=AUDIT_HEADS_BUCKET, history=64, storage=StorageType.FILE, replicas=streams.replicas,
+        ))
+        await _retry(js.create_key_value, KeyValueConfig(
+            bucket=HOLDS_BUCKET, history=8, storage=StorageType.FILE, replicas=streams.replicas,
         ))
         await _retry(js.add_consumer, INGRESS, broker_consumer(pipeline))
         for agency in agencies:

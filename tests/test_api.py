@@ -112,6 +112,10 @@ CALLS: list[tuple[str, str, dict[str, Any] | None]] = [
     ("GET", "/api/v1/integrity", None),
     ("POST", "/api/v1/integrity/verify", None),
     ("GET", "/api/v1/volumes", None),
+    ("GET", "/api/v1/holds", None),
+    ("PUT", "/api/v1/holds/{message}", {"reason": "litigation"}),
+    ("DELETE", "/api/v1/holds/{message}", None),
+    ("GET", "/api/v1/retention", None),
 ]
 
 
