@@ -33,7 +33,7 @@ async def short_broker(settings: Settings, topology: None) -> AsyncIterator[Brok
 async def not_delivered(police: AgencyClient, message: str, timeout: float = 6.0) -> dict[str, object] | None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        async for delivery, msg in police.fetch(idle=0.2):
+        async for delivery, msg in police.fetch(idle=1.0):  # a short pull can lose a message to ack_wait
             assert delivery is not None
             await msg.ack_sync()
             if delivery.type == "receipt" and delivery.payload["status"] == "not-delivered":
