@@ -79,12 +79,13 @@ async def test_uncollected_delivery_expires_with_notice(short_broker: Broker, ag
 
 async def test_legal_hold_keeps_the_delivery_until_released(short_broker: Broker, agency: ClientFactory,
                                                             settings: Settings) -> None:
-    police, la = await agency("police-met"), await agency("la-camden")
+    police = await agency("police-met")
     message = await police.send(typ="referral", to=["la-camden"], payload=referral(), sharing=sharing())
     await police.wait_outcome(message, timeout=10)
     await short_broker.sweeper.holds.place(message, {"reason": "litigation", "by": "ig-jo", "at": "now"})
     assert await not_delivered(police, message, timeout=RETENTION + 1.5) is None
     assert short_broker.sweeper.held >= 1
+    assert not await gone_from_queue(settings, "la-camden", timeout=0.3)  # still waiting for the council
     assert "expired" not in [r["event"] for r in await audit(settings)]
     assert await short_broker.sweeper.holds.release(message)
     assert await not_delivered(police, message) is not None
