@@ -332,7 +332,10 @@ async def read_stream(js: JetStreamContext, *, stream: str = AUDIT, start: int =
     sub = await js.subscribe("sg.audit.>", stream=stream, ordered_consumer=True, config=config)
     try:
         while True:
-            msg = await asyncio.wait_for(sub.next_msg(timeout=idle), idle + 1)
+            try:
+                msg = await asyncio.wait_for(sub.next_msg(timeout=idle), idle + 1)
+            except (TimeoutError, NatsTimeoutError):
+                return  # the stream's own count includes messages it can no longer read
             meta = msg.metadata
             yield Stored(meta.sequence.stream, msg.subject, msg.data, meta.timestamp.timestamp())
             if meta.sequence.stream >= last:

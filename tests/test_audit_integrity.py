@@ -299,3 +299,45 @@ def test_forged_block_needs_the_broker_key(settings: Settings, registry: Registr
     verifier.block(1, "sg.audit.x", token)
     assert "inserted" in kinds(verifier.finish())
     assert BLOCK_TYP != "sg+jwt"
+
+
+@pytest.mark.parametrize("damage", ["edit", "truncate"])
+async def test_damage_to_the_store_files_is_detected(damage: str, home: Path, registry: Registry,
+                                                     tmp_path: Path) -> None:
+    """Someone with the server's disk edits a byte of a stored block, or cuts the file short.
+    nats-server drops what no longer matches its checksums, or never sees it; either way
+    verification names the gap."""
+    from dataclasses import replace
+
+    from broker.auditchain import AuditWriter
+    from broker.streams import ensure_topology
+    from tests.conftest import make_settings
+
+    store = tmp_path / "store"
+    async with embedded_nats(store) as url:
+        settings = make_settings(home, url, instance="disk")
+        settings = replace(settings, audit=replace(settings.audit, checkpoint_interval=3600))
+        async with connected(settings, url, name="w") as nc:
+            js = jetstream(nc, settings)
+            await ensure_topology(js, settings.streams, settings.pipeline, [])
+            identity = load_identity(home, registry.broker_id)
+            async with AuditWriter(js, identity, "disk", settings.audit) as writer:
+                for i in range(4):
+                    await writer.append([{"id": f"r{i}", "event": "shared", "decision": "share"}])
+                await writer.checkpoint_now()  # to the stream and the heads bucket
+    (block_file,) = (store / "jetstream").rglob("SG_AUDIT/msgs/*.blk")
+    data = block_file.read_bytes()
+    starts = [i for i in range(len(data)) if data.startswith(b"sg.audit.disk", i)]
+    if damage == "edit":
+        at = starts[2] + 300  # inside the third block's signed bytes
+        data = data[:at] + (b"A" if data[at:at + 1] != b"A" else b"B") + data[at + 1:]
+    else:
+        data = data[:starts[3] - 30]  # the last block and the stream's checkpoint cut off
+    block_file.write_bytes(data)
+    async with embedded_nats(store) as url:
+        settings = make_settings(home, url, instance="disk")
+        async with connected(settings, url, name="v") as nc:
+            report = await verify_store(jetstream(nc, settings), registry)
+    expected = "removed" if damage == "edit" else "truncated"
+    assert expected in kinds(report), [str(p) for p in report.problems]
+
