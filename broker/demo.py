@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from adapters.sdk import AgencyClient, Delivery
+from broker.auditexport import verify_store
 from broker.auditlog import read_audit
 from broker.catalogue import Catalogue
 from broker.config import Settings
@@ -247,8 +248,15 @@ async def run_demo(base: Settings) -> int:
             clients = await stack.enter_async_context(_clients(settings, url, registry, catalogue))
             await play(story, clients)
             async with connected(settings, url, name="demo-audit") as nc:
-                audit = [r async for r in read_audit(jetstream(nc, settings))]
+                js = jetstream(nc, settings)
+                audit = [r async for r in read_audit(js)]
+                integrity = await verify_store(js, registry)
             _summary(story, settings, audit)
+            _say(f"         hash-chained and signed in {integrity.blocks} blocks: "
+                 + ("verified" if integrity.ok else f"VERIFICATION FAILED ({len(integrity.problems)} problems)")
+                 + f"; check with: sgb audit verify --home {settings.home}")
+            _say(f"  IG pages: sgb serve --http 127.0.0.1:8080 --home {settings.home}, then open "
+                 f"http://127.0.0.1:8080/ig/ with a token from: sgb token --role ig-officer --home {settings.home}")
     except BrokerError as exc:
         _say(f"\nThe demo did not complete: {exc}")
         return 1

@@ -136,3 +136,47 @@ async def test_policy_check_and_explain(tmp_path: Path, home: Path) -> None:
     (la,) = _lines(out)
     assert la["deadline"]["expect"] == ["referral-outcome"] and la["deadline"]["due"]  # type: ignore[index]
     assert any(r["id"] == "referral-outcome.to-referrer" and r["cite"] for r in school["rules"])  # type: ignore[union-attr]
+
+
+async def test_serve_http_offers_the_api_and_the_pages(tmp_path: Path) -> None:
+    """``sgb serve --http`` as an operator runs it: probes, the OpenAPI document, a token from
+    ``sgb token`` accepted by the API, the IG sign-in page; SIGTERM stops it cleanly."""
+    import signal
+    import socket
+
+    import aiohttp
+
+    home = tmp_path / "h"
+    assert (await sgb("keys", "init", home=home))[0] == 0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SGB_")} | {"SGB_HOME": str(home)}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "broker.cli", "serve", "--http", f"127.0.0.1:{port}", env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        rc, token, err = await sgb("token", "--role", "auditor", "--sub", "aud-1", home=home)
+        assert rc == 0, err
+        async with aiohttp.ClientSession() as http:
+            for _ in range(150):
+                try:
+                    async with http.get(f"{base}/readyz") as r:
+                        if r.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.1)
+            async with http.get(f"{base}/api/openapi.json") as r:
+                assert r.status == 200 and (await r.json())["openapi"] == "3.1.0"
+            async with http.get(f"{base}/api/v1/records", headers={"Authorization": f"Bearer {token.strip()}"}) as r:
+                assert r.status == 200, await r.text()
+            async with http.get(f"{base}/api/v1/integrity", headers={"Authorization": "Bearer x"}) as r:
+                assert r.status == 401
+            async with http.get(f"{base}/ig/login") as r:
+                assert r.status == 200 and "Access token" in await r.text()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err_bytes = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err_bytes.decode()[-2000:]
