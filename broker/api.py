@@ -28,6 +28,7 @@ from broker.auth import AuthError, Principal, TokenVerifier
 from broker.errors import BrokerError, ConfigError, TransportError
 from broker.retention import Holds
 from broker.subjects import SubjectIndex
+from broker.timestamps import iso, parse_when
 
 log = structlog.get_logger("sgb.api")
 
@@ -130,11 +131,9 @@ async def api_middleware(request: web.Request,
 
 def _date(value: str, name: str) -> str:
     try:
-        when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError as exc:
+        return iso(parse_when(value))
+    except ConfigError as exc:
         raise ConfigError(f"{name} must be a date (YYYY-MM-DD) or an ISO 8601 time") from exc
-    when = when if when.tzinfo else when.replace(tzinfo=dt.UTC)
-    return when.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def record_query(params: Mapping[str, str], *, messages: list[str] | None = None) -> RecordQuery:
@@ -159,12 +158,8 @@ def record_query(params: Mapping[str, str], *, messages: list[str] | None = None
                        messages=messages, limit=limit, cursor=params.get("cursor") or None)
 
 
-def iso_at(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def _now() -> str:
-    return iso_at(time.time())
+    return iso(time.time())
 
 
 async def audit_action(request: web.Request, event: str, **fields: Any) -> dict[str, Any]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import hashlib
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -38,6 +37,7 @@ from broker.config import AuditSettings
 from broker.errors import InvalidEnvelope, PublishTimeout, TransportError
 from broker.keystore import Identity
 from broker.streams import AUDIT, AUDIT_HEADS_BUCKET, audit_subject, checkpoint_subject
+from broker.timestamps import iso
 
 log = structlog.get_logger("sgb.audit")
 
@@ -54,10 +54,6 @@ def canonical(obj: Any) -> bytes:
 
 def record_hash(record: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical(record)).hexdigest()
-
-
-def iso(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 # -- signing ------------------------------------------------------------------------------

@@ -10,8 +10,6 @@ links within the slice.
 
 from __future__ import annotations
 
-import asyncio
-import datetime as dt
 import hashlib
 import time
 from collections.abc import Iterable
@@ -19,35 +17,24 @@ from pathlib import Path
 from typing import IO, Any, Final
 
 import orjson
-from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy
-from nats.js.errors import APIError, NotFoundError
+from nats.js.errors import NotFoundError
 
-from broker.auditchain import EXPORT_TYP, is_checkpoint, iso, read_stream, sign, unverified, verify
+from broker.auditchain import EXPORT_TYP, is_checkpoint, read_stream, sign, unverified, verify
 from broker.auditverify import Problem, Report, Verifier, broker_keys
-from broker.errors import ConfigError, InvalidEnvelope, TransportError
+from broker.errors import InvalidEnvelope, TransportError
 from broker.keystore import Identity
 from broker.registry import Registry
-from broker.streams import AUDIT, AUDIT_HEADS_BUCKET
+from broker.streams import AUDIT, AUDIT_HEADS_BUCKET, kv_latest
+from broker.timestamps import at_of, iso
 
 FORMAT: Final = "sgb-audit-export/1"
 
 
-def parse_when(text: str) -> float:
-    """``2026-11-24`` or ``2026-11-24T09:30:00Z``; dates and naive times are UTC."""
-    try:
-        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise ConfigError(f"{text!r} is not a date (YYYY-MM-DD) or an ISO 8601 time") from exc
-    return (when if when.tzinfo else when.replace(tzinfo=dt.UTC)).timestamp()
-
-
 def _stored_time(token: bytes) -> float:
     try:
-        _, claims = unverified(token)
-        return dt.datetime.fromisoformat(str(claims["at"]).replace("Z", "+00:00")).timestamp()
-    except (InvalidEnvelope, KeyError, ValueError):
+        return at_of(unverified(token)[1])
+    except InvalidEnvelope:
         return 0.0
 
 
@@ -124,31 +111,10 @@ def verify_export(path: Path, registry: Registry) -> Report:
     return report
 
 
-async def head_checkpoints(js: JetStreamContext, *, idle: float = 2.0) -> list[bytes]:
+async def head_checkpoints(js: JetStreamContext) -> list[bytes]:
     """The last checkpoint of every instance from ``SG_AUDIT_HEADS``, kept apart from the stream so
-    that cutting the stream's tail does not also cut the evidence of it. (Read through an ordered
-    consumer: nats-py's KV key watcher can swallow cancellation.)"""
-    stream = f"KV_{AUDIT_HEADS_BUCKET}"
-    try:
-        info = await js.stream_info(stream)
-    except NotFoundError:
-        return []
-    except (NatsError, APIError, TimeoutError) as exc:
-        raise TransportError(f"cannot read audit checkpoints: {type(exc).__name__}") from exc
-    if not info.state.messages:
-        return []
-    sub = await js.subscribe(f"$KV.{AUDIT_HEADS_BUCKET}.>", stream=stream, ordered_consumer=True,
-                             deliver_policy=DeliverPolicy.LAST_PER_SUBJECT)
-    tokens = []
-    try:
-        while True:
-            msg = await asyncio.wait_for(sub.next_msg(timeout=idle), idle + 1)
-            if msg.data:
-                tokens.append(msg.data)
-            if msg.metadata.num_pending == 0:
-                return tokens
-    finally:
-        await sub.unsubscribe()
+    that cutting the stream's tail does not also cut the evidence of it."""
+    return list((await kv_latest(js, AUDIT_HEADS_BUCKET)).values())
 
 
 async def verify_store(js: JetStreamContext, registry: Registry, *, witnesses: Iterable[bytes] = (),

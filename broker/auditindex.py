@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import datetime as dt
 import sqlite3
 import threading
 import time
@@ -34,10 +33,11 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from broker.auditchain import is_checkpoint, unverified, verify
+from broker.auditchain import CHECKPOINT_TYP, is_checkpoint, unverified, verify
 from broker.auditverify import Verifier
 from broker.errors import ConfigError, InvalidEnvelope
 from broker.streams import AUDIT
+from broker.timestamps import at_of
 
 log = structlog.get_logger("sgb.audit.index")
 T = TypeVar("T")
@@ -465,7 +465,7 @@ class Indexer:
     def _checked_checkpoint(self, data: bytes) -> bytes | None:
         try:
             claims = unverified(data)[1]
-            verify(data, "sg-audit-checkpoint+jwt", self._keys, _when(claims.get("at")))
+            verify(data, CHECKPOINT_TYP, self._keys, at_of(claims))
         except (InvalidEnvelope, KeyError):
             return None
         return data
@@ -522,8 +522,3 @@ class Indexer:
                 await sub.unsubscribe()
 
 
-def _when(at: Any) -> float:
-    try:
-        return dt.datetime.fromisoformat(str(at).replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return 0.0

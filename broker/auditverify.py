@@ -18,7 +18,6 @@ offline (``sgb audit verify --export FILE``), with only the broker's public keys
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +26,7 @@ from broker import _crypto
 from broker.auditchain import BLOCK_TYP, CHECKPOINT_TYP, GENESIS, record_hash, unverified, verify
 from broker.errors import InvalidEnvelope
 from broker.registry import Registry
+from broker.timestamps import at_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,13 +97,6 @@ def broker_keys(registry: Registry) -> Callable[[str, float], _crypto.VerifyKey 
     return lookup
 
 
-def _time(claims: dict[str, Any]) -> float:
-    try:
-        return dt.datetime.fromisoformat(str(claims.get("at", "")).replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return 0.0
-
-
 class Verifier:
     """Feed it stored messages in stream order, then :meth:`finish`."""
 
@@ -137,7 +130,7 @@ class Verifier:
             return
         signed = True
         try:
-            verify(token, BLOCK_TYP, self._keys, _time(claims))
+            verify(token, BLOCK_TYP, self._keys, at_of(claims))
         except InvalidEnvelope as exc:
             signed = False
             self._problem("signature", instance, f"block {block}: {exc}", seq)
@@ -180,7 +173,7 @@ class Verifier:
             self._problem("unreadable", "?", f"a {source} checkpoint that cannot be read", seq)
             return
         try:
-            claims = verify(token, CHECKPOINT_TYP, self._keys, _time(claims))
+            claims = verify(token, CHECKPOINT_TYP, self._keys, at_of(claims))
         except InvalidEnvelope as exc:
             self._problem("signature", instance, f"{source} checkpoint: {exc}", seq)
             return

@@ -293,7 +293,8 @@ async def cmd_keys_rotate_subject(settings: Settings, args: argparse.Namespace) 
 
 
 async def cmd_audit_export(settings: Settings, args: argparse.Namespace) -> int:
-    from broker.auditexport import export, parse_when
+    from broker.auditexport import export
+    from broker.timestamps import parse_when
 
     registry = Registry.load(settings.registry_path, Catalogue())
     identity = load_identity(settings.home, registry.broker_id)
@@ -357,7 +358,7 @@ async def cmd_policy_explain(settings: Settings, args: argparse.Namespace) -> in
     due = None
     if decision.deadline is not None:
         from broker import deadlines
-        from broker.outcomes import iso
+        from broker.timestamps import iso
 
         when = deadlines.due_at(decision.deadline, time.time(), payload)
         due = {"due": iso(when) if when else None, "expect": list(decision.deadline.expect),

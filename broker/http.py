@@ -21,6 +21,7 @@ from broker.auditverify import broker_keys
 from broker.auth import TokenVerifier
 from broker.service import Broker
 from broker.streams import AUDIT, DELIVERY
+from broker.timestamps import iso
 
 log = structlog.get_logger("sgb.http")
 BROKER_KEY: Final = web.AppKey("broker", Broker)
@@ -64,7 +65,7 @@ async def audit_service(broker: Broker) -> AsyncIterator[api.AuditService]:
 
     async def retention() -> dict[str, object]:
         streams = settings.streams
-        before = api.iso_at(time.time() - streams.audit_retention)
+        before = iso(time.time() - streams.audit_retention)
         deliveries = await broker.js.stream_info(DELIVERY)
         holds = await broker.sweeper.holds.all()
         return {"deliveryRetentionDays": streams.delivery_retention / 86400,

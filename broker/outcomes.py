@@ -9,7 +9,6 @@ republishes under the same ``Nats-Msg-Id`` and JetStream drops the copy.
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -25,6 +24,7 @@ from broker.publisher import Outgoing
 from broker.registry import Registry
 from broker.streams import delivery_subject
 from broker.subjects import SubjectIndex
+from broker.timestamps import iso
 
 _NS: Final = uuid.UUID("6f1c1f43-7d0e-4f59-9a8e-2b1f7c5d9e10")
 
@@ -41,10 +41,6 @@ ADMIN_SHARING: Final[Mapping[str, Any]] = {
 
 def derived_id(*parts: object) -> str:
     return str(uuid.uuid5(_NS, "/".join(str(p) for p in parts)))
-
-
-def iso(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True, slots=True)

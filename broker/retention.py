@@ -32,9 +32,10 @@ from nats.js.errors import APIError, KeyNotFoundError, NotFoundError
 from broker import wire
 from broker.auditchain import unverified
 from broker.errors import InvalidEnvelope, TransportError
-from broker.outcomes import ADMIN_SHARING, AuditEntry, Outcomes, Output, derived_id, iso
+from broker.outcomes import ADMIN_SHARING, AuditEntry, Outcomes, Output, derived_id
 from broker.publisher import Outgoing
-from broker.streams import DELIVERY, HOLDS_BUCKET, delivery_subject
+from broker.streams import DELIVERY, HOLDS_BUCKET, delivery_subject, kv_latest
+from broker.timestamps import iso
 
 log = structlog.get_logger("sgb.retention")
 ADMIN_TYPES: Final = frozenset({"receipt", "rejection", "overdue-notice"})
@@ -75,30 +76,8 @@ class Holds:
         await kv.delete(message)
         return True
 
-    async def all(self, *, idle: float = 1.0) -> dict[str, dict[str, Any]]:
-        """Every hold (through an ordered consumer: the KV key watcher can swallow cancellation)."""
-        from nats.js.api import DeliverPolicy
-
-        stream = f"KV_{HOLDS_BUCKET}"
-        try:
-            info = await self._js.stream_info(stream)
-        except NotFoundError:
-            return {}
-        if not info.state.messages:
-            return {}
-        sub = await self._js.subscribe(f"$KV.{HOLDS_BUCKET}.>", stream=stream, ordered_consumer=True,
-                                       deliver_policy=DeliverPolicy.LAST_PER_SUBJECT)
-        holds: dict[str, dict[str, Any]] = {}
-        try:
-            while True:
-                msg = await asyncio.wait_for(sub.next_msg(timeout=idle), idle + 1)
-                key = msg.subject.removeprefix(f"$KV.{HOLDS_BUCKET}.")
-                if msg.data and (msg.headers or {}).get("KV-Operation") not in ("DEL", "PURGE"):
-                    holds[key] = orjson.loads(msg.data)
-                if msg.metadata.num_pending == 0:
-                    return holds
-        finally:
-            await sub.unsubscribe()
+    async def all(self) -> dict[str, dict[str, Any]]:
+        return {k: orjson.loads(v) for k, v in (await kv_latest(self._js, HOLDS_BUCKET)).items()}
 
 
 class Sweeper:

@@ -20,9 +20,11 @@ All use file storage and a duplicate window, so that a re-publish under the same
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterable
 from typing import Any, Final
 
+from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -148,3 +150,34 @@ async def ensure_topology(
             await _retry(js.add_consumer, DELIVERY, agency_consumer(agency))
     except (TimeoutError, APIError, NotFoundError, NatsTimeoutError) as exc:
         raise TransportError(f"cannot set up JetStream: {exc}") from exc
+
+
+async def kv_latest(js: JetStreamContext, bucket: str, *, idle: float = 2.0) -> dict[str, bytes]:
+    """Every live key of a bucket and its value, read through an ordered consumer (nats-py's KV
+    key watcher can swallow task cancellation, which stalls shutdown)."""
+    stream = f"KV_{bucket}"
+    try:
+        info = await js.stream_info(stream)
+    except NotFoundError:
+        return {}
+    except (NatsError, APIError, TimeoutError) as exc:
+        raise TransportError(f"cannot read {bucket}: {type(exc).__name__}") from exc
+    if not info.state.messages:
+        return {}
+    sub = await js.subscribe(f"$KV.{bucket}.>", stream=stream, ordered_consumer=True,
+                             deliver_policy=DeliverPolicy.LAST_PER_SUBJECT)
+    found: dict[str, bytes] = {}
+    try:
+        while True:
+            try:
+                msg = await asyncio.wait_for(sub.next_msg(timeout=idle), idle + 1)
+            except (TimeoutError, NatsTimeoutError):
+                return found
+            key = msg.subject.removeprefix(f"$KV.{bucket}.")
+            if msg.data and (msg.headers or {}).get("KV-Operation") not in ("DEL", "PURGE"):
+                found[key] = msg.data
+            if msg.metadata.num_pending == 0:
+                return found
+    finally:
+        with contextlib.suppress(NatsError, TimeoutError):
+            await sub.unsubscribe()

@@ -13,9 +13,9 @@ import pytest
 
 from broker.auditlog import read_audit
 from broker.config import Settings
-from broker.outcomes import iso
 from broker.service import Broker, connected, jetstream, running_broker
 from broker.streams import DELIVERY
+from broker.timestamps import iso
 from tests.conftest import ClientFactory, make_settings
 from tests.helpers import drain, example, referral, sharing
 
