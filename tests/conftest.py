@@ -10,10 +10,13 @@ from pathlib import Path
 
 import pytest
 import structlog
+from aiohttp.test_utils import TestClient
 
 from adapters.sdk import AgencyClient, SeenStore
+from broker.api import AuditService
 from broker.catalogue import Catalogue
 from broker.config import AuditSettings, NatsSettings, PipelineSettings, Settings, StreamSettings
+from broker.http import audit_service, make_app
 from broker.keystore import init_dev_keys, load_identity
 from broker.natsserver import embedded_nats
 from broker.registry import Registry
@@ -104,3 +107,17 @@ async def agency(settings: Settings, registry: Registry, catalogue: Catalogue, t
                                 catalogue, seen=seen, request_timeout=2.0)
 
         yield make
+
+
+@pytest.fixture
+async def service(broker: Broker) -> AsyncIterator[AuditService]:
+    """The audit index, its follower and verification next to the running broker."""
+    async with audit_service(broker) as svc:
+        yield svc
+
+
+@pytest.fixture
+async def client(broker: Broker, service: AuditService,
+                 aiohttp_client: Callable[..., Awaitable[TestClient]]) -> TestClient:  # type: ignore[type-arg]
+    """An HTTP client for the broker's whole web app: probes, API and IG pages."""
+    return await aiohttp_client(make_app(broker, service))

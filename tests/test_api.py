@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import jwt
@@ -17,7 +16,6 @@ from broker import api
 from broker.auditexport import verify_store
 from broker.auth import mint
 from broker.config import Settings
-from broker.http import audit_service, make_app
 from broker.keystore import load_identity
 from broker.registry import Registry
 from broker.service import Broker, connected, jetstream
@@ -27,18 +25,6 @@ from tests.helpers import drain, referral, sharing
 pytestmark = pytest.mark.timeout(90)
 Client = TestClient  # type: ignore[type-arg]
 NHS = "9990001235"  # the referral example's child
-
-
-@pytest.fixture
-async def service(broker: Broker) -> AsyncIterator[api.AuditService]:
-    async with audit_service(broker) as svc:
-        yield svc
-
-
-@pytest.fixture
-async def client(broker: Broker, service: api.AuditService,
-                 aiohttp_client: Callable[..., Awaitable[Client]]) -> Client:
-    return await aiohttp_client(make_app(broker, service))
 
 
 def token(settings: Settings, *roles: str, sub: str = "ig-jo", **overrides: Any) -> str:

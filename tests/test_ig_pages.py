@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,25 +20,13 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from broker import api
 from broker.config import Settings
-from broker.http import audit_service, make_app
+from broker.http import make_app
 from broker.service import Broker
 from tests.conftest import ClientFactory
 from tests.test_api import NHS, send_referrals, token, until_indexed
 
 pytestmark = pytest.mark.timeout(120)
 Client = TestClient  # type: ignore[type-arg]
-
-
-@pytest.fixture
-async def service(broker: Broker) -> AsyncIterator[api.AuditService]:
-    async with audit_service(broker) as svc:
-        yield svc
-
-
-@pytest.fixture
-async def client(broker: Broker, service: api.AuditService,
-                 aiohttp_client: Callable[..., Awaitable[Client]]) -> Client:
-    return await aiohttp_client(make_app(broker, service))
 
 
 async def sign_in(client: Client, settings: Settings, *roles: str) -> str:
