@@ -53,6 +53,7 @@ class AuditService:
     verify: Callable[[], Awaitable[dict[str, Any]]]
     holds: Holds
     retention: Callable[[], Awaitable[dict[str, Any]]]
+    maintenance: Callable[[bool | None], bool]  # set (or with None, read) maintenance mode
 
 
 SERVICE: Final = web.AppKey("audit_service", AuditService)
@@ -437,6 +438,19 @@ async def retention(request: web.Request) -> web.Response:
     return web.json_response(await request.app[SERVICE].retention(), dumps=_dumps)
 
 
+@requires(OPERATOR)
+async def maintenance(request: web.Request) -> web.Response:
+    """Maintenance mode on or off: the broker stops taking new work and /readyz answers 503."""
+    body = await _json(request)
+    on = body.get("on")
+    if not isinstance(on, bool):
+        raise ConfigError("give on: true or false")
+    service = request.app[SERVICE]
+    service.maintenance(on)
+    log.warning("maintenance mode set through the API", on=on, by=principal(request).sub)
+    return web.json_response({"maintenance": service.maintenance(None)}, dumps=_dumps)
+
+
 ROUTES: Final = (
     ("GET", "/api/v1/records", list_records),
     ("GET", "/api/v1/messages/{message}/trail", message_trail),
@@ -451,6 +465,7 @@ ROUTES: Final = (
     ("PUT", "/api/v1/holds/{message}", place_hold),
     ("DELETE", "/api/v1/holds/{message}", release_hold),
     ("GET", "/api/v1/retention", retention),
+    ("PUT", "/api/v1/maintenance", maintenance),
 )
 
 

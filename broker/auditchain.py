@@ -157,7 +157,8 @@ class AuditWriter:
     """Appends records to this instance's chain; :meth:`append` returns once they are durable."""
 
     def __init__(self, js: JetStreamContext, identity: Identity, instance: str, settings: AuditSettings,
-                 *, clock: Callable[[], float] = time.time) -> None:
+                 *, clock: Callable[[], float] = time.time, on_block: Callable[[], None] | None = None) -> None:
+        self._on_block = on_block
         self._js = js
         self._identity = identity
         self._instance = instance
@@ -193,6 +194,10 @@ class AuditWriter:
                     await self._task
         with contextlib.suppress(TransportError):
             await self._checkpoint(force=False)
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
 
     async def append(self, records: list[dict[str, Any]]) -> None:
         """Queue records for the next block and wait until JetStream has stored it."""
@@ -266,6 +271,8 @@ class AuditWriter:
             else:
                 self.head = Head(new_head.blocks, new_head.count, new_head.hash, ack.seq)
                 self.blocks_written += 1
+                if self._on_block is not None:
+                    self._on_block()
                 return
             await asyncio.sleep(min(0.1 * 2**attempt, 2.0))
         raise PublishTimeout(f"audit block not stored after {self._settings.attempts} attempts ({error})")

@@ -77,6 +77,8 @@ class PipelineSettings:
     max_future_skew: float = 60.0
     drain_timeout: float = 10.0
     deadline_scan_interval: float = 30.0
+    backlog_interval: float = 5.0
+    ready_backlog: int = 10_000   # /readyz fails above this many waiting ingress messages
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

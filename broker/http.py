@@ -14,6 +14,7 @@ from typing import Final
 
 import structlog
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from broker import api, igpages
 from broker.auditindex import AuditIndex, Indexer
@@ -32,14 +33,16 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    broker = request.app[BROKER_KEY]
-    checks = {
-        "nats": "ok" if broker.nc.is_connected else "fail",
-        "pipeline": "ok" if not broker.task.done() else "fail",
-    }
-    ready = all(v == "ok" for v in checks.values())
-    return web.json_response({"status": "ready" if ready else "not-ready", "checks": checks},
-                             status=200 if ready else 503)
+    """Every readiness check by name; 503 if any fails (docs/operating.md says what each means)."""
+    from broker import health
+
+    body, status = health.report(await health.readiness(request.app[BROKER_KEY], request.app.get(api.SERVICE)))
+    return web.json_response(body, status=status)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    registry = request.app[BROKER_KEY].metrics.registry
+    return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 @contextlib.asynccontextmanager
@@ -63,6 +66,11 @@ async def audit_service(broker: Broker) -> AsyncIterator[api.AuditService]:
     async def verify() -> dict[str, object]:
         return await api.run_verification(broker.js, broker.registry, index)
 
+    def maintenance(on: bool | None) -> bool:
+        if on is not None:
+            broker.pipeline.pause(on)
+        return broker.pipeline.paused
+
     async def retention() -> dict[str, object]:
         streams = settings.streams
         before = iso(time.time() - streams.audit_retention)
@@ -85,7 +93,8 @@ async def audit_service(broker: Broker) -> AsyncIterator[api.AuditService]:
     try:
         yield api.AuditService(index=index, tokens=TokenVerifier(broker.registry, settings.api),
                                subjects=broker.subjects, append=broker.audit.append, instance=settings.instance,
-                               verify=verify, holds=broker.sweeper.holds, retention=retention)
+                               verify=verify, holds=broker.sweeper.holds, retention=retention,
+                               maintenance=maintenance)
     finally:
         stop.set()
         _, pending = await asyncio.wait(tasks, timeout=5.0)
@@ -100,6 +109,7 @@ def make_app(broker: Broker, service: api.AuditService | None = None) -> web.App
     app[BROKER_KEY] = broker
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
     if service is not None:
         app[api.SERVICE] = service
         api.add_routes(app)

@@ -97,6 +97,12 @@ def document() -> dict[str, Any]:
                 "delete": _op("Release a legal hold (audited)", "ig-officer",
                               _ok("Released", "released") | {"404": _PROBLEM}, parameters=[_MESSAGE]),
             },
+            "/api/v1/maintenance": {"put": _op(
+                "Maintenance mode: stop (or resume) taking new work; /readyz answers 503 meanwhile", "operator",
+                {"200": {"description": "the mode now", "content": {"application/json": {"schema": {
+                    "type": "object", "properties": {"maintenance": {"type": "boolean"}}}}}}, **_ERRORS},
+                requestBody={"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["on"], "properties": {"on": {"type": "boolean"}}}}}})},
             "/api/v1/retention": {"get": _op("Retention periods and what they affect (counts)",
                                              "ig-officer, auditor, operator", _ok("Retention", "retention"))},
         },

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,8 +28,9 @@ from broker.auditchain import AuditWriter
 from broker.config import PipelineSettings
 from broker.errors import RejectedMessage, TransportError
 from broker.intake import Authenticated, Intake
+from broker.metrics import Metrics
 from broker.outcomes import AuditEntry, Ingress, Outcomes, Output, derived_id
-from broker.policy import Policy
+from broker.policy import Decision, Policy
 from broker.publisher import Outgoing, Publisher
 from broker.replay import ReplayGuard
 from broker.streams import BROKER_CONSUMER, DEADLINES_BUCKET, INGRESS
@@ -45,7 +47,7 @@ class InternalFailure(RejectedMessage):
 
 @dataclass
 class Counters:
-    """Plain counters; the metrics endpoint (a later issue) exports them."""
+    """Plain counters for the summary line at shutdown; ``/metrics`` has the full set."""
 
     received: int = 0
     shared: int = 0
@@ -57,7 +59,7 @@ class Counters:
 class Pipeline:
     def __init__(self, js: JetStreamContext, intake: Intake, policy: Policy, outcomes: Outcomes,
                  audit: AuditWriter, settings: PipelineSettings, *, request_timeout: float,
-                 on_outcome: Callable[[str, str], None] | None = None) -> None:
+                 metrics: Metrics | None = None) -> None:
         self._js = js
         self._intake = intake
         self._policy = policy
@@ -69,7 +71,9 @@ class Pipeline:
         self._slots = asyncio.Semaphore(settings.max_in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
-        self._on_outcome = on_outcome
+        self.metrics = metrics or Metrics()
+        self.metrics.in_flight.set_function(lambda: len(self._tasks))
+        self._paused = asyncio.Event()
         self.counters = Counters()
 
     @property
@@ -79,11 +83,27 @@ class Pipeline:
     def stop(self) -> None:
         self._stopping.set()
 
+    @property
+    def paused(self) -> bool:
+        return self._paused.is_set()
+
+    def pause(self, on: bool) -> None:
+        """Maintenance mode: take no new messages (in-flight ones finish); they wait in the stream."""
+        if on:
+            self._paused.set()
+        else:
+            self._paused.clear()
+        self.metrics.maintenance.set(1 if on else 0)
+        log.warning("maintenance mode " + ("on: taking no new work" if on else "off: taking work again"))
+
     async def run(self) -> None:
         """Fetch and dispatch until :meth:`stop`; then let in-flight work finish, within a deadline."""
         sub = await self._js.pull_subscribe_bind(BROKER_CONSUMER, INGRESS)
         try:
             while not self._stopping.is_set():
+                if self._paused.is_set():
+                    await asyncio.sleep(min(self._settings.fetch_timeout, 0.5))
+                    continue
                 free = self._settings.max_in_flight - len(self._tasks)
                 if free <= 0:
                     await self._wait_for_slot()
@@ -95,6 +115,11 @@ class Pipeline:
                 except NatsError as exc:
                     log.warning("fetch failed; retrying", error=type(exc).__name__)
                     await asyncio.sleep(0.5)
+                    continue
+                if self._paused.is_set():  # paused while that fetch was waiting: give them back untouched
+                    for msg in msgs:
+                        with contextlib.suppress(NatsError):
+                            await msg.nak()
                     continue
                 for msg in msgs:
                     task = asyncio.create_task(self._handle(msg))
@@ -128,13 +153,19 @@ class Pipeline:
         msg_id = (msg.headers or {}).get("Nats-Msg-Id") or derived_id("ingress", seq, stored_at)
         ingress = Ingress(agency, seq, stored_at, msg_id)
         bound = structlog.contextvars.bound_contextvars(msg_id=msg_id, sender=agency, seq=seq)
+        started = time.perf_counter()
         with bound:
             try:
                 outputs, outcome = await self._process(ingress, msg.data, meta.num_delivered)
+                stored = time.perf_counter()
                 await self.store(outputs)
                 await msg.ack()
+                done = time.perf_counter()
+                self.metrics.stage_seconds.labels("store").observe(done - stored)
+                self.metrics.stage_seconds.labels("total").observe(done - started)
             except TransportError as exc:
                 self.counters.retried += 1
+                self.metrics.retried.inc()
                 log.warning("transport failure; message will be redelivered", stage="publish", error=str(exc))
                 with contextlib.suppress(NatsError):
                     await msg.nak(delay=min(2.0 * meta.num_delivered, 30.0))
@@ -150,16 +181,25 @@ class Pipeline:
 
     async def _process(self, ingress: Ingress, data: bytes, num_delivered: int) -> tuple[list[Output], str]:
         auth: Authenticated | None = None
+        stage = self.metrics.stage_seconds
         try:
             try:
+                t0 = time.perf_counter()
                 auth = self._intake.authenticate(ingress.subject_agency, data, ingress.stored_at)
                 structlog.contextvars.bind_contextvars(message=auth.claims["jti"], type=auth.claims["typ"])
                 await self._replay.claim(auth.claims["jti"], ingress.seq)
+                t1 = time.perf_counter()
                 opened = self._intake.open(auth)
+                t2 = time.perf_counter()
                 decision = self._policy.decide(auth.sender, opened.recipients, opened.mtype,
                                                auth.claims["sharing"], opened.payload)
                 closes = await self._answers_deadline(auth.claims)
-                return self._outcomes.accepted(ingress, opened, decision, closes=closes), "shared"
+                outputs = self._outcomes.accepted(ingress, opened, decision, closes=closes)
+                stage.labels("authenticate").observe(t1 - t0)
+                stage.labels("open").observe(t2 - t1)
+                stage.labels("decide").observe(time.perf_counter() - t2)
+                self._count_decision(auth.claims["typ"], decision)
+                return outputs, "shared"
             except RejectedMessage as rejection:
                 log.info("message rejected", stage="decide", code=rejection.code, field=rejection.field,
                          rule=rejection.rule)
@@ -192,17 +232,30 @@ class Pipeline:
     async def on_overdue(self, entry: Mapping[str, Any]) -> None:
         await self.store(self._outcomes.overdue(entry))
         self.counters.overdue += 1
+        self.metrics.overdue.inc()
         log.info("deadline passed; both sides told", stage="overdue", message=entry["message"],
                  recipient=entry["recipient"], rule=entry["rule"])
 
+    def _count_decision(self, typ: str, decision: Decision) -> None:
+        m = self.metrics
+        m.accepted.labels(typ).inc()
+        for rd in decision.recipients:
+            if rd.share:
+                m.delivered.labels(typ).inc()
+                m.withheld.inc(len(rd.withheld))
+            else:
+                m.refused.labels(rd.code or "refused").inc()
+        for flag in decision.flags:
+            m.flagged.labels(flag).inc()
+
     def _record(self, outcome: str) -> None:
         self.counters.received += 1
+        self.metrics.received.inc()
         if outcome == "shared":
             self.counters.shared += 1
         else:
             self.counters.rejected[outcome] = self.counters.rejected.get(outcome, 0) + 1
-        if self._on_outcome is not None:
-            self._on_outcome(outcome, "")
+            self.metrics.rejected.labels(outcome).inc()
 
 
 def summary(counters: Counters) -> dict[str, Any]:

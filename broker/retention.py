@@ -84,7 +84,9 @@ class Sweeper:
     """Expires undelivered messages older than ``retention`` seconds, with notice."""
 
     def __init__(self, js: JetStreamContext, outcomes: Outcomes, store: Callable[[list[Output]], Awaitable[None]],
-                 *, retention: float, clock: Callable[[], float] = time.time, max_per_pass: int = 1000) -> None:
+                 *, retention: float, clock: Callable[[], float] = time.time, max_per_pass: int = 1000,
+                 on_expired: Callable[[], None] | None = None) -> None:
+        self._on_expired = on_expired
         self._js = js
         self._outcomes = outcomes
         self._store = store
@@ -148,6 +150,8 @@ class Sweeper:
                     if exc.err_code != 10037:  # no message found
                         raise TransportError(f"cannot remove an expired delivery: {exc.description}") from exc
             expired += 1
+            if self._on_expired is not None:
+                self._on_expired()
             log.info("undelivered message expired", stage="retention", message=message, recipient=item.recipient,
                      seq=item.seq)
         self.expired += expired

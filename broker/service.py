@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import nats
@@ -25,13 +25,14 @@ from broker.config import Settings
 from broker.errors import ConfigError, TransportError
 from broker.intake import Intake
 from broker.keystore import Identity, load_identity, load_secret
+from broker.metrics import Metrics
 from broker.natsserver import embedded_nats, running_url
 from broker.outcomes import Outcomes
 from broker.pipeline import Pipeline
 from broker.policy import Policy, ReloadablePolicy
 from broker.registry import Registry
 from broker.retention import Sweeper
-from broker.streams import ensure_topology
+from broker.streams import BROKER_CONSUMER, INGRESS, ensure_topology
 from broker.subjects import SubjectIndex, load_subject_index
 
 log = structlog.get_logger("sgb.service")
@@ -54,13 +55,23 @@ async def nats_location(settings: Settings) -> AsyncIterator[str]:
 
 
 @contextlib.asynccontextmanager
-async def connected(settings: Settings, url: str, *, name: str, inbox_prefix: str | None = None) -> AsyncIterator[NATS]:
+async def connected(settings: Settings, url: str, *, name: str, inbox_prefix: str | None = None,
+                    on_reconnect: Callable[[], None] | None = None) -> AsyncIterator[NATS]:
     async def on_error(exc: Exception) -> None:
         log.warning("nats error", error=str(exc))
+
+    async def on_disconnected() -> None:
+        log.warning("nats disconnected; reconnecting")
+
+    async def on_reconnected() -> None:
+        log.info("nats reconnected")
+        if on_reconnect is not None:
+            on_reconnect()
 
     options: dict[str, object] = {
         "name": name, "connect_timeout": settings.nats.connect_timeout, "max_reconnect_attempts": -1,
         "reconnect_time_wait": 0.5, "error_cb": on_error, "allow_reconnect": True,
+        "disconnected_cb": on_disconnected, "reconnected_cb": on_reconnected,
     }
     if inbox_prefix:
         options["inbox_prefix"] = inbox_prefix
@@ -102,6 +113,7 @@ class Broker:
     audit: AuditWriter
     subjects: SubjectIndex
     sweeper: Sweeper
+    metrics: Metrics
 
     def reload_policy(self) -> bool:
         """Reload the rulebook (SIGHUP). Returns False, keeping the old rulebook, if the new one is bad."""
@@ -126,28 +138,37 @@ async def running_broker(settings: Settings, url: str, *, policy: Policy | None 
     subjects = load_subject_index(settings.home)
     if policy is None:
         policy = ReloadablePolicy(settings.rulebook_path or rulebooks.DEFAULT_RULEBOOK, catalogue)
-    async with connected(settings, url, name=f"sgb-broker-{settings.instance}") as nc:
+    metrics = Metrics()
+    for agency in registry.agencies.values():
+        for key in agency.keys:
+            if key.not_after is not None:
+                metrics.key_expiry.labels(agency.id, key.use).set(key.not_after)
+    async with connected(settings, url, name=f"sgb-broker-{settings.instance}",
+                         on_reconnect=metrics.reconnects.inc) as nc:
         js = jetstream(nc, settings)
         await ensure_topology(js, settings.streams, settings.pipeline, addressable(registry))
-        async with AuditWriter(js, identity, settings.instance, settings.audit) as audit, _pipeline(
-                settings, js, registry, catalogue, identity, policy, audit, audit_key, subjects) as (pipeline, task,
-                                                                                            sweeper):
+        async with AuditWriter(js, identity, settings.instance, settings.audit,
+                               on_block=metrics.audit_blocks.inc) as audit, _pipeline(
+                settings, js, registry, catalogue, identity, policy, audit, audit_key, subjects, metrics) as (
+                pipeline, task, sweeper):
             yield Broker(settings, registry, catalogue, identity, nc, js, pipeline, task, policy, audit, subjects,
-                         sweeper)
+                         sweeper, metrics)
 
 
 @contextlib.asynccontextmanager
 async def _pipeline(settings: Settings, js: JetStreamContext, registry: Registry, catalogue: Catalogue,
                     identity: Identity, policy: Policy, audit: AuditWriter, audit_key: bytes,
-                    subjects: SubjectIndex) -> AsyncIterator[tuple[Pipeline, asyncio.Task[None], Sweeper]]:
+                    subjects: SubjectIndex, metrics: Metrics,
+                    ) -> AsyncIterator[tuple[Pipeline, asyncio.Task[None], Sweeper]]:
     """The pipeline, the deadline scanner and the retention sweeper; all stop (in-flight work
     drained) before the audit writer that they write to is closed."""
     outcomes = Outcomes(registry, identity, audit_key, settings.instance, subjects)
     pipeline = Pipeline(
         js, Intake(registry, catalogue, identity, settings.pipeline), policy, outcomes, audit, settings.pipeline,
-        request_timeout=settings.nats.request_timeout,
+        request_timeout=settings.nats.request_timeout, metrics=metrics,
     )
-    sweeper = Sweeper(js, outcomes, pipeline.store, retention=settings.streams.delivery_retention)
+    sweeper = Sweeper(js, outcomes, pipeline.store, retention=settings.streams.delivery_retention,
+                      on_expired=metrics.expired.inc)
     task = asyncio.create_task(pipeline.run(), name="sgb-pipeline")
     stop = asyncio.Event()
     helpers = [
@@ -155,6 +176,8 @@ async def _pipeline(settings: Settings, js: JetStreamContext, registry: Registry
             interval=settings.pipeline.deadline_scan_interval, stop=stop), name="sgb-deadlines"),
         asyncio.create_task(sweeper.run(interval=settings.streams.retention_sweep_interval, stop=stop),
                             name="sgb-retention"),
+        asyncio.create_task(_watch_backlog(js, metrics, stop, settings.pipeline.backlog_interval),
+                            name="sgb-backlog"),
     ]
     log.info("broker running", instance=settings.instance)
     try:
@@ -174,3 +197,13 @@ async def _pipeline(settings: Settings, js: JetStreamContext, registry: Registry
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         log.info("broker stopped", instance=settings.instance, **pipeline.counters.__dict__)
+
+
+async def _watch_backlog(js: JetStreamContext, metrics: Metrics, stop: asyncio.Event, interval: float) -> None:
+    """Keep the backlog gauge (ingress messages not yet taken by any broker) current."""
+    while not stop.is_set():
+        with contextlib.suppress(NatsError, TimeoutError):
+            info = await js.consumer_info(INGRESS, BROKER_CONSUMER)
+            metrics.backlog.set(info.num_pending + info.num_ack_pending)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)

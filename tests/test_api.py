@@ -102,6 +102,7 @@ CALLS: list[tuple[str, str, dict[str, Any] | None]] = [
     ("PUT", "/api/v1/holds/{message}", {"reason": "litigation"}),
     ("DELETE", "/api/v1/holds/{message}", None),
     ("GET", "/api/v1/retention", None),
+    ("PUT", "/api/v1/maintenance", {"on": False}),
 ]
 
 
