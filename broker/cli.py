@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 import time
@@ -275,6 +276,50 @@ async def cmd_audit_reindex(settings: Settings, args: argparse.Namespace) -> int
     return 0 if not indexer.rejected_blocks else EXIT_TAMPERED
 
 
+async def cmd_config_check(settings: Settings, args: argparse.Namespace) -> int:
+    """Load everything a broker needs to start and say, in plain words, what is wrong."""
+    from broker import rulebook as rulebooks
+    from broker.keystore import load_secret
+    from broker.subjects import load_subject_index
+
+    problems: list[str] = []
+    registry = None
+    try:
+        registry = Registry.load(settings.registry_path, Catalogue())
+    except BrokerError as exc:
+        problems.append(f"trust registry: {exc}")
+    if registry is not None:
+        for what, load in (("broker private key", lambda: load_identity(settings.home, registry.broker_id)),
+                           ("audit digest key", lambda: load_secret(settings.home, "audit-hmac.key")),
+                           ("subject index keyring", lambda: load_subject_index(settings.home))):
+            try:
+                load()
+            except BrokerError as exc:
+                problems.append(f"{what}: {exc}")
+        if registry.get(settings.api.issuer) is None:
+            problems.append(f"API token issuer {settings.api.issuer!r} is not in the trust registry")
+    try:
+        rulebooks.load(settings.rulebook_path or rulebooks.DEFAULT_RULEBOOK, Catalogue())
+    except BrokerError as exc:
+        problems.append(f"rulebook: {exc}")
+    if not os.access(settings.home if settings.home.exists() else settings.home.parent, os.W_OK):
+        problems.append(f"the data directory {settings.home} is not writable")
+    print(f"home            {settings.home}")
+    print(f"instance        {settings.instance}")
+    print(f"registry        {settings.registry_path}")
+    print(f"rulebook        {settings.rulebook_path or 'deploy/rulebook.yaml (default)'}")
+    print(f"nats            {settings.nats.url or 'embedded, under the home'}"
+          f"{'; user ' + settings.nats.user if settings.nats.user else ''}"
+          f"{'; password set' if settings.nats.password else ''}")
+    print(f"retention       deliveries {settings.streams.delivery_retention / 86400:g} days; audit reported after "
+          f"{settings.streams.audit_retention / (365 * 86400):g} years")
+    print(f"api             issuer {settings.api.issuer}, audience {settings.api.audience}")
+    for problem in problems:
+        print(f"PROBLEM: {problem}")
+    print("configuration is usable" if not problems else f"{len(problems)} problems")
+    return 0 if not problems else 1
+
+
 async def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
     from broker.auth import mint
 
@@ -378,6 +423,8 @@ async def cmd_policy_explain(settings: Settings, args: argparse.Namespace) -> in
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--home", help="data directory (default: $SGB_HOME, else ./.sgb)")
+    common.add_argument("--config", metavar="FILE", help="a TOML settings file (default: $SGB_CONFIG); "
+                        "SGB_* variables override it")
     common.add_argument("--log-level", default="WARNING", help="log level on stderr (default WARNING)")
 
     parser = argparse.ArgumentParser(prog="sgb", description="Safeguarding Broker", parents=[common])
@@ -392,6 +439,12 @@ def build_parser() -> argparse.ArgumentParser:
     rotate = keys_sub.add_parser("rotate-subject-key", parents=[common],
                                  help="add a new key for the audit log's blind index of children")
     rotate.set_defaults(func=cmd_keys_rotate_subject)
+
+    config = sub.add_parser("config", parents=[common], help="settings")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    ccheck = config_sub.add_parser("check", parents=[common], help="load settings, keys, registry and rulebook; "
+                                   "report what is wrong in plain words (exit 1)")
+    ccheck.set_defaults(func=cmd_config_check)
 
     token = sub.add_parser("token", parents=[common], help="mint a development API token (dev issuer key)")
     token.add_argument("--role", action="append", required=True, choices=["ig-officer", "auditor", "operator"],
@@ -473,7 +526,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level = args.log_level_default
     logs.configure(level=level)
     try:
-        settings = Settings.from_env(home=args.home)
+        settings = Settings.from_env(home=args.home, config_file=args.config)
         code: int = asyncio.run(args.func(settings, args))
         return code
     except BrokerError as exc:

@@ -9,9 +9,11 @@ from __future__ import annotations
 import os
 import re
 import socket
+import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 from broker.errors import ConfigError
 
@@ -109,44 +111,104 @@ class Settings:
         return replace(self, nats=replace(self.nats, url=url))
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, *, home: str | Path | None = None) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None, *, home: str | Path | None = None,
+                 config_file: str | Path | None = None) -> Settings:
+        """Defaults, then the TOML file (``config_file`` or ``$SGB_CONFIG``), then ``SGB_*``
+        variables, then ``home``. Raises :class:`ConfigError` naming every problem found."""
         env = os.environ if environ is None else environ
-        home_path = Path(home or env.get("SGB_HOME") or ".sgb").expanduser().resolve()
-        registry = Path(env.get("SGB_REGISTRY") or home_path / "registry.json")
-        instance = env.get("SGB_INSTANCE") or default_instance_id()
+        problems: list[str] = []
+        file = config_file or env.get("SGB_CONFIG")
+        doc = _read_toml(Path(file)) if file else {}
+        sections: dict[str, Any] = {"nats": NatsSettings(), "streams": StreamSettings(),
+                                    "pipeline": PipelineSettings(), "audit": AuditSettings(), "api": ApiSettings()}
+        top: dict[str, Any] = {}
+        for key, value in doc.items():
+            if key in sections and isinstance(value, dict):
+                sections[key] = _apply(sections[key], value, key, problems)
+            elif key in ("home", "instance", "registry", "rulebook"):
+                if isinstance(value, str):
+                    top[key] = value
+                else:
+                    problems.append(f"{key} must be a string")
+            else:
+                problems.append(f"unknown setting {key!r} (sections: {', '.join(sections)}; keys: home, instance, "
+                                f"registry, rulebook)")
+        overrides: dict[str, dict[str, Any]] = {
+            "nats": {"url": env.get("SGB_NATS_URL"), "user": env.get("SGB_NATS_USER"),
+                     "password": env.get("SGB_NATS_PASSWORD")},
+            "pipeline": {"max_in_flight": env.get("SGB_MAX_IN_FLIGHT"), "fetch_batch": env.get("SGB_FETCH_BATCH"),
+                         "max_message_bytes": env.get("SGB_MAX_MESSAGE_BYTES"), "max_age": env.get("SGB_MAX_AGE"),
+                         "ack_wait": env.get("SGB_ACK_WAIT")},
+            "streams": {"delivery_retention": _scaled(env.get("SGB_DELIVERY_RETENTION_DAYS"), 86400.0, problems),
+                        "audit_retention": _scaled(env.get("SGB_AUDIT_RETENTION_YEARS"), 365 * 86400.0, problems)},
+            "api": {"issuer": env.get("SGB_API_ISSUER"), "audience": env.get("SGB_API_AUDIENCE"),
+                    "index_path": env.get("SGB_AUDIT_INDEX")},
+        }
+        for name, values in overrides.items():
+            given = {k: v for k, v in values.items() if v not in (None, "")}
+            if given:
+                sections[name] = _apply(sections[name], given, f"SGB_* ({name})", problems)
+        home_path = Path(home or env.get("SGB_HOME") or top.get("home") or ".sgb").expanduser().resolve()
+        registry = Path(env.get("SGB_REGISTRY") or top.get("registry") or home_path / "registry.json")
+        instance = env.get("SGB_INSTANCE") or top.get("instance") or default_instance_id()
         if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,63}", instance):
-            raise ConfigError("SGB_INSTANCE must match [a-z0-9][a-z0-9-]{0,63}")
-        try:
-            pipeline = PipelineSettings(
-                max_in_flight=int(env.get("SGB_MAX_IN_FLIGHT", PipelineSettings.max_in_flight)),
-                fetch_batch=int(env.get("SGB_FETCH_BATCH", PipelineSettings.fetch_batch)),
-                max_message_bytes=int(env.get("SGB_MAX_MESSAGE_BYTES", PipelineSettings.max_message_bytes)),
-                max_age=float(env.get("SGB_MAX_AGE", PipelineSettings.max_age)),
-                ack_wait=float(env.get("SGB_ACK_WAIT", PipelineSettings.ack_wait)),
-            )
-        except ValueError as exc:
-            raise ConfigError(f"bad numeric setting: {exc}") from exc
+            problems.append("the instance name (SGB_INSTANCE) must match [a-z0-9][a-z0-9-]{0,63}")
+        pipeline = sections["pipeline"]
         if pipeline.fetch_batch < 1 or pipeline.max_in_flight < pipeline.fetch_batch:
-            raise ConfigError("need 1 <= SGB_FETCH_BATCH <= SGB_MAX_IN_FLIGHT")
-        nats = NatsSettings(
-            url=env.get("SGB_NATS_URL") or None,
-            user=env.get("SGB_NATS_USER") or None,
-            password=env.get("SGB_NATS_PASSWORD") or None,
-        )
-        rulebook = Path(env["SGB_RULEBOOK"]) if env.get("SGB_RULEBOOK") else None
-        default_api = ApiSettings()
+            problems.append("need 1 <= fetch_batch (SGB_FETCH_BATCH) <= max_in_flight (SGB_MAX_IN_FLIGHT)")
+        if problems:
+            raise ConfigError("; ".join(problems))
+        rulebook = env.get("SGB_RULEBOOK") or top.get("rulebook")
+        return cls(home=home_path, registry_path=registry, instance=instance,
+                   rulebook_path=Path(rulebook) if rulebook else None, **sections)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"no configuration file at {path}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+
+
+def _scaled(value: str | None, factor: float, problems: list[str]) -> float | None:
+    if value in (None, ""):
+        return None
+    try:
+        return float(value) * factor
+    except ValueError:
+        problems.append(f"{value!r} is not a number")
+        return None
+
+
+def _apply(section: Any, values: Mapping[str, Any], where: str, problems: list[str]) -> Any:
+    """``section`` with ``values`` applied, each converted to the type of the field's default."""
+    known = {f.name: f for f in fields(section)}
+    changes: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in known:
+            problems.append(f"unknown setting {key!r} in [{where}] (known: {', '.join(sorted(known))})")
+            continue
+        default = getattr(type(section)(), key)
         try:
-            streams = StreamSettings(
-                delivery_retention=float(env.get("SGB_DELIVERY_RETENTION_DAYS", 30)) * 86400.0,
-                audit_retention=float(env.get("SGB_AUDIT_RETENTION_YEARS", 7)) * 365 * 86400.0,
-            )
-        except ValueError as exc:
-            raise ConfigError(f"bad retention setting: {exc}") from exc
-        api = ApiSettings(issuer=env.get("SGB_API_ISSUER") or default_api.issuer,
-                          audience=env.get("SGB_API_AUDIENCE") or default_api.audience,
-                          index_path=Path(env["SGB_AUDIT_INDEX"]) if env.get("SGB_AUDIT_INDEX") else None)
-        return cls(home=home_path, registry_path=registry, instance=instance, rulebook_path=rulebook, nats=nats,
-                   pipeline=pipeline, api=api, streams=streams)
+            if isinstance(default, bool) or isinstance(value, bool):
+                raise ValueError
+            if isinstance(default, float):
+                changes[key] = float(value)
+            elif isinstance(default, int):
+                if isinstance(value, float) and not value.is_integer():
+                    raise ValueError
+                changes[key] = int(value)
+            elif key.endswith("_path"):
+                changes[key] = Path(str(value))
+            else:
+                changes[key] = str(value)
+        except (TypeError, ValueError):
+            kind = "a number" if isinstance(default, (int, float)) else "a string"
+            problems.append(f"[{where}] {key} must be {kind}")
+    return replace(section, **changes)
 
 
 def default_instance_id() -> str:
