@@ -141,9 +141,9 @@ class Pipeline:
         tasks = set(self._tasks)
         done, pending = await asyncio.wait(tasks, timeout=self._settings.drain_timeout)
         for task in pending:
-            task.cancel()  # unacked: JetStream redelivers it to another instance
+            task.cancel()  # each naks its message, so another instance takes it at once
         await asyncio.gather(*pending, return_exceptions=True)
-        log.info("pipeline drained", complete=len(done), cancelled=len(pending))
+        log.info("pipeline drained", finished=len(done), handed_back=len(pending))
 
     async def _handle(self, msg: Msg) -> None:
         meta = msg.metadata
@@ -170,6 +170,11 @@ class Pipeline:
                 with contextlib.suppress(NatsError):
                     await msg.nak(delay=min(2.0 * meta.num_delivered, 30.0))
                 return
+            except asyncio.CancelledError:  # shutdown deadline passed: hand it back now, not after ack_wait
+                log.warning("in-flight message handed back at shutdown", stage="drain")
+                with contextlib.suppress(NatsError, asyncio.TimeoutError):
+                    await asyncio.shield(msg.nak())
+                raise
             self._record(outcome)
             log.info("message processed", stage="done", outcome=outcome)
 
