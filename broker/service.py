@@ -183,6 +183,7 @@ async def _pipeline(settings: Settings, js: JetStreamContext, registry: Registry
     try:
         yield pipeline, task, sweeper
     finally:
+        pipeline.stop()  # stop fetching first; the rest stops while in-flight work finishes
         stop.set()
         _, late = await asyncio.wait(helpers, timeout=settings.nats.request_timeout * 3)
         for helper in late:
