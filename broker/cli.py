@@ -53,12 +53,14 @@ async def agency_client(settings: Settings, agency: str) -> AsyncIterator[Any]:
     identity = load_identity(settings.home, agency)
     seen = SeenStore(settings.home / "adapters" / agency / "seen.sqlite")
     try:
-        async with nats_location(settings) as url, connected(settings, url, name=f"sgb-{agency}") as nc:
-            js = jetstream(nc, settings)
-            if not settings.nats.url:  # our own embedded server: make sure the topology exists
-                await ensure_topology(js, settings.streams, settings.pipeline, addressable(registry))
-            yield AgencyClient(nc, js, registry, identity, catalogue, seen=seen,
-                               request_timeout=settings.nats.request_timeout)
+        async with nats_location(settings) as url:
+            if not settings.nats.url:  # our own embedded server: the broker's credentials set it up
+                async with connected(settings, url, name="sgb-setup") as setup:
+                    await ensure_topology(jetstream(setup, settings), settings.streams, settings.pipeline,
+                                          addressable(registry))
+            async with connected(settings, url, name=f"sgb-{agency}", party=agency) as nc:
+                yield AgencyClient(nc, jetstream(nc, settings), registry, identity, catalogue, seen=seen,
+                                   request_timeout=settings.nats.request_timeout)
     finally:
         seen.close()
 

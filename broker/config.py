@@ -29,6 +29,7 @@ class NatsSettings:
     request_timeout: float = 5.0
     user: str | None = None
     password: str | None = field(default=None, repr=False)
+    nkey_seed: Path | None = None   # the broker's NATS nkey seed file (default <home>/keys/nats/<broker>.nk)
     embedded_max_payload: int = 8 * 1024 * 1024
 
 
@@ -135,7 +136,7 @@ class Settings:
                                 f"registry, rulebook)")
         overrides: dict[str, dict[str, Any]] = {
             "nats": {"url": env.get("SGB_NATS_URL"), "user": env.get("SGB_NATS_USER"),
-                     "password": env.get("SGB_NATS_PASSWORD")},
+                     "password": env.get("SGB_NATS_PASSWORD"), "nkey_seed": env.get("SGB_NATS_NKEY_SEED")},
             "pipeline": {"max_in_flight": env.get("SGB_MAX_IN_FLIGHT"), "fetch_batch": env.get("SGB_FETCH_BATCH"),
                          "max_message_bytes": env.get("SGB_MAX_MESSAGE_BYTES"), "max_age": env.get("SGB_MAX_AGE"),
                          "ack_wait": env.get("SGB_ACK_WAIT")},
@@ -201,7 +202,7 @@ def _apply(section: Any, values: Mapping[str, Any], where: str, problems: list[s
                 if isinstance(value, float) and not value.is_integer():
                     raise ValueError
                 changes[key] = int(value)
-            elif key.endswith("_path"):
+            elif key.endswith(("_path", "_seed")):
                 changes[key] = Path(str(value))
             else:
                 changes[key] = str(value)

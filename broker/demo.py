@@ -26,9 +26,8 @@ from broker.catalogue import Catalogue
 from broker.config import Settings
 from broker.errors import BrokerError
 from broker.keystore import init_dev_keys, load_identity
-from broker.natsserver import embedded_nats
 from broker.registry import Registry
-from broker.service import connected, jetstream, running_broker
+from broker.service import connected, embedded, jetstream, running_broker
 
 POLICE, LA, HEALTH, SCHOOL = "police-met", "la-camden", "health-camden", "school-hillside"
 WAIT = 20.0
@@ -133,7 +132,7 @@ async def _clients(settings: Settings, url: str, registry: Registry, catalogue: 
     async with contextlib.AsyncExitStack() as stack:
         clients = {}
         for agency in (POLICE, LA, HEALTH, SCHOOL):
-            nc = await stack.enter_async_context(connected(settings, url, name=f"demo-{agency}"))
+            nc = await stack.enter_async_context(connected(settings, url, name=f"demo-{agency}", party=agency))
             clients[agency] = AgencyClient(nc, jetstream(nc, settings), registry,
                                            load_identity(settings.home, agency), catalogue)
         yield clients
@@ -242,7 +241,7 @@ async def run_demo(base: Settings) -> int:
             if settings.nats.url:
                 url = settings.nats.url
             else:
-                url = await stack.enter_async_context(embedded_nats(settings.nats_dir))
+                url = await stack.enter_async_context(embedded(settings))
             _say(f"  NATS JetStream at {url}")
             await stack.enter_async_context(running_broker(settings, url))
             clients = await stack.enter_async_context(_clients(settings, url, registry, catalogue))

@@ -133,10 +133,14 @@ def init_dev_keys(home: Path, registry_path: Path, *, force: bool = False) -> li
             entry["suite"] = suite
         agencies.append(entry)
     _write_private(home / "keys" / "audit-hmac.key", secrets.token_bytes(32))
+    from broker import natsauth
     from broker.subjects import rotate_subject_key
 
     (home / "keys" / "subject-index.keyring.json").unlink(missing_ok=True)
     rotate_subject_key(home)
+    broker = (BROKER_ID, natsauth.create_seed(home, BROKER_ID))
+    agencies_nats = [(party, natsauth.create_seed(home, party)) for party, *_ in DEMO_AGENCIES]
+    natsauth.write_authorization(home / "nats", broker, agencies_nats)
     registry = {"registry": "sgb-trust-registry", "version": 1, "broker": BROKER_ID, "agencies": agencies}
     registry_path.parent.mkdir(parents=True, exist_ok=True)
     registry_path.write_bytes(orjson.dumps(registry, option=orjson.OPT_INDENT_2))

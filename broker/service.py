@@ -17,14 +17,14 @@ from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 
-from broker import deadlines
+from broker import deadlines, natsauth
 from broker import rulebook as rulebooks
 from broker.auditchain import AuditWriter
 from broker.catalogue import Catalogue
 from broker.config import Settings
 from broker.errors import ConfigError, TransportError
 from broker.intake import Intake
-from broker.keystore import Identity, load_identity, load_secret
+from broker.keystore import BROKER_ID, Identity, load_identity, load_secret
 from broker.metrics import Metrics
 from broker.natsserver import embedded_nats, running_url
 from broker.outcomes import Outcomes
@@ -50,18 +50,31 @@ async def nats_location(settings: Settings) -> AsyncIterator[str]:
     if url is not None:
         yield url
         return
-    async with embedded_nats(settings.nats_dir, max_payload=settings.nats.embedded_max_payload) as url:
+    async with embedded(settings) as url:
         yield url
 
 
+def embedded(settings: Settings) -> contextlib.AbstractAsyncContextManager[str]:
+    """The embedded nats-server for this home, with the authorisation ``sgb keys init`` wrote."""
+    auth = settings.nats_dir / natsauth.AUTH_FILE
+    extra = f'include "{natsauth.AUTH_FILE}"' if auth.exists() else ""
+    return embedded_nats(settings.nats_dir, max_payload=settings.nats.embedded_max_payload, extra_config=extra)
+
+
 @contextlib.asynccontextmanager
-async def connected(settings: Settings, url: str, *, name: str, inbox_prefix: str | None = None,
+async def connected(settings: Settings, url: str, *, name: str, party: str | None = None,
                     on_reconnect: Callable[[], None] | None = None) -> AsyncIterator[NATS]:
+    """A NATS connection as ``party`` (an agency id; None: the broker). Credentials: the
+    configured nkey seed for the broker, else ``<home>/keys/nats/<party>.nk`` when present;
+    an agency's connection uses its own inbox prefix, the only one its permissions allow."""
     async def on_error(exc: Exception) -> None:
         log.warning("nats error", error=str(exc))
 
+    holder: list[NATS] = []
+
     async def on_disconnected() -> None:
-        log.warning("nats disconnected; reconnecting")
+        if holder and not (holder[0].is_closed or holder[0].is_draining):
+            log.warning("nats disconnected; reconnecting")
 
     async def on_reconnected() -> None:
         log.info("nats reconnected")
@@ -73,14 +86,22 @@ async def connected(settings: Settings, url: str, *, name: str, inbox_prefix: st
         "reconnect_time_wait": 0.5, "error_cb": on_error, "allow_reconnect": True,
         "disconnected_cb": on_disconnected, "reconnected_cb": on_reconnected,
     }
-    if inbox_prefix:
-        options["inbox_prefix"] = inbox_prefix
+    seed = settings.nats.nkey_seed if party is None else None
+    candidate = natsauth.seed_path(settings.home, party or BROKER_ID)
+    if seed is None and candidate.exists():
+        seed = candidate
+    if seed is not None:
+        options["nkeys_seed"] = str(seed)
+    if party is not None:
+        options["inbox_prefix"] = natsauth.inbox_prefix(party)
     if settings.nats.user:
         options |= {"user": settings.nats.user, "password": settings.nats.password}
-    try:
-        nc = await nats.connect(url, **options)
-    except (NatsError, OSError) as exc:
-        raise TransportError(f"cannot connect to NATS at {url}: {type(exc).__name__}") from exc
+    try:  # nats-py retries a refused connection for ever; the first connection has a deadline
+        nc = await asyncio.wait_for(nats.connect(url, **options), settings.nats.connect_timeout * 3)
+    except (NatsError, OSError, TimeoutError) as exc:
+        raise TransportError(f"cannot connect to NATS at {url}: {type(exc).__name__} (check the address and "
+                             "this party's credentials)") from exc
+    holder.append(nc)
     try:
         yield nc
     finally:

@@ -1,0 +1,143 @@
+"""Least privilege on a real nats-server running the authorisation ``sgb keys init`` wrote:
+the story works with each party's own nkey, and every step outside a party's part is refused."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+from nats.js.api import StreamConfig
+
+from adapters.sdk import AgencyClient, SeenStore
+from broker.catalogue import Catalogue
+from broker.config import Settings
+from broker.keystore import load_identity
+from broker.registry import Registry
+from broker.service import addressable, connected, embedded, jetstream, running_broker
+from broker.streams import AUDIT, AUDIT_HEADS_BUCKET, DELIVERY, INGRESS, ensure_topology
+from tests.conftest import make_settings
+from tests.helpers import drain, referral, sharing
+
+pytestmark = pytest.mark.timeout(90)
+DENIED = (TimeoutError, nats.errors.Error, nats.js.errors.APIError)
+
+
+@pytest.fixture
+async def secured(home: Path) -> AsyncIterator[Settings]:
+    """The home's embedded server with its authorisation, the topology made as the broker."""
+    assert (home / "nats" / "authorization.conf").exists()
+    settings = make_settings(home, "")
+    async with embedded(settings) as url:
+        settings = settings.with_nats_url(url)
+        registry = Registry.load(settings.registry_path, Catalogue())
+        async with connected(settings, url, name="setup") as nc:
+            await ensure_topology(jetstream(nc, settings), settings.streams, settings.pipeline, addressable(registry))
+        yield settings
+
+
+@contextlib.asynccontextmanager
+async def as_agency(settings: Settings, agency: str, tmp: Path) -> AsyncIterator[tuple[Any, AgencyClient]]:
+    catalogue = Catalogue()
+    registry = Registry.load(settings.registry_path, catalogue)
+    async with connected(settings, settings.nats.url or "", name=agency, party=agency) as nc:
+        seen = SeenStore(tmp / f"{agency}.sqlite")
+        try:
+            yield nc, AgencyClient(nc, jetstream(nc, settings), registry, load_identity(settings.home, agency),
+                                   catalogue, seen=seen, request_timeout=2.0)
+        finally:
+            seen.close()
+
+
+async def test_the_story_works_with_least_privilege(secured: Settings, tmp_path: Path) -> None:
+    async with running_broker(secured, secured.nats.url or ""), \
+            as_agency(secured, "police-met", tmp_path) as (_, police), \
+            as_agency(secured, "la-camden", tmp_path) as (_, la):
+        jti = await police.send(typ="referral", to=["la-camden"], payload=referral(), sharing=sharing())
+        assert (await police.wait_outcome(jti, timeout=10)).payload["status"] == "routed"
+        (delivery,) = await drain(la, want=1)
+        assert delivery.claims["origin"]["jti"] == jti
+
+
+async def test_an_agency_is_refused_everything_else(secured: Settings, tmp_path: Path) -> None:
+    async with running_broker(secured, secured.nats.url or ""), \
+            as_agency(secured, "police-met", tmp_path) as (nc, police), \
+            as_agency(secured, "la-camden", tmp_path) as (_, la):
+        first = await police.send(typ="referral", to=["la-camden"], payload=referral(), sharing=sharing())
+        await police.wait_outcome(first, timeout=10)  # so la-camden's queue and the audit log hold something
+        js = nc.jetstream(timeout=0.5)
+        with pytest.raises(DENIED):  # speaking as another agency
+            await js.publish("sg.in.la-camden", b"x")
+        sub = await js.pull_subscribe_bind("la-camden", DELIVERY)  # binding alone asks nothing of the server
+        with pytest.raises(DENIED):  # reading another agency's deliveries
+            await sub.fetch(1, timeout=0.5)
+        with pytest.raises(DENIED):
+            await js.add_stream(StreamConfig(name="MINE", subjects=["mine.>"]))
+        with pytest.raises(DENIED):
+            await js.add_consumer(DELIVERY, durable_name="sneaky", filter_subject="sg.out.la-camden")
+        with pytest.raises(DENIED):
+            await js.update_stream(StreamConfig(name=INGRESS, subjects=["sg.in.*"], max_msgs=1))
+        with pytest.raises(DENIED):
+            await js.purge_stream(DELIVERY)
+        with pytest.raises(DENIED):
+            await js.delete_stream(AUDIT)
+        with pytest.raises(DENIED):
+            await js.get_last_msg(AUDIT, "sg.audit.test-1")
+        with pytest.raises(DENIED):
+            await js.consumer_info(DELIVERY, "la-camden")
+        # a raw subscription outside its inbox is refused by the server
+        errors: list[str] = []
+
+        async def note(exc: Exception) -> None:
+            errors.append(str(exc))
+
+        raw = await nats.connect(secured.nats.url or "", nkeys_seed=str(secured.home / "keys" / "nats" /
+                                                                       "police-met.nk"),
+                                 error_cb=note, allow_reconnect=False)
+        await raw.subscribe("sg.out.la-camden")
+        await raw.flush(timeout=2)
+        for _ in range(40):
+            if errors:
+                break
+            await asyncio.sleep(0.05)
+        await raw.close()
+        assert any("permissions violation" in e.lower() for e in errors), errors
+        # and its own part still works: nothing above broke the connection
+        jti = await police.send(typ="referral", to=["la-camden"], payload=referral(), sharing=sharing())
+        assert (await police.wait_outcome(jti, timeout=10)).type == "receipt"
+        got = await drain(la, want=2)  # the first one too: police's attempt to take it did not
+        assert {d.claims["origin"]["jti"] for d in got} == {first, jti}
+
+
+async def test_nobody_deletes_or_purges_the_audit_log(secured: Settings) -> None:
+    async with running_broker(secured, secured.nats.url or ""), \
+            connected(secured, secured.nats.url or "", name="broker-admin") as nc:
+        js = nc.jetstream(timeout=0.5)
+        for attempt in (js.delete_stream(AUDIT), js.purge_stream(AUDIT), js.delete_msg(AUDIT, 1),
+                        js.delete_stream(f"KV_{AUDIT_HEADS_BUCKET}"), js.purge_stream(f"KV_{AUDIT_HEADS_BUCKET}")):
+            with pytest.raises(DENIED):
+                await attempt
+        with pytest.raises(DENIED):  # the broker never speaks as an agency
+            await js.publish("sg.in.police-met", b"x")
+        assert (await js.stream_info(AUDIT)).config.deny_delete
+
+
+async def test_strangers_cannot_connect(secured: Settings, tmp_path: Path) -> None:
+    secured = replace(secured, nats=replace(secured.nats, connect_timeout=0.5))
+    anonymous = replace(secured, home=tmp_path / "anonymous")  # no credentials at all
+    with pytest.raises(Exception, match="cannot connect"):
+        async with connected(anonymous, secured.nats.url or "", name="anonymous"):
+            pass
+    other = replace(secured, home=tmp_path / "elsewhere")
+    (tmp_path / "elsewhere" / "keys" / "nats").mkdir(parents=True)
+    from broker import natsauth
+
+    natsauth.create_seed(other.home, "sg-broker")  # a key the server does not know
+    with pytest.raises(Exception, match="cannot connect"):
+        async with connected(other, secured.nats.url or "", name="stranger"):
+            pass
