@@ -30,6 +30,9 @@ class NatsSettings:
     user: str | None = None
     password: str | None = field(default=None, repr=False)
     nkey_seed: Path | None = None   # the broker's NATS nkey seed file (default <home>/keys/nats/<broker>.nk)
+    tls_ca_path: Path | None = None     # CA bundle for tls:// servers (default: the system's)
+    tls_cert_path: Path | None = None   # client certificate, when the servers verify clients
+    tls_key_path: Path | None = None
     embedded_max_payload: int = 8 * 1024 * 1024
 
 
@@ -136,7 +139,9 @@ class Settings:
                                 f"registry, rulebook)")
         overrides: dict[str, dict[str, Any]] = {
             "nats": {"url": env.get("SGB_NATS_URL"), "user": env.get("SGB_NATS_USER"),
-                     "password": env.get("SGB_NATS_PASSWORD"), "nkey_seed": env.get("SGB_NATS_NKEY_SEED")},
+                     "password": env.get("SGB_NATS_PASSWORD"), "nkey_seed": env.get("SGB_NATS_NKEY_SEED"),
+                     "tls_ca_path": env.get("SGB_NATS_TLS_CA"), "tls_cert_path": env.get("SGB_NATS_TLS_CERT"),
+                     "tls_key_path": env.get("SGB_NATS_TLS_KEY")},
             "pipeline": {"max_in_flight": env.get("SGB_MAX_IN_FLIGHT"), "fetch_batch": env.get("SGB_FETCH_BATCH"),
                          "max_message_bytes": env.get("SGB_MAX_MESSAGE_BYTES"), "max_age": env.get("SGB_MAX_AGE"),
                          "ack_wait": env.get("SGB_ACK_WAIT")},

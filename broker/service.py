@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -92,6 +93,13 @@ async def connected(settings: Settings, url: str, *, name: str, party: str | Non
         seed = candidate
     if seed is not None:
         options["nkeys_seed"] = str(seed)
+    if settings.nats.tls_ca_path or settings.nats.tls_cert_path:
+        context = ssl.create_default_context(cafile=str(settings.nats.tls_ca_path) if settings.nats.tls_ca_path
+                                             else None)
+        if settings.nats.tls_cert_path:
+            context.load_cert_chain(str(settings.nats.tls_cert_path),
+                                    str(settings.nats.tls_key_path) if settings.nats.tls_key_path else None)
+        options["tls"] = context
     if party is not None:
         options["inbox_prefix"] = natsauth.inbox_prefix(party)
     if settings.nats.user:

@@ -46,9 +46,14 @@ async def test_keys_init_writes_private_keys_0600(tmp_path: Path) -> None:
     rc, out, _ = await sgb("keys", "init", home=home)
     assert rc == 0, out
     assert stat.S_IMODE((home / "keys").stat().st_mode) == 0o700
-    keys = sorted((home / "keys").iterdir())
-    assert {p.name for p in keys} >= {"police-met.key.json", "sg-broker.key.json", "dev-token-issuer.key.json"}
+    keys = sorted(p for p in (home / "keys").rglob("*") if p.is_file())
+    assert {p.name for p in keys} >= {"police-met.key.json", "sg-broker.key.json", "dev-token-issuer.key.json",
+                                      "police-met.nk", "sg-broker.nk", "subject-index.keyring.json"}
     assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in keys)
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o700 for p in (home / "keys").rglob("*") if p.is_dir())
+    auth = (home / "nats" / "authorization.conf").read_text()
+    seeds = [p.read_text().strip() for p in (home / "keys" / "nats").glob("*.nk")]
+    assert auth.count("nkey:") == 6 == len(seeds) and not any(seed in auth for seed in seeds)  # public keys only
     registry = orjson.loads((home / "registry.json").read_bytes())
     assert {a["id"] for a in registry["agencies"]} >= {"police-met", "health-camden", "la-camden", "school-hillside"}
     assert b'"d"' not in (home / "registry.json").read_bytes()  # no private material in the registry
