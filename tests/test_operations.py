@@ -171,6 +171,11 @@ async def test_no_personal_data_outside_the_recipients_hands(broker: Broker, set
                                if p.is_file()).decode("latin-1"),
     }
     assert "logging to the capture" in places["logs"] and len(places["nats store"]) > 10_000
+    lines = [orjson.loads(line) for line in out.getvalue().splitlines() if line.startswith("{")]
+    about_messages = [line for line in lines if "msg_id" in line]
+    assert about_messages and all("stage" in line for line in about_messages)  # every line: id and stage
+    (summary,) = [line for line in lines if line["event"] == "message processed"]  # one summary per message
+    assert summary["message"] == message and summary["outcome"] == "shared" and summary["stage"] == "done"
     for where, text in places.items():
         leaked = [m for m in markers if m in text]
         assert not leaked, f"personal data in the {where}: {leaked}"
