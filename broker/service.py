@@ -105,7 +105,8 @@ async def connected(settings: Settings, url: str, *, name: str, party: str | Non
     if settings.nats.user:
         options |= {"user": settings.nats.user, "password": settings.nats.password}
     try:  # nats-py retries a refused connection for ever; the first connection has a deadline
-        nc = await asyncio.wait_for(nats.connect(url, **options), settings.nats.connect_timeout * 3)
+        servers = [u.strip() for u in url.split(",") if u.strip()]  # SGB_NATS_URL may list a cluster's nodes
+        nc = await asyncio.wait_for(nats.connect(servers, **options), settings.nats.connect_timeout * 3)
     except (NatsError, OSError, TimeoutError) as exc:
         raise TransportError(f"cannot connect to NATS at {url}: {type(exc).__name__} (check the address and "
                              "this party's credentials)") from exc
