@@ -56,10 +56,17 @@ async def nats_location(settings: Settings) -> AsyncIterator[str]:
 
 
 def embedded(settings: Settings) -> contextlib.AbstractAsyncContextManager[str]:
-    """The embedded nats-server for this home, with the authorisation ``sgb keys init`` wrote."""
-    auth = settings.nats_dir / natsauth.AUTH_FILE
-    extra = f'include "{natsauth.AUTH_FILE}"' if auth.exists() else ""
-    return embedded_nats(settings.nats_dir, max_payload=settings.nats.embedded_max_payload, extra_config=extra)
+    """The embedded nats-server for this home, with the authorisation ``sgb keys init`` wrote, and
+    TLS when ``<home>/nats/tls/server.pem`` and ``server.key`` are there (clients then trust
+    ``<home>/nats/tls/ca.pem``)."""
+    extra = []
+    if (settings.nats_dir / natsauth.AUTH_FILE).exists():
+        extra.append(f'include "{natsauth.AUTH_FILE}"')
+    tls = settings.nats_dir / "tls"
+    if (tls / "server.pem").exists() and (tls / "server.key").exists():
+        extra.append(f'tls {{ cert_file: "{tls / "server.pem"}", key_file: "{tls / "server.key"}" }}')
+    return embedded_nats(settings.nats_dir, max_payload=settings.nats.embedded_max_payload,
+                         extra_config="\n".join(extra))
 
 
 @contextlib.asynccontextmanager
@@ -93,9 +100,10 @@ async def connected(settings: Settings, url: str, *, name: str, party: str | Non
         seed = candidate
     if seed is not None:
         options["nkeys_seed"] = str(seed)
-    if settings.nats.tls_ca_path or settings.nats.tls_cert_path:
-        context = ssl.create_default_context(cafile=str(settings.nats.tls_ca_path) if settings.nats.tls_ca_path
-                                             else None)
+    home_ca = settings.nats_dir / "tls" / "ca.pem"
+    ca = settings.nats.tls_ca_path or (home_ca if home_ca.exists() else None)
+    if ca or settings.nats.tls_cert_path:
+        context = ssl.create_default_context(cafile=str(ca) if ca else None)
         if settings.nats.tls_cert_path:
             context.load_cert_chain(str(settings.nats.tls_cert_path),
                                     str(settings.nats.tls_key_path) if settings.nats.tls_key_path else None)

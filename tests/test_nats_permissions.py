@@ -141,3 +141,52 @@ async def test_strangers_cannot_connect(secured: Settings, tmp_path: Path) -> No
     with pytest.raises(Exception, match="cannot connect"):
         async with connected(other, secured.nats.url or "", name="stranger"):
             pass
+
+
+def _write_tls(tls: Path) -> None:
+    """A throwaway CA and a server certificate for 127.0.0.1 (made with cryptography's x509)."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.UTC)
+
+    def cert(subject: str, key: Any, issuer: str, signer: Any, *, ca: bool) -> x509.Certificate:
+        builder = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+                   .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if not ca:
+            builder = builder.add_extension(x509.SubjectAlternativeName([x509.IPAddress(
+                ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    tls.mkdir(parents=True, exist_ok=True)
+    (tls / "ca.pem").write_bytes(cert("test CA", ca_key, "test CA", ca_key, ca=True).public_bytes(
+        serialization.Encoding.PEM))
+    (tls / "server.pem").write_bytes(cert("127.0.0.1", server_key, "test CA", ca_key, ca=False).public_bytes(
+        serialization.Encoding.PEM))
+    (tls / "server.key").write_bytes(server_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+
+
+async def test_embedded_server_uses_tls_when_certificates_are_there(home: Path, tmp_path: Path) -> None:
+    _write_tls(home / "nats" / "tls")
+    settings = make_settings(home, "")
+    async with embedded(settings) as url:
+        settings = settings.with_nats_url(url)
+        async with connected(settings, url, name="tls") as nc:
+            assert nc._server_info.get("tls_required")
+            await ensure_topology(jetstream(nc, settings), settings.streams, settings.pipeline, [])
+        plain = replace(settings, home=tmp_path / "plain", nats=replace(settings.nats, connect_timeout=0.5,
+                                                                           nkey_seed=home / "keys" / "nats" /
+                                                                           "sg-broker.nk"))
+        with pytest.raises(Exception, match="cannot connect"):  # no CA: the server's certificate is not trusted
+            async with connected(plain, url, name="plain"):
+                pass
