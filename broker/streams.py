@@ -22,8 +22,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any, Final
 
+import structlog
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
@@ -41,6 +43,8 @@ from nats.js.errors import APIError, BadRequestError, NotFoundError
 
 from broker.config import PipelineSettings, StreamSettings
 from broker.errors import TransportError
+
+log = structlog.get_logger("sgb.streams")
 
 INGRESS: Final = "SG_INGRESS"
 DELIVERY: Final = "SG_DELIVERY"
@@ -122,7 +126,23 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
     except BadRequestError as exc:
         if exc.err_code != 10058:  # exists with a different configuration
             raise TransportError(f"cannot create stream {config.name}: {exc.description}") from exc
+        existing = (await _retry(js.stream_info, config.name)).config
+        if (existing.num_replicas or 1) > (config.num_replicas or 1):
+            # never lower replication because one instance started with a smaller setting
+            log.warning("stream keeps its replicas", stream=config.name, replicas=existing.num_replicas,
+                        configured=config.num_replicas)
+            config = replace(config, num_replicas=existing.num_replicas)
         await _retry(js.update_stream, config)
+
+
+async def _ensure_bucket(js: JetStreamContext, config: KeyValueConfig) -> None:
+    try:
+        await _retry(js.create_key_value, config)
+    except BadRequestError as exc:
+        if exc.err_code != 10058:
+            raise
+        # it exists with other settings (more replicas, say): keep it as it is
+        log.info("bucket kept as it is", bucket=config.bucket)
 
 
 async def ensure_topology(
@@ -132,19 +152,15 @@ async def ensure_topology(
     try:
         for config in stream_configs(streams):
             await ensure_stream(js, config)
-        await _retry(js.create_key_value, KeyValueConfig(
-            bucket=SEEN_BUCKET, history=1, ttl=streams.seen_ttl, storage=StorageType.FILE,
-            replicas=streams.replicas,
-        ))
-        await _retry(js.create_key_value, KeyValueConfig(
-            bucket=DEADLINES_BUCKET, history=1, storage=StorageType.FILE, replicas=streams.replicas,
-        ))
-        await _retry(js.create_key_value, KeyValueConfig(
-            bucket=AUDIT_HEADS_BUCKET, history=64, storage=StorageType.FILE, replicas=streams.replicas,
-        ))
-        await _retry(js.create_key_value, KeyValueConfig(
-            bucket=HOLDS_BUCKET, history=8, storage=StorageType.FILE, replicas=streams.replicas,
-        ))
+        for bucket in (
+            KeyValueConfig(bucket=SEEN_BUCKET, history=1, ttl=streams.seen_ttl, storage=StorageType.FILE,
+                           replicas=streams.replicas),
+            KeyValueConfig(bucket=DEADLINES_BUCKET, history=1, storage=StorageType.FILE, replicas=streams.replicas),
+            KeyValueConfig(bucket=AUDIT_HEADS_BUCKET, history=64, storage=StorageType.FILE,
+                           replicas=streams.replicas),
+            KeyValueConfig(bucket=HOLDS_BUCKET, history=8, storage=StorageType.FILE, replicas=streams.replicas),
+        ):
+            await _ensure_bucket(js, bucket)
         await _retry(js.add_consumer, INGRESS, broker_consumer(pipeline))
         for agency in agencies:
             await _retry(js.add_consumer, DELIVERY, agency_consumer(agency))
