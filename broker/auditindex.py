@@ -155,8 +155,8 @@ class AuditIndex:
 
     # -- plumbing ----------------------------------------------------------------------
 
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=True)
+    def _connect(self, *, same_thread: bool = True) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=same_thread)
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
@@ -318,8 +318,9 @@ class AuditIndex:
         return await self._read(lambda c: [bytes(r[0]) for r in c.execute("SELECT token FROM checkpoints")])
 
     def export_rows(self, q: RecordQuery, chunk: int = 1000) -> Iterator[list[dict[str, Any]]]:
-        """Synchronous generator of pages (for the streaming CSV export, run in a thread)."""
-        conn = self._connect()
+        """Synchronous generator of pages (for the streaming CSV export). Each step may run on a
+        different executor thread, one at a time, hence a connection not tied to one thread."""
+        conn = self._connect(same_thread=False)
         conn.execute("PRAGMA query_only=ON")
         try:
             cursor = q.cursor

@@ -90,6 +90,8 @@ async def test_pages_render_quickly_on_a_large_log(client: Client, settings: Set
     second = await (await client.get("/ig/?" + nxt)).text()
     assert "50 records" in second, nxt
     assert "<svg" in await (await client.get("/ig/charts?by=decision")).text()
+    csv_text = await (await client.get("/ig/export.csv?event=shared")).text()  # streamed in 1,000-row chunks
+    assert len(csv_text.splitlines()) == 1 + 5001
 
 
 # -- a real browser -------------------------------------------------------------------------------
