@@ -1,0 +1,148 @@
+"""The adapter's outbound loop: from the agency's durable on ``SG_DELIVERY`` into its own system.
+
+For each delivery: verify and open it; if its id was handed over before (a redelivery after a
+crash or a lost ack), just ack it; else hand it to the :class:`~adapters.sinks.Sink` and ack
+only once the agency system has accepted it, then tell the sender it was ``delivered``. When
+the sink gives up (after its retries, or at a refusal that will not change) the *sealed* wire
+message goes to the dead-letter folder (still encrypted to this agency: no personal data in
+clear on disk), the sender is told it was ``not-delivered``, and the message is acked so it
+does not block the queue. A delivery that fails verification is dead-lettered the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+import structlog
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+
+from adapters.sdk import AgencyClient, Delivery
+from adapters.sinks import DeliveryFailed, Sink
+from broker.errors import BrokerError, InvalidEnvelope
+
+log = structlog.get_logger("sgb.adapter")
+ADMIN_TYPES: Final = frozenset({"receipt", "rejection", "overdue-notice"})
+RECEIPT_SHARING: Final = {
+    "vocabulary": "sgb-lawful-basis/1", "purpose": "SERVICE_ADMINISTRATION", "lawfulBasis": "UKGDPR_6_1_E",
+    "consentStatus": "NOT_APPLICABLE", "urgency": "ROUTINE",
+    "decidedBy": {"role": "Agency adapter", "staffRef": "adapter"}, "guidanceEdition": "WT2023",
+}
+
+
+def canonical_json(delivery: Delivery) -> tuple[bytes, str]:
+    """The default native format: the envelope (without ciphertext) and the opened payload."""
+    return orjson.dumps(delivery.as_json()), "application/json"
+
+
+@dataclass
+class Counts:
+    delivered: int = 0
+    redelivered: int = 0
+    dead_lettered: int = 0
+
+
+class DeadLetters:
+    """Sealed wire messages the agency system did not take, with why (no personal data)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def put(self, key: str, wire_bytes: bytes, reason: str, attempts: int) -> None:
+        safe = "".join(c for c in key if c.isalnum() or c in "-_")[:100] or "unknown"
+        for name, data in ((f"{safe}.jws", wire_bytes), (f"{safe}.why.json", orjson.dumps(
+                {"reason": reason, "attempts": attempts,
+                 "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}))):
+            tmp = self.folder / f".{name}.tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.folder / name)
+
+    def entries(self) -> list[str]:
+        return sorted(p.name.removesuffix(".jws") for p in self.folder.glob("*.jws"))
+
+
+class Deliverer:
+    def __init__(self, client: AgencyClient, sink: Sink, dead: DeadLetters, *,
+                 render: Callable[[Delivery], tuple[bytes, str]] = canonical_json, batch: int = 16,
+                 idle: float = 1.0, receipts: bool = True) -> None:
+        if client.seen is None:
+            raise BrokerError("the deliverer needs the client's SeenStore for idempotent hand-over")
+        self.client = client
+        self.sink = sink
+        self.dead = dead
+        self.render = render
+        self.batch = batch
+        self.idle = idle
+        self.receipts = receipts
+        self.counts = Counts()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                async for _, msg in self.client.fetch(batch=self.batch, idle=self.idle):
+                    await self.handle(msg)
+                    if stop.is_set():
+                        break
+            except NatsError as exc:
+                log.warning("fetch failed; trying again", error=type(exc).__name__)
+                await asyncio.sleep(self.idle)
+
+    async def handle(self, msg: Msg) -> None:
+        seen = self.client.seen
+        assert seen is not None
+        try:
+            delivery = self.client.open(msg.data)
+        except InvalidEnvelope:
+            self._dead(f"seq-{msg.metadata.sequence.stream}", msg.data, "the delivery failed verification", 1)
+            await msg.ack_sync()
+            return
+        with structlog.contextvars.bound_contextvars(delivery=delivery.id, type=delivery.type, stage="hand-over"):
+            if delivery.id in seen:
+                self.counts.redelivered += 1
+                log.info("already handed over; acknowledging the redelivery")
+                await msg.ack_sync()
+                return
+            body, content_type = self.render(delivery)
+            try:
+                await self.sink.deliver(delivery.id, body, content_type)
+            except DeliveryFailed as exc:
+                self._dead(delivery.id, msg.data, exc.reason, exc.attempts)
+                await self._tell_sender(delivery, "not-delivered", exc.reason)
+                await msg.ack_sync()
+                return
+            seen.add(delivery.id)
+            await msg.ack_sync()
+            self.counts.delivered += 1
+            log.info("handed over to the agency system")
+            await self._tell_sender(delivery, "delivered", None)
+
+    def _dead(self, key: str, data: bytes, reason: str, attempts: int) -> None:
+        self.dead.put(key, data, reason, attempts)
+        self.counts.dead_lettered += 1
+        log.warning("dead-lettered", reason=reason, attempts=attempts)
+
+    async def _tell_sender(self, delivery: Delivery, status: str, note: str | None) -> None:
+        origin: dict[str, Any] = delivery.claims.get("origin") or {}
+        sender, message = origin.get("iss"), origin.get("jti")
+        if not self.receipts or delivery.type in ADMIN_TYPES or not sender or not message:
+            return
+        body: dict[str, Any] = {"messageId": message, "status": status, "recipients": [self.client.agency],
+                                "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")}
+        if note:
+            body["note"] = note[:200]
+        with contextlib.suppress(BrokerError):  # a receipt that cannot be sent must not undo the hand-over
+            await self.client.send(typ="receipt", to=[sender], payload=body, sharing=RECEIPT_SHARING, re=message)
