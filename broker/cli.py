@@ -322,6 +322,36 @@ async def cmd_config_check(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if not problems else 1
 
 
+async def cmd_adapter_run(settings: Settings, args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from adapters.service import AdapterSettings, make_app, running_adapter
+
+    adapter = AdapterSettings(agency=args.agency, webhook_url=args.webhook,
+                              webhook_secret_file=Path(args.webhook_secret_file) if args.webhook_secret_file else None,
+                              drop_folder=Path(args.drop_folder) if args.drop_folder else None)
+    adapter.check()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with nats_location(settings) as url, running_adapter(settings, adapter, url) as running:
+        runner: web.AppRunner | None = None
+        if args.http:
+            host, _, port = args.http.rpartition(":")
+            runner = web.AppRunner(make_app(running), access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, host or "127.0.0.1", int(port)).start()
+        try:
+            stopped = asyncio.create_task(stop.wait())
+            await asyncio.wait({stopped, running.task}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+        finally:
+            if runner is not None:
+                await runner.cleanup()
+    return 0
+
+
 async def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
     from broker.auth import mint
 
@@ -447,6 +477,16 @@ def build_parser() -> argparse.ArgumentParser:
     ccheck = config_sub.add_parser("check", parents=[common], help="load settings, keys, registry and rulebook; "
                                    "report what is wrong in plain words (exit 1)")
     ccheck.set_defaults(func=cmd_config_check)
+
+    adapter = sub.add_parser("adapter", parents=[common], help="an agency's adapter service")
+    adapter_sub = adapter.add_subparsers(dest="adapter_command", required=True)
+    arun = adapter_sub.add_parser("run", parents=[common], help="hand deliveries to the agency system until SIGTERM")
+    arun.add_argument("--as", dest="agency", required=True, help="the agency id")
+    arun.add_argument("--http", metavar="HOST:PORT", help="serve /healthz, /readyz and /metrics here")
+    arun.add_argument("--webhook", metavar="URL", help="the agency system's inbound URL")
+    arun.add_argument("--webhook-secret-file", metavar="FILE", help="the HMAC key shared with the agency system")
+    arun.add_argument("--drop-folder", metavar="DIR", help="write each delivery here atomically instead")
+    arun.set_defaults(func=cmd_adapter_run, log_level_default="INFO")
 
     token = sub.add_parser("token", parents=[common], help="mint a development API token (dev issuer key)")
     token.add_argument("--role", action="append", required=True, choices=["ig-officer", "auditor", "operator"],

@@ -139,3 +139,42 @@ async def test_killed_after_hand_over_before_ack_hands_over_once(broker: Broker,
     finally:
         await server.close()
     assert system.posts == 1 and second.counts.redelivered == 1 and second.counts.delivered == 0
+
+
+async def test_adapter_service_runs_as_a_process(broker: Broker, agency: ClientFactory, tmp_path: Path) -> None:
+    """``sgb adapter run`` as an operator runs it: a drop folder, its probes and metrics, SIGTERM."""
+    import os
+    import signal
+    import socket
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    folder = tmp_path / "la-inbox"
+    settings = broker.settings
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SGB_")} | {
+        "SGB_HOME": str(settings.home), "SGB_NATS_URL": settings.nats.url or ""}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "broker.cli", "adapter", "run", "--as", "la-camden", "--http", f"127.0.0.1:{port}",
+        "--drop-folder", str(folder), env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    try:
+        police = await agency("police-met")
+        message = await police.send(typ="referral", to=["la-camden"], payload=referral(), sharing=sharing())
+        for _ in range(200):
+            files = list(folder.glob("*.json")) if folder.exists() else []
+            if files:
+                break
+            await asyncio.sleep(0.05)
+        (written,) = list(folder.glob("*.json"))
+        assert b'"origin"' in written.read_bytes() and message.encode() in written.read_bytes()
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{port}/readyz") as r:
+                assert r.status == 200
+            async with http.get(f"http://127.0.0.1:{port}/metrics") as r:
+                assert "sgb_adapter_handed_over 1.0" in await r.text()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert b"adapter stopped" in err
