@@ -190,3 +190,24 @@ async def test_embedded_server_uses_tls_when_certificates_are_there(home: Path, 
         with pytest.raises(Exception, match="cannot connect"):  # no CA: the server's certificate is not trusted
             async with connected(plain, url, name="plain"):
                 pass
+
+
+@pytest.mark.parametrize("node", ["compose-node.conf", "node1.conf"])
+def test_deploy_cluster_configs_are_valid_for_nats_server(node: str, home: Path, tmp_path: Path) -> None:
+    """nats-server itself checks the shipped configurations, with the authorisation keys init wrote
+    (TLS files and store paths pointed at throwaway ones)."""
+    import subprocess
+
+    from broker.natsserver import nats_server_binary
+
+    deploy = Path(__file__).resolve().parent.parent / "deploy" / "nats"
+    text = (deploy / node).read_text().replace("/var/lib/nats/jetstream", str(tmp_path / "js")).replace(
+        "/data", str(tmp_path / "js"))
+    _write_tls(tmp_path / "tls")
+    for name, source in (("node1.pem", "server.pem"), ("node1.key", "server.key"), ("ca.pem", "ca.pem")):
+        text = text.replace(f"/etc/nats/tls/{name}", str(tmp_path / "tls" / source))
+    (tmp_path / "node.conf").write_text(text)
+    (tmp_path / "authorization.conf").write_text((home / "nats" / "authorization.conf").read_text())
+    done = subprocess.run([nats_server_binary(), "-t", "-c", str(tmp_path / "node.conf")], capture_output=True,
+                          timeout=30, check=False)
+    assert done.returncode == 0, done.stderr.decode() + done.stdout.decode()
