@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from nats.errors import Error as NatsError
 from adapters.sdk import AgencyClient, Delivery
 from adapters.sinks import DeliveryFailed, Sink
 from broker.errors import BrokerError, InvalidEnvelope
+from broker.keystore import write_private
 
 log = structlog.get_logger("sgb.adapter")
 ADMIN_TYPES: Final = frozenset({"receipt", "rejection", "overdue-notice"})
@@ -59,17 +59,9 @@ class DeadLetters:
 
     def put(self, key: str, wire_bytes: bytes, reason: str, attempts: int) -> None:
         safe = "".join(c for c in key if c.isalnum() or c in "-_")[:100] or "unknown"
-        for name, data in ((f"{safe}.jws", wire_bytes), (f"{safe}.why.json", orjson.dumps(
-                {"reason": reason, "attempts": attempts,
-                 "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}))):
-            tmp = self.folder / f".{name}.tmp"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                os.write(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.folder / name)
+        why = {"reason": reason, "attempts": attempts, "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+        write_private(self.folder / f"{safe}.jws", wire_bytes)
+        write_private(self.folder / f"{safe}.why.json", orjson.dumps(why))
 
     def entries(self) -> list[str]:
         return sorted(p.name.removesuffix(".jws") for p in self.folder.glob("*.jws"))

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import os
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -29,6 +28,7 @@ from typing import Final, Protocol
 import aiohttp
 
 from broker.errors import BrokerError
+from broker.keystore import write_private
 
 SIGNATURE_HEADER: Final = "X-SGB-Signature"
 TIMESTAMP_HEADER: Final = "X-SGB-Timestamp"
@@ -140,16 +140,4 @@ class DropFolderSink:
     def _write(self, target: Path, body: bytes) -> None:
         if target.exists():
             return  # written before (a redelivery): one file per delivery
-        tmp = self._folder / f".{target.name}.{os.getpid()}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, body)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, target)
-        folder = os.open(self._folder, os.O_RDONLY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
+        write_private(target, body)

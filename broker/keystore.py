@@ -46,10 +46,12 @@ class Identity:
         return self.kem.get(kid)
 
 
-def _write_private(path: Path, data: bytes) -> None:
+def write_private(path: Path, data: bytes) -> None:
+    """Write a file only its owner can read, atomically (temp file, fsync, rename, fsync of the
+    folder): a reader never sees half of it, and a crash leaves the old file or the new one."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(path.parent, 0o700)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.write(fd, data)
@@ -57,6 +59,11 @@ def _write_private(path: Path, data: bytes) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 def identity_path(home: Path, party: str) -> Path:
@@ -127,12 +134,12 @@ def init_dev_keys(home: Path, registry_path: Path, *, force: bool = False) -> li
     agencies = []
     for party, kind, name, suite in parties:
         private, public = _new_party(party, suite, today)
-        _write_private(identity_path(home, party), orjson.dumps(private, option=orjson.OPT_INDENT_2))
+        write_private(identity_path(home, party), orjson.dumps(private, option=orjson.OPT_INDENT_2))
         entry: dict[str, Any] = {"id": party, "kind": kind, "name": name, "keys": public}
         if suite is not None:
             entry["suite"] = suite
         agencies.append(entry)
-    _write_private(home / "keys" / "audit-hmac.key", secrets.token_bytes(32))
+    write_private(home / "keys" / "audit-hmac.key", secrets.token_bytes(32))
     from broker import natsauth
     from broker.subjects import rotate_subject_key
 

@@ -23,7 +23,7 @@ from typing import Final
 import nkeys
 
 from broker.errors import KeyStoreError
-from broker.keystore import _write_private
+from broker.keystore import write_private
 from broker.streams import AUDIT, AUDIT_HEADS_BUCKET, DELIVERY, ingress_subject
 
 AUTH_FILE: Final = "authorization.conf"
@@ -41,7 +41,7 @@ def inbox_prefix(agency: str) -> str:
 def create_seed(home: Path, party: str) -> str:
     """A fresh user nkey for ``party``; returns its public key."""
     seed = nkeys.encode_seed(secrets.token_bytes(32), nkeys.PREFIX_BYTE_USER)
-    _write_private(seed_path(home, party), seed)
+    write_private(seed_path(home, party), seed)
     return public_key(home, party)
 
 

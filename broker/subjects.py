@@ -31,7 +31,7 @@ import orjson
 
 from broker import _crypto
 from broker.errors import ConfigError, KeyStoreError
-from broker.keystore import _write_private, load_secret
+from broker.keystore import load_secret, write_private
 
 KEYRING: Final = "subject-index.keyring.json"
 _CONTAINERS: Final = ("child", "subject")
@@ -151,5 +151,5 @@ def rotate_subject_key(home: Path) -> str:
     kid = f"s{dt.datetime.now(dt.UTC):%Y%m%d}{secrets.token_hex(2)}"
     doc["keys"][kid] = _crypto.b64u(secrets.token_bytes(32))
     doc["current"] = kid
-    _write_private(home / "keys" / KEYRING, orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+    write_private(home / "keys" / KEYRING, orjson.dumps(doc, option=orjson.OPT_INDENT_2))
     return kid
