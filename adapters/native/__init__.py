@@ -1,0 +1,1 @@
+"""Agencies' native record formats (JSON Schemas) and their mappings to canonical messages."""

@@ -1,0 +1,216 @@
+"""Police: Public Protection Notices (vulnerability records) from a records management system,
+as JSON or CSV, into canonical messages.
+
+One incident with several children becomes one ``referral`` per child to the local authority
+and, for each child with a school in the trust registry, an ``encompass-notification`` to that
+school (the broker's rulebook then trims it to what a school may see). Every record is checked
+against ``adapters/native/police-ppn.v1.json`` and every message built from it against its
+canonical schema *before* anything is sent, so a record that cannot be mapped is refused whole,
+with the field named, and nothing is half-sent.
+
+CSV: one row per child; the incident columns repeat on each row of an incident; ``categories``
+is ``;``-separated; ``adults`` is ``;``-separated ``given|family|role|relationship``; booleans
+are ``yes``/``no``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import jsonschema_rs
+import orjson
+
+from broker.catalogue import Catalogue
+from broker.errors import RejectedMessage
+from broker.registry import Registry
+
+_SCHEMA: Final = Path(__file__).parent / "native" / "police-ppn.v1.json"
+_VALIDATOR = jsonschema_rs.validator_for(orjson.loads(_SCHEMA.read_bytes()), validate_formats=True)
+_RAG: Final = {"high": "red", "medium": "amber", "standard": "green"}
+
+
+class Unmappable(RejectedMessage):
+    """A native record that cannot become canonical messages; ``field`` names where."""
+
+    code = "unmappable"
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    typ: str
+    to: tuple[str, ...]
+    payload: dict[str, Any]
+
+
+def _name(given: str | None, family: str) -> dict[str, str]:
+    return {"family": family} | ({"given": given} if given else {})
+
+
+def check(record: Any, where: str = "") -> None:
+    issue = Catalogue.first_issue(_VALIDATOR, record)
+    if issue is not None:
+        raise Unmappable(f"the record does not match the PPN format ('{issue.keyword}' failed)",
+                         field=f"{where}{issue.pointer or '/'}", rule="police-ppn.v1.json")
+
+
+def map_incident(record: Mapping[str, Any], *, local_authority: str, registry: Registry,
+                 catalogue: Catalogue, where: str = "") -> list[Outbound]:
+    """All the messages one PPN makes, each checked against its schema; raises :class:`Unmappable`."""
+    check(record, where)
+    officer = record["officer"]
+    referrer: dict[str, Any] = {"name": _name(officer.get("given"), officer["family"]),
+                                "role": f"Police officer {officer['collarNumber']}"}
+    if officer.get("phone"):
+        referrer["phone"] = officer["phone"]
+    household = [{"name": _name(a.get("given"), a["family"]), "role": a["role"]}
+                 | ({"relationship": a["relationship"]} if a.get("relationship") else {})
+                 | ({"dateOfBirth": a["dateOfBirth"]} if a.get("dateOfBirth") else {})
+                 for a in record.get("adults", [])]
+    concern: dict[str, Any] = {"summary": record["summary"], "categories": list(record["categories"]),
+                               "incidentDateTime": record["occurredAt"],
+                               "immediateProtectionNeeded": record.get("immediateProtectionNeeded", False)}
+    for key, target in (("details", "details"), ("location", "incidentLocation")):
+        if record.get(key):
+            concern[target] = record[key]
+    consent: dict[str, Any] = {"consentObtained": "not-sought"}
+    if "parentsInformed" in record:
+        consent["parentsInformed"] = record["parentsInformed"]
+    if record.get("reasonNotInformed"):
+        consent["reasonNotInformed"] = record["reasonNotInformed"]
+    out: list[Outbound] = []
+    for i, child in enumerate(record["children"]):
+        here = f"{where}/children/{i}"
+        person: dict[str, Any] = {"name": _name(child.get("given"), child["family"]), "status": "born"}
+        for key in ("dateOfBirth", "nhsNumber"):
+            if child.get(key):
+                person[key] = child[key]
+        referral: dict[str, Any] = {"child": person, "referrer": referrer, "concern": concern, "consent": consent,
+                                    "policeReference": record["incidentReference"]}
+        if household:
+            referral["household"] = household
+        if record.get("riskLevel"):
+            referral["risk"] = {"ragRating": _RAG[record["riskLevel"]]}
+        out.append(_checked(catalogue, "referral", (local_authority,), referral, here))
+        school = child.get("schoolAgencyId")
+        if school:
+            agency = registry.get(school)
+            if agency is None or agency.kind != "school":
+                raise Unmappable("the child's school is not a school in the trust registry",
+                                 field=f"{here}/schoolAgencyId", rule="encompass.school-known")
+            notice: dict[str, Any] = {"child": {k: v for k, v in person.items() if k != "status"},
+                                      "incidentDateTime": record["occurredAt"], "childPresent": child["present"],
+                                      "policeReference": record["incidentReference"]}
+            for key, target in (("whereChildWas", "whereChildWas"), ("voice", "voiceOfChild")):
+                if child.get(key):
+                    notice[target] = child[key]
+            if record.get("location"):
+                notice["incidentLocation"] = record["location"]
+            if record.get("advice"):
+                notice["keyAdultAdvice"] = record["advice"]
+            out.append(_checked(catalogue, "encompass-notification", (school,), notice, here))
+    return out
+
+
+def _checked(catalogue: Catalogue, typ: str, to: tuple[str, ...], payload: dict[str, Any], where: str) -> Outbound:
+    mtype = catalogue.message_type(typ, 1)
+    assert mtype is not None
+    issue = Catalogue.first_issue(mtype.validator, payload)
+    if issue is not None:
+        raise Unmappable(f"the record cannot make a valid {typ} ('{issue.keyword}' failed at {issue.pointer})",
+                         field=where, rule=f"{typ}.v1.json")
+    return Outbound(typ, to, payload)
+
+
+def map_json(data: bytes, **kwargs: Any) -> list[Outbound]:
+    """One PPN object or a list of them; every one must map before any is returned."""
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise Unmappable("the file is not JSON", field="/") from exc
+    if isinstance(doc, list):
+        return [m for i, r in enumerate(doc) for m in map_incident(r, where=f"/{i}", **kwargs)]
+    return map_incident(doc, **kwargs)
+
+
+_BOOL: Final = {"yes": True, "no": False, "true": True, "false": False}
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    number: int
+    cells: Mapping[str, str | None]
+
+    def cell(self, column: str) -> str | None:
+        value = (self.cells.get(column) or "").strip()
+        return value or None
+
+    def flag(self, column: str) -> bool | None:
+        value = self.cell(column)
+        if value is None:
+            return None
+        if value.lower() not in _BOOL:
+            raise Unmappable(f"row {self.number}: {column} is yes or no", field=f"row {self.number}/{column}")
+        return _BOOL[value.lower()]
+
+    def some(self, *pairs: tuple[str, str]) -> dict[str, str]:
+        """``{key: cell(column)}`` for the (key, column) pairs whose cell is not empty."""
+        return {key: value for key, column in pairs if (value := self.cell(column)) is not None}
+
+
+def _incident(row: _Row, reference: str) -> dict[str, Any]:
+    incident: dict[str, Any] = {
+        "incidentReference": reference, "occurredAt": row.cell("occurredAt"), "summary": row.cell("summary"),
+        "categories": [c.strip() for c in (row.cell("categories") or "").split(";") if c.strip()],
+        "officer": row.some(("given", "officerGiven"), ("family", "officerFamily"),
+                            ("collarNumber", "officerCollarNumber"), ("phone", "officerPhone")),
+        "children": [],
+    } | row.some(*((c, c) for c in ("location", "details", "riskLevel", "reasonNotInformed", "advice")))
+    informed = row.flag("parentsInformed")
+    if informed is not None:
+        incident["parentsInformed"] = informed
+    adults = []
+    for entry in (row.cell("adults") or "").split(";"):
+        if entry.strip():
+            parts = [*entry.split("|"), "", "", ""][:4]
+            adults.append({k: v.strip() for k, v in zip(("given", "family", "role", "relationship"), parts,
+                                                         strict=True) if v.strip()})
+    if adults:
+        incident["adults"] = adults
+    return incident
+
+
+def records_from_csv(text: str) -> list[dict[str, Any]]:
+    """Group the rows (one per child) into PPN records; a bad cell is named by row and column."""
+    incidents: dict[str, dict[str, Any]] = {}
+    for number, cells in enumerate(csv.DictReader(io.StringIO(text)), start=2):
+        row = _Row(number, cells)
+        reference = row.cell("incidentReference")
+        if reference is None:
+            raise Unmappable(f"row {number}: incidentReference is empty", field=f"row {number}/incidentReference")
+        incident = incidents.setdefault(reference, _incident(row, reference))
+        child: dict[str, Any] = row.some(
+            ("given", "childGiven"), ("family", "childFamily"), ("dateOfBirth", "childDateOfBirth"),
+            ("nhsNumber", "childNhsNumber"), ("whereChildWas", "childWhereChildWas"), ("voice", "childVoice"),
+            ("schoolAgencyId", "childSchoolAgencyId"))
+        present = row.flag("childPresent")
+        if present is not None:
+            child["present"] = present
+        incident["children"].append(child)
+    return list(incidents.values())
+
+
+def map_csv(text: str, **kwargs: Any) -> list[Outbound]:
+    records = records_from_csv(text)
+    return [m for r in records for m in map_incident(r, where=f"/incident {r['incidentReference']}", **kwargs)]
+
+
+def recipients(messages: Sequence[Outbound]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for m in messages:
+        counts[m.typ] = counts.get(m.typ, 0) + 1
+    return counts
