@@ -69,7 +69,7 @@ class Pipeline:
         self._publisher = Publisher(js, deadline=settings.publish_deadline, attempts=settings.publish_attempts)
         self._replay = ReplayGuard(js, timeout=request_timeout)
         self._slots = asyncio.Semaphore(settings.max_in_flight)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: dict[asyncio.Task[None], Msg] = {}  # in flight, with the message each holds
         self._stopping = asyncio.Event()
         self.metrics = metrics or Metrics()
         self.metrics.in_flight.set_function(lambda: len(self._tasks))
@@ -123,12 +123,32 @@ class Pipeline:
                     continue
                 for msg in msgs:
                     task = asyncio.create_task(self._handle(msg))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
+                    self._tasks[task] = msg
+                    task.add_done_callback(self._forget)
         finally:
             await self._drain()
+            await self._hand_back_prefetched(sub)
             with contextlib.suppress(NatsError, asyncio.TimeoutError):
                 await sub.unsubscribe()
+
+    async def _hand_back_prefetched(self, sub: Any) -> None:
+        """A pull request can deliver more messages than the fetch that made it returned; they wait
+        in the subscription's queue. Nak them at shutdown, or they would sit out ack_wait. (nats-py
+        has no public call for this queue; if it moves, ack_wait still brings them back.)"""
+        queue = getattr(getattr(sub, "_sub", None), "_pending_queue", None)
+        if not isinstance(queue, asyncio.Queue):
+            return
+        count = 0
+        while not queue.empty():
+            msg = queue.get_nowait()
+            with contextlib.suppress(NatsError, asyncio.TimeoutError, AttributeError):
+                await asyncio.wait_for(msg.nak(), self._settings.fetch_timeout + 1)
+                count += 1
+        if count:
+            log.info("prefetched messages handed back", count=count)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._tasks.pop(task, None)
 
     async def _wait_for_slot(self) -> None:
         if self._tasks:
@@ -138,11 +158,14 @@ class Pipeline:
     async def _drain(self) -> None:
         if not self._tasks:
             return
-        tasks = set(self._tasks)
-        done, pending = await asyncio.wait(tasks, timeout=self._settings.drain_timeout)
+        held = dict(self._tasks)
+        done, pending = await asyncio.wait(set(held), timeout=self._settings.drain_timeout)
         for task in pending:
-            task.cancel()  # each naks its message, so another instance takes it at once
+            task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
+        for task in pending:  # hand each back now (a task cancelled before it ran could not do it itself)
+            with contextlib.suppress(NatsError, asyncio.TimeoutError):
+                await asyncio.wait_for(held[task].nak(), self._settings.fetch_timeout + 1)
         log.info("pipeline drained", finished=len(done), handed_back=len(pending))
 
     async def _handle(self, msg: Msg) -> None:
@@ -170,11 +193,6 @@ class Pipeline:
                 with contextlib.suppress(NatsError):
                     await msg.nak(delay=min(2.0 * meta.num_delivered, 30.0))
                 return
-            except asyncio.CancelledError:  # shutdown deadline passed: hand it back now, not after ack_wait
-                log.warning("in-flight message handed back at shutdown", stage="drain")
-                with contextlib.suppress(NatsError, asyncio.TimeoutError):
-                    await asyncio.shield(msg.nak())
-                raise
             self._record(outcome)
             log.info("message processed", stage="done", outcome=outcome)
 
