@@ -28,9 +28,9 @@ from adapters.sdk import AgencyClient, Delivery
 from adapters.sinks import DeliveryFailed, Sink
 from broker.errors import BrokerError, InvalidEnvelope
 from broker.keystore import write_private
+from broker.outcomes import ADMIN_TYPES
 
 log = structlog.get_logger("sgb.adapter")
-ADMIN_TYPES: Final = frozenset({"receipt", "rejection", "overdue-notice"})
 RECEIPT_SHARING: Final = {
     "vocabulary": "sgb-lawful-basis/1", "purpose": "SERVICE_ADMINISTRATION", "lawfulBasis": "UKGDPR_6_1_E",
     "consentStatus": "NOT_APPLICABLE", "urgency": "ROUTINE",

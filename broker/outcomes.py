@@ -28,6 +28,8 @@ from broker.timestamps import iso
 
 _NS: Final = uuid.UUID("6f1c1f43-7d0e-4f59-9a8e-2b1f7c5d9e10")
 
+ADMIN_TYPES: Final = frozenset({"receipt", "rejection", "overdue-notice"})  # notices about messages, no personal data
+
 ADMIN_SHARING: Final[Mapping[str, Any]] = {
     "vocabulary": "sgb-lawful-basis/1",
     "purpose": "SERVICE_ADMINISTRATION",

@@ -20,7 +20,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any
 
 import orjson
 import structlog
@@ -32,13 +32,12 @@ from nats.js.errors import APIError, KeyNotFoundError, NotFoundError
 from broker import wire
 from broker.auditchain import unverified
 from broker.errors import InvalidEnvelope, TransportError
-from broker.outcomes import ADMIN_SHARING, AuditEntry, Outcomes, Output, derived_id
+from broker.outcomes import ADMIN_SHARING, ADMIN_TYPES, AuditEntry, Outcomes, Output, derived_id
 from broker.publisher import Outgoing
 from broker.streams import DELIVERY, HOLDS_BUCKET, delivery_subject, kv_latest
 from broker.timestamps import iso
 
 log = structlog.get_logger("sgb.retention")
-ADMIN_TYPES: Final = frozenset({"receipt", "rejection", "overdue-notice"})
 
 
 @dataclass(frozen=True, slots=True)
