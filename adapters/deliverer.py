@@ -116,7 +116,7 @@ class Deliverer:
                 await self._tell_sender(delivery, "not-delivered", exc.reason)
                 await msg.ack_sync()
                 return
-            seen.add(delivery.id)
+            seen.add(delivery.id, delivery)
             await msg.ack_sync()
             self.counts.delivered += 1
             log.info("handed over to the agency system")
@@ -128,8 +128,7 @@ class Deliverer:
         log.warning("dead-lettered", reason=reason, attempts=attempts)
 
     async def _tell_sender(self, delivery: Delivery, status: str, note: str | None) -> None:
-        origin: dict[str, Any] = delivery.claims.get("origin") or {}
-        sender, message = origin.get("iss"), origin.get("jti")
+        sender, message = delivery.origin
         if not self.receipts or delivery.type in ADMIN_TYPES or not sender or not message:
             return
         body: dict[str, Any] = {"messageId": message, "status": status, "recipients": [self.client.agency],

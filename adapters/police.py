@@ -25,8 +25,8 @@ from typing import Any, Final
 import jsonschema_rs
 import orjson
 
+from adapters.mapping import MapContext, Outbound, Unmappable, check_native, checked
 from broker.catalogue import Catalogue
-from broker.errors import RejectedMessage
 from broker.registry import Registry
 
 _SCHEMA: Final = Path(__file__).parent / "native" / "police-ppn.v1.json"
@@ -34,28 +34,12 @@ _VALIDATOR = jsonschema_rs.validator_for(orjson.loads(_SCHEMA.read_bytes()), val
 _RAG: Final = {"high": "red", "medium": "amber", "standard": "green"}
 
 
-class Unmappable(RejectedMessage):
-    """A native record that cannot become canonical messages; ``field`` names where."""
-
-    code = "unmappable"
-
-
-@dataclass(frozen=True, slots=True)
-class Outbound:
-    typ: str
-    to: tuple[str, ...]
-    payload: dict[str, Any]
-
-
 def _name(given: str | None, family: str) -> dict[str, str]:
     return {"family": family} | ({"given": given} if given else {})
 
 
 def check(record: Any, where: str = "") -> None:
-    issue = Catalogue.first_issue(_VALIDATOR, record)
-    if issue is not None:
-        raise Unmappable(f"the record does not match the PPN format ('{issue.keyword}' failed)",
-                         field=f"{where}{issue.pointer or '/'}", rule="police-ppn.v1.json")
+    check_native(_VALIDATOR, record, where, "police-ppn.v1.json")
 
 
 def map_incident(record: Mapping[str, Any], *, local_authority: str, registry: Registry,
@@ -82,6 +66,14 @@ def map_incident(record: Mapping[str, Any], *, local_authority: str, registry: R
         consent["parentsInformed"] = record["parentsInformed"]
     if record.get("reasonNotInformed"):
         consent["reasonNotInformed"] = record["reasonNotInformed"]
+    # What the record itself says about the decision; the rest comes from the adapter's sharing defaults.
+    decided: dict[str, Any] = {"decidedBy": {"role": "Police officer", "staffRef": officer["collarNumber"]}}
+    if record.get("parentsInformed") is True:
+        decided["subjectInformed"] = "INFORMED"
+    elif record.get("parentsInformed") is False:
+        decided["subjectInformed"] = "NOT_INFORMED_UNSAFE"
+    if record.get("immediateProtectionNeeded"):
+        decided["urgency"] = "EMERGENCY"
     out: list[Outbound] = []
     for i, child in enumerate(record["children"]):
         here = f"{where}/children/{i}"
@@ -95,7 +87,7 @@ def map_incident(record: Mapping[str, Any], *, local_authority: str, registry: R
             referral["household"] = household
         if record.get("riskLevel"):
             referral["risk"] = {"ragRating": _RAG[record["riskLevel"]]}
-        out.append(_checked(catalogue, "referral", (local_authority,), referral, here))
+        out.append(checked(catalogue, "referral", (local_authority,), referral, here, sharing=decided))
         school = child.get("schoolAgencyId")
         if school:
             agency = registry.get(school)
@@ -112,18 +104,9 @@ def map_incident(record: Mapping[str, Any], *, local_authority: str, registry: R
                 notice["incidentLocation"] = record["location"]
             if record.get("advice"):
                 notice["keyAdultAdvice"] = record["advice"]
-            out.append(_checked(catalogue, "encompass-notification", (school,), notice, here))
+            out.append(checked(catalogue, "encompass-notification", (school,), notice, here,
+                               sharing={"decidedBy": decided["decidedBy"]}))
     return out
-
-
-def _checked(catalogue: Catalogue, typ: str, to: tuple[str, ...], payload: dict[str, Any], where: str) -> Outbound:
-    mtype = catalogue.message_type(typ, 1)
-    assert mtype is not None
-    issue = Catalogue.first_issue(mtype.validator, payload)
-    if issue is not None:
-        raise Unmappable(f"the record cannot make a valid {typ} ('{issue.keyword}' failed at {issue.pointer})",
-                         field=where, rule=f"{typ}.v1.json")
-    return Outbound(typ, to, payload)
 
 
 def map_json(data: bytes, **kwargs: Any) -> list[Outbound]:
@@ -214,3 +197,27 @@ def recipients(messages: Sequence[Outbound]) -> dict[str, int]:
     for m in messages:
         counts[m.typ] = counts.get(m.typ, 0) + 1
     return counts
+
+
+def _local_authority(context: MapContext) -> str:
+    la = context.options.get("local_authority")
+    if not isinstance(la, str) or context.registry.get(la) is None:
+        raise Unmappable("the adapter has no local authority configured for referrals", field="/",
+                         rule="adapter.local_authority")
+    return la
+
+
+def ppn_json(body: bytes, context: MapContext) -> list[Outbound]:
+    """Mapper: PPN JSON (one object or a list)."""
+    return map_json(body, local_authority=_local_authority(context), registry=context.registry,
+                    catalogue=context.catalogue)
+
+
+def ppn_csv(body: bytes, context: MapContext) -> list[Outbound]:
+    """Mapper: a records management system's CSV export (UTF-8, a header row)."""
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise Unmappable("the CSV export is not UTF-8", field="/") from exc
+    return map_csv(text, local_authority=_local_authority(context), registry=context.registry,
+                   catalogue=context.catalogue)

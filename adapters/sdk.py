@@ -42,10 +42,17 @@ class Delivery:
 
     claims: dict[str, Any]
     payload: dict[str, Any]
+    raw: bytes = b""  # the signed, sealed wire message (still encrypted): safe to keep at rest
 
     @property
     def id(self) -> str:
         return str(self.claims["jti"])
+
+    @property
+    def origin(self) -> tuple[str | None, str | None]:
+        """``(original sender, original message id)``: where a reply goes and what it answers."""
+        origin = self.claims.get("origin") or {}
+        return origin.get("iss"), origin.get("jti")
 
     @property
     def type(self) -> str:
@@ -56,19 +63,49 @@ class Delivery:
         return {"envelope": envelope, "payload": self.payload}
 
 
+@dataclass(frozen=True, slots=True)
+class Handed:
+    """What the adapter remembers of a delivery it handed over (ids and type only, no payload):
+    enough to address a reply to the original sender and to answer the original message."""
+
+    delivery: str
+    type: str
+    sender: str | None
+    message: str | None
+    thread: str | None
+    at: float
+
+
 class SeenStore:
-    """Message ids already handed to the agency system (idempotent hand-over)."""
+    """Deliveries already handed to the agency system (idempotent hand-over), with the ids a
+    reply needs. A small SQLite file under the adapter's data directory."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._db = sqlite3.connect(path, isolation_level=None)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("create table if not exists seen (id text primary key, at real not null)")
+        columns = {row[1] for row in self._db.execute("pragma table_info(seen)")}
+        for column in ("type", "sender", "message", "thread"):  # files from before replies were tracked
+            if column not in columns:
+                self._db.execute(f"alter table seen add column {column} text")
+        self._db.execute("create index if not exists seen_message on seen (message)")
 
     def __contains__(self, message_id: object) -> bool:
         return self._db.execute("select 1 from seen where id = ?", (message_id,)).fetchone() is not None
 
-    def add(self, message_id: str) -> None:
-        self._db.execute("insert or ignore into seen values (?, ?)", (message_id, time.time()))
+    def add(self, message_id: str, delivery: Delivery | None = None) -> None:
+        sender, message = delivery.origin if delivery else (None, None)
+        self._db.execute("insert or ignore into seen (id, at, type, sender, message, thread) values (?, ?, ?, ?, ?, ?)",
+                         (message_id, time.time(), delivery.type if delivery else None, sender, message,
+                          delivery.claims.get("thread") if delivery else None))
+
+    def handed(self, ref: str) -> Handed | None:
+        """The delivery handed over under ``ref``: its delivery id, or the original message id."""
+        row = self._db.execute("select id, type, sender, message, thread, at from seen where id = ? or message = ? "
+                               "order by at limit 1", (ref, ref)).fetchone()
+        if row is None or row[1] is None:
+            return None
+        return Handed(row[0], row[1], row[2], row[3], row[4], row[5])
 
     def close(self) -> None:
         self._db.close()
@@ -150,7 +187,7 @@ class AgencyClient:
             payload = orjson.loads(wire.open_payload(claims, self.agency, kem))
         except (RejectedMessage, orjson.JSONDecodeError, KeyError, TypeError) as exc:
             raise InvalidEnvelope("delivery cannot be verified or opened") from exc
-        return Delivery(claims, payload)
+        return Delivery(claims, payload, bytes(data))
 
     @contextlib.asynccontextmanager
     async def _subscription(self) -> AsyncIterator[JetStreamContext.PullSubscription]:
