@@ -66,10 +66,22 @@ def signature(secret: bytes, timestamp: str, delivery_id: str, body: bytes) -> s
     return "v1=" + mac.hexdigest()
 
 
+def signed_headers(secret: bytes, body: bytes, *, key: str = "", key_header: str = "Idempotency-Key",
+                   now: float | None = None) -> dict[str, str]:
+    """The headers that sign a request: what an agency system sends to its adapter's endpoint."""
+    timestamp = str(int(time.time() if now is None else now))
+    headers = {TIMESTAMP_HEADER: timestamp, SIGNATURE_HEADER: signature(secret, timestamp, key, body)}
+    if key:
+        headers[key_header] = key
+    return headers
+
+
 def verify_webhook(secret: bytes, headers: Mapping[str, str], body: bytes, *, tolerance: float = 300.0,
-                   now: float | None = None) -> bool:
-    """For the agency system: the request is from its adapter, unaltered, and recent."""
-    timestamp, delivery_id = headers.get(TIMESTAMP_HEADER, ""), headers.get(DELIVERY_HEADER, "")
+                   now: float | None = None, id_header: str = DELIVERY_HEADER) -> bool:
+    """The request is from the holder of ``secret``, unaltered, and recent: the agency system
+    checks its adapter's hand-overs with it, and the adapter its agency system's submissions
+    (``id_header="Idempotency-Key"``)."""
+    timestamp, delivery_id = headers.get(TIMESTAMP_HEADER, ""), headers.get(id_header, "")
     try:
         age = abs((time.time() if now is None else now) - float(timestamp))
     except ValueError:

@@ -122,13 +122,15 @@ class Settings:
         env = os.environ if environ is None else environ
         problems: list[str] = []
         file = config_file or env.get("SGB_CONFIG")
-        doc = _read_toml(Path(file)) if file else {}
+        doc = read_toml(Path(file)) if file else {}
         sections: dict[str, Any] = {"nats": NatsSettings(), "streams": StreamSettings(),
                                     "pipeline": PipelineSettings(), "audit": AuditSettings(), "api": ApiSettings()}
         top: dict[str, Any] = {}
         for key, value in doc.items():
             if key in sections and isinstance(value, dict):
                 sections[key] = _apply(sections[key], value, key, problems)
+            elif key == "adapter":
+                continue  # the [adapter] table is read by `sgb adapter run` (adapters/service.py)
             elif key in ("home", "instance", "registry", "rulebook"):
                 if isinstance(value, str):
                     top[key] = value
@@ -169,7 +171,7 @@ class Settings:
                    rulebook_path=Path(rulebook) if rulebook else None, **sections)
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def read_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as handle:
             return tomllib.load(handle)

@@ -1,0 +1,213 @@
+"""Native records into the broker: map the whole document, build every message, then publish.
+
+:class:`Submitter` is what the adapter's HTTP endpoint and drop folder both call. A document is
+mapped whole (a mapper raises :class:`~adapters.mapping.Unmappable` naming the field, and then
+nothing is sent); each message gets its sharing block (the adapter's configured default for its
+type, with what the record says laid over it), a reply gets ``re``/``thread``/``to`` from what
+the adapter handed over, and every message is signed and sealed *before* the first is published.
+
+Each submission has a key: the agency system's ``Idempotency-Key``, or the SHA-256 of the
+document. Message ids are derived from the agency, the key and the message's position, so a
+submission sent again (the agency system retrying after a timeout, the adapter restarting half
+way through) publishes the same ids: JetStream drops copies inside its duplicate window and the
+local store skips messages already acknowledged after it. The same key with a different document
+is refused (``key-reused``) rather than silently taken for the first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+import structlog
+
+from adapters.mapping import MapContext, Mapper, Outbound, Unmappable
+from adapters.sdk import AgencyClient
+from broker.catalogue import Catalogue
+from broker.errors import RejectedMessage
+
+log = structlog.get_logger("sgb.adapter")
+_NS: Final = uuid.UUID("0b5e7f0e-2c55-4c1e-9a57-5d0c3f1a8e21")
+MAX_MESSAGES: Final = 1000  # per document: a larger export is split by the agency system
+
+
+class KeyReused(RejectedMessage):
+    """The idempotency key was used before for a different document."""
+
+    code = "key-reused"
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    key: str
+    messages: tuple[str, ...]
+    types: tuple[str, ...]
+    repeated: bool  # every message had been published before (a retry)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"key": self.key, "messages": [{"id": i, "type": t} for i, t in zip(self.messages, self.types,
+                                                                                   strict=True)],
+                "repeated": self.repeated}
+
+
+class SubmissionStore:
+    """Which submissions were taken (key → document digest, message ids) and which of their
+    messages JetStream has acknowledged. Ids and digests only: no record content."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._db = sqlite3.connect(path, isolation_level=None)
+        self._db.executescript("""
+            create table if not exists submissions (key text primary key, digest text not null, at real not null,
+                                                    messages text not null);
+            create table if not exists sent (message text primary key, at real not null);
+        """)
+
+    def digest_of(self, key: str) -> str | None:
+        row = self._db.execute("select digest from submissions where key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def begin(self, key: str, digest: str, messages: list[str]) -> None:
+        self._db.execute("insert or ignore into submissions values (?, ?, ?, ?)",
+                         (key, digest, time.time(), orjson.dumps(messages).decode()))
+
+    def was_sent(self, message: str) -> bool:
+        return self._db.execute("select 1 from sent where message = ?", (message,)).fetchone() is not None
+
+    def mark_sent(self, message: str) -> None:
+        self._db.execute("insert or ignore into sent values (?, ?)", (message, time.time()))
+
+    def close(self) -> None:
+        self._db.close()
+
+
+@dataclass
+class InboundCounts:
+    documents: int = 0                      # documents taken (all their messages published)
+    messages: int = 0                       # messages published
+    refused: dict[str, int] = field(default_factory=dict)  # documents refused, by code
+
+
+class Submitter:
+    def __init__(self, client: AgencyClient, context: MapContext, sharing: Mapping[str, Mapping[str, Any]],
+                 state: Path) -> None:
+        self.client = client
+        self.context = context
+        self.sharing = sharing
+        self.store = SubmissionStore(state / "submissions.sqlite")
+        self.counts = InboundCounts()
+        self._sharing_validator = client.catalogue.validator("sharing.v1.json")
+
+    def close(self) -> None:
+        self.store.close()
+
+    async def submit(self, body: bytes, mapper: Mapper, *, key: str | None = None) -> Submitted:
+        """Map, build and publish one native document; raises :class:`Unmappable` (nothing sent),
+        :class:`KeyReused`, or :class:`~broker.errors.TransportError` (send the same again)."""
+        try:
+            done = await self._submit(body, mapper, key)
+        except RejectedMessage as exc:
+            self.counts.refused[exc.code] = self.counts.refused.get(exc.code, 0) + 1
+            log.info("document refused", code=exc.code, field=exc.field, rule=exc.rule)
+            raise
+        self.counts.documents += 1
+        return done
+
+    async def _submit(self, body: bytes, mapper: Mapper, key: str | None) -> Submitted:
+        digest = hashlib.sha256(body).hexdigest()
+        key = key or f"sha256:{digest}"
+        known = self.store.digest_of(key)
+        if known is not None and known != digest:
+            raise KeyReused("this idempotency key was used for a different document", field="Idempotency-Key")
+        outbound = mapper(body, self.context)
+        if not outbound:
+            raise Unmappable("the document holds no record to send", field="/")
+        if len(outbound) > MAX_MESSAGES:
+            raise Unmappable(f"the document makes more than {MAX_MESSAGES} messages; split it", field="/")
+        built = [self._build(m, self.message_id(key, i), f"message {i}") for i, m in enumerate(outbound)]
+        ids = [jti for jti, _ in built]
+        self.store.begin(key, digest, ids)
+        published = 0
+        for jti, data in built:
+            if self.store.was_sent(jti):
+                continue
+            await self.client.publish(data, jti)
+            self.store.mark_sent(jti)
+            self.counts.messages += 1
+            published += 1
+        types = tuple(m.typ for m in outbound)
+        log.info("submission sent", key=key if not key.startswith("sha256:") else key[:19], messages=len(ids),
+                 published=published, types=sorted(set(types)))
+        return Submitted(key, tuple(ids), types, repeated=published == 0)
+
+    def message_id(self, key: str, index: int) -> str:
+        return str(uuid.uuid5(_NS, f"{self.client.agency}/{key}/{index}"))
+
+    def _build(self, m: Outbound, jti: str, which: str) -> tuple[str, bytes]:
+        """One signed, sealed message; ``which`` names it in errors (the mapper named record fields)."""
+        default = self.sharing.get(m.typ)
+        if default is None and m.sharing is None:
+            raise Unmappable(f"the adapter has no sharing block configured for {m.typ}", field=which,
+                             rule=f"adapter.sharing.{m.typ}")
+        sharing = dict(default or {}) | dict(m.sharing or {})
+        issue = Catalogue.first_issue(self._sharing_validator, sharing)
+        if issue is not None:
+            raise Unmappable(f"the sharing block for {m.typ} is not valid ('{issue.keyword}' failed)",
+                             field=f"{which}/sharing{issue.pointer}", rule="sharing.v1.json")
+        to, re, thread = m.to, None, m.thread
+        if m.answers is not None:
+            handed = self.context.handed(m.answers)
+            if handed is None or handed.message is None:
+                raise Unmappable("the message this answers was never handed over by this adapter",
+                                 field=f"{which}/answers", rule="adapter.reply-to-known")
+            re, thread = handed.message, thread or handed.thread
+            to = to or ((handed.sender,) if handed.sender else ())
+        if not to:
+            raise Unmappable(f"the {m.typ} has no recipient", field=f"{which}/to")
+        try:
+            return self.client.build(typ=m.typ, to=list(to), payload=m.payload, sharing=sharing, re=re,
+                                     thread=thread, jti=jti)
+        except RejectedMessage as exc:  # the SDK's own schema check: the mapper let something through
+            raise Unmappable(f"the {m.typ} is not valid: {exc.reason}", field=f"{which}{exc.field or ''}",
+                             rule=exc.rule) from exc
+
+
+def canonical(body: bytes, context: MapContext) -> list[Outbound]:
+    """Mapper for systems that already speak the canonical payloads: one object or a list of
+    ``{"type", "to", "payload", "sharing"?, "answers"?, "thread"?}``."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise Unmappable("the document is not JSON", field="/") from exc
+    items = doc if isinstance(doc, list) else [doc]
+    out: list[Outbound] = []
+    for i, item in enumerate(items):
+        where = f"/{i}" if isinstance(doc, list) else ""
+        if not isinstance(item, dict):
+            raise Unmappable("each message is an object", field=where or "/")
+        typ, to, payload = item.get("type"), item.get("to", []), item.get("payload")
+        if not isinstance(typ, str) or context.catalogue.message_type(typ, 1) is None:
+            raise Unmappable("unknown message type", field=f"{where}/type")
+        if not isinstance(to, list) or not all(isinstance(t, str) and context.registry.get(t) for t in to):
+            raise Unmappable("recipients are agency ids in the trust registry", field=f"{where}/to")
+        if not isinstance(payload, dict):
+            raise Unmappable("the payload is an object", field=f"{where}/payload")
+        mtype = context.catalogue.message_type(typ, 1)
+        assert mtype is not None
+        issue = Catalogue.first_issue(mtype.validator, payload)
+        if issue is not None:
+            raise Unmappable(f"the payload is not a valid {typ} ('{issue.keyword}' failed)",
+                             field=f"{where}/payload{issue.pointer}", rule=f"{typ}.v1.json")
+        sharing, answers, thread = item.get("sharing"), item.get("answers"), item.get("thread")
+        for name, value in (("sharing", sharing), ("answers", answers), ("thread", thread)):
+            if value is not None and not isinstance(value, dict if name == "sharing" else str):
+                raise Unmappable(f"{name} has the wrong type", field=f"{where}/{name}")
+        out.append(Outbound(typ, tuple(to), payload, sharing=sharing, answers=answers, thread=thread))
+    return out
