@@ -105,7 +105,7 @@ def map_incident(record: Mapping[str, Any], *, local_authority: str, registry: R
             if record.get("advice"):
                 notice["keyAdultAdvice"] = record["advice"]
             out.append(checked(catalogue, "encompass-notification", (school,), notice, here,
-                               sharing={"decidedBy": decided["decidedBy"]}))
+                               sharing={k: v for k, v in decided.items() if k != "urgency"}))
     return out
 
 
