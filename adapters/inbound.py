@@ -28,10 +28,12 @@ from typing import Any, Final
 import orjson
 import structlog
 
+from adapters.deliverer import RECEIPT_SHARING
 from adapters.mapping import MapContext, Mapper, Outbound, Unmappable
 from adapters.sdk import AgencyClient
 from broker.catalogue import Catalogue
 from broker.errors import RejectedMessage
+from broker.outcomes import ADMIN_TYPES
 
 log = structlog.get_logger("sgb.adapter")
 _NS: Final = uuid.UUID("0b5e7f0e-2c55-4c1e-9a57-5d0c3f1a8e21")
@@ -152,7 +154,7 @@ class Submitter:
 
     def _build(self, m: Outbound, jti: str, which: str) -> tuple[str, bytes]:
         """One signed, sealed message; ``which`` names it in errors (the mapper named record fields)."""
-        default = self.sharing.get(m.typ)
+        default = self.sharing.get(m.typ) or (RECEIPT_SHARING if m.typ in ADMIN_TYPES else None)
         if default is None and m.sharing is None:
             raise Unmappable(f"the adapter has no sharing block configured for {m.typ}", field=which,
                              rule=f"adapter.sharing.{m.typ}")
