@@ -2,7 +2,9 @@
 
 When a rule carries a deadline, the broker records ``<message id>.<recipient>`` in the KV
 bucket ``SG_DEADLINES`` (in the same acknowledged batch as the delivery). A reply of an
-expected type from that recipient, answering that message (``re``), deletes the entry. A
+expected type from that recipient, answering that message (``re``), deletes the entry; a
+``receipt`` does so only with one of the statuses the entry records (``receiptStatus``, from
+the rule when the message was shared, so every instance applies the same rule). A
 scanner in every broker instance finds open entries past due, sends an ``overdue-notice``
 to both sides, records an ``overdue`` audit record, and marks the entry overdue with a
 compare-and-set so that, with several instances, one wins (duplicate notices are also
@@ -26,7 +28,7 @@ from nats.js.errors import APIError, NotFoundError
 
 from broker.errors import TransportError
 from broker.publisher import Outgoing
-from broker.rulebook import DeadlineSpec
+from broker.rulebook import DEFAULT_RECEIPT_STATUS, DeadlineSpec
 from broker.workdays import add_working_days, add_working_hours, next_school_day_start
 
 log = structlog.get_logger("sgb.deadlines")
@@ -65,6 +67,17 @@ def open_entry(message_id: str, recipient: str, entry: Mapping[str, Any]) -> Out
     """The KV put recording an open deadline, published with the delivery."""
     k = key(message_id, recipient)
     return Outgoing(f"$KV.{BUCKET}.{k}", orjson.dumps(dict(entry) | {"state": "open"}), f"deadline-{k}")
+
+
+def answers(entry: Mapping[str, Any], typ: str, payload: Mapping[str, Any]) -> bool:
+    """Whether a reply of type ``typ`` (its opened ``payload``) meets the deadline ``entry``: the
+    entry is open or overdue, the type is expected and, for a receipt, its status is one the
+    entry records. An entry written before statuses were recorded gets the rulebook's default."""
+    if entry.get("state") not in ("open", "overdue") or typ not in entry.get("expect", ()):
+        return False
+    if typ != "receipt":
+        return True
+    return payload.get("status") in (entry.get("receiptStatus") or DEFAULT_RECEIPT_STATUS)
 
 
 def close_entry(message_id: str, recipient: str, reply_id: str) -> Outgoing:

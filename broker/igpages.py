@@ -175,8 +175,8 @@ async def trail(request: web.Request, who: Principal) -> web.Response:
     if not records:
         return await render(request, "error.html", status=404, title="Not found",
                             message="There are no audit records for that message id.")
-    return await render(request, "trail.html", message=message, records=records, summary=api.summarise(records),
-                        basis=_basis)
+    return await render(request, "trail.html", message=message, records=records,
+                        summary=api.summarise(records, message), basis=_basis)
 
 
 @page("ig-officer", "auditor")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from broker.auditindex import REVIEW_OUTCOMES
+
+# the statuses of schemas/receipt.v1.json
+RECEIPT_STATUSES: Final = ("routed", "delivered", "accepted", "actioned", "recorded", "not-delivered")
 
 _PROBLEM = {"$ref": "#/components/responses/Problem"}
 _ERRORS = {"400": _PROBLEM, "401": _PROBLEM, "403": _PROBLEM, "500": _PROBLEM, "503": _PROBLEM}
@@ -43,7 +46,7 @@ _MESSAGE = {"name": "message", "in": "path", "required": True, "schema": {"type"
 
 
 def document() -> dict[str, Any]:
-    from broker.api import HOLD_REASONS
+    from broker.api import HOLD_REASONS, STANDINGS
 
     return {
         "openapi": "3.1.0",
@@ -126,14 +129,49 @@ def document() -> dict[str, Any]:
                                "withheld": {"type": "array", "items": {"type": "string"}},
                                "flags": {"type": "array", "items": {"type": "string"}},
                                "sharing": {"type": "object"}, "n": {"type": "integer"},
-                               "prev": {"type": "string"}, "instance": {"type": "string"}}},
+                               "prev": {"type": "string"}, "instance": {"type": "string"},
+                               "re": {"type": "string", "description": "the message this one answers"},
+                               "due": {"type": "string", "format": "date-time"},
+                               "receiptStatus": {"enum": list(RECEIPT_STATUSES), "description":
+                                                 "on an agency's receipt: where the message it is about "
+                                                 "stands with that agency"},
+                               "receiptFor": {"type": "string", "description":
+                                              "on an agency's receipt: the message it is about"},
+                               "meetsDeadline": {"type": "boolean", "description":
+                                                 "this reply stopped the deadline on the message it answers"}}},
                 "RecordPage": {"type": "object", "required": ["items"], "properties": {
                     "items": {"type": "array", "items": {"$ref": "#/components/schemas/Record"}},
                     "next": {"type": ["string", "null"]}}},
                 "Trail": {"type": "object", "required": ["message", "records", "summary"], "properties": {
                     "message": {"type": "string"},
                     "records": {"type": "array", "items": {"$ref": "#/components/schemas/Record"}},
-                    "summary": {"type": "object"}}},
+                    "summary": {"$ref": "#/components/schemas/TrailSummary"}}},
+                "TrailSummary": {"type": "object", "required": ["recipients", "replies"], "properties": {
+                    "received": {"type": ["object", "null"]},
+                    "recipients": {"type": "array", "items": {"$ref": "#/components/schemas/RecipientStanding"}},
+                    "replies": {"type": "array", "items": {"type": "object", "properties": {
+                        "message": {"type": "string"}, "type": {"type": "string"}, "sender": {"type": "string"},
+                        "at": {"type": "string", "format": "date-time"},
+                        "receiptStatus": {"enum": list(RECEIPT_STATUSES)}}}}}},
+                "RecipientStanding": {
+                    "type": "object", "required": ["recipient", "standing", "progress"],
+                    "description": "one recipient's decision and where the message stands with it",
+                    "properties": {
+                        "recipient": {"type": "string"}, "decision": {"type": ["string", "null"]},
+                        "code": {"type": ["string", "null"]},
+                        "fields": {"type": "array", "items": {"type": "string"}},
+                        "withheld": {"type": "array", "items": {"type": "string"}},
+                        "rules": {"type": "array", "items": {"type": "string"}},
+                        "due": {"type": ["string", "null"]}, "overdue": {"type": "string"},
+                        "deadlineMet": {"type": "string", "description": "when the recipient's reply stopped the "
+                                        "deadline"},
+                        "standing": {"oneOf": [{"enum": list(STANDINGS)}, {"type": "null"}], "description":
+                                     "shared, then delivered, accepted, actioned (from the recipient's "
+                                     "receipts), or not-delivered; null when not shared"},
+                        "progress": {"type": "array", "description": "each status reached, with its time",
+                                     "items": {"type": "object", "required": ["status", "at"], "properties": {
+                                         "status": {"enum": list(STANDINGS)},
+                                         "at": {"type": "string", "format": "date-time"}}}}}},
                 "SubjectSearch": {"type": "object", "properties": {
                     "nhsNumber": {"type": "string"}, "givenName": {"type": "string"},
                     "familyName": {"type": "string"}, "dateOfBirth": {"type": "string", "format": "date"},

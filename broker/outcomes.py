@@ -101,7 +101,9 @@ class Outcomes:
 
     def accepted(self, ingress: Ingress, opened: Opened, decision: Decision, *,
                  closes: bool = False) -> list[Output]:
-        """``closes``: this message is the reply a deadline on ``re`` was waiting for."""
+        """``closes``: this message is the reply a deadline on ``re`` was waiting for (its audit
+        records say ``meetsDeadline``). An agency's receipt's records carry its ``receiptStatus``
+        and ``receiptFor`` (the message it is about), so the trail shows where that message stands."""
         claims = opened.auth.claims
         jti, sender = claims["jti"], opened.auth.sender.id
         origin = {"iss": sender, "jti": jti, "digest": wire.digest(opened.auth.token)}
@@ -116,6 +118,11 @@ class Outcomes:
             base["thread"] = claims["thread"]
         if claims.get("re"):
             base["re"] = claims["re"]
+        if claims["typ"] == "receipt":  # where the message it is about stands (metadata, no personal data)
+            base["receiptStatus"] = opened.payload.get("status")
+            base["receiptFor"] = opened.payload.get("messageId")
+        if closes and claims.get("re"):
+            base["meetsDeadline"] = True
         subjects = self.subjects.tokens_for(opened.payload)
         if subjects:
             base["subjects"] = subjects
@@ -144,10 +151,13 @@ class Outcomes:
             if due is not None and decision.deadline is not None:
                 shared["due"] = iso(due)
                 replier = sender if decision.deadline.from_sender else rd.recipient
-                out.append(deadlines.open_entry(jti, replier, {
+                entry: dict[str, Any] = {
                     "message": jti, "type": claims["typ"], "sender": sender, "recipient": rd.recipient, "due": due,
                     "expect": list(decision.deadline.expect), "expectFrom": replier, "rule": decision.deadline_rule,
-                    "says": decision.deadline.says}))
+                    "says": decision.deadline.says}
+                if decision.deadline.receipt_status:  # recorded, so any instance applies the rule of the share
+                    entry["receiptStatus"] = list(decision.deadline.receipt_status)
+                out.append(deadlines.open_entry(jti, replier, entry))
             if rd.withheld:
                 shared["withheld"] = list(rd.withheld)
             out.append(self._audit(shared))

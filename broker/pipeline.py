@@ -24,6 +24,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from broker import deadlines
 from broker.auditchain import AuditWriter
 from broker.config import PipelineSettings
 from broker.errors import RejectedMessage, TransportError
@@ -216,7 +217,7 @@ class Pipeline:
                 t2 = time.perf_counter()
                 decision = self._policy.decide(auth.sender, opened.recipients, opened.mtype,
                                                auth.claims["sharing"], opened.payload)
-                closes = await self._answers_deadline(auth.claims)
+                closes = await self._answers_deadline(auth.claims, opened.payload)
                 outputs = self._outcomes.accepted(ingress, opened, decision, closes=closes)
                 stage.labels("authenticate").observe(t1 - t0)
                 stage.labels("open").observe(t2 - t1)
@@ -236,8 +237,9 @@ class Pipeline:
             error = InternalFailure("the broker could not process this message; send it again", rule="internal")
             return self._outcomes.rejected(ingress, error, auth.claims if auth else None), error.code
 
-    async def _answers_deadline(self, claims: dict[str, Any]) -> bool:
-        """Whether this message is a reply an open deadline on ``re`` expects from its sender."""
+    async def _answers_deadline(self, claims: dict[str, Any], payload: Mapping[str, Any]) -> bool:
+        """Whether this message is a reply an open deadline on ``re`` expects from its sender (for a
+        receipt, with a status the deadline counts: read from the opened payload)."""
         if not claims.get("re"):
             return False
         try:
@@ -249,8 +251,7 @@ class Pipeline:
             raise TransportError(f"deadline store unavailable: {type(exc).__name__}") from exc
         if not entry.data:
             return False
-        record = orjson.loads(entry.data)
-        return record.get("state") in ("open", "overdue") and claims["typ"] in record.get("expect", ())
+        return deadlines.answers(orjson.loads(entry.data), claims["typ"], payload)
 
     async def on_overdue(self, entry: Mapping[str, Any]) -> None:
         await self.store(self._outcomes.overdue(entry))

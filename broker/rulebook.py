@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import yaml
 
@@ -19,6 +19,11 @@ from broker.catalogue import Catalogue
 from broker.errors import ConfigError
 
 DEFAULT_RULEBOOK = Path(__file__).resolve().parent.parent / "deploy" / "rulebook.yaml"
+
+# Receipt statuses a deadline may wait for ("delivered" only means the agency's system took the
+# message), and those that count when a rule expecting a receipt does not say.
+RECEIPT_STATUSES: Final = ("delivered", "accepted", "actioned")
+DEFAULT_RECEIPT_STATUS: Final = ("accepted", "actioned")
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +34,8 @@ class Protection:
 
 @dataclass(frozen=True, slots=True)
 class DeadlineSpec:
-    """When the recipient must reply, and with which message types."""
+    """When the recipient must reply, and with which message types (and, for a ``receipt``, which
+    statuses: ``receipt_status``, by default accepted or actioned)."""
 
     expect: tuple[str, ...]
     says: str
@@ -38,6 +44,7 @@ class DeadlineSpec:
     from_payload: str | None = None       # a top-level date-time field of the payload
     rag_hours: Mapping[str, float] | None = None  # local MASH timescale by the payload's risk.ragRating
     from_sender: bool = False  # the reply is expected from the sender (e.g. a rapid review), not the recipient
+    receipt_status: tuple[str, ...] = ()  # receipt statuses that stop the clock; () unless expect has "receipt"
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +114,9 @@ def parse(doc: Any, catalogue: Catalogue, *, source: str = "<rulebook>") -> Rule
         if overlap:
             problems.append(f"{where}: another rule already covers {r['type']} from {sorted(overlap)}")
         senders_by_type[r["type"]] |= set(r["from"])
+        deadline = r.get("deadline") or {}
+        if "receiptStatus" in deadline and "receipt" not in deadline["expect"]:
+            problems.append(f"{where}: deadline.receiptStatus applies only when deadline.expect includes receipt")
         rules.append(Rule(
             id=r["id"], says=r["says"], cite=tuple(r["cite"]), type=r["type"], senders=frozenset(r["from"]),
             fields={k: None if v["fields"] == "all" else tuple(v["fields"]) for k, v in r["to"].items()},
@@ -130,9 +140,11 @@ def _deadline(spec: Mapping[str, Any] | None, local: Mapping[str, Any]) -> Deadl
     rag = None
     if spec.get("localTimescale") == "ragRating":
         rag = {rating: float(v["workingHours"]) for rating, v in local.get("ragRating", {}).items()}
-    return DeadlineSpec(expect=tuple(spec["expect"]), says=spec["says"], working_days=spec.get("workingDays"),
+    expect = tuple(spec["expect"])
+    statuses = tuple(spec.get("receiptStatus", DEFAULT_RECEIPT_STATUS)) if "receipt" in expect else ()
+    return DeadlineSpec(expect=expect, says=spec["says"], working_days=spec.get("workingDays"),
                         school_day_start=spec.get("schoolDayStart"), from_payload=spec.get("fromPayload"),
-                        rag_hours=rag, from_sender=spec.get("expectFrom") == "sender")
+                        rag_hours=rag, from_sender=spec.get("expectFrom") == "sender", receipt_status=statuses)
 
 
 def load(path: Path, catalogue: Catalogue) -> Rulebook:
