@@ -2,7 +2,9 @@
 
 ``sgb keys init`` makes a development registry and an identity per demo agency. Production
 identities come from the agency's own key ceremony; only their public halves go into the
-registry.
+registry. ``sgb keys rotate`` and ``sgb keys retire`` replace a party's keys without downtime:
+new keys are published next to the old ones, which stay valid for an overlap and are removed
+after it (``keys/README.md``, ``docs/operating.md``).
 """
 
 from __future__ import annotations
@@ -13,15 +15,20 @@ import secrets
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
 from broker import _crypto
+from broker.catalogue import Catalogue
 from broker.errors import ConfigError, KeyStoreError
+from broker.registry import Registry
+from broker.timestamps import iso
 
 BROKER_ID = "sg-broker"
 TOKEN_ISSUER_ID = "dev-token-issuer"  # noqa: S105 - an agency id, not a secret
+DAY: Final = 86400.0
+DEFAULT_OVERLAP: Final = 30 * DAY  # as long as deliveries are kept (SGB_DELIVERY_RETENTION_DAYS)
 
 # (id, kind, display name, suite): the demo partnership of Camden.
 DEMO_AGENCIES: tuple[tuple[str, str, str, _crypto.SuiteName], ...] = (
@@ -33,9 +40,12 @@ DEMO_AGENCIES: tuple[tuple[str, str, str, _crypto.SuiteName], ...] = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)
 class Identity:
-    """One party's private keys: a signing key and one or more HPKE keys (rotation overlap)."""
+    """One party's private keys: a signing key and one or more HPKE keys (rotation overlap).
+
+    Changed only by :meth:`replace_with`, so that every holder (intake, outcomes, the audit
+    writer) uses the new keys from the same moment."""
 
     id: str
     sig_kid: str
@@ -44,6 +54,14 @@ class Identity:
 
     def kem_key(self, kid: str) -> _crypto.KemKeyPair | None:
         return self.kem.get(kid)
+
+    def replace_with(self, other: Identity) -> None:
+        """Take ``other``'s keys in place (a reload after a rotation). Called on the event loop:
+        no coroutine sees the new signing key with the old key id, or the reverse."""
+        if other.id != self.id:
+            raise KeyStoreError(f"the key file is for {other.id}, not {self.id}")
+        self.kem = other.kem  # the new KEM keys first: a message sealed to them may arrive at once
+        self.signing_key, self.sig_kid = other.signing_key, other.sig_kid
 
 
 def write_private(path: Path, data: bytes) -> None:
@@ -66,11 +84,35 @@ def write_private(path: Path, data: bytes) -> None:
         os.close(folder)
 
 
+def write_public(path: Path, data: bytes) -> None:
+    """Write a public file (the registry) atomically, as :func:`write_private` does, keeping its
+    mode (0644 for a new file)."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        mode = 0o644
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fchmod(fd, mode)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
 def identity_path(home: Path, party: str) -> Path:
     return home / "keys" / f"{party}.key.json"
 
 
-def load_identity(home: Path, party: str) -> Identity:
+def _identity_doc(home: Path, party: str) -> dict[str, Any]:
     path = identity_path(home, party)
     try:
         mode = path.stat().st_mode
@@ -81,6 +123,16 @@ def load_identity(home: Path, party: str) -> Identity:
         raise KeyStoreError(f"no private key for {party} at {path}; run `sgb keys init`") from exc
     except orjson.JSONDecodeError as exc:
         raise KeyStoreError(f"{path} is not a key file") from exc
+    if not isinstance(doc, dict) or doc.get("id") != party:
+        raise KeyStoreError(f"{path} is not the key file of {party}")
+    return doc
+
+
+def load_identity(home: Path, party: str) -> Identity:
+    return _identity_from_doc(_identity_doc(home, party))
+
+
+def _identity_from_doc(doc: dict[str, Any]) -> Identity:
     kem = {
         k["kid"]: _crypto.kem_key_from_bytes(
             k["suite"], _crypto.unb64u(k["x"]), _crypto.unb64u(k["pq_seed"]) if k.get("pq_seed") else None
@@ -162,3 +214,165 @@ def load_secret(home: Path, name: str) -> bytes:
         return path.read_bytes()
     except FileNotFoundError as exc:
         raise KeyStoreError(f"no {name} under {home / 'keys'}; run `sgb keys init`") from exc
+
+
+# -- rotation ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Rotation:
+    """What :func:`rotate_keys` changed. Key ids only: nothing here is secret."""
+
+    party: str
+    sig_kid: str                  # signs from now on
+    enc_kid: str | None           # sealed to from ``enc_from`` (None: the party has no encryption key)
+    suite: _crypto.SuiteName | None
+    enc_from: float
+    ended: tuple[str, ...]        # the keys that were in use, now ending at ``not_after``
+    not_after: float
+
+
+@dataclass(frozen=True, slots=True)
+class Retirement:
+    """The keys :func:`retire_keys` removes (or, from :func:`plan_retirement`, would remove)."""
+
+    party: str
+    sig: tuple[str, ...]
+    enc: tuple[str, ...]
+    kept: tuple[str, ...]  # expired but kept: the broker's signing keys still verify old audit blocks
+
+    @property
+    def removed(self) -> tuple[str, ...]:
+        return self.sig + self.enc
+
+
+def _load_registry(registry_path: Path) -> tuple[dict[str, Any], Registry]:
+    """The registry document (to edit) and its parsed, validated form."""
+    try:
+        doc = orjson.loads(registry_path.read_bytes())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"no trust registry at {registry_path}; run `sgb keys init` first") from exc
+    except orjson.JSONDecodeError as exc:
+        raise ConfigError(f"trust registry {registry_path} is not JSON") from exc
+    return doc, Registry.from_document(doc, Catalogue())
+
+
+def _entry(doc: dict[str, Any], party: str) -> dict[str, Any]:
+    for entry in doc["agencies"]:
+        if entry["id"] == party:
+            return entry  # type: ignore[no-any-return]
+    raise ConfigError(f"{party} is not in the trust registry")
+
+
+def _write_both(home: Path, party: str, identity: dict[str, Any], registry_path: Path,
+                registry: dict[str, Any]) -> None:
+    """Both checked first; then the key file, then the registry, each atomically. Should the
+    registry not be written, the previous key file is put back, so the two never disagree."""
+    Registry.from_document(registry, Catalogue())
+    _identity_from_doc(identity)
+    path = identity_path(home, party)
+    try:
+        before = path.read_bytes()
+        write_private(path, orjson.dumps(identity, option=orjson.OPT_INDENT_2))
+    except OSError as exc:
+        raise KeyStoreError(f"cannot write {path}: {exc.strerror}") from exc
+    try:
+        write_public(registry_path, orjson.dumps(registry, option=orjson.OPT_INDENT_2))
+    except BaseException as exc:
+        write_private(path, before)
+        if isinstance(exc, OSError):
+            raise KeyStoreError(f"cannot write {registry_path}: {exc.strerror}; the key file is unchanged") from exc
+        raise
+
+
+def rotate_keys(home: Path, registry_path: Path, party: str, *, overlap: float = DEFAULT_OVERLAP,
+                enc_delay: float = 0.0, now: float | None = None) -> Rotation:
+    """Give ``party`` a new Ed25519 signing key and a new HPKE key (the suite of its current one).
+
+    The registry lists the new public keys after the old ones, so the new encryption key is the
+    one sealed to (from ``now + enc_delay``), and the old keys get ``notAfter = now + overlap``
+    (an earlier one is kept): a message signed or sealed with them before the rotation is still
+    accepted or opened during the overlap. The key file signs with the new key from now on and
+    keeps the old HPKE private keys until :func:`retire_keys`. Both files are written atomically.
+    Raises :class:`ConfigError` or :class:`KeyStoreError` and changes nothing when it cannot.
+    """
+    now = dt.datetime.now(dt.UTC).timestamp() if now is None else now
+    if overlap <= 0:
+        raise ConfigError("the overlap must be longer than zero")
+    if not 0 <= enc_delay < overlap:
+        raise ConfigError("the new encryption key must come into use before the old one ends")
+    doc, registry = _load_registry(registry_path)
+    agency = registry.get(party)
+    if agency is None:
+        raise ConfigError(f"{party} is not in the trust registry")
+    private = _identity_doc(home, party)
+    enc_keys = [k for k in agency.keys if k.use == "enc"]
+    suite: _crypto.SuiteName | None = None
+    if enc_keys:
+        current = next((k for k in reversed(enc_keys) if k.valid_at(now)), enc_keys[-1])
+        suite = _crypto.HYBRID_SUITE if current.alg == "MLKEM768X25519" else _crypto.X25519_SUITE
+    new_private, new_public = _new_party(party, suite, dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y%m%d"))
+    not_after = now + overlap
+    entry = _entry(doc, party)
+    ended = []
+    for key, parsed in zip(entry["keys"], agency.keys, strict=True):
+        if parsed.not_after is None or parsed.not_after > not_after:
+            if parsed.not_after is None or parsed.not_after >= now:
+                ended.append(parsed.kid)
+            key["notAfter"] = iso(not_after)
+    enc_kid = None
+    for key in new_public:
+        if key["use"] == "enc":
+            enc_kid = key["kid"]
+            if enc_delay:
+                key["notBefore"] = iso(now + enc_delay)
+    entry["keys"].extend(new_public)
+    identity = {"id": party, "sig": new_private["sig"], "enc": [*private["enc"], *new_private["enc"]]}
+    _write_both(home, party, identity, registry_path, doc)
+    return Rotation(party, new_private["sig"]["kid"], enc_kid, suite, now + enc_delay, tuple(ended), not_after)
+
+
+def plan_retirement(registry_path: Path, party: str, *, now: float) -> Retirement:
+    """The keys of ``party`` whose ``notAfter`` has passed, which :func:`retire_keys` removes.
+
+    Refuses (:class:`ConfigError`) when the party would be left without a valid signing key, or
+    without a valid encryption key while it has any: rotate first. The broker's own signing keys
+    stay in the registry (expired, so nothing new verifies with them), because the audit blocks
+    they signed are verified with them for as long as the audit log is kept.
+    """
+    _, registry = _load_registry(registry_path)
+    agency = registry.get(party)
+    if agency is None:
+        raise ConfigError(f"{party} is not in the trust registry")
+    expired = [k for k in agency.keys if k.not_after is not None and k.not_after < now]
+    kept = tuple(k.kid for k in expired if k.use == "sig" and party == registry.broker_id)
+    gone = [k for k in expired if k.kid not in kept]
+    left = [k for k in agency.keys if k not in gone]
+    if not any(k.use == "sig" and k.valid_at(now) for k in left):
+        raise ConfigError(f"{party} has no valid signing key left; run `sgb keys rotate --agency {party}` first")
+    if any(k.use == "enc" for k in agency.keys) and not any(k.use == "enc" and k.valid_at(now) for k in left):
+        raise ConfigError(f"{party} has no valid encryption key left; run `sgb keys rotate --agency {party}` first")
+    return Retirement(party, tuple(k.kid for k in gone if k.use == "sig"),
+                      tuple(k.kid for k in gone if k.use == "enc"), kept)
+
+
+def retire_keys(home: Path, registry_path: Path, party: str, *, now: float) -> Retirement:
+    """Remove the keys of ``party`` whose ``notAfter`` has passed from the registry, and their
+    private halves from its key file (see :func:`plan_retirement` for what is refused and kept).
+
+    A delivery still waiting sealed to a removed key can no longer be opened, and a message
+    still waiting signed with one is rejected (``unknown-key``): ``sgb keys retire`` looks in
+    the streams first. Nothing is written when nothing has expired.
+    """
+    plan = plan_retirement(registry_path, party, now=now)
+    if not plan.removed:
+        return plan
+    doc, _ = _load_registry(registry_path)
+    private = _identity_doc(home, party)
+    if private["sig"]["kid"] in plan.sig:
+        raise KeyStoreError(f"the key file of {party} still signs with an expired key; rotate first")
+    entry = _entry(doc, party)
+    entry["keys"] = [k for k in entry["keys"] if k["kid"] not in plan.removed]
+    private["enc"] = [k for k in private["enc"] if k["kid"] not in plan.enc]
+    _write_both(home, party, private, registry_path, doc)
+    return plan

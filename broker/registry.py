@@ -57,32 +57,62 @@ class Agency:
         raise ConfigError(f"agency {self.id} has no valid encryption key")
 
 
+@dataclass(frozen=True, slots=True)
+class _Contents:
+    broker_id: str
+    agencies: dict[str, Agency]
+    raw: Mapping[str, Any]
+    by_kid: dict[str, tuple[Agency, PublicKey]]
+
+
 class Registry:
-    """Read-only view of the registry, indexed by agency id and key id."""
+    """Read-only view of the registry, indexed by agency id and key id.
+
+    One object is shared by everyone who checks or seals (intake, outcomes, retention, the
+    adapters' clients); :meth:`replace_with` swaps its contents in one step when the file is
+    reloaded, so they all see the new keys at once and none sees half of them."""
 
     def __init__(self, broker_id: str, agencies: Iterable[Agency], raw: Mapping[str, Any]) -> None:
-        self.broker_id = broker_id
-        self.agencies: dict[str, Agency] = {a.id: a for a in agencies}
-        self.raw = raw
-        self._by_kid: dict[str, tuple[Agency, PublicKey]] = {}
-        for agency in self.agencies.values():
+        by_id = {a.id: a for a in agencies}
+        by_kid: dict[str, tuple[Agency, PublicKey]] = {}
+        for agency in by_id.values():
             for key in agency.keys:
-                if key.kid in self._by_kid:
+                if key.kid in by_kid:
                     raise ConfigError(f"key id {key.kid} is listed twice")
-                self._by_kid[key.kid] = (agency, key)
-        if broker_id not in self.agencies:
+                by_kid[key.kid] = (agency, key)
+        if broker_id not in by_id:
             raise ConfigError(f"the broker {broker_id} is not in the registry")
+        self._contents = _Contents(broker_id, by_id, raw, by_kid)
+
+    def replace_with(self, other: Registry) -> None:
+        """Take ``other``'s agencies and keys in place (a reload). The broker's id cannot change."""
+        if other.broker_id != self.broker_id:
+            raise ConfigError(f"the new registry names broker {other.broker_id}, not {self.broker_id}")
+        self._contents = other._contents
+
+    @property
+    def broker_id(self) -> str:
+        return self._contents.broker_id
+
+    @property
+    def agencies(self) -> Mapping[str, Agency]:
+        return self._contents.agencies
+
+    @property
+    def raw(self) -> Mapping[str, Any]:
+        return self._contents.raw
 
     @property
     def broker(self) -> Agency:
-        return self.agencies[self.broker_id]
+        contents = self._contents
+        return contents.agencies[contents.broker_id]
 
     def get(self, agency_id: str) -> Agency | None:
         return self.agencies.get(agency_id)
 
     def signer(self, kid: str, when: float) -> tuple[Agency, _crypto.VerifyKey]:
         """The agency and verification key for ``kid``; :class:`UnknownKey` if none is valid."""
-        found = self._by_kid.get(kid)
+        found = self._contents.by_kid.get(kid)
         if found is None or found[1].use != "sig":
             raise UnknownKey("the signing key id is not in the trust registry", field="/header/kid")
         agency, key = found

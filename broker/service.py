@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -18,12 +19,12 @@ from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 
-from broker import deadlines, natsauth
+from broker import _crypto, deadlines, natsauth
 from broker import rulebook as rulebooks
 from broker.auditchain import AuditWriter
 from broker.catalogue import Catalogue
 from broker.config import Settings
-from broker.errors import ConfigError, TransportError
+from broker.errors import ConfigError, KeyStoreError, TransportError
 from broker.intake import Intake
 from broker.keystore import BROKER_ID, Identity, load_identity, load_secret
 from broker.metrics import Metrics
@@ -165,6 +166,61 @@ class Broker:
         log.info("rulebook reloaded", edition=book.edition, rules=len(book.rules), source=book.source)
         return True
 
+    def reload(self) -> bool:
+        """SIGHUP: reload the trust registry and this broker's key file (:meth:`reload_keys`), then
+        the rulebook (:meth:`reload_policy`). Returns False if either was refused."""
+        keys = self.reload_keys()
+        policy = self.reload_policy() if isinstance(self.policy, ReloadablePolicy) else True
+        return keys and policy
+
+    def reload_keys(self, *, now: float | None = None) -> bool:
+        """Reload the trust registry and the broker's private keys in place, without a restart:
+        intake, outcomes, retention and the audit writer hold the same objects and see the new keys
+        at once (a message in flight may be checked with the old and sealed with the new: both are
+        valid during the overlap). A registry or key file that cannot be loaded, or that does not
+        fit the other, is refused and logged, and the old ones stay."""
+        now = time.time() if now is None else now
+        try:
+            registry = Registry.load(self.settings.registry_path, self.catalogue)
+            identity = load_identity(self.settings.home, self.registry.broker_id)
+            _check_own_keys(registry, identity, now)
+            added = sorted(set(addressable(registry)) - set(addressable(self.registry)))
+            if added:
+                raise ConfigError(f"the registry adds {', '.join(added)}; restart the broker to create "
+                                  "their delivery consumers")
+            self.registry.replace_with(registry)
+        except (ConfigError, KeyStoreError, OSError) as exc:
+            log.error("trust registry or keys refused; the previous ones stay in force", error=str(exc))
+            return False
+        self.identity.replace_with(identity)
+        _set_key_expiry(self.metrics, self.registry)
+        log.info("trust registry and keys reloaded", agencies=len(registry.agencies), signing_key=identity.sig_kid,
+                 encryption_keys=len(identity.kem))
+        return True
+
+
+def _check_own_keys(registry: Registry, identity: Identity, now: float) -> None:
+    """The key file must fit the registry: it signs with a broker key valid now, and it holds every
+    broker encryption key an agency may seal to (valid now or later), so nothing is undecryptable."""
+    own = registry.broker.keys
+    if not any(k.kid == identity.sig_kid and k.use == "sig" and k.valid_at(now) for k in own):
+        raise KeyStoreError(f"the broker's key file signs with {identity.sig_kid}, which the registry does not "
+                            "list as valid; copy the new key file and registry together")
+    for key in own:
+        if key.use == "enc" and (key.not_after is None or key.not_after >= now):
+            held = identity.kem_key(key.kid)
+            if held is None or (held.suite == _crypto.HYBRID_SUITE) != (key.alg == "MLKEM768X25519"):
+                raise KeyStoreError(f"the registry lists broker encryption key {key.kid}, which the broker's key "
+                                    "file does not hold; copy the new key file and registry together")
+
+
+def _set_key_expiry(metrics: Metrics, registry: Registry) -> None:
+    metrics.key_expiry.clear()
+    for agency in registry.agencies.values():
+        for key in agency.keys:
+            if key.not_after is not None:
+                metrics.key_expiry.labels(agency.id, key.use).set(key.not_after)
+
 
 @contextlib.asynccontextmanager
 async def running_broker(settings: Settings, url: str, *, policy: Policy | None = None) -> AsyncIterator[Broker]:
@@ -177,10 +233,7 @@ async def running_broker(settings: Settings, url: str, *, policy: Policy | None 
     if policy is None:
         policy = ReloadablePolicy(settings.rulebook_path or rulebooks.DEFAULT_RULEBOOK, catalogue)
     metrics = Metrics()
-    for agency in registry.agencies.values():
-        for key in agency.keys:
-            if key.not_after is not None:
-                metrics.key_expiry.labels(agency.id, key.use).set(key.not_after)
+    _set_key_expiry(metrics, registry)
     async with connected(settings, url, name=f"sgb-broker-{settings.instance}",
                          on_reconnect=metrics.reconnects.inc) as nc:
         js = jetstream(nc, settings)
