@@ -3,8 +3,8 @@
 EdDSA only (``alg: none`` and HMAC confusion are refused by the pinned algorithm list); the
 key is chosen by ``kid`` among the signing keys the trust registry lists for the token
 issuer; ``exp``, ``iat``, ``aud``, ``iss`` and ``sub`` are required; ``roles`` must name
-known roles. ``sgb token --role ROLE`` mints short-lived development tokens with the
-development issuer's key.
+known roles. ``sgb token --role ROLE [--audience AUD]`` mints short-lived development tokens
+with the development issuer's key.
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ from broker.errors import BrokerError
 from broker.keystore import Identity
 from broker.registry import Registry
 
-ROLES: Final = ("ig-officer", "auditor", "operator")
+# ``dsl``: a school's designated safeguarding lead, for that school's Operation Encompass inbox
+# (adapters/school.py, audience ``sgb-inbox-<school>``). No API route or IG page accepts it.
+ROLES: Final = ("ig-officer", "auditor", "operator", "dsl")
 ALGORITHMS: Final = ["EdDSA"]
 
 

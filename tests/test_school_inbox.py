@@ -1,0 +1,428 @@
+"""The school's Operation Encompass inbox, through a real broker and nats-server: police-met
+notifies school-hillside; the adapter's Deliverer hands the notice to the inbox still sealed;
+the DSL signs in, reads it and acknowledges it, and police-met receives the ``accepted``
+receipt once. Who may sign in, CSRF, an unreachable broker and a real Chromium (keyboard
+only; screenshots to ``$SGB_SCREENSHOTS``, default the test's tmp dir) are covered too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import stat
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from adapters.deliverer import RECEIPT_SHARING, DeadLetters, Deliverer
+from adapters.school import (
+    DSL,
+    SEALED,
+    Inbox,
+    inbox_app,
+    inbox_audience,
+    inbox_verifier,
+    receipt_id,
+    render_sealed,
+)
+from adapters.sdk import AgencyClient, Delivery
+from adapters.sinks import DeliveryFailed
+from broker import api
+from broker.auth import TokenVerifier
+from broker.catalogue import Catalogue
+from broker.config import Settings
+from broker.keystore import load_identity
+from broker.registry import Registry
+from broker.service import Broker, connected, jetstream
+from tests.conftest import ClientFactory
+from tests.helpers import example, sharing
+from tests.test_deliverer import run_once
+from tests.test_ig_pages import CHROMIUM_ARGS, chromium, shots
+
+pytestmark = pytest.mark.timeout(90)
+Client = TestClient[web.Request, web.Application]
+SCHOOL, POLICE = "school-hillside", "police-met"
+NHS = "9990001235"
+STAFF = "HPS-DSL-07"
+# what the school must never see of the incident (the rulebook withholds it; the page shows only its fields)
+NARRATIVE = ("glass broken", "Said she was scared", "Demo-Smith", "home address")
+
+
+def notification() -> dict[str, Any]:
+    payload: dict[str, Any] = example("encompass-notification.example.json")
+    payload["child"]["nhsNumber"] = NHS
+    return payload
+
+
+def dsl_token(settings: Settings, *, sub: str = STAFF, roles: tuple[str, ...] = ("dsl",),
+              audience: str | None = inbox_audience(SCHOOL), ttl: int = 600) -> str:
+    identity = load_identity(settings.home, settings.api.issuer)
+    now = int(time.time())
+    claims = {"iss": settings.api.issuer, "aud": audience or settings.api.audience, "sub": sub, "roles": list(roles),
+              "iat": now, "exp": now + ttl, "jti": f"t-{now}-{sub}"}
+    return jwt.encode(claims, identity.signing_key, algorithm="EdDSA", headers={"kid": identity.sig_kid})
+
+
+@dataclass
+class School:
+    police: AgencyClient
+    client: AgencyClient
+    inbox: Inbox
+    deliverer: Deliverer
+    app: web.Application
+
+
+@pytest.fixture
+async def school(broker: Broker, agency: ClientFactory, settings: Settings,
+                 registry: Registry) -> AsyncIterator[School]:
+    police, client = await agency(POLICE), await agency(SCHOOL)
+    inbox = Inbox.for_agency(settings.home, SCHOOL, client)
+    deliverer = Deliverer(client, inbox, DeadLetters(settings.home / "adapters" / SCHOOL / "dead-letters"),
+                          render=render_sealed, idle=0.3)
+    app = web.Application()
+    app.add_subapp("/inbox/", inbox_app(inbox, client, inbox_verifier(registry, settings.api, SCHOOL)))
+    try:
+        yield School(police, client, inbox, deliverer, app)
+    finally:
+        inbox.close()
+
+
+async def notify(school: School, payload: dict[str, Any] | None = None) -> str:
+    """police-met sends a notice; the adapter hands it to the inbox. Returns the police message id."""
+    before = school.deliverer.counts.delivered
+    message = await school.police.send(typ="encompass-notification", to=[SCHOOL], payload=payload or notification(),
+                                       sharing=sharing("encompass-notification"))
+    await run_once(school.deliverer, until=before + 1)  # (the broker's receipts for the school's receipts count too)
+    assert school.deliverer.counts.dead_lettered == 0
+    assert message in {n.message for n in school.inbox.notices()}
+    return message
+
+
+async def police_receipts(police: AgencyClient, message: str, *, want: int, settle: float = 1.0,
+                          timeout: float = 10.0) -> list[Delivery]:
+    """Receipts about ``message`` that police-met receives: at least ``want``, then whatever else
+    arrives within ``settle`` seconds (so a duplicate would be seen)."""
+    got: list[Delivery] = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    quiet_until: float | None = None
+    while loop.time() < deadline:
+        async for delivery, msg in police.fetch(idle=0.3):
+            assert delivery is not None
+            await msg.ack_sync()
+            if delivery.type == "receipt" and delivery.payload["messageId"] == message:
+                got.append(delivery)
+        if len(got) >= want:
+            quiet_until = quiet_until or loop.time() + settle
+            if loop.time() >= quiet_until:
+                return got
+    raise AssertionError(f"wanted {want} receipts about {message}, got {[d.payload['status'] for d in got]}")
+
+
+def accepted(receipts: list[Delivery]) -> list[Delivery]:
+    return [d for d in receipts if d.payload["status"] == "accepted"]
+
+
+async def sign_in(http: Client, token: str) -> str:
+    r = await http.post("/inbox/login", data={"token": token, "next": "/inbox/"}, allow_redirects=False)
+    assert r.status == 303, await r.text()
+    cookie = r.cookies["sgb_inbox"]
+    assert cookie["httponly"] and cookie["samesite"] == "Strict" and cookie["path"] == "/inbox/"
+    page = await (await http.get("/inbox/")).text()
+    return page.split('name="csrf" value="')[1].split('"')[0]
+
+
+# -- the whole path ---------------------------------------------------------------------------------
+
+
+async def test_the_dsl_reads_and_acknowledges_a_notice_and_the_police_hear_it_once(
+        school: School, settings: Settings, aiohttp_client: Callable[..., Awaitable[Client]]) -> None:
+    message = await notify(school)
+
+    # kept sealed: nothing about the child on disk in clear, only the owner can read the file
+    folder = settings.home / "adapters" / SCHOOL
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert stat.S_IMODE(school.inbox.path.stat().st_mode) == 0o600
+    on_disk = b"".join(p.read_bytes() for p in folder.iterdir() if p.is_file())
+    for clear in ("Ada", "Okafor-Demo", NHS, "2017-03-14", "A123456789012", "CAD-4471", "bedroom", *NARRATIVE):
+        assert clear.encode() not in on_disk, clear
+    (notice,) = school.inbox.notices()
+    assert (notice.sender, notice.message, notice.acknowledged_at) == (POLICE, message, None)
+    assert school.client.open(notice.raw).payload["child"]["nhsNumber"] == NHS  # the page can open it
+    await school.inbox.deliver(notice.delivery, notice.raw, SEALED)  # a second hand-over changes nothing
+    assert len(school.inbox.notices()) == 1
+
+    http = await aiohttp_client(school.app)
+    csrf = await sign_in(http, dsl_token(settings))
+    r = await http.get("/inbox/")
+    page = await r.text()
+    assert "default-src 'none'" in r.headers["Content-Security-Policy"]
+    assert r.headers["Cache-Control"] == "no-store" and r.headers["X-Frame-Options"] == "DENY"
+    assert "1 notice not yet acknowledged" in page and "New" in page
+    for shown in ("Ada Okafor-Demo", "14 March 2017", "in the bedroom upstairs", "CAD-4471-22NOV", "Yes",
+                  "Please do not approach the parents", "Metropolitan Police Service"):
+        assert shown in page, shown
+    for hidden in (*NARRATIVE, NHS, "A123456789012"):
+        assert hidden not in page, hidden
+    r = await http.get(f"/inbox/notices/{notice.delivery}")
+    assert r.status == 200 and "Ada Okafor-Demo" in await r.text()
+
+    r = await http.post(f"/inbox/notices/{notice.delivery}/acknowledge", data={"csrf": csrf}, allow_redirects=False)
+    assert r.status == 303 and r.headers["Location"] == f"/inbox/notices/{notice.delivery}?done=accepted"
+    after = await (await http.get(r.headers["Location"])).text()
+    assert "The police have been sent a receipt" in after and f"Acknowledged by {STAFF}" in after
+    assert school.inbox.notice(notice.delivery).acknowledged_by == STAFF  # type: ignore[union-attr]
+    assert "Every notice has been acknowledged" in await (await http.get("/inbox/")).text()
+
+    receipts = await police_receipts(school.police, message, want=3)  # routed, delivered, accepted
+    assert sorted(d.payload["status"] for d in receipts) == ["accepted", "delivered", "routed"]
+    (receipt,) = accepted(receipts)
+    assert receipt.origin == (SCHOOL, receipt_id(notice.delivery, "accepted"))
+    assert receipt.claims["re"] == message and receipt.payload["recipients"] == [SCHOOL]
+    assert receipt.claims["sharing"]["decidedBy"] == {"role": DSL, "staffRef": STAFF}
+
+    # a second acknowledgement (a double click, a reload) sends nothing new
+    r = await http.post(f"/inbox/notices/{notice.delivery}/acknowledge", data={"csrf": csrf}, allow_redirects=False)
+    assert r.status == 303
+    assert not [d async for d, _ in _fetch_acking(school.police)], "a second receipt was sent"
+
+    # then support is in place: the police hear "actioned", once
+    r = await http.post(f"/inbox/notices/{notice.delivery}/actioned", data={"csrf": csrf}, allow_redirects=False)
+    assert r.status == 303
+    await http.post(f"/inbox/notices/{notice.delivery}/actioned", data={"csrf": csrf}, allow_redirects=False)
+    receipts = await police_receipts(school.police, message, want=1)
+    assert [d.payload["status"] for d in receipts] == ["actioned"]
+    assert f"Support in place, recorded by {STAFF}" in await (await http.get("/inbox/")).text()
+
+
+async def _fetch_acking(client: AgencyClient) -> AsyncIterator[tuple[Delivery | None, Any]]:
+    """Everything waiting for ``client`` within about a second and a half, acked."""
+    await asyncio.sleep(1.0)
+    async for delivery, msg in client.fetch(idle=0.5):
+        await msg.ack_sync()
+        yield delivery, msg
+
+
+# -- who may open it ------------------------------------------------------------------------------
+
+
+async def test_only_this_schools_dsl_signs_in_and_every_form_needs_its_csrf_token(
+        school: School, settings: Settings, registry: Registry,
+        aiohttp_client: Callable[..., Awaitable[Client]]) -> None:
+    await notify(school)
+    (notice,) = school.inbox.notices()
+    http = await aiohttp_client(school.app)
+    ack = f"/inbox/notices/{notice.delivery}/acknowledge"
+
+    for path in ("/inbox/", f"/inbox/notices/{notice.delivery}"):
+        r = await http.get(path, allow_redirects=False)
+        assert r.status == 303 and r.headers["Location"].startswith("/inbox/login?next="), path
+    r = await http.post(ack, data={"csrf": "x"}, allow_redirects=False)
+    assert r.status == 303 and r.headers["Location"].startswith("/inbox/login")
+
+    refused = {
+        "nonsense": ("not-a-token", 401, "cannot be read"),
+        "another school": (dsl_token(settings, audience=inbox_audience("school-oakwood")), 401, "another audience"),
+        "the API audience": (dsl_token(settings, audience=settings.api.audience), 401, "another audience"),
+        "another role": (dsl_token(settings, roles=("ig-officer",)), 403, "role (dsl)"),
+        "not a staff reference": (dsl_token(settings, sub="Mrs Jane Smith"), 403, "not a staff reference"),
+        "expired": (dsl_token(settings, ttl=-120), 401, "expired"),
+    }
+    for why, (token, status, reason) in refused.items():
+        r = await http.post("/inbox/login", data={"token": token}, allow_redirects=False)
+        assert r.status == status and reason in await r.text(), why
+        assert "sgb_inbox" not in r.cookies, why
+        http.session.cookie_jar.update_cookies({"sgb_inbox": token})  # a cookie planted by hand is no better
+        r = await http.get("/inbox/", allow_redirects=False)
+        assert r.status == 303, why
+        r = await http.post(ack, data={"csrf": "x"}, allow_redirects=False)
+        assert r.status == 303, why
+        http.session.cookie_jar.clear()
+    r = await http.post("/inbox/login", data={"token": dsl_token(settings), "next": "https://evil.example/"},
+                        allow_redirects=False)
+    assert r.headers["Location"] == "/inbox/"  # no open redirect
+
+    csrf = await sign_in(http, dsl_token(settings))
+    r = await http.post(ack, data={})
+    assert r.status == 403 and "Form expired" in await r.text()
+    r = await http.post(ack, data={"csrf": csrf[::-1]})
+    assert r.status == 403
+    assert school.inbox.notice(notice.delivery).acknowledged_at is None  # type: ignore[union-attr]
+    r = await http.post(f"/inbox/notices/{notice.delivery}/actioned", data={"csrf": csrf})
+    assert r.status == 409  # support in place only after acknowledging
+    r = await http.get("/inbox/notices/no-such-notice")
+    assert r.status == 404
+
+    r = await http.post("/inbox/logout", allow_redirects=False)
+    assert r.status == 303
+    assert (await http.get("/inbox/", allow_redirects=False)).status == 303
+
+    # wired by mistake with the API's verifier, the inbox still takes only its own audience
+    miswired = web.Application()
+    miswired.add_subapp("/inbox/", inbox_app(school.inbox, school.client, TokenVerifier(registry, settings.api)))
+    http = await aiohttp_client(miswired)
+    r = await http.post("/inbox/login", data={"token": dsl_token(settings, audience=settings.api.audience)})
+    assert r.status == 401 and "another school" in await r.text()
+
+
+async def test_a_dsl_token_opens_no_api_route_and_no_ig_page(client: Client, settings: Settings) -> None:
+    """The API and the IG pages check specific roles; a dsl token gets nothing from them, neither
+    with the inbox's audience nor with the API's."""
+    inbox_token, api_audience_token = dsl_token(settings), dsl_token(settings, audience=settings.api.audience)
+    for method, path, _ in api.ROUTES:
+        concrete = re.sub(r"\{[^}]+\}", "m-1", path)
+        for token, status in ((inbox_token, 401), (api_audience_token, 403)):
+            r = await client.request(method, concrete, headers={"Authorization": f"Bearer {token}"}, json={})
+            assert r.status == status, (method, path, status)
+    r = await client.post("/ig/login", data={"token": inbox_token, "next": "/ig/"}, allow_redirects=False)
+    assert r.status == 401
+    for path in ("/ig/", "/ig/reviews", "/ig/subject", "/ig/charts", "/ig/integrity", "/ig/messages/m-1"):
+        client.session.cookie_jar.update_cookies({"sgb_session": api_audience_token})
+        r = await client.get(path, allow_redirects=False)
+        assert r.status in (303, 403), path
+        assert r.status == 403 or "/ig/integrity" in r.headers["Location"], path
+    r = await client.get("/ig/integrity")
+    assert r.status == 403 and "Not permitted" in await r.text()
+
+
+# -- nothing half-done ---------------------------------------------------------------------------
+
+
+async def test_when_the_broker_cannot_be_reached_nothing_is_recorded_and_a_retry_sends_one_receipt(
+        school: School, settings: Settings, registry: Registry, catalogue: Catalogue,
+        aiohttp_client: Callable[..., Awaitable[Client]]) -> None:
+    message = await notify(school)
+    (notice,) = school.inbox.notices()
+    verifier = inbox_verifier(registry, settings.api, SCHOOL)
+    async with contextlib.AsyncExitStack() as stack:
+        nc = await stack.enter_async_context(connected(settings, settings.nats.url or "", name="school-down"))
+        cut_off = AgencyClient(nc, jetstream(nc, settings), registry, load_identity(settings.home, SCHOOL), catalogue,
+                               request_timeout=0.5)
+        await nc.close()
+        down = web.Application()
+        down.add_subapp("/inbox/", inbox_app(school.inbox, cut_off, verifier))
+        http = await aiohttp_client(down)
+        csrf = await sign_in(http, dsl_token(settings))
+        r = await http.post(f"/inbox/notices/{notice.delivery}/acknowledge", data={"csrf": csrf})
+        text = await r.text()
+        assert r.status == 503 and "The broker cannot be reached" in text and "nothing was recorded" in text
+        assert "Ada" not in text.split("<main")[1].split("</main>")[0].split("Back to")[0]  # no personal data
+        assert school.inbox.notice(notice.delivery).acknowledged_at is None  # type: ignore[union-attr]
+        assert "1 notice not yet acknowledged" in await (await http.get("/inbox/")).text()
+
+    # the adapter crashed after a receipt went out but before it was recorded: the retry reuses its id
+    await school.client.send(typ="receipt", to=[POLICE], re=message, jti=receipt_id(notice.delivery, "accepted"),
+                             sharing=RECEIPT_SHARING | {"decidedBy": {"role": DSL, "staffRef": STAFF}},
+                             payload={"messageId": message, "status": "accepted", "at": "2026-11-22T07:50:00Z",
+                                      "recipients": [SCHOOL]})
+    http = await aiohttp_client(school.app)
+    csrf = await sign_in(http, dsl_token(settings))
+    r = await http.post(f"/inbox/notices/{notice.delivery}/acknowledge", data={"csrf": csrf}, allow_redirects=False)
+    assert r.status == 303
+    assert school.inbox.notice(notice.delivery).acknowledged_by == STAFF  # type: ignore[union-attr]
+    assert len(accepted(await police_receipts(school.police, message, want=3))) == 1
+
+
+async def test_the_inbox_keeps_only_sealed_verified_messages(school: School, settings: Settings) -> None:
+    """A misconfigured ``render`` (the default canonical JSON) cannot put a child's details on disk,
+    and a delivery that fails verification is not kept."""
+    with pytest.raises(DeliveryFailed) as refused:
+        await school.inbox.deliver("d-1", b'{"payload": {"child": {"name": {"given": "Ada"}}}}', "application/json")
+    assert refused.value.permanent
+    unverifying = Inbox(settings.home / "unverified.sqlite")
+    try:
+        for inbox in (school.inbox, unverifying):
+            with pytest.raises(DeliveryFailed):
+                await inbox.deliver("d-1", b"eyJhIjoxfQ.eyJhIjoxfQ.c2ln", SEALED)  # a JWS with no sealed payload
+            assert inbox.notices() == []
+    finally:
+        unverifying.close()
+    await notify(school)
+    (notice,) = school.inbox.notices()
+    head, body, signature = notice.raw.split(b".")
+    forged = b".".join((head, body, (b"A" if signature[:1] != b"A" else b"B") + signature[1:]))
+    with pytest.raises(DeliveryFailed, match="failed verification"):
+        await school.inbox.deliver(notice.delivery + "-x", forged, SEALED)
+    assert len(school.inbox.notices()) == 1 and b"Ada" not in school.inbox.path.read_bytes()
+
+
+# -- a real browser -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def browser(tmp_path: Path) -> AsyncIterator[Any]:
+    executable = chromium()
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        chrome = await pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
+        context = await chrome.new_context(viewport={"width": 1100, "height": 900})
+        page = await context.new_page()
+        page.set_default_timeout(15_000)
+        try:
+            yield page
+        finally:
+            await context.close()
+            await chrome.close()
+
+
+async def tab_to(page: Any, text: str, *, limit: int = 25) -> None:
+    for _ in range(limit):
+        await page.keyboard.press("Tab")
+        if (await page.evaluate("document.activeElement.textContent")).strip().startswith(text):
+            return
+    raise AssertionError(f"no control starting {text!r} within {limit} presses of Tab")
+
+
+async def test_the_dsl_acknowledges_with_the_keyboard_in_a_real_browser(
+        browser: Any, school: School, settings: Settings, tmp_path: Path) -> None:
+    page, out = browser, shots(tmp_path)
+    message = await notify(school)
+    server = TestServer(school.app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        base = str(server.make_url("/inbox/"))
+        await page.goto(base)
+        assert "/inbox/login" in page.url
+        await page.keyboard.press("Tab")
+        assert await page.evaluate("document.activeElement.textContent") == "Skip to main content"
+        await page.keyboard.press("Tab")
+        assert await page.evaluate("document.activeElement.id") == "token"
+        assert await page.evaluate("getComputedStyle(document.activeElement).outlineStyle") == "solid"  # focus shows
+        await page.keyboard.type(dsl_token(settings))
+        await page.screenshot(path=str(out / "inbox-1-sign-in.png"), full_page=True)
+        await page.keyboard.press("Tab")
+        await page.keyboard.press("Enter")
+        await page.get_by_role("heading", name="Operation Encompass notices").wait_for()
+        assert "1 notice not yet acknowledged" in await page.locator("#waiting").inner_text()
+        item = page.get_by_role("listitem").filter(has_text="Ada Okafor-Demo")
+        assert "CAD-4471-22NOV" in await item.inner_text() and "glass" not in await page.content()
+        unlabelled = await page.evaluate("""() => [
+            ...document.querySelectorAll('input:not([type=hidden]), select, textarea, button')]
+            .filter(e => e.tagName === 'BUTTON' ? !e.textContent.trim() : (!e.labels || !e.labels.length))
+            .map(e => e.name)""")
+        assert unlabelled == []
+        await page.screenshot(path=str(out / "inbox-2-list.png"), full_page=True)
+
+        await tab_to(page, "Ada Okafor-Demo")  # the notice's link
+        await page.keyboard.press("Enter")
+        await page.get_by_role("heading", name="Notice about Ada Okafor-Demo").wait_for()
+        await tab_to(page, "Acknowledge")
+        assert await page.evaluate("getComputedStyle(document.activeElement).outlineStyle") == "solid"
+        await page.keyboard.press("Enter")
+        await page.locator("#done").wait_for()
+        assert "The police have been sent a receipt" in await page.locator("#done").inner_text()
+        assert f"Acknowledged by {STAFF}" in await page.locator("main").inner_text()
+        await page.screenshot(path=str(out / "inbox-3-acknowledged.png"), full_page=True)
+    finally:
+        await server.close()
+    assert len(accepted(await police_receipts(school.police, message, want=3))) == 1
+    assert all((out / f"inbox-{n}.png").stat().st_size > 1000 for n in ("1-sign-in", "2-list", "3-acknowledged"))
