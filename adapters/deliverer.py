@@ -108,9 +108,8 @@ class Deliverer:
                 log.info("already handed over; acknowledging the redelivery")
                 await msg.ack_sync()
                 return
-            body, content_type = self.render(delivery)
             try:
-                await self.sink.deliver(delivery.id, body, content_type)
+                await self.sink.deliver(delivery.id, *self._render(delivery))
             except DeliveryFailed as exc:
                 self._dead(delivery.id, msg.data, exc.reason, exc.attempts)
                 await self._tell_sender(delivery, "not-delivered", exc.reason)
@@ -121,6 +120,15 @@ class Deliverer:
             self.counts.delivered += 1
             log.info("handed over to the agency system")
             await self._tell_sender(delivery, "delivered", None)
+
+    def _render(self, delivery: Delivery) -> tuple[bytes, str]:
+        """The agency's native form; a delivery it cannot take is dead-lettered, not retried for ever."""
+        try:
+            return self.render(delivery)
+        except Exception as exc:  # a renderer fault: keep the sealed message, say so, move on
+            log.error("cannot render the delivery in the agency's format", error=type(exc).__name__)
+            raise DeliveryFailed("the delivery cannot be put in the agency system's format", permanent=True,
+                                 attempts=0) from exc
 
     def _dead(self, key: str, data: bytes, reason: str, attempts: int) -> None:
         self.dead.put(key, data, reason, attempts)

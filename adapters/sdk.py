@@ -30,8 +30,9 @@ from nats.js.errors import APIError
 
 from broker import wire
 from broker.catalogue import Catalogue
+from broker.config import Settings
 from broker.errors import BrokerError, InvalidEnvelope, PublishTimeout, RejectedMessage, UnknownType
-from broker.keystore import Identity
+from broker.keystore import Identity, load_identity
 from broker.registry import Registry
 from broker.streams import DELIVERY, ingress_subject
 
@@ -240,6 +241,22 @@ class AgencyClient:
                     await msg.nak()
         raise BrokerError(f"no outcome for {message_id} within {timeout:g}s")
 
+    def reload(self, registry: Registry, identity: Identity) -> None:
+        """Use this registry and key file from now on (after a key rotation; the adapter's SIGHUP).
+        Deliveries sealed to an older key still open while ``identity`` holds it. Refuses, keeping
+        the old ones, an identity of another agency or one whose signing key ``registry`` does not
+        list as valid (the broker would reject everything it signs)."""
+        if identity.id != self.agency:
+            raise BrokerError(f"the key file is for {identity.id}, not {self.agency}")
+        try:
+            signer, _ = registry.signer(identity.sig_kid, self.clock())
+        except RejectedMessage as exc:
+            raise BrokerError("the key file's signing key is not valid in the registry") from exc
+        if signer.id != self.agency:
+            raise BrokerError("the key file's signing key belongs to another agency in the registry")
+        self.registry = registry
+        self.identity = identity
+
 
 def _is_outcome_of(delivery: Delivery, message_id: str) -> bool:
     """A receipt or rejection about ``message_id`` (a rejection of unreadable bytes has no ``re``
@@ -247,3 +264,28 @@ def _is_outcome_of(delivery: Delivery, message_id: str) -> bool:
     if delivery.type not in ("receipt", "rejection") or delivery.claims.get("iss") is None:
         return False
     return delivery.claims.get("re") == message_id or delivery.payload.get("messageId") == message_id
+
+
+@contextlib.asynccontextmanager
+async def agency_client(settings: Settings, agency: str, *, url: str | None = None,
+                        seen: Path | None = None) -> AsyncIterator[AgencyClient]:
+    """A connected client for ``agency``, for an agency system using the SDK as a library.
+
+    ``settings`` says where the registry, the private key (``<home>/keys/<agency>.key.json``) and
+    NATS are (:meth:`broker.config.Settings.from_env`); ``url`` overrides the NATS address; ``seen``
+    is the file remembering what was handed over (default under ``<home>/adapters/<agency>/``).
+    """
+    from broker.service import connected, jetstream
+
+    catalogue = Catalogue()
+    registry = Registry.load(settings.registry_path, catalogue)
+    if registry.get(agency) is None:
+        raise BrokerError(f"{agency} is not in the trust registry")
+    identity = load_identity(settings.home, agency)
+    store = SeenStore(seen or settings.home / "adapters" / agency / "seen.sqlite")
+    try:
+        async with connected(settings, url or settings.nats.url or "", name=f"sgb-sdk-{agency}", party=agency) as nc:
+            yield AgencyClient(nc, jetstream(nc, settings), registry, identity, catalogue, seen=store,
+                               request_timeout=settings.nats.request_timeout)
+    finally:
+        store.close()

@@ -36,6 +36,7 @@ from adapters.inbound import InboundCounts, Submitter
 from adapters.inbound_folder import FolderIntake
 from adapters.mapping import MapContext
 from adapters.profiles import Profile, profile_for
+from adapters.school import Inbox, render_sealed
 from adapters.sdk import AgencyClient, SeenStore
 from adapters.sinks import DropFolderSink, Sink, WebhookSettings, WebhookSink
 from broker.catalogue import Catalogue
@@ -120,7 +121,7 @@ class Adapter:
     tasks: list[asyncio.Task[None]]
     metrics: CollectorRegistry
     inbound_secret: bytes | None
-    inbox: Any = None  # the school's Operation Encompass inbox, when this adapter keeps one
+    inbox_pages: web.Application | None = None  # the school's Operation Encompass inbox, mounted at /inbox/
 
 
 APP_KEY: Final = web.AppKey("adapter", Adapter)
@@ -169,8 +170,6 @@ async def _sink(settings: AdapterSettings, state: Path, client: AgencyClient) ->
             yield WebhookSink(session, WebhookSettings(url=settings.webhook_url, secret=secret,
                                                        attempts=settings.attempts, timeout=settings.timeout)), None
         return
-    from adapters.school import Inbox
-
     inbox = Inbox(state / "inbox.sqlite", client)
     try:
         yield inbox, inbox
@@ -198,11 +197,16 @@ async def running_adapter(settings: Settings, adapter: AdapterSettings, url: str
         client = AgencyClient(nc, jetstream(nc, settings), registry, identity, catalogue, seen=seen,
                               request_timeout=settings.nats.request_timeout)
         sink, inbox = await stack.enter_async_context(_sink(adapter, state, client))
-        render = profile.render if inbox is None else _sealed
+        render = profile.render if inbox is None else render_sealed
         deliverer = Deliverer(client, sink, DeadLetters(state / "dead-letters"), render=render)
         options = {"local_authority": adapter.local_authority} if adapter.local_authority else {}
         context = MapContext(agency=adapter.agency, registry=registry, catalogue=catalogue, options=options,
                              handed=seen.handed)
+        pages = None
+        if inbox is not None:
+            from adapters.school import inbox_app, inbox_verifier
+
+            pages = inbox_app(inbox, client, inbox_verifier(registry, settings.api, adapter.agency))
         submitter = Submitter(client, context, adapter.sharing, state)
         stack.callback(submitter.close)
         stop = asyncio.Event()
@@ -216,7 +220,7 @@ async def running_adapter(settings: Settings, adapter: AdapterSettings, url: str
                  inbound_http=inbound_secret is not None, inbound_folder=adapter.inbound_folder is not None)
         try:
             yield Adapter(adapter, agency.kind, nc, client, deliverer, submitter, profile, tasks,
-                          _metrics(deliverer, submitter.counts), inbound_secret, inbox)
+                          _metrics(deliverer, submitter.counts), inbound_secret, pages)
         finally:
             stop.set()
             _, pending = await asyncio.wait(tasks, timeout=adapter.timeout * 2 + 5)
@@ -226,10 +230,17 @@ async def running_adapter(settings: Settings, adapter: AdapterSettings, url: str
                      documents=submitter.counts.documents, messages_sent=submitter.counts.messages)
 
 
-def _sealed(delivery: Any) -> tuple[bytes, str]:
-    from adapters.school import render_sealed
-
-    return render_sealed(delivery)
+def reload_keys(adapter: Adapter, settings: Settings) -> None:
+    """After a key rotation (SIGHUP): the registry and this agency's key file, read again. A key
+    file the new registry does not back is refused and the old keys stay in use."""
+    new = Registry.load(settings.registry_path, adapter.client.catalogue)
+    identity = load_identity(settings.home, adapter.settings.agency)
+    shared = adapter.client.registry  # the object the mappers' context holds too
+    adapter.client.reload(new, identity)
+    shared.replace_with(new)
+    adapter.client.registry = shared
+    log.info("keys reloaded", agency=adapter.settings.agency, signing_key=identity.sig_kid,
+             decryption_keys=len(identity.kem))
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -266,4 +277,6 @@ def make_app(adapter: Adapter) -> web.Application:
     if adapter.inbound_secret is not None:
         inbound_http.add_routes(app, adapter.submitter, adapter.profile.formats, adapter.inbound_secret,
                                 max_bytes=adapter.settings.max_document_bytes)
+    if adapter.inbox_pages is not None:
+        app.add_subapp("/inbox/", adapter.inbox_pages)
     return app

@@ -77,6 +77,110 @@ async def cmd_keys_init(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_keys_rotate(settings: Settings, args: argparse.Namespace) -> int:
+    from broker.keystore import DAY, identity_path, rotate_keys
+    from broker.timestamps import iso
+
+    party = args.agency
+    done = rotate_keys(settings.home, settings.registry_path, party, overlap=args.overlap_days * DAY,
+                       enc_delay=args.enc_delay_minutes * 60)
+    print(f"{party}: new signing key {done.sig_kid}, used from now on")
+    if done.enc_kid:
+        print(f"{party}: new encryption key {done.enc_kid} ({done.suite}), sealed to from {iso(done.enc_from)}")
+    print(f"{party}: old keys valid until {iso(done.not_after)}, then retired: {', '.join(done.ended) or '-'}")
+    print(f"registry: {settings.registry_path}")
+    print(f"private keys (mode 0600, old encryption keys kept): {identity_path(settings.home, party)}")
+    retention = settings.streams.delivery_retention
+    if args.overlap_days * DAY < retention:
+        print(f"note: the overlap is shorter than delivery retention ({retention / DAY:g} days); a delivery "
+              "waiting longer than the overlap may need the old keys after it")
+    print("next:")
+    if party == Registry.load(settings.registry_path, Catalogue()).broker_id:
+        print("  1. copy the registry to every adapter and reload them (SIGHUP): they accept the broker's new key")
+        print("  2. copy the registry and this key file to every broker instance; send each SIGHUP")
+    else:
+        print("  1. copy the registry to every broker instance and adapter; send each broker SIGHUP "
+              "(kill -HUP <pid of sgb serve>): they accept both keys")
+        print(f"  2. then give this key file and registry to {party}'s adapter and reload it (SIGHUP): "
+              "it signs with the new key")
+    print(f"  3. after {iso(done.not_after)}: sgb keys retire --agency {party}")
+    return 0
+
+
+async def cmd_keys_retire(settings: Settings, args: argparse.Namespace) -> int:
+    from broker.keystore import identity_path, plan_retirement, retire_keys
+
+    party, now = args.agency, time.time()
+    plan = plan_retirement(settings.registry_path, party, now=now)
+    if not plan.removed:
+        print(f"{party}: no key has passed its notAfter; nothing to retire"
+              + (f" (kept for the audit log: {', '.join(plan.kept)})" if plan.kept else ""))
+        return 0
+    if not args.force:
+        try:
+            waiting = await _waiting_on_keys(settings, party, set(plan.sig), set(plan.enc))
+        except BrokerError as exc:
+            raise BrokerError(f"cannot look for messages still waiting on the old keys ({exc}); "
+                              "pass --force to retire them anyway") from exc
+        if waiting:
+            print(f"sgb: error: {waiting} messages still waiting in NATS were signed or sealed with "
+                  f"{party}'s expired keys and could not be accepted or opened without them; let "
+                  f"{party}'s adapter collect its deliveries (or let them expire), or pass --force",
+                  file=sys.stderr)
+            return 1
+    done = retire_keys(settings.home, settings.registry_path, party, now=now)
+    print(f"{party}: removed from the registry and the key file: {', '.join(done.removed)}")
+    if done.kept:
+        print(f"{party}: kept in the registry, expired, to verify the audit blocks they signed: "
+              f"{', '.join(done.kept)}")
+    print(f"registry: {settings.registry_path}")
+    print(f"private keys (mode 0600): {identity_path(settings.home, party)}")
+    print(f"next: copy the registry to every broker instance and adapter, and the key file to {party}'s "
+          "own processes; send each SIGHUP")
+    return 0
+
+
+async def _waiting_on_keys(settings: Settings, party: str, sig: set[str], enc: set[str]) -> int:
+    """How many messages still in the streams were signed with one of ``sig`` (ingress from
+    ``party``) or sealed to one of ``enc`` (deliveries to it; ingress, for the broker's keys).
+    Only the JWS header and envelope are read: the payload stays sealed."""
+    from nats.errors import Error as NatsError
+    from nats.js.errors import APIError, NotFoundError
+
+    from broker.auditchain import unverified
+    from broker.errors import InvalidEnvelope, TransportError
+    from broker.streams import DELIVERY, INGRESS, delivery_subject, ingress_subject
+
+    is_broker = party == Registry.load(settings.registry_path, Catalogue()).broker_id
+    where = [(INGRESS, "sg.in.>" if is_broker else ingress_subject(party))]
+    if not is_broker:
+        where.append((DELIVERY, delivery_subject(party)))
+    count = 0
+    try:
+        async with nats_location(settings) as url, connected(settings, url, name="sgb-keys-retire") as nc:
+            js = jetstream(nc, settings)
+            for stream, subject in where:
+                try:
+                    seq = max((await js.stream_info(stream)).state.first_seq, 1)
+                except NotFoundError:
+                    continue
+                while True:
+                    try:
+                        msg = await js.get_msg(stream, seq, subject=subject, next=True)
+                    except NotFoundError:
+                        break
+                    seq = int(msg.seq or seq) + 1
+                    try:
+                        header, claims = unverified(msg.data or b"")
+                    except InvalidEnvelope:
+                        continue
+                    enc_kid = claims.get("enc", {}).get("kid") if isinstance(claims.get("enc"), dict) else None
+                    count += header.get("kid") in sig or enc_kid in enc
+    except (NatsError, APIError, TimeoutError) as exc:
+        raise TransportError(f"NATS: {type(exc).__name__}") from exc
+    return count
+
+
 async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from aiohttp import web
 
@@ -89,7 +193,7 @@ async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     async with contextlib.AsyncExitStack() as stack:
         url = await stack.enter_async_context(nats_location(settings))
         broker = await stack.enter_async_context(running_broker(settings, url))
-        loop.add_signal_handler(signal.SIGHUP, broker.reload_policy)
+        loop.add_signal_handler(signal.SIGHUP, broker.reload)  # the registry, the broker's keys, the rulebook
         runner: web.AppRunner | None = None
         if args.http:
             from broker.http import audit_service
@@ -325,17 +429,29 @@ async def cmd_config_check(settings: Settings, args: argparse.Namespace) -> int:
 async def cmd_adapter_run(settings: Settings, args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    from adapters.service import AdapterSettings, make_app, running_adapter
+    from adapters.service import AdapterSettings, make_app, reload_keys, running_adapter
+    from broker.config import read_toml
 
-    adapter = AdapterSettings(agency=args.agency, webhook_url=args.webhook,
-                              webhook_secret_file=Path(args.webhook_secret_file) if args.webhook_secret_file else None,
-                              drop_folder=Path(args.drop_folder) if args.drop_folder else None)
-    adapter.check()
+    file = args.config or os.environ.get("SGB_CONFIG")
+    section = read_toml(Path(file)).get("adapter", {}) if file else {}
+    if not isinstance(section, dict):
+        raise BrokerError("[adapter] in the settings file must be a table")
+    adapter = AdapterSettings.from_sources(
+        args.agency, section, webhook=args.webhook, webhook_secret_file=args.webhook_secret_file,
+        drop_folder=args.drop_folder, inbound_secret_file=args.inbound_secret_file,
+        inbound_folder=args.inbound_folder, local_authority=args.local_authority)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with nats_location(settings) as url, running_adapter(settings, adapter, url) as running:
+        def reload() -> None:
+            try:
+                reload_keys(running, settings)
+            except BrokerError as exc:
+                log.error("key reload refused; the old keys stay in use", error=str(exc))
+
+        loop.add_signal_handler(signal.SIGHUP, reload)
         runner: web.AppRunner | None = None
         if args.http:
             host, _, port = args.http.rpartition(":")
@@ -344,19 +460,25 @@ async def cmd_adapter_run(settings: Settings, args: argparse.Namespace) -> int:
             await web.TCPSite(runner, host or "127.0.0.1", int(port)).start()
         try:
             stopped = asyncio.create_task(stop.wait())
-            await asyncio.wait({stopped, running.task}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({stopped, *running.tasks}, return_when=asyncio.FIRST_COMPLETED)
             stopped.cancel()
         finally:
             if runner is not None:
                 await runner.cleanup()
+    if not stop.is_set():  # a loop ended by itself: exit non-zero so the service manager restarts us
+        print("sgb: error: an adapter loop stopped unexpectedly", file=sys.stderr)
+        return 1
     return 0
 
 
 async def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from broker.auth import mint
 
     identity = load_identity(settings.home, settings.api.issuer)
-    print(mint(identity, sub=args.sub, roles=args.role, settings=settings.api, ttl=args.ttl))
+    api = replace(settings.api, audience=args.audience) if args.audience else settings.api
+    print(mint(identity, sub=args.sub, roles=args.role, settings=api, ttl=args.ttl))
     return 0
 
 
@@ -471,6 +593,22 @@ def build_parser() -> argparse.ArgumentParser:
     rotate = keys_sub.add_parser("rotate-subject-key", parents=[common],
                                  help="add a new key for the audit log's blind index of children")
     rotate.set_defaults(func=cmd_keys_rotate_subject)
+    krotate = keys_sub.add_parser("rotate", parents=[common],
+                                  help="new signing and encryption keys for a party; the old ones stay valid "
+                                  "for an overlap")
+    krotate.add_argument("--agency", required=True, metavar="ID", help="the agency (or the broker) whose keys rotate")
+    krotate.add_argument("--overlap-days", type=float, default=30.0, metavar="N",
+                         help="how long the old keys stay valid (default 30, the delivery retention)")
+    krotate.add_argument("--enc-delay-minutes", type=float, default=0.0, metavar="M",
+                         help="seal to the new encryption key only M minutes from now, time to give the new "
+                         "key file to the processes that open with it (default 0)")
+    krotate.set_defaults(func=cmd_keys_rotate)
+    kretire = keys_sub.add_parser("retire", parents=[common],
+                                  help="remove a party's keys whose overlap has ended")
+    kretire.add_argument("--agency", required=True, metavar="ID", help="the agency (or the broker)")
+    kretire.add_argument("--force", action="store_true",
+                         help="retire even if messages signed or sealed with the old keys still wait in NATS")
+    kretire.set_defaults(func=cmd_keys_retire)
 
     config = sub.add_parser("config", parents=[common], help="settings")
     config_sub = config.add_subparsers(dest="config_command", required=True)
@@ -486,11 +624,19 @@ def build_parser() -> argparse.ArgumentParser:
     arun.add_argument("--webhook", metavar="URL", help="the agency system's inbound URL")
     arun.add_argument("--webhook-secret-file", metavar="FILE", help="the HMAC key shared with the agency system")
     arun.add_argument("--drop-folder", metavar="DIR", help="write each delivery here atomically instead")
+    arun.add_argument("--inbound-secret-file", metavar="FILE",
+                      help="take the agency system's records at POST /records/FORMAT, signed with this HMAC key")
+    arun.add_argument("--inbound-folder", metavar="DIR", help="take the agency system's exports from DIR/FORMAT/")
+    arun.add_argument("--local-authority", metavar="AGENCY", help="police: the local authority that receives referrals")
     arun.set_defaults(func=cmd_adapter_run, log_level_default="INFO")
 
     token = sub.add_parser("token", parents=[common], help="mint a development API token (dev issuer key)")
-    token.add_argument("--role", action="append", required=True, choices=["ig-officer", "auditor", "operator"],
-                       help="a role (repeat for more)")
+    token.add_argument("--role", action="append", required=True,
+                       choices=["ig-officer", "auditor", "operator", "dsl"],
+                       help="a role (repeat for more); dsl: a school's designated safeguarding lead")
+    token.add_argument("--audience", metavar="AUD",
+                       help="the service that accepts it (default: the API's audience); a school's Operation "
+                            "Encompass inbox takes sgb-inbox-<school id> (with --role dsl)")
     token.add_argument("--sub", default="dev-user", help="who the token is for (default dev-user)")
     token.add_argument("--ttl", type=float, default=3600.0, help="lifetime in seconds (default 3600)")
     token.set_defaults(func=cmd_token)

@@ -19,6 +19,7 @@ from broker.catalogue import Catalogue
 from broker.errors import ConfigError
 from broker.policy import RulebookPolicy
 from broker.registry import Registry
+from tests.helpers import example
 from tests.test_police import PPN
 
 SHIPPED = sorted((Path(__file__).resolve().parent.parent / "deploy" / "adapters").glob("*.toml"))
@@ -52,6 +53,28 @@ def test_the_police_defaults_pass_the_rulebook(registry: Registry, catalogue: Ca
         sharing = dict(adapter.sharing[m.typ]) | dict(m.sharing or {})
         decision = policy.decide(police, tuple(registry.agencies[r] for r in m.to), mtype, sharing, m.payload)
         assert [r.share for r in decision.recipients] == [True] * len(m.to), m.typ
+
+
+@pytest.mark.parametrize(("config", "typ", "to"), [
+    ("health-camden", "referral", "la-camden"),
+    ("health-camden", "information-response", "la-camden"),
+    ("la-camden", "referral-outcome", "police-met"),
+    ("la-camden", "information-request", "health-camden"),
+    ("la-camden", "information-response", "police-met"),
+    ("la-camden", "strategy-discussion", "police-met"),
+    ("la-camden", "child-protection-status", "health-camden"),
+    ("school-hillside", "referral", "la-camden"),
+    ("school-hillside", "lado-referral", "la-camden"),
+])
+def test_each_default_passes_the_rulebook_for_its_example(config: str, typ: str, to: str, registry: Registry,
+                                                         catalogue: Catalogue) -> None:
+    adapter = load(next(p for p in SHIPPED if p.stem == config))
+    policy = RulebookPolicy(rulebooks.load(rulebooks.DEFAULT_RULEBOOK, catalogue))
+    mtype = catalogue.message_type(typ, 1)
+    assert mtype is not None
+    decision = policy.decide(registry.agencies[config], (registry.agencies[to],), mtype, adapter.sharing[typ],
+                             example(f"{typ}.example.json"))
+    assert decision.recipients[0].share, decision.recipients[0].code
 
 
 def test_settings_problems_are_named() -> None:

@@ -113,7 +113,9 @@ async def test_a_refusing_system_dead_letters_and_the_sender_hears_not_delivered
     sealed = (dead.folder / f"{key}.jws").read_bytes()
     assert b"Okafor" not in sealed and la.open(sealed).payload == referral()  # kept sealed, still openable
     assert "not-delivered" in await receipts(police, message, {"not-delivered"})
-    assert [d async for d in la.fetch(idle=0.3)] == []  # acked: it does not block the queue
+    left = [d async for d, _ in la.fetch(idle=0.3)]  # the referral was acked: it does not block the queue
+    assert [d.type if d else None for d in left if d is None or d.type != "receipt"] == []  # (a late broker
+    # receipt for the adapter's own not-delivered receipt may still be on its way)
 
 
 async def test_killed_after_hand_over_before_ack_hands_over_once(broker: Broker, agency: ClientFactory,
