@@ -60,8 +60,8 @@ class Submitted:
 
 
 class SubmissionStore:
-    """Which submissions were taken (key → document digest, message ids) and which of their
-    messages JetStream has acknowledged. Ids and digests only: no record content."""
+    """Which submissions were taken (a hash of the key → document digest, message ids) and which
+    of their messages JetStream has acknowledged. Hashes and ids only: no record content."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -125,7 +125,8 @@ class Submitter:
     async def _submit(self, body: bytes, mapper: Mapper, key: str | None) -> Submitted:
         digest = hashlib.sha256(body).hexdigest()
         key = key or f"sha256:{digest}"
-        known = self.store.digest_of(key)
+        ref = hashlib.sha256(key.encode()).hexdigest()[:32]  # stored and logged: a key may be an agency's own id
+        known = self.store.digest_of(ref)
         if known is not None and known != digest:
             raise KeyReused("this idempotency key was used for a different document", field="Idempotency-Key")
         outbound = mapper(body, self.context)
@@ -135,7 +136,7 @@ class Submitter:
             raise Unmappable(f"the document makes more than {MAX_MESSAGES} messages; split it", field="/")
         built = [self._build(m, self.message_id(key, i), f"message {i}") for i, m in enumerate(outbound)]
         ids = [jti for jti, _ in built]
-        self.store.begin(key, digest, ids)
+        self.store.begin(ref, digest, ids)
         published = 0
         for jti, data in built:
             if self.store.was_sent(jti):
@@ -145,8 +146,8 @@ class Submitter:
             self.counts.messages += 1
             published += 1
         types = tuple(m.typ for m in outbound)
-        log.info("submission sent", key=key if not key.startswith("sha256:") else key[:19], messages=len(ids),
-                 published=published, types=sorted(set(types)))
+        log.info("submission sent", key_ref=ref[:12], messages=len(ids), published=published,
+                 types=sorted(set(types)))
         return Submitted(key, tuple(ids), types, repeated=published == 0)
 
     def message_id(self, key: str, index: int) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import hashlib
 import os
 import time
 from collections.abc import Mapping
@@ -84,7 +85,8 @@ class FolderIntake:
         """One pass; returns how many files were taken or refused."""
         handled = 0
         for fmt, path in await asyncio.to_thread(self._ready):
-            with structlog.contextvars.bound_contextvars(stage="intake", format=fmt, file=path.name):
+            file_ref = hashlib.sha256(path.name.encode()).hexdigest()[:12]  # a file name may name someone
+            with structlog.contextvars.bound_contextvars(stage="intake", format=fmt, file_ref=file_ref):
                 try:
                     body = await asyncio.to_thread(path.read_bytes)
                     if len(body) > self.max_bytes:

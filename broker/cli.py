@@ -487,7 +487,7 @@ async def cmd_keys_rotate_subject(settings: Settings, args: argparse.Namespace) 
 
     kid = rotate_subject_key(settings.home)
     print(f"subject index key {kid} is now current; earlier keys stay for searching older records")
-    print("copy the keyring to every broker instance, then restart them (or send SIGHUP)")
+    print("copy the keyring to every broker instance, then restart them one at a time")
     return 0
 
 
@@ -562,6 +562,8 @@ async def cmd_policy_explain(settings: Settings, args: argparse.Namespace) -> in
         when = deadlines.due_at(decision.deadline, time.time(), payload)
         due = {"due": iso(when) if when else None, "expect": list(decision.deadline.expect),
                "from": "sender" if decision.deadline.from_sender else "recipient", "says": decision.deadline.says}
+        if decision.deadline.receipt_status:
+            due["receiptStatus"] = list(decision.deadline.receipt_status)
     for rd in decision.recipients:
         _print({"recipient": rd.recipient, "decision": "share" if rd.share else "refuse", "code": rd.code,
                 "deadline": due if rd.share else None,

@@ -141,6 +141,12 @@ async def test_policy_check_and_explain(tmp_path: Path, home: Path) -> None:
     (la,) = _lines(out)
     assert la["deadline"]["expect"] == ["referral-outcome"] and la["deadline"]["due"]  # type: ignore[index]
     assert any(r["id"] == "referral-outcome.to-referrer" and r["cite"] for r in school["rules"])  # type: ignore[union-attr]
+    rc, out, _ = await sgb("policy", "explain", "--as", "police-met", "--type", "encompass-notification",
+                           "--to", "school-hillside",
+                           "--sharing", str(EXAMPLES / "encompass-notification.sharing.example.json"),
+                           str(EXAMPLES / "encompass-notification.example.json"), home=home)
+    (school,) = _lines(out)
+    assert school["deadline"]["receiptStatus"] == ["accepted", "actioned"]  # type: ignore[index]
 
 
 async def test_serve_http_offers_the_api_and_the_pages(tmp_path: Path) -> None:

@@ -1,0 +1,147 @@
+"""Adapters as services, end to end through a real broker and nats-server: the health adapter
+takes a FHIR referral in and hands an information request out as FHIR, whose FHIR answer closes
+the local authority's deadline; the school's adapter serves its inbox, where the acknowledgement
+closes the Operation Encompass deadline; an adapter picks up rotated keys on reload."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient
+from nats.js.errors import NotFoundError
+
+from adapters.service import AdapterSettings, make_app, reload_keys, running_adapter
+from adapters.sinks import signed_headers
+from broker.deadlines import BUCKET
+from broker.keystore import rotate_keys
+from broker.service import Broker
+from tests.conftest import ClientFactory
+from tests.helpers import drain, example, sharing
+from tests.test_health import answer, bundle, referral_bundle, referrer
+from tests.test_inbound import PPN, police_adapter, post
+from tests.test_school_inbox import dsl_token, sign_in
+
+pytestmark = pytest.mark.timeout(90)
+Client = TestClient  # type: ignore[type-arg]
+SECRET = b"nhs-system-to-adapter-secret-0001"
+HEALTH_REFERRAL = sharing() | {"specialCategoryCondition": "UKGDPR_9_2_H_SCH1_P2"}
+for _police_only in ("lawEnforcementBasis", "criminalOffenceCondition"):
+    HEALTH_REFERRAL.pop(_police_only)
+
+
+async def deadline_state(broker: Broker, message: str, replier: str) -> str | None:
+    """The SG_DEADLINES entry for ``message`` awaiting ``replier``: open, overdue, or None once met."""
+    try:
+        entry = await broker.js.get_last_msg(f"KV_{BUCKET}", f"$KV.{BUCKET}.{message}.{replier}")
+    except NotFoundError:  # never opened, or met and deleted
+        return None
+    return str(orjson.loads(entry.data)["state"]) if entry.data else None
+
+
+async def until(predicate: Callable[[], Awaitable[bool]], what: str) -> None:
+    for _ in range(150):
+        if await predicate():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_health_speaks_fhir_both_ways_through_its_adapter(
+        broker: Broker, agency: ClientFactory, tmp_path: Path,
+        aiohttp_client: Callable[..., Awaitable[Client]]) -> None:
+    (tmp_path / "secret").write_bytes(SECRET)
+    out = tmp_path / "nhs-inbox"
+    defaults = {"referral": HEALTH_REFERRAL, "information-response": sharing("information-response")}
+    settings = AdapterSettings(agency="health-camden", drop_folder=out, inbound_secret_file=tmp_path / "secret",
+                               local_authority="la-camden", sharing=defaults)
+    la = await agency("la-camden")
+    async with running_adapter(broker.settings, settings, broker.settings.nats.url or "") as health:
+        client = await aiohttp_client(make_app(health))
+        body = orjson.dumps(referral_bundle())
+        r = await client.post("/records/fhir", data=body, headers=signed_headers(SECRET, body, key="nhs-sr-1"))
+        assert r.status == 202, await r.text()
+        (referral,) = await drain(la, want=1)
+        assert referral.type == "referral" and referral.payload["child"]["nhsNumber"] == "9990001235"
+
+        request = await la.send(typ="information-request", to=["health-camden"],
+                                payload=example("information-request.example.json"),
+                                sharing=sharing("information-request"))
+
+        async def opened() -> bool:
+            return await deadline_state(broker, request, "health-camden") in ("open", "overdue")
+
+        await until(opened, "the request's deadline")
+
+        async def written() -> bool:
+            return any(request.encode() in p.read_bytes() for p in out.glob("*.json"))
+
+        await until(written, "the request in the NHS system's folder")
+        (path,) = [p for p in out.glob("*.json") if request.encode() in p.read_bytes()]  # its origin names it
+        doc = orjson.loads(path.read_bytes())
+        assert doc["resourceType"] == "Bundle" and doc["identifier"]["value"] == path.stem  # the delivery id
+        (comm,) = [e["resource"] for e in doc["entry"] if e["resource"]["resourceType"] == "Communication"]
+        reply = answer("unused") | {"inResponseTo": [{"identifier": comm["identifier"][0]}]}
+        body = orjson.dumps(bundle(*referrer(), reply))
+        r = await client.post("/records/fhir", data=body, headers=signed_headers(SECRET, body))
+        assert r.status == 202, await r.text()
+        answers = [d for d in await drain(la, want=1) if d.type == "information-response"]
+        assert [d.claims["re"] for d in answers] == [request]
+
+        async def met() -> bool:
+            return await deadline_state(broker, request, "health-camden") is None
+
+        await until(met, "the request's deadline to close")
+
+
+async def test_the_school_adapter_serves_its_inbox_and_the_acknowledgement_meets_the_deadline(
+        broker: Broker, agency: ClientFactory, aiohttp_client: Callable[..., Awaitable[Client]]) -> None:
+    police = await agency("police-met")
+    settings = AdapterSettings(agency="school-hillside")  # no webhook, no folder: the inbox
+    async with running_adapter(broker.settings, settings, broker.settings.nats.url or "") as school:
+        assert school.inbox_pages is not None
+        client = await aiohttp_client(make_app(school))
+        notice = await police.send(typ="encompass-notification", to=["school-hillside"],
+                                   payload=example("encompass-notification.example.json"),
+                                   sharing=sharing("encompass-notification"))
+        async def handed() -> bool:
+            return school.deliverer.counts.delivered > 0
+
+        await until(handed, "the notice in the inbox")
+        assert await deadline_state(broker, notice, "school-hillside") in ("open", "overdue")  # 'delivered' is not
+        # enough: the deliverer's receipt went through the broker before the hand-over count rose
+        await sign_in(client, dsl_token(broker.settings))
+        page = await (await client.get("/inbox/")).text()
+        delivery = page.split('href="/inbox/notices/')[1].split('"')[0]
+        one = await (await client.get(f"/inbox/notices/{delivery}")).text()
+        csrf = one.split('name="csrf" value="')[1].split('"')[0]
+        r = await client.post(f"/inbox/notices/{delivery}/acknowledge", data={"csrf": csrf}, allow_redirects=False)
+        assert r.status in (200, 303), await r.text()
+
+        async def met() -> bool:
+            return await deadline_state(broker, notice, "school-hillside") is None
+
+        await until(met, "the Encompass deadline to close")
+
+
+async def test_an_adapter_signs_with_rotated_keys_after_reload(
+        broker: Broker, agency: ClientFactory, tmp_path: Path,
+        aiohttp_client: Callable[..., Awaitable[Client]]) -> None:
+    settings = broker.settings
+    la = await agency("la-camden")
+    async with police_adapter(settings, tmp_path) as police:
+        old = police.client.identity.sig_kid
+        rotation = rotate_keys(settings.home, settings.registry_path, "police-met", overlap=3600.0)
+        broker.reload()  # the broker first, so it knows the new key (SIGHUP)
+        reload_keys(police, settings)  # then the adapter (SIGHUP)
+        assert police.client.identity.sig_kid == rotation.sig_kid != old
+        client = await aiohttp_client(make_app(police))
+        r = await post(client, "ppn-json", orjson.dumps(PPN))
+        assert r.status == 202, await r.text()
+        referrals = await drain(la, want=2)
+        assert len(referrals) == 2
+        sent = {m["id"] for m in (await r.json())["messages"]}
+        assert {d.claims["origin"]["jti"] for d in referrals} <= sent
