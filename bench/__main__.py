@@ -8,6 +8,9 @@
     paced run for end-to-end latency (publish → delivery stored for the recipient).
 (d) the audit side on 100,000 records: signing and verifying chained blocks, and the index
     queries behind the IG pages.
+(e) adapters in: native documents mapped, checked, signed, sealed and published by the police
+    adapter (one PPN at a time, and a CSV export of 500 children) and the health adapter (FHIR
+    Bundles, validated with fhir.resources).
 
 Writes ``bench/results.json``. A benchmark, not a test: numbers vary ±30 % between runs.
 """
@@ -32,7 +35,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
 
 from adapters.sdk import AgencyClient
-from broker import wire
+from broker import logs, wire
 from broker.catalogue import Catalogue
 from broker.config import NatsSettings, Settings
 from broker.keystore import init_dev_keys, load_identity
@@ -297,7 +300,50 @@ async def audit_bench(home: Path, registry: Registry, n: int = 100_000) -> dict[
             "verify_records_per_s": round(n / verify_s), "index_load_records_per_s": round(n / load_s), **timings}
 
 
+async def adapters_in(home: Path, settings: Settings, registry: Registry, catalogue: Catalogue,
+                      seconds: float = 3.0) -> dict[str, Any]:
+    """Documents per second through :class:`adapters.inbound.Submitter` (no broker draining)."""
+    from adapters.health import fhir_bundle
+    from adapters.inbound import Submitter
+    from adapters.mapping import MapContext, Mapper
+    from adapters.police import ppn_csv, ppn_json
+    from adapters.sdk import agency_client
+    from tests.test_health import referral_bundle
+    from tests.test_police import CSV, PPN
+
+    shares = {t: orjson.loads((EXAMPLES / f"{t}.sharing.example.json").read_bytes())
+              for t in ("referral", "encompass-notification")}
+    rows = CSV.splitlines()
+    export = "\n".join([rows[0], *(rows[1 + i % 2].replace("MPS/2026/7781", f"MPS/B/{i // 2}")
+                                    for i in range(500))]) + "\n"
+    cases: list[tuple[str, str, bytes, Mapper]] = [
+        ("ppn_json", "police-met", orjson.dumps(PPN), ppn_json),
+        ("ppn_csv_500_children", "police-met", export.encode(), ppn_csv),
+        ("fhir_bundle", "health-camden", orjson.dumps(referral_bundle()), fhir_bundle),
+    ]
+    out: dict[str, Any] = {}
+    for name, agency, body, mapper in cases:
+        async with agency_client(settings, agency, seen=home / "bench-seen" / f"{name}.sqlite") as client:
+            context = MapContext(agency=agency, registry=registry, catalogue=catalogue,
+                                 options={"local_authority": "la-camden"})
+            submitter = Submitter(client, context, shares, home / "bench-adapter" / name)
+            docs = messages = 0
+            samples: list[float] = []
+            end = time.perf_counter() + seconds
+            while time.perf_counter() < end:
+                t0 = time.perf_counter()
+                done = await submitter.submit(body, mapper, key=f"{name}-{docs}")
+                samples.append((time.perf_counter() - t0) * 1000)
+                docs, messages = docs + 1, messages + len(done.messages)
+            submitter.close()
+        elapsed = sum(samples) / 1000
+        out[name] = {"docs_per_s": round(docs / elapsed, 1), "msgs_per_s": round(messages / elapsed),
+                     "msgs_per_doc": messages // docs, **(_percentiles(samples) if docs > 2 else {}), "n": docs}
+    return out
+
+
 async def main() -> int:
+    logs.configure(level="WARNING")  # the adapters log a line per document at INFO
     with tempfile.TemporaryDirectory(prefix="sgb-bench-") as tmp:
         home = Path(tmp)
         init_dev_keys(home, home / "registry.json")
@@ -318,6 +364,9 @@ async def main() -> int:
             paced = await paced_latency(home, url, settings, registry, catalogue)
             print(f"(c) latency at {PACED_RATE}/s  p50 {paced['p50_ms']} ms  p95 {paced['p95_ms']} ms"
                   f"  p99 {paced['p99_ms']} ms", flush=True)
+            inbound = await adapters_in(home, settings, registry, catalogue)
+            for name, r in inbound.items():
+                print(f"(e) adapter in, {name:<22} {r['docs_per_s']:>7} docs/s  {r['msgs_per_s']:>6} msg/s", flush=True)
             audit = await audit_bench(home, registry)
             print(f"(d) audit, 100k records: verify {audit['verify_records_per_s']} rec/s; log page "
                   f"{audit['log_first_page_ms']} ms, filtered {audit['log_filtered_ms']} ms, volumes "
@@ -333,6 +382,7 @@ async def main() -> int:
                           "msgs_per_s": best, **{k: paced[k] for k in ("p50_ms", "p95_ms", "p99_ms")}},
         "ratio_full_to_floor": round(best / floor_rate, 3),
         "audit": audit,
+        "adapters_in": inbound,
     }
     RESULTS.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
     print(f"full / min(raw relay, crypto floor) = {results['ratio_full_to_floor']}  → {RESULTS}")
