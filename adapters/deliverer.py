@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,11 +32,18 @@ from broker.keystore import write_private
 from broker.outcomes import ADMIN_TYPES
 
 log = structlog.get_logger("sgb.adapter")
+_RECEIPTS: Final = uuid.UUID("3d1f0c9a-5b7e-4e2a-9c61-8f4b2d7a0e53")
 RECEIPT_SHARING: Final = {
     "vocabulary": "sgb-lawful-basis/1", "purpose": "SERVICE_ADMINISTRATION", "lawfulBasis": "UKGDPR_6_1_E",
     "consentStatus": "NOT_APPLICABLE", "urgency": "ROUTINE",
     "decidedBy": {"role": "Agency adapter", "staffRef": "adapter"}, "guidanceEdition": "WT2023",
 }
+
+
+def receipt_id(delivery_id: str, status: str) -> str:
+    """The message id of the ``status`` receipt for a delivery: the same every time it is sent, so
+    JetStream keeps one however often a retry or a restart sends it."""
+    return str(uuid.uuid5(_RECEIPTS, f"{delivery_id}/{status}"))
 
 
 def canonical_json(delivery: Delivery) -> tuple[bytes, str]:
@@ -103,6 +111,10 @@ class Deliverer:
             await msg.ack_sync()
             return
         with structlog.contextvars.bound_contextvars(delivery=delivery.id, type=delivery.type, stage="hand-over"):
+            if self._about_own_receipt(delivery):
+                log.debug("the broker routed this adapter's own receipt; nothing for the agency system")
+                await msg.ack_sync()
+                return
             if delivery.id in seen:
                 self.counts.redelivered += 1
                 log.info("already handed over; acknowledging the redelivery")
@@ -120,6 +132,11 @@ class Deliverer:
             self.counts.delivered += 1
             log.info("handed over to the agency system")
             await self._tell_sender(delivery, "delivered", None)
+
+    def _about_own_receipt(self, delivery: Delivery) -> bool:
+        assert self.client.seen is not None
+        return (delivery.type == "receipt" and delivery.payload.get("status") == "routed"
+                and self.client.seen.is_own_receipt(delivery.claims.get("re")))
 
     def _render(self, delivery: Delivery) -> tuple[bytes, str]:
         """The agency's native form; a delivery it cannot take is dead-lettered, not retried for ever."""
@@ -143,5 +160,9 @@ class Deliverer:
                                 "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")}
         if note:
             body["note"] = note[:200]
+        receipt = receipt_id(delivery.id, status)
+        assert self.client.seen is not None
+        self.client.seen.note_own_receipt(receipt)
         with contextlib.suppress(BrokerError):  # a receipt that cannot be sent must not undo the hand-over
-            await self.client.send(typ="receipt", to=[sender], payload=body, sharing=RECEIPT_SHARING, re=message)
+            await self.client.send(typ="receipt", to=[sender], payload=body, sharing=RECEIPT_SHARING, re=message,
+                                   jti=receipt)

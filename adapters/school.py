@@ -36,7 +36,6 @@ import os
 import re
 import secrets
 import sqlite3
-import uuid
 import zoneinfo
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -51,7 +50,7 @@ import structlog
 from aiohttp import web
 from nats.errors import Error as NatsError
 
-from adapters.deliverer import RECEIPT_SHARING
+from adapters.deliverer import RECEIPT_SHARING, receipt_id
 from adapters.sdk import AgencyClient, Delivery
 from adapters.sinks import DeliveryFailed
 from broker.auth import AuthError, Principal, TokenVerifier
@@ -73,7 +72,6 @@ STATUSES: Final = ("accepted", "actioned")  # the receipts this inbox sends, in 
 SHOWN: Final = ("child", "incidentDateTime", "childPresent", "whereChildWas", "policeReference", "keyAdultAdvice")
 _STAFF_REF: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9/_.-]{0,39}$")  # sharing.v1.json decidedBy.staffRef
 _COMPACT: Final = re.compile(rb"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")
-_RECEIPT_IDS: Final = uuid.UUID("6f0c7f55-3b59-4c1e-9a0d-7d1f1c2e5e11")  # namespace for receipt message ids
 _TEMPLATES: Final = Path(__file__).parent / "templates"
 _ENV: Final = jinja2.Environment(
     loader=jinja2.FileSystemLoader(_TEMPLATES),
@@ -99,11 +97,6 @@ def inbox_audience(school: str) -> str:
 def inbox_verifier(registry: Registry, api: ApiSettings, school: str) -> TokenVerifier:
     """Tokens from the partnership's issuer for this school's inbox, and for nothing else."""
     return TokenVerifier(registry, dataclasses.replace(api, audience=inbox_audience(school)))
-
-
-def receipt_id(delivery_id: str, status: str) -> str:
-    """The message id of the ``status`` receipt for a delivery: the same every time it is sent."""
-    return str(uuid.uuid5(_RECEIPT_IDS, f"{delivery_id}/{status}"))
 
 
 # -- the store ----------------------------------------------------------------------------------

@@ -90,6 +90,7 @@ class SeenStore:
             if column not in columns:
                 self._db.execute(f"alter table seen add column {column} text")
         self._db.execute("create index if not exists seen_message on seen (message)")
+        self._db.execute("create table if not exists own_receipts (id text primary key, at real not null)")
 
     def __contains__(self, message_id: object) -> bool:
         return self._db.execute("select 1 from seen where id = ?", (message_id,)).fetchone() is not None
@@ -99,6 +100,13 @@ class SeenStore:
         self._db.execute("insert or ignore into seen (id, at, type, sender, message, thread) values (?, ?, ?, ?, ?, ?)",
                          (message_id, time.time(), delivery.type if delivery else None, sender, message,
                           delivery.claims.get("thread") if delivery else None))
+
+    def note_own_receipt(self, receipt_id: str) -> None:
+        """A receipt the adapter sent by itself; the broker's 'routed' answer to it is not for the agency."""
+        self._db.execute("insert or ignore into own_receipts values (?, ?)", (receipt_id, time.time()))
+
+    def is_own_receipt(self, receipt_id: object) -> bool:
+        return self._db.execute("select 1 from own_receipts where id = ?", (receipt_id,)).fetchone() is not None
 
     def handed(self, ref: str) -> Handed | None:
         """The delivery handed over under ``ref``: its delivery id, or the original message id."""
