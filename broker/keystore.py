@@ -22,7 +22,7 @@ import orjson
 from broker import _crypto
 from broker.catalogue import Catalogue
 from broker.errors import ConfigError, KeyStoreError
-from broker.registry import Registry
+from broker.registry import Registry, read_document
 from broker.timestamps import iso
 
 BROKER_ID = "sg-broker"
@@ -69,19 +69,7 @@ def write_private(path: Path, data: bytes) -> None:
     folder): a reader never sees half of it, and a crash leaves the old file or the new one."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(path.parent, 0o700)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+    _write_atomic(path, data, 0o600)
 
 
 def write_public(path: Path, data: bytes) -> None:
@@ -92,6 +80,10 @@ def write_public(path: Path, data: bytes) -> None:
     except FileNotFoundError:
         mode = 0o644
     path.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(path, data, mode)
+
+
+def _write_atomic(path: Path, data: bytes, mode: int) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
@@ -248,12 +240,7 @@ class Retirement:
 
 def _load_registry(registry_path: Path) -> tuple[dict[str, Any], Registry]:
     """The registry document (to edit) and its parsed, validated form."""
-    try:
-        doc = orjson.loads(registry_path.read_bytes())
-    except FileNotFoundError as exc:
-        raise ConfigError(f"no trust registry at {registry_path}; run `sgb keys init` first") from exc
-    except orjson.JSONDecodeError as exc:
-        raise ConfigError(f"trust registry {registry_path} is not JSON") from exc
+    doc = read_document(registry_path)
     return doc, Registry.from_document(doc, Catalogue())
 
 

@@ -149,10 +149,15 @@ class Registry:
 
     @classmethod
     def load(cls, path: Path, catalogue: Catalogue) -> Registry:
-        try:
-            doc = orjson.loads(path.read_bytes())
-        except FileNotFoundError as exc:
-            raise ConfigError(f"no trust registry at {path}; run `sgb keys init` first") from exc
-        except orjson.JSONDecodeError as exc:
-            raise ConfigError(f"trust registry {path} is not JSON: {exc}") from exc
-        return cls.from_document(doc, catalogue)
+        return cls.from_document(read_document(path), catalogue)
+
+
+def read_document(path: Path) -> dict[str, Any]:
+    """The registry file as JSON (not yet validated)."""
+    try:
+        doc: dict[str, Any] = orjson.loads(path.read_bytes())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"no trust registry at {path}; run `sgb keys init` first") from exc
+    except orjson.JSONDecodeError as exc:
+        raise ConfigError(f"trust registry {path} is not JSON: {exc}") from exc
+    return doc

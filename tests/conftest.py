@@ -4,13 +4,15 @@ a running broker, and agency clients. No mocks stand in for NATS or crypto."""
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 
 from adapters.sdk import AgencyClient, SeenStore
 from broker.api import AuditService
@@ -121,3 +123,48 @@ async def client(broker: Broker, service: AuditService,
                  aiohttp_client: Callable[..., Awaitable[TestClient]]) -> TestClient:  # type: ignore[type-arg]
     """An HTTP client for the broker's whole web app: probes, API and IG pages."""
     return await aiohttp_client(make_app(broker, service))
+
+
+# -- a real browser (Debian's Chromium, driven by Playwright) ---------------------------------------
+
+
+def chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path:
+        return path
+    if os.environ.get("CI") == "true":
+        pytest.fail("CI needs Chromium for the browser tests: apt-get install chromium")
+    pytest.skip("no Chromium here (apt-get install chromium); the browser tests run in CI")
+
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage"]
+
+
+@pytest.fixture
+async def browser_page(tmp_path: Path) -> AsyncIterator[Any]:
+    executable = chromium()
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
+        context = await browser.new_context(viewport={"width": 1280, "height": 900})
+        page = await context.new_page()
+        page.set_default_timeout(15_000)
+        try:
+            yield page
+        finally:
+            await context.close()
+            await browser.close()
+
+
+@pytest.fixture
+async def live_url(broker: Broker, service: AuditService) -> AsyncIterator[str]:
+    """The broker's web app on a real port, for the browser."""
+    server = TestServer(make_app(broker, service), host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield str(server.make_url("")).rstrip("/")
+    finally:
+        await server.close()

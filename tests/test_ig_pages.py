@@ -9,19 +9,15 @@ browser fails them.
 from __future__ import annotations
 
 import os
-import shutil
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from broker import api
 from broker.config import Settings
-from broker.http import make_app
-from broker.service import Broker
 from tests.conftest import ClientFactory
 from tests.test_api import NHS, send_referrals, token, until_indexed
 
@@ -95,47 +91,6 @@ async def test_pages_render_quickly_on_a_large_log(client: Client, settings: Set
 
 
 # -- a real browser -------------------------------------------------------------------------------
-
-
-def chromium() -> str:
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path:
-        return path
-    if os.environ.get("CI") == "true":
-        pytest.fail("CI needs Chromium for the browser tests: apt-get install chromium")
-    pytest.skip("no Chromium here (apt-get install chromium); the browser tests run in CI")
-
-
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage"]
-
-
-@pytest.fixture
-async def browser_page(tmp_path: Path) -> AsyncIterator[Any]:
-    executable = chromium()
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
-        context = await browser.new_context(viewport={"width": 1280, "height": 900})
-        page = await context.new_page()
-        page.set_default_timeout(15_000)
-        try:
-            yield page
-        finally:
-            await context.close()
-            await browser.close()
-
-
-@pytest.fixture
-async def live_url(broker: Broker, service: api.AuditService) -> AsyncIterator[str]:
-    server = TestServer(make_app(broker, service), host="127.0.0.1")
-    await server.start_server()
-    try:
-        yield str(server.make_url("")).rstrip("/")
-    finally:
-        await server.close()
 
 
 def shots(tmp_path: Path) -> Path:

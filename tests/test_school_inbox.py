@@ -45,7 +45,7 @@ from broker.service import Broker, connected, jetstream
 from tests.conftest import ClientFactory
 from tests.helpers import example, sharing
 from tests.test_deliverer import run_once
-from tests.test_ig_pages import CHROMIUM_ARGS, chromium, shots
+from tests.test_ig_pages import shots
 
 pytestmark = pytest.mark.timeout(90)
 Client = TestClient[web.Request, web.Application]
@@ -357,23 +357,6 @@ async def test_the_inbox_keeps_only_sealed_verified_messages(school: School, set
 # -- a real browser -------------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def browser(tmp_path: Path) -> AsyncIterator[Any]:
-    executable = chromium()
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as pw:
-        chrome = await pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
-        context = await chrome.new_context(viewport={"width": 1100, "height": 900})
-        page = await context.new_page()
-        page.set_default_timeout(15_000)
-        try:
-            yield page
-        finally:
-            await context.close()
-            await chrome.close()
-
-
 async def tab_to(page: Any, text: str, *, limit: int = 25) -> None:
     for _ in range(limit):
         await page.keyboard.press("Tab")
@@ -383,8 +366,8 @@ async def tab_to(page: Any, text: str, *, limit: int = 25) -> None:
 
 
 async def test_the_dsl_acknowledges_with_the_keyboard_in_a_real_browser(
-        browser: Any, school: School, settings: Settings, tmp_path: Path) -> None:
-    page, out = browser, shots(tmp_path)
+        browser_page: Any, school: School, settings: Settings, tmp_path: Path) -> None:
+    page, out = browser_page, shots(tmp_path)
     message = await notify(school)
     server = TestServer(school.app, host="127.0.0.1")
     await server.start_server()
