@@ -27,12 +27,14 @@ from nats.errors import Error as NatsError
 
 from adapters.sdk import AgencyClient, Delivery
 from adapters.sinks import DeliveryFailed, Sink
+from broker.auditchain import unverified
 from broker.errors import BrokerError, InvalidEnvelope
 from broker.keystore import write_private
 from broker.outcomes import ADMIN_TYPES
 
 log = structlog.get_logger("sgb.adapter")
 _RECEIPTS: Final = uuid.UUID("3d1f0c9a-5b7e-4e2a-9c61-8f4b2d7a0e53")
+KEY_WAIT: Final = 30.0  # seconds before a delivery sealed to a key not yet here is offered again
 RECEIPT_SHARING: Final = {
     "vocabulary": "sgb-lawful-basis/1", "purpose": "SERVICE_ADMINISTRATION", "lawfulBasis": "UKGDPR_6_1_E",
     "consentStatus": "NOT_APPLICABLE", "urgency": "ROUTINE",
@@ -56,6 +58,7 @@ class Counts:
     delivered: int = 0
     redelivered: int = 0
     dead_lettered: int = 0
+    waiting_for_key: int = 0
 
 
 class DeadLetters:
@@ -78,7 +81,7 @@ class DeadLetters:
 class Deliverer:
     def __init__(self, client: AgencyClient, sink: Sink, dead: DeadLetters, *,
                  render: Callable[[Delivery], tuple[bytes, str]] = canonical_json, batch: int = 16,
-                 idle: float = 1.0, receipts: bool = True) -> None:
+                 idle: float = 1.0, receipts: bool = True, key_wait: float = KEY_WAIT) -> None:
         if client.seen is None:
             raise BrokerError("the deliverer needs the client's SeenStore for idempotent hand-over")
         self.client = client
@@ -88,6 +91,7 @@ class Deliverer:
         self.batch = batch
         self.idle = idle
         self.receipts = receipts
+        self.key_wait = key_wait
         self.counts = Counts()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -107,6 +111,14 @@ class Deliverer:
         try:
             delivery = self.client.open(msg.data)
         except InvalidEnvelope:
+            if self._sealed_to_a_key_not_yet_here(msg.data):
+                # A key rotation under way: the broker seals to a key whose file has not reached this
+                # adapter yet (SIGHUP after copying it). Wait for it rather than dead-letter the message.
+                self.counts.waiting_for_key += 1
+                log.warning("a delivery is sealed to a key this adapter does not hold yet; reload the key file",
+                            seq=msg.metadata.sequence.stream)
+                await msg.nak(delay=self.key_wait)
+                return
             self._dead(f"seq-{msg.metadata.sequence.stream}", msg.data, "the delivery failed verification", 1)
             await msg.ack_sync()
             return
@@ -118,6 +130,7 @@ class Deliverer:
             if delivery.id in seen:
                 self.counts.redelivered += 1
                 log.info("already handed over; acknowledging the redelivery")
+                await self._tell_sender(delivery, "delivered", None)  # in case the first life died before it
                 await msg.ack_sync()
                 return
             try:
@@ -128,10 +141,20 @@ class Deliverer:
                 await msg.ack_sync()
                 return
             seen.add(delivery.id, delivery)
+            await self._tell_sender(delivery, "delivered", None)  # before the ack: a crash between sends it again
             await msg.ack_sync()
             self.counts.delivered += 1
             log.info("handed over to the agency system")
-            await self._tell_sender(delivery, "delivered", None)
+
+    def _sealed_to_a_key_not_yet_here(self, data: bytes) -> bool:
+        """Addressed to this agency and sealed to an encryption key its key file does not hold: the
+        rotation gap (only the broker may publish here; the signature is checked once the key is)."""
+        try:
+            _, claims = unverified(data)
+            kid = claims["enc"]["kid"]
+        except (InvalidEnvelope, KeyError, TypeError):
+            return False
+        return claims.get("to") == [self.client.agency] and self.client.identity.kem_key(str(kid)) is None
 
     def _about_own_receipt(self, delivery: Delivery) -> bool:
         assert self.client.seen is not None

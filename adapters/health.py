@@ -40,7 +40,7 @@ from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.flag import Flag
 from fhir_core.fhirabstractmodel import FHIRAbstractModel
 
-from adapters.mapping import MapContext, Outbound, Unmappable, checked
+from adapters.mapping import MapContext, Outbound, Unmappable, checked, local_authority
 from adapters.sdk import Delivery
 from broker.catalogue import Catalogue
 from broker.errors import BrokerError
@@ -430,11 +430,7 @@ def _recipient(bundle: _Bundle, holder: _Res, key: str, context: MapContext) -> 
             agency = ident.get("value") or ""
             if ident.get("system") == AGENCY_ID and agency != context.agency and context.registry.get(agency):
                 return (agency,)
-    la = context.options.get("local_authority")
-    if not isinstance(la, str) or context.registry.get(la) is None:
-        raise Unmappable("the adapter has no local authority configured for referrals", field="/",
-                         rule="adapter.local_authority")
-    return (la,)
+    return (local_authority(context),)
 
 
 def _categories(res: _Res) -> list[str]:

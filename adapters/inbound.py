@@ -16,6 +16,7 @@ is refused (``key-reused``) rather than silently taken for the first.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import sqlite3
 import time
@@ -29,10 +30,10 @@ import orjson
 import structlog
 
 from adapters.deliverer import RECEIPT_SHARING
-from adapters.mapping import MapContext, Mapper, Outbound, Unmappable
+from adapters.mapping import MapContext, Mapper, Outbound, Unmappable, checked
 from adapters.sdk import AgencyClient
 from broker.catalogue import Catalogue
-from broker.errors import RejectedMessage
+from broker.errors import RejectedMessage, TooLarge, TransportError
 from broker.outcomes import ADMIN_TYPES
 from broker.publisher import Outgoing, Publisher
 from broker.streams import ingress_subject
@@ -46,6 +47,10 @@ class KeyReused(RejectedMessage):
     """The idempotency key was used before for a different document."""
 
     code = "key-reused"
+
+
+class Busy(TransportError):
+    """Too many documents at once: send it again (same key), nothing was sent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,9 +83,10 @@ class SubmissionStore:
             create table if not exists sent (message text primary key, at real not null);
         """)
 
-    def digest_of(self, key: str) -> str | None:
-        row = self._db.execute("select digest from submissions where key = ?", (key,)).fetchone()
-        return None if row is None else str(row[0])
+    def known(self, key: str) -> tuple[str, list[str]] | None:
+        """``(document digest, message ids)`` of an earlier submission under ``key``."""
+        row = self._db.execute("select digest, messages from submissions where key = ?", (key,)).fetchone()
+        return None if row is None else (str(row[0]), list(orjson.loads(row[1])))
 
     def begin(self, key: str, digest: str, messages: list[str]) -> None:
         self._db.execute("insert or ignore into submissions values (?, ?, ?, ?)",
@@ -115,7 +121,8 @@ class InboundCounts:
 
 class Submitter:
     def __init__(self, client: AgencyClient, context: MapContext, sharing: Mapping[str, Mapping[str, Any]],
-                 state: Path, *, publish_attempts: int = 3) -> None:
+                 state: Path, *, publish_attempts: int = 3, max_message_bytes: int = 512 * 1024,
+                 queue_deadline: float = 30.0) -> None:
         self.client = client
         self.context = context
         self.sharing = sharing
@@ -123,19 +130,30 @@ class Submitter:
         self.counts = InboundCounts()
         self._sharing_validator = client.catalogue.validator("sharing.v1.json")
         self._publisher = Publisher(client.js, deadline=client.timeout, attempts=publish_attempts)
+        self.max_message_bytes = max_message_bytes
+        self.queue_deadline = queue_deadline
+        self._one_at_a_time = asyncio.Lock()
 
     def close(self) -> None:
         self.store.close()
 
     async def submit(self, body: bytes, mapper: Mapper, *, key: str | None = None) -> Submitted:
         """Map, build and publish one native document; raises :class:`Unmappable` (nothing sent),
-        :class:`KeyReused`, or :class:`~broker.errors.TransportError` (send the same again)."""
+        :class:`KeyReused`, ``too-large``, or :class:`~broker.errors.TransportError` (send the same
+        again). One document at a time: the next waits at most ``queue_deadline`` seconds."""
+        try:
+            async with asyncio.timeout(self.queue_deadline):
+                await self._one_at_a_time.acquire()
+        except TimeoutError as exc:
+            raise Busy("the adapter is busy with other documents; send this one again") from exc
         try:
             done = await self._submit(body, mapper, key)
         except RejectedMessage as exc:
             self.counts.refused[exc.code] = self.counts.refused.get(exc.code, 0) + 1
             log.info("document refused", code=exc.code, field=exc.field, rule=exc.rule)
             raise
+        finally:
+            self._one_at_a_time.release()
         self.counts.documents += 1
         return done
 
@@ -143,16 +161,16 @@ class Submitter:
         digest = hashlib.sha256(body).hexdigest()
         key = key or f"sha256:{digest}"
         ref = hashlib.sha256(key.encode()).hexdigest()[:32]  # stored and logged: a key may be an agency's own id
-        known = self.store.digest_of(ref)
-        if known is not None and known != digest:
+        known = self.store.known(ref)
+        if known is not None and known[0] != digest:
             raise KeyReused("this idempotency key was used for a different document", field="Idempotency-Key")
-        outbound = mapper(body, self.context)
-        if not outbound:
-            raise Unmappable("the document holds no record to send", field="/")
-        if len(outbound) > MAX_MESSAGES:
-            raise Unmappable(f"the document makes more than {MAX_MESSAGES} messages; split it", field="/")
-        built = [self._build(m, self.message_id(key, i), f"message {i}") for i, m in enumerate(outbound)]
+        # Mapping, checking, signing and sealing are CPU work: off the event loop, so hand-overs,
+        # the inbox and the probes carry on while a large export is mapped.
+        outbound, built = await asyncio.to_thread(self._map_and_build, body, mapper, key)
         ids = [jti for jti, _ in built]
+        if known is not None and known[1] != ids:
+            raise KeyReused("this document now makes different messages than when it was first sent (the "
+                            "registry or the mapping changed); send it under a new key", field="Idempotency-Key")
         self.store.begin(ref, digest, ids)
         already = self.store.sent_among(ids)
         unsent = [Outgoing(ingress_subject(self.client.agency), data, jti) for jti, data in built
@@ -165,6 +183,19 @@ class Submitter:
         log.info("submission sent", key_ref=ref[:12], messages=len(ids), published=published,
                  types=sorted(set(types)))
         return Submitted(key, tuple(ids), types, repeated=published == 0)
+
+    def _map_and_build(self, body: bytes, mapper: Mapper, key: str) -> tuple[list[Outbound], list[tuple[str, bytes]]]:
+        outbound = mapper(body, self.context)
+        if not outbound:
+            raise Unmappable("the document holds no record to send", field="/")
+        if len(outbound) > MAX_MESSAGES:
+            raise Unmappable(f"the document makes more than {MAX_MESSAGES} messages; split it", field="/")
+        built = [self._build(m, m.jti or self.message_id(key, i), f"message {i}") for i, m in enumerate(outbound)]
+        for i, (_, data) in enumerate(built):
+            if len(data) > self.max_message_bytes:  # the broker would refuse it after the rest had gone
+                raise TooLarge(f"message {i} would be {len(data)} bytes on the wire; the broker takes at most "
+                               f"{self.max_message_bytes}: split the record", field=f"message {i}")
+        return outbound, built
 
     def message_id(self, key: str, index: int) -> str:
         return str(uuid.uuid5(_NS, f"{self.client.agency}/{key}/{index}"))
@@ -218,15 +249,10 @@ def canonical(body: bytes, context: MapContext) -> list[Outbound]:
             raise Unmappable("recipients are agency ids in the trust registry", field=f"{where}/to")
         if not isinstance(payload, dict):
             raise Unmappable("the payload is an object", field=f"{where}/payload")
-        mtype = context.catalogue.message_type(typ, 1)
-        assert mtype is not None
-        issue = Catalogue.first_issue(mtype.validator, payload)
-        if issue is not None:
-            raise Unmappable(f"the payload is not a valid {typ} ('{issue.keyword}' failed)",
-                             field=f"{where}/payload{issue.pointer}", rule=f"{typ}.v1.json")
         sharing, answers, thread = item.get("sharing"), item.get("answers"), item.get("thread")
         for name, value in (("sharing", sharing), ("answers", answers), ("thread", thread)):
             if value is not None and not isinstance(value, dict if name == "sharing" else str):
                 raise Unmappable(f"{name} has the wrong type", field=f"{where}/{name}")
-        out.append(Outbound(typ, tuple(to), payload, sharing=sharing, answers=answers, thread=thread))
+        out.append(checked(context.catalogue, typ, tuple(to), payload, f"{where}/payload", sharing=sharing,
+                           answers=answers, thread=thread))
     return out

@@ -24,7 +24,7 @@ from broker.errors import RejectedMessage, TransportError
 
 log = structlog.get_logger("sgb.adapter")
 KEY_HEADER: Final = "Idempotency-Key"
-_STATUS: Final = {"unmappable": 422, "key-reused": 409}
+_STATUS: Final = {"unmappable": 422, "key-reused": 409, "too-large": 413}
 
 
 def problem(status: int, code: str, detail: str, **extra: Any) -> web.Response:
@@ -49,21 +49,26 @@ def add_routes(app: web.Application, submitter: Submitter, formats: Mapping[str,
             body = await request.read()  # the app's client_max_size is max_bytes
         except web.HTTPRequestEntityTooLarge:
             return problem(413, "too-large", f"documents are at most {max_bytes} bytes")
+        key = request.headers.get(KEY_HEADER, "")
+        if len(key) > 200 or not key.isprintable() or "." in key:
+            return problem(400, "malformed", "the Idempotency-Key is at most 200 printable characters, without '.'")
         if not verify_webhook(secret, request.headers, body, id_header=KEY_HEADER):
             return problem(401, "unauthenticated", "the request is not signed with this adapter's secret, "
                            "or its timestamp is more than five minutes off")
-        key = request.headers.get(KEY_HEADER) or None
-        if key is not None and (len(key) > 200 or not key.isprintable()):
-            return problem(400, "malformed", "the Idempotency-Key is at most 200 printable characters")
         with structlog.contextvars.bound_contextvars(stage="intake", format=fmt):
             try:
-                done = await submitter.submit(body, mapper, key=key)
+                done = await submitter.submit(body, mapper, key=key or None)
             except RejectedMessage as exc:
                 return problem(_STATUS.get(exc.code, 422), exc.code, exc.reason, field=exc.field, rule=exc.rule)
             except TransportError as exc:
                 log.warning("cannot reach the broker; the agency system should retry", error=type(exc).__name__)
                 return problem(503, "unavailable", "the broker cannot be reached now; send the same request again "
                                "(same Idempotency-Key): nothing is sent twice")
+            except Exception as exc:  # a fault of ours: a stable code, no internals (only the type is logged:
+                # an exception's text may quote a record)
+                log.error("document not taken: internal error", error=type(exc).__name__)
+                return problem(500, "internal", "the adapter could not take this document; send it again later "
+                               "(same Idempotency-Key), and tell the adapter's operator if it persists")
         return web.json_response(done.as_json(), status=200 if done.repeated else 202)
 
     app.router.add_post("/records/{format}", take)

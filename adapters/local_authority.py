@@ -28,7 +28,7 @@ the field named and no value repeated.
 
 from __future__ import annotations
 
-import datetime as dt
+import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -36,9 +36,11 @@ from typing import Any, Final
 import jsonschema_rs
 import orjson
 
+from adapters.deliverer import receipt_id
 from adapters.mapping import MapContext, Outbound, Unmappable, check_native, checked
 from adapters.sdk import Handed
 from broker.outcomes import ADMIN_TYPES
+from broker.timestamps import iso
 
 _SCHEMA: Final = Path(__file__).parent / "native" / "la-case-event.v1.json"
 _VALIDATOR = jsonschema_rs.validator_for(orjson.loads(_SCHEMA.read_bytes()), validate_formats=True)
@@ -65,10 +67,6 @@ _RECEIPT_STATUS: Final = {"acknowledged": "accepted", "actioned": "actioned"}
 def check(document: Any) -> None:
     """Raise :class:`Unmappable` at the first place ``document`` breaks the native schema."""
     check_native(_VALIDATOR, document, "", _RULE)
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _some(record: Mapping[str, Any], *pairs: tuple[str, str]) -> dict[str, Any]:
@@ -151,9 +149,12 @@ class _Event:
 def _receipt(e: _Event) -> Outbound:
     handed = e.original(None)
     assert handed.message is not None
-    payload = {"messageId": handed.message, "status": _RECEIPT_STATUS[e.record["event"]],
-               "at": e.record.get("at") or _now(), "recipients": [e.context.agency]}
-    return e.make("receipt", (), payload, answers=e.record["inReplyTo"])
+    status = _RECEIPT_STATUS[e.record["event"]]
+    payload = {"messageId": handed.message, "status": status,
+               "at": e.record.get("at") or iso(time.time()), "recipients": [e.context.agency]}
+    # One receipt per delivery and status, however often the case system posts the event.
+    return e.make("receipt", (), payload, answers=e.record["inReplyTo"],
+                  jti=receipt_id(handed.delivery, status))
 
 
 def _outcome(e: _Event) -> Outbound:

@@ -45,6 +45,7 @@ class Outbound:
     sharing: Mapping[str, Any] | None = None
     answers: str | None = None
     thread: str | None = None
+    jti: str | None = None  # a message id of the mapper's own (e.g. one receipt per delivery and status)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -61,6 +62,15 @@ class MapContext:
 
 class Mapper(Protocol):
     def __call__(self, body: bytes, context: MapContext, /) -> list[Outbound]: ...
+
+
+def local_authority(context: MapContext) -> str:
+    """The local authority this adapter's referrals go to (``local_authority`` in its settings)."""
+    la = context.options.get("local_authority")
+    if not isinstance(la, str) or context.registry.get(la) is None:
+        raise Unmappable("the adapter has no local authority configured for referrals", field="/",
+                         rule="adapter.local_authority")
+    return la
 
 
 def checked(catalogue: Catalogue, typ: str, to: tuple[str, ...], payload: dict[str, Any], where: str,

@@ -25,7 +25,7 @@ from typing import Any, Final
 import jsonschema_rs
 import orjson
 
-from adapters.mapping import MapContext, Outbound, Unmappable, check_native, checked
+from adapters.mapping import MapContext, Outbound, Unmappable, check_native, checked, local_authority
 from broker.catalogue import Catalogue
 from broker.registry import Registry
 
@@ -199,17 +199,9 @@ def recipients(messages: Sequence[Outbound]) -> dict[str, int]:
     return counts
 
 
-def _local_authority(context: MapContext) -> str:
-    la = context.options.get("local_authority")
-    if not isinstance(la, str) or context.registry.get(la) is None:
-        raise Unmappable("the adapter has no local authority configured for referrals", field="/",
-                         rule="adapter.local_authority")
-    return la
-
-
 def ppn_json(body: bytes, context: MapContext) -> list[Outbound]:
     """Mapper: PPN JSON (one object or a list)."""
-    return map_json(body, local_authority=_local_authority(context), registry=context.registry,
+    return map_json(body, local_authority=local_authority(context), registry=context.registry,
                     catalogue=context.catalogue)
 
 
@@ -219,5 +211,5 @@ def ppn_csv(body: bytes, context: MapContext) -> list[Outbound]:
         text = body.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise Unmappable("the CSV export is not UTF-8", field="/") from exc
-    return map_csv(text, local_authority=_local_authority(context), registry=context.registry,
+    return map_csv(text, local_authority=local_authority(context), registry=context.registry,
                    catalogue=context.catalogue)

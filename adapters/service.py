@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import stat
+import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -44,7 +46,7 @@ from broker.config import Settings
 from broker.errors import ConfigError
 from broker.keystore import load_identity
 from broker.registry import Registry
-from broker.service import connected, jetstream
+from broker.service import check_key_file, connected, jetstream
 
 log = structlog.get_logger("sgb.adapter")
 
@@ -109,6 +111,35 @@ class AdapterSettings:
             raise ConfigError("a webhook needs webhook_secret_file (the HMAC key shared with the agency system)")
 
 
+MIN_SECRET_BYTES: Final = 16
+
+
+def read_secret(path: Path) -> bytes:
+    """A shared HMAC secret from a file only its owner may read, long enough to mean something."""
+    try:
+        if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise ConfigError(f"{path} is readable by others; chmod 600 it")
+        secret = path.read_bytes().strip()
+    except FileNotFoundError as exc:
+        raise ConfigError(f"no secret file at {path}") from exc
+    if len(secret) < MIN_SECRET_BYTES:
+        raise ConfigError(f"the secret in {path} is shorter than {MIN_SECRET_BYTES} bytes")
+    return secret
+
+
+def _check_sharing(adapter: AdapterSettings, catalogue: Catalogue) -> None:
+    """A broken sharing default is the adapter's configuration fault: refuse to start, rather than
+    refuse every document as if the agency's records were wrong."""
+    validator = catalogue.validator("sharing.v1.json")
+    for typ, block in adapter.sharing.items():
+        if catalogue.message_type(typ, 1) is None:
+            raise ConfigError(f"[adapter.sharing.{typ}]: no such message type")
+        issue = Catalogue.first_issue(validator, dict(block))
+        if issue is not None:
+            raise ConfigError(f"[adapter.sharing.{typ}] is not a valid sharing block at {issue.pointer or '/'} "
+                              f"('{issue.keyword}' failed)")
+
+
 @dataclass
 class Adapter:
     settings: AdapterSettings
@@ -148,6 +179,8 @@ def _metrics(deliverer: Deliverer, inbound: InboundCounts) -> CollectorRegistry:
          lambda: counts.redelivered),
         ("sgb_adapter_dead_letters", "Deliveries the agency system did not take (alert on any)",
          lambda: counts.dead_lettered),
+        ("sgb_adapter_waiting_for_key", "Deliveries offered back because they are sealed to a key this adapter "
+         "does not hold yet (reload its key file; alert if it keeps rising)", lambda: counts.waiting_for_key),
         ("sgb_adapter_documents_taken", "Native documents mapped and sent whole", lambda: inbound.documents),
         ("sgb_adapter_messages_sent", "Messages published to the broker from native documents",
          lambda: inbound.messages),
@@ -165,7 +198,7 @@ async def _sink(settings: AdapterSettings, state: Path, client: AgencyClient) ->
         return
     if settings.webhook_url:
         assert settings.webhook_secret_file
-        secret = settings.webhook_secret_file.read_bytes().strip()
+        secret = read_secret(settings.webhook_secret_file)
         async with aiohttp.ClientSession() as session:
             yield WebhookSink(session, WebhookSettings(url=settings.webhook_url, secret=secret,
                                                        attempts=settings.attempts, timeout=settings.timeout)), None
@@ -187,7 +220,8 @@ async def running_adapter(settings: Settings, adapter: AdapterSettings, url: str
     adapter.check(agency.kind)
     profile = profile_for(agency.kind)
     identity = load_identity(settings.home, adapter.agency)
-    inbound_secret = adapter.inbound_secret_file.read_bytes().strip() if adapter.inbound_secret_file else None
+    inbound_secret = read_secret(adapter.inbound_secret_file) if adapter.inbound_secret_file else None
+    _check_sharing(adapter, catalogue)
     state = settings.home / "adapters" / adapter.agency
     seen = SeenStore(state / "seen.sqlite")
     async with contextlib.AsyncExitStack() as stack:
@@ -207,7 +241,8 @@ async def running_adapter(settings: Settings, adapter: AdapterSettings, url: str
             from adapters.school import inbox_app, inbox_verifier
 
             pages = inbox_app(inbox, client, inbox_verifier(registry, settings.api, adapter.agency))
-        submitter = Submitter(client, context, adapter.sharing, state)
+        submitter = Submitter(client, context, adapter.sharing, state,
+                              max_message_bytes=settings.pipeline.max_message_bytes)
         stack.callback(submitter.close)
         stop = asyncio.Event()
         tasks = [asyncio.create_task(deliverer.run(stop), name="sgb-adapter-deliverer")]
@@ -231,14 +266,22 @@ async def running_adapter(settings: Settings, adapter: AdapterSettings, url: str
 
 
 def reload_keys(adapter: Adapter, settings: Settings) -> None:
-    """After a key rotation (SIGHUP): the registry and this agency's key file, read again. A key
-    file the new registry does not back is refused and the old keys stay in use."""
-    new = Registry.load(settings.registry_path, adapter.client.catalogue)
-    identity = load_identity(settings.home, adapter.settings.agency)
-    shared = adapter.client.registry  # the object the mappers' context holds too
-    adapter.client.reload(new, identity)
+    """After a key rotation (SIGHUP): the registry and this agency's key file, read again. Every
+    check comes first; a key file the new registry does not back (a signing key it does not list,
+    an encryption key it lists that the file lacks) is refused and the old keys stay in use."""
+    client, agency = adapter.client, adapter.settings.agency
+    new = Registry.load(settings.registry_path, client.catalogue)
+    identity = load_identity(settings.home, agency)
+    party = new.get(agency)
+    if party is None:
+        raise ConfigError(f"the new registry does not list {agency}")
+    if new.broker_id != client.registry.broker_id:
+        raise ConfigError(f"the new registry names broker {new.broker_id}, not {client.registry.broker_id}")
+    check_key_file(party, identity, time.time())
+    shared = client.registry  # the object the mappers' context holds too
+    client.reload(new, identity)
     shared.replace_with(new)
-    adapter.client.registry = shared
+    client.registry = shared
     log.info("keys reloaded", agency=adapter.settings.agency, signing_key=identity.sig_kid,
              decryption_keys=len(identity.kem))
 

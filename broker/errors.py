@@ -18,7 +18,8 @@
     │   ├── SchemaInvalid           ``schema-invalid``
     │   ├── UnknownRecipient        ``unknown-recipient``
     │   ├── NotPermitted            ``not-permitted``
-    │   └── NoLawfulBasis           ``no-lawful-basis``
+    │   ├── NoLawfulBasis           ``no-lawful-basis``
+    │   └── InternalFailure         ``internal``: a fault of ours; send it again
     ├── InvalidEnvelope             a delivery an adapter cannot verify or open (one error, no oracle)
     └── TransportError              NATS unavailable or too slow
         └── PublishTimeout          JetStream did not acknowledge within the deadline
@@ -142,3 +143,10 @@ class TransportError(BrokerError):
 
 class PublishTimeout(TransportError):
     """JetStream did not acknowledge a publish within its deadline, after retries."""
+
+
+class InternalFailure(RejectedMessage):
+    """A fault of ours, not of the message: reported with a stable code, never internals."""
+
+    code = "internal"
+    retryable = True

@@ -27,7 +27,7 @@ from nats.js.errors import NotFoundError
 from broker import deadlines
 from broker.auditchain import AuditWriter
 from broker.config import PipelineSettings
-from broker.errors import RejectedMessage, TransportError
+from broker.errors import InternalFailure, RejectedMessage, TransportError
 from broker.intake import Authenticated, Intake
 from broker.metrics import Metrics
 from broker.outcomes import AuditEntry, Ingress, Outcomes, Output, derived_id
@@ -39,11 +39,6 @@ from broker.streams import BROKER_CONSUMER, DEADLINES_BUCKET, INGRESS
 log = structlog.get_logger("sgb.pipeline")
 
 _INTERNAL_GIVE_UP = 5  # deliveries of a message that keeps hitting a bug before it is rejected
-
-
-class InternalFailure(RejectedMessage):
-    code = "internal"
-    retryable = True
 
 
 @dataclass

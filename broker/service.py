@@ -32,7 +32,7 @@ from broker.natsserver import embedded_nats, running_url
 from broker.outcomes import Outcomes
 from broker.pipeline import Pipeline
 from broker.policy import Policy, ReloadablePolicy
-from broker.registry import Registry
+from broker.registry import Agency, Registry
 from broker.retention import Sweeper
 from broker.streams import BROKER_CONSUMER, INGRESS, ensure_topology
 from broker.subjects import SubjectIndex, load_subject_index
@@ -183,7 +183,7 @@ class Broker:
         try:
             registry = Registry.load(self.settings.registry_path, self.catalogue)
             identity = load_identity(self.settings.home, self.registry.broker_id)
-            _check_own_keys(registry, identity, now)
+            check_key_file(registry.broker, identity, now)
             added = sorted(set(addressable(registry)) - set(addressable(self.registry)))
             if added:
                 raise ConfigError(f"the registry adds {', '.join(added)}; restart the broker to create "
@@ -199,18 +199,18 @@ class Broker:
         return True
 
 
-def _check_own_keys(registry: Registry, identity: Identity, now: float) -> None:
-    """The key file must fit the registry: it signs with a broker key valid now, and it holds every
-    broker encryption key an agency may seal to (valid now or later), so nothing is undecryptable."""
-    own = registry.broker.keys
-    if not any(k.kid == identity.sig_kid and k.use == "sig" and k.valid_at(now) for k in own):
-        raise KeyStoreError(f"the broker's key file signs with {identity.sig_kid}, which the registry does not "
+def check_key_file(party: Agency, identity: Identity, now: float) -> None:
+    """A party's key file must fit the registry: it signs with a key of the party's valid now, and
+    it holds every encryption key others may seal to (valid now or later), so nothing sealed to the
+    party is undecryptable. The broker checks its own on reload, an adapter its agency's."""
+    if not any(k.kid == identity.sig_kid and k.use == "sig" and k.valid_at(now) for k in party.keys):
+        raise KeyStoreError(f"{party.id}'s key file signs with {identity.sig_kid}, which the registry does not "
                             "list as valid; copy the new key file and registry together")
-    for key in own:
+    for key in party.keys:
         if key.use == "enc" and (key.not_after is None or key.not_after >= now):
             held = identity.kem_key(key.kid)
             if held is None or (held.suite == _crypto.HYBRID_SUITE) != (key.alg == "MLKEM768X25519"):
-                raise KeyStoreError(f"the registry lists broker encryption key {key.kid}, which the broker's key "
+                raise KeyStoreError(f"the registry lists {party.id}'s encryption key {key.kid}, which its key "
                                     "file does not hold; copy the new key file and registry together")
 
 

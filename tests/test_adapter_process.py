@@ -18,6 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from adapters.sinks import DELIVERY_HEADER, verify_webhook
+from broker.keystore import write_private
 from broker.service import Broker
 from broker.streams import DELIVERY, agency_consumer
 from tests.conftest import ClientFactory
@@ -68,7 +69,7 @@ async def test_killed_mid_delivery_the_case_system_keeps_it_once(broker: Broker,
     app.router.add_post("/referrals", system.inbound)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
-    (tmp_path / "secret").write_bytes(SECRET)
+    write_private(tmp_path / "secret", SECRET)
     police = await agency("police-met")
     url = str(server.make_url("/referrals"))
     first = await start_adapter(broker, url, tmp_path / "secret")

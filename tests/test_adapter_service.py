@@ -17,7 +17,8 @@ from nats.js.errors import NotFoundError
 from adapters.service import AdapterSettings, make_app, reload_keys, running_adapter
 from adapters.sinks import signed_headers
 from broker.deadlines import BUCKET
-from broker.keystore import rotate_keys
+from broker.errors import KeyStoreError
+from broker.keystore import identity_path, rotate_keys, write_private
 from broker.service import Broker
 from tests.conftest import ClientFactory
 from tests.helpers import drain, example, sharing
@@ -53,7 +54,7 @@ async def until(predicate: Callable[[], Awaitable[bool]], what: str) -> None:
 async def test_health_speaks_fhir_both_ways_through_its_adapter(
         broker: Broker, agency: ClientFactory, tmp_path: Path,
         aiohttp_client: Callable[..., Awaitable[Client]]) -> None:
-    (tmp_path / "secret").write_bytes(SECRET)
+    write_private(tmp_path / "secret", SECRET)
     out = tmp_path / "nhs-inbox"
     defaults = {"referral": HEALTH_REFERRAL, "information-response": sharing("information-response")}
     settings = AdapterSettings(agency="health-camden", drop_folder=out, inbound_secret_file=tmp_path / "secret",
@@ -145,3 +146,39 @@ async def test_an_adapter_signs_with_rotated_keys_after_reload(
         assert len(referrals) == 2
         sent = {m["id"] for m in (await r.json())["messages"]}
         assert {d.claims["origin"]["jti"] for d in referrals} <= sent
+
+
+async def test_a_delivery_sealed_to_a_key_not_yet_here_waits_for_it(broker: Broker, agency: ClientFactory,
+                                                                    tmp_path: Path) -> None:
+    """The rotation gap: the broker already seals to the LA's new key, the LA's adapter has not
+    loaded it. The delivery is offered back, not dead-lettered; after the reload it is handed over.
+    A key file that lacks a key the new registry lists is refused on reload."""
+    settings = broker.settings
+    key_file = identity_path(settings.home, "la-camden")
+    police = await agency("police-met")
+    async with running_adapter(settings, AdapterSettings(agency="la-camden", drop_folder=tmp_path / "case"),
+                               settings.nats.url or "") as la:
+        la.deliverer.key_wait = 0.3
+        old_keys = key_file.read_bytes()
+        rotate_keys(settings.home, settings.registry_path, "la-camden", overlap=3600.0)
+        assert broker.reload()
+        new_keys = key_file.read_bytes()
+        write_private(key_file, old_keys)  # the new key file has not reached the adapter's host yet
+        with pytest.raises(KeyStoreError, match="does not hold"):
+            reload_keys(la, settings)
+        message = await police.send(typ="referral", to=["la-camden"], payload=example("referral.example.json"),
+                                    sharing=sharing())
+
+        async def waiting() -> bool:
+            return la.deliverer.counts.waiting_for_key > 0
+
+        await until(waiting, "the delivery to be offered back")
+        assert la.deliverer.counts.dead_lettered == 0 and la.deliverer.counts.delivered == 0
+        write_private(key_file, new_keys)  # it arrives; SIGHUP
+        reload_keys(la, settings)
+
+        async def handed() -> bool:
+            return any(message.encode() in p.read_bytes() for p in (tmp_path / "case").glob("*.json"))
+
+        await until(handed, "the referral in the case system's folder")
+        assert la.deliverer.counts.dead_lettered == 0

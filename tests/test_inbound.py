@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import dataclasses
+import hashlib
 import io
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -17,9 +19,13 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
+from adapters.inbound_folder import FolderIntake
+from adapters.mapping import MapContext, Outbound
 from adapters.service import Adapter, AdapterSettings, make_app, running_adapter
 from adapters.sinks import signed_headers
 from broker.config import Settings
+from broker.errors import ConfigError
+from broker.keystore import write_private
 from broker.registry import Registry
 from broker.service import Broker, addressable, connected, jetstream
 from broker.streams import INGRESS, ensure_topology
@@ -34,7 +40,7 @@ Client = TestClient  # type: ignore[type-arg]
 
 @contextlib.asynccontextmanager
 async def police_adapter(settings: Settings, tmp_path: Path, **extra: Any) -> AsyncIterator[Adapter]:
-    (tmp_path / "inbound.secret").write_bytes(SECRET)
+    write_private(tmp_path / "inbound.secret", SECRET)
     adapter = AdapterSettings(
         agency="police-met", drop_folder=tmp_path / "police-out", inbound_secret_file=tmp_path / "inbound.secret",
         local_authority="la-camden", poll=0.1,
@@ -132,14 +138,16 @@ async def test_csv_exports_in_the_drop_folder(police: tuple[Adapter, Client], ag
     referrals = await drain(la, want=2)
     assert sorted(d.payload["child"]["name"]["given"] for d in referrals) == ["Ada", "Ben"]
     for _ in range(100):
-        if all(p.exists() for p in (folder / "failed" / "export-0003.csv.error.json",
-                                    folder / "sent" / "export-0001.csv.json")):
+        if (folder / "failed" / "export-0003.csv.error.json").exists() and list((folder / "sent").glob("*.json")):
             break
         await asyncio.sleep(0.1)
-    sent = orjson.loads((folder / "sent" / "export-0001.csv.json").read_bytes())
+    (record,) = (folder / "sent").glob("*.json")  # named by time and a hash of the file's name, not the name
+    assert "export" not in record.name
+    sent = orjson.loads(record.read_bytes())
+    assert sent["file_ref"] == hashlib.sha256(b"export-0001.csv").hexdigest()[:12]
     assert {d.claims["origin"]["jti"] for d in referrals} <= {m["id"] for m in sent["messages"]}
     assert not (folder / "ppn-csv" / "export-0001.csv").exists()  # the clear export is not kept
-    assert b"Okafor" not in (folder / "sent" / "export-0001.csv.json").read_bytes()
+    assert b"Okafor" not in record.read_bytes()
     error = orjson.loads((folder / "failed" / "export-0003.csv.error.json").read_bytes())
     assert error["code"] == "unmappable" and error["field"] == "row 3/childPresent"
     assert (folder / "failed" / "export-0003.csv").exists() and (folder / "ppn-csv" / "export-0002.csv.part").exists()
@@ -171,3 +179,69 @@ async def test_an_outage_then_a_retry_sends_each_message_once(broker: Broker, ag
     assert sorted(d.claims["origin"]["jti"] for d in referrals) == sorted(ids[0::2])
     with pytest.raises(AssertionError):
         await drain(la, want=1, timeout=1.5)
+
+
+async def test_a_message_too_large_for_the_broker_refuses_the_whole_document(
+        broker: Broker, agency: ClientFactory, settings: Settings, tmp_path: Path,
+        aiohttp_client: Callable[..., Awaitable[Client]]) -> None:
+    """Checked before anything is sent: otherwise the notice would go and the referral be
+    rejected by the broker after the agency system was told 202."""
+    small = dataclasses.replace(settings, pipeline=dataclasses.replace(settings.pipeline, max_message_bytes=8000))
+    long_story = PPN | {"details": "Officers attended. " * 400}  # 7,600 characters: only the referral carries it
+    async with police_adapter(small, tmp_path) as running:
+        client = await aiohttp_client(make_app(running))
+        r = await post(client, "ppn-json", orjson.dumps(long_story))
+        assert r.status == 413, await r.text()
+        problem = await r.json()
+        assert problem["code"] == "too-large" and problem["field"] == "message 0"
+        assert "Officers" not in await r.text()
+    with pytest.raises(AssertionError):
+        await drain(await agency("school-hillside"), want=1, timeout=1.5)  # the small notice was not sent either
+
+
+async def test_keys_with_dots_and_weak_or_open_secrets_are_refused(police: tuple[Adapter, Client],
+                                                                  settings: Settings, tmp_path: Path) -> None:
+    _, client = police
+    body = orjson.dumps(PPN)
+    r = await post(client, "ppn-json", body, key="incident.7781")  # '.' would make the signed text ambiguous
+    assert r.status == 400 and (await r.json())["code"] == "malformed"
+    weak = tmp_path / "weak.secret"
+    write_private(weak, b"short")
+    with pytest.raises(ConfigError, match="shorter than"):
+        async with running_adapter(settings, AdapterSettings(agency="police-met", drop_folder=tmp_path / "o",
+                                                             inbound_secret_file=weak), settings.nats.url or ""):
+            pass
+    shared = tmp_path / "shared.secret"
+    shared.write_bytes(SECRET)
+    shared.chmod(0o644)
+    with pytest.raises(ConfigError, match="readable by others"):
+        async with running_adapter(settings, AdapterSettings(agency="police-met", drop_folder=tmp_path / "o",
+                                                             inbound_secret_file=shared), settings.nats.url or ""):
+            pass
+    bad = {"referral": sharing("referral") | {"lawfulBasis": "BECAUSE"}}
+    with pytest.raises(ConfigError, match=r"\[adapter.sharing.referral\]"):
+        async with running_adapter(settings, AdapterSettings(agency="police-met", drop_folder=tmp_path / "o",
+                                                             sharing=bad), settings.nats.url or ""):
+            pass
+
+
+async def test_a_file_the_adapter_cannot_take_waits_then_is_set_aside(police: tuple[Adapter, Client],
+                                                                     tmp_path: Path) -> None:
+    """A fault of ours (here a mapper that breaks) neither stops the folder nor the adapter: the
+    file is tried on a few passes, then moved to failed/ with code 'internal'."""
+    running, _ = police
+
+    def broken(body: bytes, context: MapContext) -> list[Outbound]:
+        raise RuntimeError("a bug")
+
+    folder = FolderIntake(tmp_path / "other-in", running.submitter, {"ppn-json": broken}, max_bytes=1 << 20,
+                          poll=0.05, settle=0.0)
+    (tmp_path / "other-in" / "ppn-json" / "incident.json").write_bytes(orjson.dumps(PPN))
+    (tmp_path / "other-in" / "ppn-json" / "huge.json").write_bytes(b" " * (2 << 20))
+    for _ in range(6):
+        await folder.scan_once()
+    error = orjson.loads((tmp_path / "other-in" / "failed" / "incident.json.error.json").read_bytes())
+    assert error["code"] == "internal" and "a bug" not in error["reason"]
+    assert orjson.loads((tmp_path / "other-in" / "failed" / "huge.json.error.json").read_bytes())["code"] == \
+        "too-large"  # refused by its size, before it is read
+    assert not running.tasks[0].done()
