@@ -92,6 +92,16 @@ class SubmissionStore:
         self._db.execute("insert or ignore into submissions values (?, ?, ?, ?)",
                          (key, digest, time.time(), orjson.dumps(messages).decode()))
 
+    def prune(self, older_than: float) -> int:
+        """Forget submissions (and their sent marks) older than ``older_than``: a document sent
+        again after that is sent again."""
+        with self._db:
+            self._db.execute("begin")
+            old = [orjson.loads(r[0]) for r in self._db.execute("select messages from submissions where at < ?",
+                                                                 (older_than,))]
+            self._db.executemany("delete from sent where message = ?", [(m,) for ms in old for m in ms])
+            return self._db.execute("delete from submissions where at < ?", (older_than,)).rowcount
+
     def sent_among(self, messages: list[str]) -> set[str]:
         found: set[str] = set()
         for i in range(0, len(messages), 500):  # SQLite's parameter limit

@@ -69,6 +69,7 @@ class AdapterSettings:
     timeout: float = 10.0
     max_document_bytes: int = 4 * 1024 * 1024
     poll: float = 1.0
+    remember_submissions_days: float = 400.0  # a document sent again within this is not sent twice
 
     @classmethod
     def from_sources(cls, agency: str, section: Mapping[str, Any], **options: Any) -> AdapterSettings:
@@ -243,6 +244,9 @@ async def running_adapter(settings: Settings, adapter: AdapterSettings, url: str
             pages = inbox_app(inbox, client, inbox_verifier(registry, settings.api, adapter.agency))
         submitter = Submitter(client, context, adapter.sharing, state,
                               max_message_bytes=settings.pipeline.max_message_bytes)
+        now = time.time()  # bounded stores: what nothing will ask about again
+        seen.prune_own_receipts(now - 7 * 86400)
+        submitter.store.prune(now - adapter.remember_submissions_days * 86400)
         stack.callback(submitter.close)
         stop = asyncio.Event()
         tasks = [asyncio.create_task(deliverer.run(stop), name="sgb-adapter-deliverer")]

@@ -101,6 +101,10 @@ class Intake:
         except orjson.JSONDecodeError as exc:
             raise SchemaInvalid("payload is not JSON", field="/payload", rule="json") from exc
         self.catalogue.check_payload(mtype, payload)
+        if mtype.name == "receipt" and claims.get("re") and payload.get("messageId") != claims["re"]:
+            # the deadline and the trail go by ``re``, the audit record's receiptFor by messageId
+            raise SchemaInvalid("a receipt's messageId must be the message it answers (re)",
+                                field="/payload/messageId", rule="receipt.about-re")
         recipients = []
         for i, rid in enumerate(claims["to"]):
             agency = self.registry.get(rid)

@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import hashlib
 import io
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
+from adapters.inbound import SubmissionStore
 from adapters.inbound_folder import FolderIntake
 from adapters.mapping import MapContext, Outbound
 from adapters.service import Adapter, AdapterSettings, make_app, running_adapter
@@ -245,3 +247,16 @@ async def test_a_file_the_adapter_cannot_take_waits_then_is_set_aside(police: tu
     assert orjson.loads((tmp_path / "other-in" / "failed" / "huge.json.error.json").read_bytes())["code"] == \
         "too-large"  # refused by its size, before it is read
     assert not running.tasks[0].done()
+
+
+def test_the_submission_store_forgets_after_its_horizon(tmp_path: Path) -> None:
+    store = SubmissionStore(tmp_path / "submissions.sqlite")
+    try:
+        store.begin("k1", "d1", ["m1", "m2"])
+        store.mark_sent(["m1", "m2"])
+        assert store.known("k1") == ("d1", ["m1", "m2"]) and store.sent_among(["m1", "m2", "m3"]) == {"m1", "m2"}
+        assert store.prune(time.time() - 3600) == 0  # nothing is that old yet
+        assert store.prune(time.time() + 1) == 1
+        assert store.known("k1") is None and store.sent_among(["m1", "m2"]) == set()
+    finally:
+        store.close()

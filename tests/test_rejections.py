@@ -109,6 +109,9 @@ CASES: dict[str, tuple[str, Callable[[AgencyClient], tuple[str, bytes]]]] = {
     "undecryptable": ("undecryptable", _sealed_to_wrong_party),
     "unknown-type": ("unknown-type", lambda c: _good(c, typ="parking-fine", validate=False)),
     "schema-invalid": ("schema-invalid", _bad_nhs_number),
+    "receipt-about-another-message": ("schema-invalid", lambda c: _good(
+        c, typ="receipt", sharing=sharing("receipt"), re=str(uuid.uuid4()),
+        payload=example("receipt.example.json") | {"messageId": str(uuid.uuid4())})),
     "unknown-recipient": ("unknown-recipient", lambda c: _good(c, to=["la-nowhere"])),
     "broker-as-recipient": ("unknown-recipient", lambda c: _good(c, to=["sg-broker"])),
     "no-lawful-basis": ("no-lawful-basis", _no_basis),
