@@ -4,7 +4,8 @@ The adapter hands each delivery to an :class:`Inbox` (a :class:`~adapters.sinks.
 still-sealed wire message (:func:`render_sealed`): the SQLite file holds the signed, encrypted
 JWS with a few envelope ids beside it (delivery id, original sender and message id, when it
 came, who acknowledged it and when), never the child's details. The web pages
-(:func:`inbox_app`) open each notice in memory when they show it.
+(:func:`inbox_app`) open each notice in memory when they show it, checking the broker's
+signature as of when the notice came, so a key rotation since does not lock the school out.
 
 The designated safeguarding lead signs in with a token from the partnership's issuer (role
 ``dsl``, audience ``sgb-inbox-<school id>``: one school's token does not open another's inbox),
@@ -382,11 +383,29 @@ class _Shown:
     fields: Mapping[str, Any] | None  # None: it could not be verified or opened
 
 
+def _open(client: AgencyClient, notice: Notice) -> Delivery:
+    """Open a kept notice in memory. Its signature was verified when it came (:meth:`Inbox.deliver`),
+    so the broker's signing key is checked as of then: a key that has passed its ``notAfter``
+    since (a broker key rotation) does not lock the school out of its notices. The payload opens
+    with whichever of the school's decryption keys it was sealed to; ``sgb keys retire`` keeps
+    the old ones in the key file for this."""
+    return client.open(notice.raw, when=_timestamp(notice.received_at))
+
+
+def _timestamp(value: str) -> float | None:
+    """Seconds since the epoch of a kept ISO time (None, meaning now, if it cannot be read)."""
+    try:
+        moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)).timestamp()
+
+
 def _show(state: _Inbox, notice: Notice) -> _Shown:
     agency = state.client.registry.get(notice.sender or "")
     sender = agency.name if agency else (notice.sender or "unknown sender")
     try:
-        delivery = state.client.open(notice.raw)
+        delivery = _open(state.client, notice)
     except InvalidEnvelope:
         log.warning("an inbox notice cannot be verified or opened", delivery=notice.delivery)
         return _Shown(notice, sender, None)
@@ -397,7 +416,8 @@ def _show(state: _Inbox, notice: Notice) -> _Shown:
 async def _list(request: web.Request, who: Principal) -> web.Response:
     state = _state(request)
     before = request.query.get("before", "")
-    notices = state.inbox.notices(before=int(before) if before.isdigit() else None)
+    valid = before.isascii() and before.isdigit() and len(before) <= 18  # a seq from our own link; else page 1
+    notices = state.inbox.notices(before=int(before) if valid else None)
     older = (_base(request) + "?" + urlencode({"before": notices[-1].seq})) if len(notices) == PAGE_SIZE else None
     return _page(request, "inbox-list.html", who=who, notices=[_show(state, n) for n in notices],
                  waiting=state.inbox.unacknowledged(), older=older, when=_when, day=_day, name=_name)
@@ -440,7 +460,7 @@ async def _send_receipt(state: _Inbox, notice: Notice, status: str,
                         who: Principal) -> tuple[int, str, str] | None:
     """Send the receipt, then record it; on failure record nothing and say why (no personal data)."""
     try:
-        delivery = state.client.open(notice.raw)
+        delivery = _open(state.client, notice)
     except InvalidEnvelope:
         return (422, "Cannot verify this notice",
                 "It failed verification, so no receipt was sent. Tell the broker's operator.")

@@ -105,6 +105,10 @@ class SeenStore:
         """A receipt the adapter sent by itself; the broker's 'routed' answer to it is not for the agency."""
         self._db.execute("insert or ignore into own_receipts values (?, ?)", (receipt_id, time.time()))
 
+    def prune_own_receipts(self, older_than: float) -> int:
+        """The broker answers a receipt within seconds; ids older than that need not be kept."""
+        return self._db.execute("delete from own_receipts where at < ?", (older_than,)).rowcount
+
     def is_own_receipt(self, receipt_id: object) -> bool:
         return self._db.execute("select 1 from own_receipts where id = ?", (receipt_id,)).fetchone() is not None
 
@@ -180,11 +184,15 @@ class AgencyClient:
 
     # -- inbound ----------------------------------------------------------------------
 
-    def open(self, data: bytes) -> Delivery:
-        """Verify and open one delivery. Any failure is :class:`InvalidEnvelope`."""
+    def open(self, data: bytes, *, when: float | None = None) -> Delivery:
+        """Verify and open one delivery. Any failure is :class:`InvalidEnvelope`.
+
+        ``when`` is the time at which the broker's signing key must have been valid (default:
+        now). A store that verified a delivery when it received it passes that time when it
+        opens it again later, so a broker key rotated and expired since does not lock it out."""
         try:
             header = wire.read_header(data)
-            signer, key = self.registry.signer(header["kid"], self.clock())
+            signer, key = self.registry.signer(header["kid"], self.clock() if when is None else when)
             if signer.id != self.registry.broker_id:
                 raise InvalidEnvelope("delivery not signed by the broker")
             claims = wire.verify(data, key)

@@ -78,47 +78,63 @@ async def cmd_keys_init(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_keys_rotate(settings: Settings, args: argparse.Namespace) -> int:
+    from broker.errors import ConfigError
     from broker.keystore import DAY, identity_path, rotate_keys
     from broker.timestamps import iso
 
     party = args.agency
-    done = rotate_keys(settings.home, settings.registry_path, party, overlap=args.overlap_days * DAY,
-                       enc_delay=args.enc_delay_minutes * 60)
+    overlap, enc_delay = args.overlap_days * DAY, args.enc_delay_minutes * 60
+    if overlap > 0 and not 0 <= enc_delay < overlap:
+        raise ConfigError(f"--enc-delay-minutes ({args.enc_delay_minutes:g}) must be at least 0 and shorter than "
+                          f"the overlap ({overlap / 60:g} minutes): the new encryption key must come into use "
+                          "before the old one ends")
+    is_broker = party == Registry.load(settings.registry_path, Catalogue()).broker_id
+    done = rotate_keys(settings.home, settings.registry_path, party, overlap=overlap, enc_delay=enc_delay)
+    switch = iso(done.enc_from)
     print(f"{party}: new signing key {done.sig_kid}, used from now on")
     if done.enc_kid:
-        print(f"{party}: new encryption key {done.enc_kid} ({done.suite}), sealed to from {iso(done.enc_from)}")
+        print(f"{party}: new encryption key {done.enc_kid} ({done.suite}), sealed to from {switch}")
     print(f"{party}: old keys valid until {iso(done.not_after)}, then retired: {', '.join(done.ended) or '-'}")
     print(f"registry: {settings.registry_path}")
-    print(f"private keys (mode 0600, old encryption keys kept): {identity_path(settings.home, party)}")
+    print(f"private keys (mode 0600, old decryption keys kept): {identity_path(settings.home, party)}")
     retention = settings.streams.delivery_retention
-    if args.overlap_days * DAY < retention:
+    if overlap < retention:
         print(f"note: the overlap is shorter than delivery retention ({retention / DAY:g} days); a delivery "
               "waiting longer than the overlap may need the old keys after it")
+    by = (f", before {switch}" if enc_delay else ", at once") if done.enc_kid else ""
+    at = f"at {switch}" if enc_delay else f"from now ({switch})"
     print("next:")
-    if party == Registry.load(settings.registry_path, Catalogue()).broker_id:
+    if is_broker:
         print("  1. copy the registry to every adapter and reload them (SIGHUP): they accept the broker's new key")
-        print("  2. copy the registry and this key file to every broker instance; send each SIGHUP")
+        print(f"  2. then{by}: copy the registry and this key file to every broker instance; send each SIGHUP")
+        if done.enc_kid:
+            print(f"  3. {at}: adapters start sealing to the broker's new encryption key (nothing to do; a "
+                  "broker instance without this key file by then cannot open what they send)")
     else:
         print("  1. copy the registry to every broker instance and adapter; send each broker SIGHUP "
               "(kill -HUP <pid of sgb serve>): they accept both keys")
-        print(f"  2. then give this key file and registry to {party}'s adapter and reload it (SIGHUP): "
-              "it signs with the new key")
-    print(f"  3. after {iso(done.not_after)}: sgb keys retire --agency {party}")
+        print(f"  2. then{by}: give this key file and registry to {party}'s adapter and reload it (SIGHUP): "
+              "it signs with the new key and opens deliveries sealed to either key")
+        if done.enc_kid:
+            print(f"  3. {at}: brokers start sealing {party}'s deliveries to the new encryption key "
+                  "(nothing to do; an adapter without this key file by then cannot open them)")
+    print(f"  {4 if done.enc_kid else 3}. after {iso(done.not_after)}: sgb keys retire --agency {party}")
     return 0
 
 
 async def cmd_keys_retire(settings: Settings, args: argparse.Namespace) -> int:
-    from broker.keystore import identity_path, plan_retirement, retire_keys
+    from broker.keystore import identity_path, plan_retirement, purgeable, retire_keys
 
-    party, now = args.agency, time.time()
+    party, now, purge = args.agency, time.time(), args.purge_decryption_keys
     plan = plan_retirement(settings.registry_path, party, now=now)
-    if not plan.removed:
+    purged = purgeable(settings.home, settings.registry_path, party, plan) if purge else ()
+    if not plan.removed and not purged:
         print(f"{party}: no key has passed its notAfter; nothing to retire"
               + (f" (kept for the audit log: {', '.join(plan.kept)})" if plan.kept else ""))
         return 0
     if not args.force:
-        try:
-            waiting = await _waiting_on_keys(settings, party, set(plan.sig), set(plan.enc))
+        try:  # with the decryption keys kept, what was sealed to them still opens: only signatures matter
+            waiting = await _waiting_on_keys(settings, party, set(plan.sig), set(purged))
         except BrokerError as exc:
             raise BrokerError(f"cannot look for messages still waiting on the old keys ({exc}); "
                               "pass --force to retire them anyway") from exc
@@ -128,8 +144,18 @@ async def cmd_keys_retire(settings: Settings, args: argparse.Namespace) -> int:
                   f"{party}'s adapter collect its deliveries (or let them expire), or pass --force",
                   file=sys.stderr)
             return 1
-    done = retire_keys(settings.home, settings.registry_path, party, now=now)
-    print(f"{party}: removed from the registry and the key file: {', '.join(done.removed)}")
+    if purged:
+        print(f"sgb: warning: removing {party}'s old decryption keys from its key file: {', '.join(purged)}. "
+              "Anything still stored sealed to them (a school's inbox, dead letters, an uncollected delivery) "
+              "can never be opened again.", file=sys.stderr)
+    done = retire_keys(settings.home, settings.registry_path, party, now=now, purge=purge)
+    if done.removed:
+        print(f"{party}: removed from the registry: {', '.join(done.removed)}")
+    if done.purged:
+        print(f"{party}: decryption keys removed from the key file: {', '.join(done.purged)}")
+    elif done.enc:
+        print(f"{party}: decryption keys kept in the key file, so what is stored sealed to them still opens "
+              f"(remove them with --purge-decryption-keys): {', '.join(done.enc)}")
     if done.kept:
         print(f"{party}: kept in the registry, expired, to verify the audit blocks they signed: "
               f"{', '.join(done.kept)}")
@@ -448,7 +474,7 @@ async def cmd_adapter_run(settings: Settings, args: argparse.Namespace) -> int:
         def reload() -> None:
             try:
                 reload_keys(running, settings)
-            except BrokerError as exc:
+            except (BrokerError, OSError) as exc:
                 log.error("key reload refused; the old keys stay in use", error=str(exc))
 
         loop.add_signal_handler(signal.SIGHUP, reload)
@@ -601,15 +627,18 @@ def build_parser() -> argparse.ArgumentParser:
     krotate.add_argument("--agency", required=True, metavar="ID", help="the agency (or the broker) whose keys rotate")
     krotate.add_argument("--overlap-days", type=float, default=30.0, metavar="N",
                          help="how long the old keys stay valid (default 30, the delivery retention)")
-    krotate.add_argument("--enc-delay-minutes", type=float, default=0.0, metavar="M",
+    krotate.add_argument("--enc-delay-minutes", type=float, default=60.0, metavar="M",
                          help="seal to the new encryption key only M minutes from now, time to give the new "
-                         "key file to the processes that open with it (default 0)")
+                         "key file to the processes that open with it (default 60)")
     krotate.set_defaults(func=cmd_keys_rotate)
     kretire = keys_sub.add_parser("retire", parents=[common],
-                                  help="remove a party's keys whose overlap has ended")
+                                  help="remove a party's keys whose overlap has ended from the registry")
     kretire.add_argument("--agency", required=True, metavar="ID", help="the agency (or the broker)")
     kretire.add_argument("--force", action="store_true",
                          help="retire even if messages signed or sealed with the old keys still wait in NATS")
+    kretire.add_argument("--purge-decryption-keys", action="store_true",
+                         help="also remove the retired decryption private keys from the key file (kept by "
+                         "default): anything still stored sealed to them can never be opened again")
     kretire.set_defaults(func=cmd_keys_retire)
 
     config = sub.add_parser("config", parents=[common], help="settings")

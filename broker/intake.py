@@ -89,8 +89,10 @@ class Intake:
         mtype = self.catalogue.message_type(claims["typ"], claims["ver"])
         if mtype is None:
             raise UnknownType("no schema for this type and version", field="/typ", rule="catalogue")
-        kem = self.broker.kem_key(claims["enc"]["kid"])
-        if kem is None or kem.suite != claims["enc"]["suite"]:
+        kid = claims["enc"]["kid"]
+        kem = self.broker.kem_key(kid)
+        listed = any(k.kid == kid and k.use == "enc" for k in self.registry.broker.keys)  # not retired
+        if kem is None or not listed or kem.suite != claims["enc"]["suite"]:
             raise Undecryptable("payload is not sealed to a current broker key", field="/enc/kid")
         try:
             plaintext = wire.open_payload(claims, self.registry.broker_id, kem)

@@ -4,11 +4,13 @@
 identities come from the agency's own key ceremony; only their public halves go into the
 registry. ``sgb keys rotate`` and ``sgb keys retire`` replace a party's keys without downtime:
 new keys are published next to the old ones, which stay valid for an overlap and are removed
-after it (``keys/README.md``, ``docs/operating.md``).
+from the registry after it; the old decryption private keys stay in the key file, so what is
+kept sealed to them still opens (``keys/README.md``, ``docs/operating.md``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import secrets
@@ -226,12 +228,14 @@ class Rotation:
 
 @dataclass(frozen=True, slots=True)
 class Retirement:
-    """The keys :func:`retire_keys` removes (or, from :func:`plan_retirement`, would remove)."""
+    """The keys :func:`retire_keys` removes from the registry (or, from :func:`plan_retirement`,
+    would remove), and the decryption private keys it removed from the key file (only on request)."""
 
     party: str
     sig: tuple[str, ...]
     enc: tuple[str, ...]
     kept: tuple[str, ...]  # expired but kept: the broker's signing keys still verify old audit blocks
+    purged: tuple[str, ...] = ()  # decryption private keys removed from the key file (``purge=True``)
 
     @property
     def removed(self) -> tuple[str, ...]:
@@ -279,8 +283,12 @@ def rotate_keys(home: Path, registry_path: Path, party: str, *, overlap: float =
     The registry lists the new public keys after the old ones, so the new encryption key is the
     one sealed to (from ``now + enc_delay``), and the old keys get ``notAfter = now + overlap``
     (an earlier one is kept): a message signed or sealed with them before the rotation is still
-    accepted or opened during the overlap. The key file signs with the new key from now on and
-    keeps the old HPKE private keys until :func:`retire_keys`. Both files are written atomically.
+    accepted or opened during the overlap. The key file signs with the new key from now on (the
+    old signing private key is dropped: nothing needs it to read anything) and keeps the old
+    HPKE private keys, so what was sealed to them still opens (see :func:`retire_keys`).
+    ``enc_delay`` is the time the party's processes have to load the new key file before
+    anything is sealed to the new key (``sgb keys rotate`` defaults it to an hour). Both files
+    are written atomically.
     Raises :class:`ConfigError` or :class:`KeyStoreError` and changes nothing when it cannot.
     """
     now = dt.datetime.now(dt.UTC).timestamp() if now is None else now
@@ -343,16 +351,32 @@ def plan_retirement(registry_path: Path, party: str, *, now: float) -> Retiremen
                       tuple(k.kid for k in gone if k.use == "enc"), kept)
 
 
-def retire_keys(home: Path, registry_path: Path, party: str, *, now: float) -> Retirement:
-    """Remove the keys of ``party`` whose ``notAfter`` has passed from the registry, and their
-    private halves from its key file (see :func:`plan_retirement` for what is refused and kept).
+def purgeable(home: Path, registry_path: Path, party: str, plan: Retirement) -> tuple[str, ...]:
+    """The decryption private keys in ``party``'s key file that ``retire_keys(..., purge=True)``
+    would remove: those the registry no longer lists once ``plan`` is carried out (retired now
+    or at an earlier retirement)."""
+    doc, _ = _load_registry(registry_path)
+    listed = {k["kid"] for k in _entry(doc, party)["keys"] if k["kid"] not in plan.removed}
+    return tuple(k["kid"] for k in _identity_doc(home, party)["enc"] if k["kid"] not in listed)
 
-    A delivery still waiting sealed to a removed key can no longer be opened, and a message
-    still waiting signed with one is rejected (``unknown-key``): ``sgb keys retire`` looks in
-    the streams first. Nothing is written when nothing has expired.
+
+def retire_keys(home: Path, registry_path: Path, party: str, *, now: float, purge: bool = False) -> Retirement:
+    """Remove the keys of ``party`` whose ``notAfter`` has passed from the registry (see
+    :func:`plan_retirement` for what is refused and kept). Nothing new is signed with them or
+    sealed to them, and a message still waiting signed with one is rejected (``unknown-key``):
+    ``sgb keys retire`` looks in the streams first.
+
+    The old decryption private keys stay in the key file, still loaded by :func:`load_identity`:
+    what was sealed to them and is kept sealed (a school's inbox, the adapters' dead letters, a
+    delivery not yet collected) still opens. (The old signing private key left the key file at
+    the rotation.) With ``purge``, every decryption private key the registry no longer lists is
+    removed from the key file too, and anything still stored sealed to one of them can never be
+    opened again: only for a key that is compromised, or once nothing sealed to it is kept.
+    Nothing is written when there is nothing to do.
     """
     plan = plan_retirement(registry_path, party, now=now)
-    if not plan.removed:
+    purged = purgeable(home, registry_path, party, plan) if purge else ()
+    if not plan.removed and not purged:
         return plan
     doc, _ = _load_registry(registry_path)
     private = _identity_doc(home, party)
@@ -360,6 +384,6 @@ def retire_keys(home: Path, registry_path: Path, party: str, *, now: float) -> R
         raise KeyStoreError(f"the key file of {party} still signs with an expired key; rotate first")
     entry = _entry(doc, party)
     entry["keys"] = [k for k in entry["keys"] if k["kid"] not in plan.removed]
-    private["enc"] = [k for k in private["enc"] if k["kid"] not in plan.enc]
+    private["enc"] = [k for k in private["enc"] if k["kid"] not in purged]
     _write_both(home, party, private, registry_path, doc)
-    return plan
+    return dataclasses.replace(plan, purged=purged)

@@ -15,9 +15,12 @@ from typing import Any
 
 import orjson
 import pytest
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from adapters.sdk import AgencyClient
 from broker import _crypto, wire
+from broker.auditchain import is_checkpoint, unverified
 from broker.auditexport import verify_store
 from broker.catalogue import Catalogue
 from broker.config import Settings
@@ -25,6 +28,7 @@ from broker.errors import ConfigError, InvalidEnvelope
 from broker.keystore import identity_path, load_identity, plan_retirement, retire_keys, rotate_keys
 from broker.registry import Registry
 from broker.service import Broker
+from broker.streams import AUDIT
 from tests.conftest import ClientFactory
 from tests.helpers import drain, referral, sharing
 
@@ -50,6 +54,32 @@ async def _outcome(client: AgencyClient, jti: str, data: bytes | None = None) ->
 
 def _doc(path: Path) -> Any:
     return orjson.loads(path.read_bytes())
+
+
+async def _until(condition: Any, *, timeout: float = 10.0, what: str = "the condition") -> None:
+    """Poll ``condition()`` every 50 ms until it is true, for at most ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout:g}s")
+        await asyncio.sleep(0.05)
+
+
+async def _audit_signed_with(js: JetStreamContext, kid: str, *, timeout: float = 10.0) -> None:
+    """Wait until ``SG_AUDIT`` holds an audit block and a checkpoint signed with ``kid`` (bounded)."""
+    found: set[bool] = set()  # is_checkpoint() of the messages signed with kid
+    seq, deadline = 1, time.monotonic() + timeout
+    while found != {True, False}:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no audit block and checkpoint signed with {kid} within {timeout:g}s")
+        try:
+            msg = await js.get_msg(AUDIT, seq, subject="sg.audit.>", next=True)
+        except NotFoundError:
+            await asyncio.sleep(0.05)
+            continue
+        seq = int(msg.seq or seq) + 1
+        if unverified(msg.data or b"")[0].get("kid") == kid:
+            found.add(is_checkpoint(msg.subject or ""))
 
 
 async def test_waiting_delivery_opens_after_rotation_and_new_ones_use_the_new_key(
@@ -110,7 +140,8 @@ async def test_retired_keys_are_gone_and_rejected(
     key_file = identity_path(settings.home, "police-met")
     old = _doc(key_file)
     old_kids = {old["sig"]["kid"], *(e["kid"] for e in old["enc"])}
-    secrets = [old["sig"]["d"], *(e["x"] for e in old["enc"])]
+    old_enc = {e["kid"] for e in old["enc"]}
+    old_signing, old_decryption = old["sig"]["d"], [e["x"] for e in old["enc"]]
     stale = [_referral(police) for _ in range(3)]  # signed with the old key
     task = broker.task
 
@@ -126,13 +157,14 @@ async def test_retired_keys_are_gone_and_rejected(
     assert typ == "rejection" and body["code"] == "unknown-key" and "validity" in str(body["reason"])
 
     gone = retire_keys(settings.home, settings.registry_path, "police-met", now=time.time())
-    assert set(gone.removed) == old_kids and gone.kept == ()
+    assert set(gone.removed) == old_kids and gone.kept == () and gone.purged == ()
     listed = {k["kid"] for a in _doc(settings.registry_path)["agencies"] for k in a["keys"]}
     assert not listed & old_kids and {done.sig_kid, done.enc_kid} <= listed
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     text = key_file.read_text()
-    assert not any(s in text for s in secrets)  # no old private key left
-    assert set(load_identity(settings.home, "police-met").kem) == {done.enc_kid}
+    assert old_signing not in text  # the old signing key is gone: it reads nothing
+    assert all(x in text for x in old_decryption)  # the old decryption key stays: what is kept sealed to it opens
+    assert set(load_identity(settings.home, "police-met").kem) == old_enc | {done.enc_kid}
     assert broker.reload()
     _reload(police, registry, settings, catalogue)
 
@@ -145,6 +177,14 @@ async def test_retired_keys_are_gone_and_rejected(
     assert broker.task is task and not task.done()
     assert broker.pipeline.counters.received == 4 and broker.pipeline.counters.rejected == {"unknown-key": 2}
     assert {d.origin[1] for d in await drain(la, want=2)} == {stale[0][0], fresh}
+
+    # removing the old decryption keys too is a separate, explicit step
+    purged = retire_keys(settings.home, settings.registry_path, "police-met", now=time.time(), purge=True)
+    assert purged.removed == () and set(purged.purged) == old_enc
+    text = key_file.read_text()
+    assert not any(x in text for x in [old_signing, *old_decryption]) and stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert set(load_identity(settings.home, "police-met").kem) == {done.enc_kid}
+    assert retire_keys(settings.home, settings.registry_path, "police-met", now=time.time(), purge=True).purged == ()
 
 
 async def test_broker_rotation_reload_refuses_a_registry_without_its_key_file(
@@ -171,12 +211,31 @@ async def test_broker_rotation_reload_refuses_a_registry_without_its_key_file(
     assert typ == "receipt"
     (delivery,) = await drain(la, want=1)
     assert wire.read_header(delivery.raw)["kid"] == done.sig_kid
-    await asyncio.sleep(0.8)  # an audit block and checkpoint signed with the new key
+    await _audit_signed_with(broker.js, done.sig_kid)
     report = await verify_store(broker.js, Registry.load(settings.registry_path, catalogue))
     assert report.ok, report.problems
     # the broker's old signing key is never retired: old audit blocks are verified with it
     plan = plan_retirement(settings.registry_path, "sg-broker", now=done.not_after + 1)
     assert old_sig in plan.kept and old_sig not in plan.removed
+
+
+async def test_a_message_sealed_to_a_retired_broker_key_is_undecryptable(
+        broker: Broker, agency: ClientFactory, settings: Settings, registry: Registry, catalogue: Catalogue) -> None:
+    """Retirement keeps the broker's old decryption key in its key file (stored data stays
+    readable), but intake no longer opens new messages sealed to a key the registry dropped."""
+    police = await agency("police-met")
+    jti, data = _referral(police)  # sealed to the broker's current encryption key
+    done = rotate_keys(settings.home, settings.registry_path, "sg-broker", overlap=1.0)
+    _reload(police, registry, settings, catalogue)
+    assert broker.reload()
+    await _until(lambda: plan_retirement(settings.registry_path, "sg-broker", now=time.time()).enc,
+                 what="the end of the overlap")
+    retired = retire_keys(settings.home, settings.registry_path, "sg-broker", now=time.time())
+    assert retired.enc and set(retired.enc) <= set(load_identity(settings.home, "sg-broker").kem)  # kept
+    _reload(police, registry, settings, catalogue)
+    assert broker.reload() and done.enc_kid in broker.identity.kem
+    typ, payload = await _outcome(police, jti, data)
+    assert (typ, payload["code"]) == ("rejection", "undecryptable")
 
 
 def test_hybrid_agency_keeps_its_suite_and_retire_refuses_to_leave_no_key(home: Path, catalogue: Catalogue) -> None:
@@ -224,34 +283,66 @@ async def _sgb(*args: str, home: Path, url: str | None) -> tuple[int, str, str]:
 
 @pytest.mark.timeout(120)
 async def test_cli_rotate_and_retire_waits_for_queued_deliveries(
-        broker: Broker, agency: ClientFactory, settings: Settings) -> None:
+        broker: Broker, agency: ClientFactory, settings: Settings, registry: Registry, catalogue: Catalogue) -> None:
     home, url = settings.home, settings.nats.url
     police, la = await agency("police-met"), await agency("la-camden")
     waiting, data = _referral(police)
     assert (await _outcome(police, waiting, data))[0] == "receipt"
     old_kids = {k.kid for k in Registry.load(settings.registry_path, Catalogue()).get("la-camden").keys}  # type: ignore[union-attr]
+    old_enc = {e["kid"] for e in _doc(identity_path(home, "la-camden"))["enc"]}
 
     rc, out, err = await _sgb("keys", "rotate", "--agency", "la-camden", "--overlap-days", "0.00001",
-                              "--home", str(home), home=home, url=url)
+                              "--enc-delay-minutes", "0", "--home", str(home), home=home, url=url)
     assert rc == 0, err
     assert "new signing key la-camden-sig-" in out and "new encryption key la-camden-enc-" in out
-    assert "SIGHUP" in out and "sgb keys retire --agency la-camden" in out
+    assert "SIGHUP" in out and "sgb keys retire --agency la-camden" in out and "from now (" in out
     entry = next(a for a in _doc(settings.registry_path)["agencies"] if a["id"] == "la-camden")
     assert len(entry["keys"]) == 4 and all("notAfter" in k for k in entry["keys"] if k["kid"] in old_kids)
     assert stat.S_IMODE(identity_path(home, "la-camden").stat().st_mode) == 0o600
-    await asyncio.sleep(1.2)  # the overlap (0.864 s) has passed
+    await _until(lambda: plan_retirement(settings.registry_path, "la-camden", now=time.time()).removed != (),
+                 what="the end of the overlap (0.864 s)")
 
-    rc, out, err = await _sgb("keys", "retire", "--agency", "la-camden", home=home, url=url)
-    assert rc == 1 and "1 messages still waiting" in err, out + err  # sealed to the old key, not collected
+    # purging the old decryption key would strand the delivery still waiting sealed to it: refused
+    rc, out, err = await _sgb("keys", "retire", "--agency", "la-camden", "--purge-decryption-keys", home=home, url=url)
+    assert rc == 1 and "1 messages still waiting" in err, out + err
     assert {k["kid"] for k in entry["keys"]} <= {k["kid"] for a in _doc(settings.registry_path)["agencies"]
                                                  for k in a["keys"]}
-    (delivery,) = await drain(la, want=1)  # la's adapter still holds the old key and collects it
-    assert delivery.origin[1] == waiting
-
+    # a plain retirement keeps the decryption key, so the delivery waiting sealed to it still opens
     rc, out, err = await _sgb("keys", "retire", "--agency", "la-camden", home=home, url=url)
     assert rc == 0, err
-    assert all(kid in out for kid in old_kids) and "SIGHUP" in out
+    assert all(kid in out for kid in old_kids) and "SIGHUP" in out and "kept in the key file" in out
     listed = {k["kid"] for a in _doc(settings.registry_path)["agencies"] for k in a["keys"]}
     assert not listed & old_kids
-    rc, out, _ = await _sgb("keys", "retire", "--agency", "la-camden", home=home, url=url)
+    _reload(la, registry, settings, catalogue)  # la's adapter loads the retired registry and key file
+    (delivery,) = await drain(la, want=1)
+    assert delivery.origin[1] == waiting and delivery.claims["enc"]["kid"] in old_enc
+
+    rc, out, err = await _sgb("keys", "retire", "--agency", "la-camden", "--purge-decryption-keys", home=home, url=url)
+    assert rc == 0, err
+    assert "warning" in err and "never be opened again" in err and all(kid in out for kid in old_enc)
+    assert not old_enc & set(load_identity(home, "la-camden").kem)
+    rc, out, _ = await _sgb("keys", "retire", "--agency", "la-camden", "--purge-decryption-keys", home=home, url=url)
     assert rc == 0 and "nothing to retire" in out
+
+
+async def test_cli_rotate_seals_to_the_new_key_an_hour_later_by_default(home: Path) -> None:
+    """Without ``--enc-delay-minutes``, nothing is sealed to an agency's new key (nor, by the
+    adapters, to the broker's) for an hour: time for its processes to load the new key file."""
+    registry_path = home / "registry.json"
+    for party, who in (("la-camden", "brokers start sealing la-camden's deliveries"),
+                       ("sg-broker", "adapters start sealing to the broker's new encryption key")):
+        before = time.time()
+        rc, out, err = await _sgb("keys", "rotate", "--agency", party, home=home, url=None)
+        assert rc == 0, err
+        new_enc = next(k for a in _doc(registry_path)["agencies"] if a["id"] == party for k in a["keys"]
+                       if k["use"] == "enc" and "notBefore" in k)
+        not_before = Registry.load(registry_path, Catalogue()).get(party).enc_key(before + 3601).not_before  # type: ignore[union-attr]
+        assert not_before is not None and before + 3600 <= not_before <= time.time() + 3600
+        (step,) = [line for line in out.splitlines() if who in line]
+        assert step.strip().startswith(f"3. at {new_enc['notBefore']}:"), out
+        assert f"sealed to from {new_enc['notBefore']}" in out and f"before {new_enc['notBefore']}" in out
+        assert Registry.load(registry_path, Catalogue()).recipient_key(party, time.time())[0] != new_enc["kid"]
+
+    # an overlap shorter than the default delay is refused, naming the option
+    rc, _, err = await _sgb("keys", "rotate", "--agency", "police-met", "--overlap-days", "0.01", home=home, url=None)
+    assert rc == 1 and "--enc-delay-minutes (60)" in err

@@ -35,11 +35,12 @@ from adapters.school import (
 )
 from adapters.sdk import AgencyClient, Delivery
 from adapters.sinks import DeliveryFailed
-from broker import api
+from broker import api, wire
 from broker.auth import TokenVerifier
 from broker.catalogue import Catalogue
 from broker.config import Settings
-from broker.keystore import load_identity
+from broker.errors import InvalidEnvelope
+from broker.keystore import load_identity, retire_keys, rotate_keys
 from broker.registry import Registry
 from broker.service import Broker, connected, jetstream
 from tests.conftest import ClientFactory
@@ -143,9 +144,25 @@ async def sign_in(http: Client, token: str) -> str:
 # -- the whole path ---------------------------------------------------------------------------------
 
 
+def count_sends(client: AgencyClient, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The status of every receipt ``client`` is asked to send (each attempt, before NATS): the real
+    ``send`` still runs, so a duplicate cannot hide behind JetStream's de-duplication."""
+    sent: list[str] = []
+    real = client.send
+
+    async def counting(**kwargs: Any) -> str:
+        sent.append(str(kwargs["payload"]["status"]))
+        return await real(**kwargs)
+
+    monkeypatch.setattr(client, "send", counting)
+    return sent
+
+
 async def test_the_dsl_reads_and_acknowledges_a_notice_and_the_police_hear_it_once(
-        school: School, settings: Settings, aiohttp_client: Callable[..., Awaitable[Client]]) -> None:
+        school: School, settings: Settings, aiohttp_client: Callable[..., Awaitable[Client]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
     message = await notify(school)
+    sent = count_sends(school.client, monkeypatch)
 
     # kept sealed: nothing about the child on disk in clear, only the owner can read the file
     folder = settings.home / "adapters" / SCHOOL
@@ -177,6 +194,7 @@ async def test_the_dsl_reads_and_acknowledges_a_notice_and_the_police_hear_it_on
 
     r = await http.post(f"/inbox/notices/{notice.delivery}/acknowledge", data={"csrf": csrf}, allow_redirects=False)
     assert r.status == 303 and r.headers["Location"] == f"/inbox/notices/{notice.delivery}?done=accepted"
+    assert sent == ["accepted"]
     after = await (await http.get(r.headers["Location"])).text()
     assert "The police have been sent a receipt" in after and f"Acknowledged by {STAFF}" in after
     assert school.inbox.notice(notice.delivery).acknowledged_by == STAFF  # type: ignore[union-attr]
@@ -189,26 +207,35 @@ async def test_the_dsl_reads_and_acknowledges_a_notice_and_the_police_hear_it_on
     assert receipt.claims["re"] == message and receipt.payload["recipients"] == [SCHOOL]
     assert receipt.claims["sharing"]["decidedBy"] == {"role": DSL, "staffRef": STAFF}
 
-    # a second acknowledgement (a double click, a reload) sends nothing new
+    # a second acknowledgement (a double click, a reload) does not even try to send a receipt
     r = await http.post(f"/inbox/notices/{notice.delivery}/acknowledge", data={"csrf": csrf}, allow_redirects=False)
-    assert r.status == 303
-    assert not [d async for d, _ in _fetch_acking(school.police)], "a second receipt was sent"
+    assert r.status == 303 and sent == ["accepted"], "a second receipt was sent"
 
-    # then support is in place: the police hear "actioned", once
+    # then support is in place: the police hear "actioned", once (and no second "accepted")
     r = await http.post(f"/inbox/notices/{notice.delivery}/actioned", data={"csrf": csrf}, allow_redirects=False)
     assert r.status == 303
     await http.post(f"/inbox/notices/{notice.delivery}/actioned", data={"csrf": csrf}, allow_redirects=False)
+    assert sent == ["accepted", "actioned"]
     receipts = await police_receipts(school.police, message, want=1)
     assert [d.payload["status"] for d in receipts] == ["actioned"]
     assert f"Support in place, recorded by {STAFF}" in await (await http.get("/inbox/")).text()
 
 
-async def _fetch_acking(client: AgencyClient) -> AsyncIterator[tuple[Delivery | None, Any]]:
-    """Everything waiting for ``client`` within about a second and a half, acked."""
-    await asyncio.sleep(1.0)
-    async for delivery, msg in client.fetch(idle=0.5):
-        await msg.ack_sync()
-        yield delivery, msg
+async def test_the_older_page_link_takes_only_a_sequence_number(
+        school: School, settings: Settings, aiohttp_client: Callable[..., Awaitable[Client]]) -> None:
+    await notify(school)
+    (notice,) = school.inbox.notices()
+    http = await aiohttp_client(school.app)
+    await sign_in(http, dsl_token(settings))
+    r = await http.get("/inbox/", params={"before": str(notice.seq)})
+    assert r.status == 200 and "Ada Okafor-Demo" not in await r.text()  # a real link: the page before it
+    r = await http.get("/inbox/", params={"before": str(notice.seq + 1)})
+    assert r.status == 200 and "Ada Okafor-Demo" in await r.text()
+    # anything else is no page marker at all: the first page, never a server error
+    for before in ("\u00b2", "\u0663", "9" * 19, "9" * 40, "-1", "1e3", " 1", "abc", ""):
+        r = await http.get("/inbox/", params={"before": before})
+        assert r.status == 200, before
+        assert "Ada Okafor-Demo" in await r.text(), before
 
 
 # -- who may open it ------------------------------------------------------------------------------
@@ -352,6 +379,64 @@ async def test_the_inbox_keeps_only_sealed_verified_messages(school: School, set
     with pytest.raises(DeliveryFailed, match="failed verification"):
         await school.inbox.deliver(notice.delivery + "-x", forged, SEALED)
     assert len(school.inbox.notices()) == 1 and b"Ada" not in school.inbox.path.read_bytes()
+
+
+# -- key rotations ---------------------------------------------------------------------------------
+
+
+async def test_a_kept_notice_still_shows_and_is_acknowledged_after_the_keys_rotate_and_retire(
+        school: School, broker: Broker, settings: Settings, registry: Registry, catalogue: Catalogue,
+        aiohttp_client: Callable[..., Awaitable[Client]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The inbox keeps notices sealed for as long as the school needs them: a broker key rotation
+    whose overlap has passed (the notice's signing key has expired) and a rotation and retirement
+    of the school's own keys (the key it was sealed to has left the registry) lock nothing out."""
+    message = await notify(school)
+    (notice,) = school.inbox.notices()
+    sealed_to = school.client.open(notice.raw).claims["enc"]["kid"]
+    signed_by = wire_kid(notice.raw)
+    assert len(await police_receipts(school.police, message, want=2)) == 2  # routed, delivered: collected now
+
+    overlap = 1.5
+    broker_keys = rotate_keys(settings.home, settings.registry_path, "sg-broker", overlap=overlap)
+    school_keys = rotate_keys(settings.home, settings.registry_path, SCHOOL, overlap=overlap)
+    assert signed_by in broker_keys.ended and sealed_to in school_keys.ended
+    registry.replace_with(Registry.load(settings.registry_path, catalogue))  # the adapters' SIGHUP, first
+    school.client.reload(registry, load_identity(settings.home, SCHOOL))
+    assert broker.reload()
+    deadline = time.monotonic() + 10
+    while time.time() <= max(broker_keys.not_after, school_keys.not_after) + 0.05:  # the overlap passes
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    retired = retire_keys(settings.home, settings.registry_path, SCHOOL, now=time.time())
+    assert sealed_to in retired.enc and retired.purged == ()
+    registry.replace_with(Registry.load(settings.registry_path, catalogue))
+    school.client.reload(registry, load_identity(settings.home, SCHOOL))
+    assert broker.reload()
+
+    with pytest.raises(InvalidEnvelope):
+        school.client.open(notice.raw)  # checked now, the broker's old signing key has expired...
+    assert school.client.open(notice.raw, when=time.time() - 60) is not None  # ...not when the notice came
+    assert sealed_to in school.client.identity.kem  # and the key file kept the retired decryption key
+
+    sent = count_sends(school.client, monkeypatch)
+    http = await aiohttp_client(school.app)
+    csrf = await sign_in(http, dsl_token(settings))
+    page = await (await http.get("/inbox/")).text()
+    assert "Ada Okafor-Demo" in page and "CAD-4471-22NOV" in page and "1 notice not yet acknowledged" in page
+    r = await http.get(f"/inbox/notices/{notice.delivery}")
+    assert r.status == 200 and "Notice about Ada Okafor-Demo" in await r.text()
+    r = await http.post(f"/inbox/notices/{notice.delivery}/acknowledge", data={"csrf": csrf}, allow_redirects=False)
+    assert r.status == 303, await r.text()
+    assert sent == ["accepted"]
+    assert school.inbox.notice(notice.delivery).acknowledged_by == STAFF  # type: ignore[union-attr]
+    (receipt,) = accepted(await police_receipts(school.police, message, want=1))  # signed with the new keys
+    assert receipt.origin == (SCHOOL, receipt_id(notice.delivery, "accepted"))
+    assert wire_kid(receipt.raw) == broker_keys.sig_kid
+
+
+def wire_kid(raw: bytes) -> str:
+    """The key id a wire message is signed with."""
+    return str(wire.read_header(raw)["kid"])
 
 
 # -- a real browser -------------------------------------------------------------------------------
