@@ -87,11 +87,11 @@ class Report:
 
 
 def broker_keys(registry: Registry) -> Callable[[str, float], _crypto.VerifyKey | None]:
-    """Key lookup for audit tokens: only the broker's own signing keys, valid at the time signed."""
-    keys = {k.kid: k for k in registry.broker.keys if k.use == "sig"}
+    """Key lookup for audit tokens: only the broker's own signing keys, valid at the time signed.
+    Read from the registry at each call, so a reload (a rotated broker key) is seen at once."""
 
     def lookup(kid: str, when: float) -> _crypto.VerifyKey | None:
-        key = keys.get(kid)
+        key = next((k for k in registry.broker.keys if k.kid == kid and k.use == "sig"), None)
         return _crypto.verify_key_from_bytes(key.x) if key is not None and key.valid_at(when) else None
 
     return lookup

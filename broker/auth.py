@@ -50,10 +50,9 @@ class Principal:
 
 class TokenVerifier:
     def __init__(self, registry: Registry, settings: ApiSettings) -> None:
-        issuer = registry.get(settings.issuer)
-        if issuer is None:
+        if registry.get(settings.issuer) is None:
             raise BrokerError(f"the API token issuer {settings.issuer} is not in the trust registry")
-        self._keys = {k.kid: k for k in issuer.keys if k.use == "sig"}
+        self._registry = registry  # read at each check: a reload (a rotated issuer key) is seen at once
         self._settings = settings
 
     def verify(self, token: str, *, now: float | None = None) -> Principal:
@@ -62,7 +61,9 @@ class TokenVerifier:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError as exc:
             raise AuthError("the bearer token cannot be read") from exc
-        key = self._keys.get(str(header.get("kid")))
+        issuer = self._registry.get(self._settings.issuer)
+        kid = str(header.get("kid"))
+        key = next((k for k in issuer.keys if k.kid == kid and k.use == "sig"), None) if issuer else None
         if key is None or not key.valid_at(now):
             raise AuthError("the bearer token is not signed by a key of the configured issuer")
         try:

@@ -346,3 +346,19 @@ async def test_cli_rotate_seals_to_the_new_key_an_hour_later_by_default(home: Pa
     # an overlap shorter than the default delay is refused, naming the option
     rc, _, err = await _sgb("keys", "rotate", "--agency", "police-met", "--overlap-days", "0.01", home=home, url=None)
     assert rc == 1 and "--enc-delay-minutes (60)" in err
+
+
+def test_api_tokens_from_a_rotated_issuer_are_accepted_after_reload(home: Path, catalogue: Catalogue) -> None:
+    """The API's verifier reads the shared registry at each check: a reload is enough."""
+    from broker.auth import AuthError, TokenVerifier, mint
+    from broker.config import ApiSettings
+
+    api = ApiSettings()
+    registry = Registry.load(home / "registry.json", catalogue)
+    verifier = TokenVerifier(registry, api)
+    rotate_keys(home, home / "registry.json", api.issuer, overlap=3600)
+    token = mint(load_identity(home, api.issuer), sub="ig-1", roles=["ig-officer"], settings=api)
+    with pytest.raises(AuthError):
+        verifier.verify(token)  # the running service has not reloaded yet
+    registry.replace_with(Registry.load(home / "registry.json", catalogue))
+    assert verifier.verify(token).sub == "ig-1"
