@@ -33,6 +33,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, gen
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from adapters import inbound_http
 from adapters.deliverer import DeadLetters, Deliverer
 from adapters.inbound import InboundCounts, Submitter
 from adapters.inbound_folder import FolderIntake
@@ -192,7 +193,8 @@ def _metrics(deliverer: Deliverer, inbound: InboundCounts) -> CollectorRegistry:
 
 
 @contextlib.asynccontextmanager
-async def _sink(settings: AdapterSettings, state: Path, client: AgencyClient) -> AsyncIterator[tuple[Sink, Any]]:
+async def _sink(settings: AdapterSettings, state: Path,
+                client: AgencyClient) -> AsyncIterator[tuple[Sink, Inbox | None]]:
     """The hand-over to the agency system, and the school's inbox when that is where it goes."""
     if settings.drop_folder:
         yield DropFolderSink(settings.drop_folder), None
@@ -314,8 +316,6 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def make_app(adapter: Adapter) -> web.Application:
-    from adapters import inbound_http
-
     app = web.Application(client_max_size=adapter.settings.max_document_bytes)
     app[APP_KEY] = adapter
     app.router.add_get("/healthz", healthz)
