@@ -16,6 +16,7 @@ from adapters.deliverer import DeadLetters, Deliverer
 from adapters.sdk import AgencyClient
 from adapters.sinks import DELIVERY_HEADER, WebhookSettings, WebhookSink, verify_webhook
 from broker.service import Broker
+from broker.streams import DELIVERY
 from tests.conftest import ClientFactory
 from tests.helpers import referral, sharing
 
@@ -86,14 +87,21 @@ async def test_hand_over_then_the_sender_hears_delivered(broker: Broker, agency:
             message = await police.send(typ="referral", to=["la-camden"], payload=referral(), sharing=sharing())
             await run_once(deliverer, until=1)
             assert await receipts(police, message, {"routed", "delivered"}) == {"routed", "delivered"}
-            stop = asyncio.Event()  # the broker's 'routed' answer to that receipt reaches the adapter...
+            # The broker stored its 'routed' answer to that receipt with the receipt it relayed to the
+            # police (one batch), so it is in the LA's queue now: run until the queue is empty...
+            stop = asyncio.Event()
             task = asyncio.create_task(deliverer.run(stop))
-            await asyncio.sleep(1.5)
+            for _ in range(200):
+                info = await broker.js.consumer_info(DELIVERY, "la-camden")
+                relayed = broker.pipeline.counters.shared >= 2  # the referral and the adapter's receipt, stored
+                if relayed and info.num_pending == 0 and info.num_ack_pending == 0:
+                    break
+                await asyncio.sleep(0.05)
             stop.set()
             await asyncio.wait_for(task, 10)
     finally:
         await server.close()
-    assert [d async for d, _ in la.fetch(idle=0.3)] == []  # ...is taken off the queue...
+    assert [d async for d, _ in la.fetch(idle=0.3)] == []  # ...it was taken off the queue...
     (taken,) = system.taken.values()  # ...and not handed to the agency system
     assert deliverer.counts.delivered == 1
     assert taken["payload"]["child"]["name"]["given"] == referral()["child"]["name"]["given"]
