@@ -57,6 +57,7 @@ from adapters.sinks import DeliveryFailed
 from broker.auth import AuthError, Principal, TokenVerifier
 from broker.config import ApiSettings
 from broker.errors import BrokerError, InvalidEnvelope
+from broker.igpages import page_headers
 from broker.registry import Registry
 
 log = structlog.get_logger("sgb.school")
@@ -265,13 +266,7 @@ async def _headers(request: web.Request,
 
 
 def _secure(response: web.StreamResponse, *, stylesheet: bool) -> None:
-    response.headers.setdefault("Content-Security-Policy",
-                                "default-src 'none'; style-src 'self'; form-action 'self'; frame-ancestors 'none'; "
-                                "base-uri 'none'")
-    response.headers.setdefault("X-Frame-Options", "DENY")
-    response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    response.headers.setdefault("Referrer-Policy", "no-referrer")
-    response.headers.setdefault("Cache-Control", "max-age=3600" if stylesheet else "no-store")
+    page_headers(response, cache="max-age=3600" if stylesheet else "no-store")
 
 
 def _state(request: web.Request) -> _Inbox:

@@ -46,13 +46,20 @@ async def security_headers(request: web.Request,
                            handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
     response = await handler(request)
     if request.path.startswith("/ig/"):
-        response.headers.setdefault("Content-Security-Policy",
-                                    "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
-                                    "frame-ancestors 'none'; base-uri 'none'")
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("Referrer-Policy", "no-referrer")
-        response.headers.setdefault("Cache-Control", "no-store")
+        page_headers(response, images=True)
     return response
+
+
+def page_headers(response: web.StreamResponse, *, images: bool = False, cache: str = "no-store") -> None:
+    """What every page of ours sends (the IG pages, a school's inbox): no script, no framing, no
+    referrer, not cached; headers the handler set stay."""
+    response.headers.setdefault("Content-Security-Policy",
+                                "default-src 'none'; style-src 'self'; " + ("img-src 'self' data:; " if images else "")
+                                + "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    response.headers.setdefault("Cache-Control", cache)
 
 
 def _csrf(request: web.Request) -> str:
