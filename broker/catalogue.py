@@ -36,7 +36,6 @@ class MessageType:
     version: int
     personal_data: bool
     special_category: bool
-    criminal_offence: bool
     validator: jsonschema_rs.Validator
     record_only: bool = False  # recorded and audited, delivered to no one
 
@@ -81,7 +80,6 @@ class Catalogue:
                 name=key[0], version=key[1],
                 personal_data=bool(meta.get("personalData", True)),
                 special_category=bool(meta.get("specialCategory", False)),
-                criminal_offence=bool(meta.get("criminalOffence", False)),
                 validator=self._validators[name], record_only=bool(meta.get("recordOnly", False)),
             )
 

@@ -587,7 +587,7 @@ async def cmd_policy_explain(settings: Settings, args: argparse.Namespace) -> in
 
         when = deadlines.due_at(decision.deadline, time.time(), payload)
         due = {"due": iso(when) if when else None, "expect": list(decision.deadline.expect),
-               "from": "sender" if decision.deadline.from_sender else "recipient", "says": decision.deadline.says}
+               "from": decision.deadline.expect_from, "says": decision.deadline.says}
         if decision.deadline.receipt_status:
             due["receiptStatus"] = list(decision.deadline.receipt_status)
     for rd in decision.recipients:

@@ -1,8 +1,10 @@
 """Statutory and agreed deadlines, tracked per delivered message.
 
 When a rule carries a deadline, the broker records ``<message id>.<recipient>`` in the KV
-bucket ``SG_DEADLINES`` (in the same acknowledged batch as the delivery). A reply of an
-expected type from that recipient, answering that message (``re``), deletes the entry; a
+bucket ``SG_DEADLINES`` (in the same acknowledged batch as the delivery); a clock the sender's
+side owes (a rapid review after a serious incident notification) is recorded once under each
+party that may answer it (:func:`open_group`). A reply of an
+expected type from that party, answering that message (``re``), deletes the entry; a
 ``receipt`` does so only with one of the statuses the entry records (``receiptStatus``, from
 the rule when the message was shared, so every instance applies the same rule). A
 scanner in every broker instance finds open entries past due, sends an ``overdue-notice``
@@ -17,7 +19,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final
 
 import orjson
@@ -67,6 +69,15 @@ def open_entry(message_id: str, recipient: str, entry: Mapping[str, Any]) -> Out
     """The KV put recording an open deadline, published with the delivery."""
     k = key(message_id, recipient)
     return Outgoing(f"$KV.{BUCKET}.{k}", orjson.dumps(dict(entry) | {"state": "open"}), f"deadline-{k}")
+
+
+def open_group(message_id: str, owers: Sequence[str], entry: Mapping[str, Any]) -> list[Outgoing]:
+    """One clock owed by the sender's side (``owers``, the sender first): an entry under each, so a
+    reply from any of them finds it with one read, but only the sender's is scanned for being overdue;
+    the reply closes them all (e.g. a rapid review from any safeguarding partner of the area)."""
+    sender = owers[0]
+    return [open_entry(message_id, ower, dict(entry) | {"expectFrom": ower, "owedBy": list(owers),
+                                                         "primary": ower == sender}) for ower in owers]
 
 
 def answers(entry: Mapping[str, Any], typ: str, payload: Mapping[str, Any]) -> bool:
@@ -131,7 +142,7 @@ class Scanner:
             except NotFoundError:
                 continue
             record = orjson.loads(msg.data) if msg.data and not (msg.headers or {}).get("KV-Operation") else {}
-            if record.get("state") != "open":
+            if record.get("state") != "open" or record.get("primary") is False:  # closed, or another party's copy
                 self._known[subject] = (msg.seq, None)
                 continue
             self._known[subject] = (msg.seq, record["due"])

@@ -15,6 +15,7 @@ import datetime as dt
 import os
 import secrets
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -32,13 +33,22 @@ TOKEN_ISSUER_ID = "dev-token-issuer"  # noqa: S105 - an agency id, not a secret
 DAY: Final = 86400.0
 DEFAULT_OVERLAP: Final = 30 * DAY  # as long as deliveries are kept (SGB_DELIVERY_RETENTION_DAYS)
 
-# (id, kind, display name, suite): the demo partnership of Camden.
-DEMO_AGENCIES: tuple[tuple[str, str, str, _crypto.SuiteName], ...] = (
-    ("police-met", "police", "Metropolitan Police Service", _crypto.X25519_SUITE),
-    ("health-camden", "health", "NHS North Central London ICB (Camden)", _crypto.HYBRID_SUITE),
-    ("la-camden", "local-authority", "London Borough of Camden Children's Social Care", _crypto.X25519_SUITE),
-    ("school-hillside", "school", "Hillside Primary School", _crypto.X25519_SUITE),
-    ("cscpr-panel", "national-panel", "Child Safeguarding Practice Review Panel", _crypto.X25519_SUITE),
+# The demo partnership of Camden: (id, kind, display name, suite, registry facts).
+DEMO_AGENCIES: tuple[tuple[str, str, str, _crypto.SuiteName, Mapping[str, Any]], ...] = (
+    ("police-met", "police", "Metropolitan Police Service", _crypto.X25519_SUITE,
+     {"publicAuthority": True, "organisationType": "police-force", "areas": ["camden"]}),
+    ("health-camden", "health", "NHS North Central London ICB (Camden)", _crypto.HYBRID_SUITE,
+     {"publicAuthority": True, "organisationType": "integrated-care-board", "areas": ["camden"]}),
+    ("la-camden", "local-authority", "London Borough of Camden Children's Social Care", _crypto.X25519_SUITE,
+     {"publicAuthority": True, "organisationType": "local-authority", "areas": ["camden"]}),
+    ("school-hillside", "school", "Hillside Primary School", _crypto.X25519_SUITE,
+     {"publicAuthority": True, "organisationType": "maintained-school", "areas": ["camden"]}),
+    ("cscpr-panel", "national-panel", "Child Safeguarding Practice Review Panel", _crypto.X25519_SUITE,
+     {"publicAuthority": True, "organisationType": "national-panel"}),
+    ("ofsted", "ofsted", "Ofsted", _crypto.X25519_SUITE,
+     {"publicAuthority": True, "organisationType": "inspectorate"}),
+    ("dfe-sos", "secretary-of-state", "Secretary of State for Education (DfE)", _crypto.X25519_SUITE,
+     {"publicAuthority": True, "organisationType": "government-department"}),
 )
 
 
@@ -172,16 +182,16 @@ def init_dev_keys(home: Path, registry_path: Path, *, force: bool = False) -> li
     if registry_path.exists() and not force:
         raise ConfigError(f"{registry_path} exists; pass --force to replace the development keys")
     today = dt.datetime.now(dt.UTC).strftime("%Y%m%d")
-    parties: list[tuple[str, str, str, _crypto.SuiteName | None]] = [
-        (BROKER_ID, "broker", "Safeguarding Broker", _crypto.X25519_SUITE),
+    parties: list[tuple[str, str, str, _crypto.SuiteName | None, Mapping[str, Any]]] = [
+        (BROKER_ID, "broker", "Safeguarding Broker", _crypto.X25519_SUITE, {}),
         *DEMO_AGENCIES,
-        (TOKEN_ISSUER_ID, "token-issuer", "Development token issuer", None),
+        (TOKEN_ISSUER_ID, "token-issuer", "Development token issuer", None, {}),
     ]
     agencies = []
-    for party, kind, name, suite in parties:
+    for party, kind, name, suite, facts in parties:
         private, public = _new_party(party, suite, today)
         write_private(identity_path(home, party), orjson.dumps(private, option=orjson.OPT_INDENT_2))
-        entry: dict[str, Any] = {"id": party, "kind": kind, "name": name, "keys": public}
+        entry: dict[str, Any] = {"id": party, "kind": kind, "name": name, **facts, "keys": public}
         if suite is not None:
             entry["suite"] = suite
         agencies.append(entry)

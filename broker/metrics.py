@@ -31,6 +31,9 @@ class Metrics:
         self.rejected = Counter("sgb_messages_rejected", "Messages rejected, by stable code", ["code"], registry=r)
         self.withheld = Counter("sgb_fields_withheld", "Payload fields withheld from a recipient", registry=r)
         self.flagged = Counter("sgb_review_flags", "Decisions flagged for IG review, by flag", ["flag"], registry=r)
+        self.late = Counter("sgb_messages_late", "Messages sent after the sender's own statutory clock ran out "
+                            "(a LADO referral, an Operation Encompass notice, a serious incident notification)",
+                            ["type"], registry=r)
         self.overdue = Counter("sgb_deadlines_overdue", "Deadlines that passed without the expected reply",
                                registry=r)
         self.expired = Counter("sgb_deliveries_expired", "Uncollected deliveries removed after the retention period",

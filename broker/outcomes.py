@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from broker import _crypto, deadlines, wire
+from broker import _crypto, deadlines, pointer, wire
 from broker.errors import RejectedMessage
 from broker.intake import Opened
 from broker.keystore import Identity
@@ -100,10 +100,11 @@ class Outcomes:
     # -- accepted ---------------------------------------------------------------------
 
     def accepted(self, ingress: Ingress, opened: Opened, decision: Decision, *,
-                 closes: bool = False) -> list[Output]:
-        """``closes``: this message is the reply a deadline on ``re`` was waiting for (its audit
-        records say ``meetsDeadline``). An agency's receipt's records carry its ``receiptStatus``
-        and ``receiptFor`` (the message it is about), so the trail shows where that message stands."""
+                 closes: tuple[str, ...] = ()) -> list[Output]:
+        """``closes``: this message is the reply a deadline on ``re`` was waiting for, owed by these
+        parties (its audit records say ``meetsDeadline``; every party's entry is closed). An agency's
+        receipt's records carry its ``receiptStatus`` and ``receiptFor`` (the message it is about), so
+        the trail shows where that message stands."""
         claims = opened.auth.claims
         jti, sender = claims["jti"], opened.auth.sender.id
         origin = {"iss": sender, "jti": jti, "digest": wire.digest(opened.auth.token)}
@@ -128,17 +129,20 @@ class Outcomes:
             base["subjects"] = subjects
         out: list[Output] = [self._audit(base | {"id": derived_id("audit", jti, "received"), "event": "received",
                                    "to": list(claims["to"])})]
+        replier_entry: dict[str, Any] | None = None
         for rd in decision.recipients:
             record = base | {"id": derived_id("audit", jti, rd.recipient), "recipient": rd.recipient,
                              "rules": list(rd.rules)}
             if not rd.share:
-                event = ("not-shared", "not-share") if opened.mtype.record_only else ("refused", "refuse")
-                out.append(self._audit(record | {"event": event[0], "decision": event[1], "code": rd.code,
-                                                 "reason": rd.reason}))
+                if opened.mtype.record_only:
+                    event = {"event": "not-shared", "decision": "not-share"}
+                    if decision.not_shared_reason:  # a code from the schema's list: not personal data
+                        event["notSharedReason"] = decision.not_shared_reason
+                else:
+                    event = {"event": "refused", "decision": "refuse"}
+                out.append(self._audit(record | event | {"code": rd.code, "reason": rd.reason}))
                 continue
-            payload = opened.payload if rd.fields is None else {
-                k: v for k, v in opened.payload.items() if k in rd.fields
-            }
+            payload = opened.payload if rd.fields is None else pointer.project(opened.payload, rd.fields)
             plaintext = opened.plaintext if rd.fields is None else wire.dumps(payload)
             delivery_id = derived_id("delivery", jti, rd.recipient)
             token = self.seal(jti=delivery_id, typ=claims["typ"], ver=claims["ver"], recipient=rd.recipient,
@@ -146,23 +150,29 @@ class Outcomes:
                               thread=claims.get("thread"), origin=origin)
             out.append(Outgoing(delivery_subject(rd.recipient), token, delivery_id))
             shared = record | {"event": "shared", "decision": "share", "deliveryId": delivery_id,
-                               "fields": sorted(payload)}
-            due = deadlines.due_at(decision.deadline, ingress.stored_at, opened.payload) if decision.deadline else None
-            if due is not None and decision.deadline is not None:
+                               "fields": sorted(payload) if rd.fields is None else list(rd.fields)}
+            spec = decision.deadline
+            due = deadlines.due_at(spec, ingress.stored_at, opened.payload) if spec else None
+            if due is not None and spec is not None:
                 shared["due"] = iso(due)
-                replier = sender if decision.deadline.from_sender else rd.recipient
                 entry: dict[str, Any] = {
                     "message": jti, "type": claims["typ"], "sender": sender, "recipient": rd.recipient, "due": due,
-                    "expect": list(decision.deadline.expect), "expectFrom": replier, "rule": decision.deadline_rule,
-                    "says": decision.deadline.says}
-                if decision.deadline.receipt_status:  # recorded, so any instance applies the rule of the share
-                    entry["receiptStatus"] = list(decision.deadline.receipt_status)
-                out.append(deadlines.open_entry(jti, replier, entry))
+                    "expect": list(spec.expect), "rule": decision.deadline_rule, "says": spec.says}
+                if spec.receipt_status:  # recorded, so any instance applies the rule of the share
+                    entry["receiptStatus"] = list(spec.receipt_status)
+                if not spec.from_sender:
+                    out.append(deadlines.open_entry(jti, rd.recipient, entry | {"expectFrom": rd.recipient}))
+                elif replier_entry is None:  # owed by the sender's side: one clock, whoever it went to
+                    replier_entry = entry
             if rd.withheld:
                 shared["withheld"] = list(rd.withheld)
             out.append(self._audit(shared))
-        if closes and claims.get("re"):
-            out.append(deadlines.close_entry(claims["re"], sender, jti))
+        if replier_entry is not None and decision.deadline is not None:
+            owers = (self.registry.partners_of(opened.auth.sender) if decision.deadline.expect_from == "partners"
+                     else (sender,))
+            out += deadlines.open_group(jti, owers, replier_entry)
+        if closes:
+            out += [deadlines.close_entry(claims["re"], replier, jti) for replier in closes]
         receipt = {
             "messageId": jti, "status": "recorded" if opened.mtype.record_only else "routed", "at": iso(self.clock()),
             "recipients": [r.recipient for r in decision.shared],
@@ -213,12 +223,13 @@ class Outcomes:
     # -- overdue ----------------------------------------------------------------------
 
     def overdue(self, entry: Mapping[str, Any]) -> list[Output]:
-        """Overdue notices to both sides of a deadline that passed, and an audit record."""
+        """Overdue notices to both sides of a deadline that passed (and to every party that owed it
+        with the sender), and an audit record."""
         message, recipient = entry["message"], entry["recipient"]
         body = {"messageId": message, "messageType": entry["type"], "recipient": recipient, "due": iso(entry["due"]),
                 "expected": entry["expect"], "at": iso(self.clock()), "rule": entry["rule"], "says": entry["says"]}
         out: list[Output] = []
-        for party in (entry["sender"], recipient):
+        for party in dict.fromkeys((entry["sender"], recipient, *entry.get("owedBy", ()))):
             notice_id = derived_id("overdue", message, recipient, party)
             out.append(Outgoing(delivery_subject(party), self.seal(
                 jti=notice_id, typ="overdue-notice", ver=1, recipient=party, plaintext=wire.dumps(body),

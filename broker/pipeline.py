@@ -211,7 +211,7 @@ class Pipeline:
                 opened = self._intake.open(auth)
                 t2 = time.perf_counter()
                 decision = self._policy.decide(auth.sender, opened.recipients, opened.mtype,
-                                               auth.claims["sharing"], opened.payload)
+                                               auth.claims["sharing"], opened.payload, received=ingress.stored_at)
                 closes = await self._answers_deadline(auth.claims, opened.payload)
                 outputs = self._outcomes.accepted(ingress, opened, decision, closes=closes)
                 stage.labels("authenticate").observe(t1 - t0)
@@ -232,21 +232,25 @@ class Pipeline:
             error = InternalFailure("the broker could not process this message; send it again", rule="internal")
             return self._outcomes.rejected(ingress, error, auth.claims if auth else None), error.code
 
-    async def _answers_deadline(self, claims: dict[str, Any], payload: Mapping[str, Any]) -> bool:
-        """Whether this message is a reply an open deadline on ``re`` expects from its sender (for a
-        receipt, with a status the deadline counts: read from the opened payload)."""
+    async def _answers_deadline(self, claims: dict[str, Any], payload: Mapping[str, Any]) -> tuple[str, ...]:
+        """The parties whose open deadline on ``re`` this message meets (none if it meets none): its
+        sender, or every party that owed the same clock (for a receipt, only with a status the
+        deadline counts, read from the opened payload)."""
         if not claims.get("re"):
-            return False
+            return ()
         try:
             entry = await self._js.get_last_msg(f"KV_{DEADLINES_BUCKET}",
                                                 f"$KV.{DEADLINES_BUCKET}.{claims['re']}.{claims['iss']}")
         except NotFoundError:
-            return False
+            return ()
         except NatsError as exc:
             raise TransportError(f"deadline store unavailable: {type(exc).__name__}") from exc
         if not entry.data:
-            return False
-        return deadlines.answers(orjson.loads(entry.data), claims["typ"], payload)
+            return ()
+        record = orjson.loads(entry.data)
+        if not deadlines.answers(record, claims["typ"], payload):
+            return ()
+        return tuple(record.get("owedBy") or (claims["iss"],))
 
     async def on_overdue(self, entry: Mapping[str, Any]) -> None:
         await self.store(self._outcomes.overdue(entry))
@@ -266,6 +270,8 @@ class Pipeline:
                 m.refused.labels(rd.code or "refused").inc()
         for flag in decision.flags:
             m.flagged.labels(flag).inc()
+        if "late" in decision.flags:
+            m.late.labels(typ).inc()
 
     def _record(self, outcome: str) -> None:
         self.counters.received += 1

@@ -2,12 +2,12 @@
 and which fields may each recipient see?
 
 :class:`Policy` is the seam; :class:`RulebookPolicy` applies the partnership's rulebook
-(``deploy/rulebook.yaml``): routing by agency kind, the lawful basis and conditions, consent
-and transparency, necessary-and-proportionate field allow-lists per recipient kind, and
-protected identities. It refuses the whole message (raising a
-:class:`~broker.errors.RejectedMessage`) when the message itself is unlawful or no recipient
-may receive it, and narrows ``to`` (never widens it) when only some may. Every decision names
-the rules that made it.
+(``deploy/rulebook.yaml``): routing by agency kind, the lawful basis and its conditions (Art 6,
+Art 9, Art 10, DPA 2018 Part 3), consent and transparency, necessary-and-proportionate field
+allow-lists per recipient kind, protected identities and the sender's own clocks. It refuses the
+whole message (raising a :class:`~broker.errors.RejectedMessage` naming the field and the rule,
+never a value) when the message itself is unlawful or no recipient may receive it, and narrows
+``to`` (never widens it) when only some may. Every decision names the rules that made it.
 """
 
 from __future__ import annotations
@@ -22,14 +22,18 @@ from typing import Any, Final, Protocol
 
 import orjson
 
+from broker import pointer
 from broker import rulebook as rulebooks
 from broker.catalogue import Catalogue, MessageType
 from broker.errors import NoLawfulBasis, NotPermitted
 from broker.registry import Agency
 from broker.rulebook import DeadlineSpec, LateAfter, Rule, Rulebook
-from broker.workdays import LONDON, add_working_days
+from broker.workdays import LONDON, add_working_days, next_school_day_start
 
 WITHOUT_CONSENT: Final = frozenset({"NOT_SOUGHT", "REFUSED_OVERRIDDEN"})
+# The sharing block's basis and condition fields.
+_CONDITION_FIELDS: Final = ("lawfulBasis", "specialCategoryCondition", "criminalOffenceCondition",
+                            "lawEnforcementBasis")
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +43,7 @@ class RecipientDecision:
     rules: tuple[str, ...]
     code: str | None = None
     reason: str | None = None
-    fields: tuple[str, ...] | None = None  # top-level payload members passed on; None = all
+    fields: tuple[str, ...] | None = None  # names passed on (``member`` or ``member/sub``); None = all
     withheld: tuple[str, ...] = ()
 
 
@@ -50,6 +54,7 @@ class Decision:
     flags: tuple[str, ...] = field(default=())  # reasons for IG review
     deadline: DeadlineSpec | None = None
     deadline_rule: str | None = None
+    not_shared_reason: str | None = None  # a decision not to share: the practitioner's reason code
 
     @property
     def shared(self) -> tuple[RecipientDecision, ...]:
@@ -62,49 +67,80 @@ class Decision:
 
 class Policy(Protocol):
     def decide(self, sender: Agency, recipients: tuple[Agency, ...], mtype: MessageType,
-               sharing: Mapping[str, Any], payload: Mapping[str, Any]) -> Decision:
-        """Decide per recipient; raise a :class:`~broker.errors.RejectedMessage` to refuse all."""
+               sharing: Mapping[str, Any], payload: Mapping[str, Any], *, received: float | None = None) -> Decision:
+        """Decide per recipient; raise a :class:`~broker.errors.RejectedMessage` to refuse all.
+        ``received``: when the broker received the message (clocks owed by the sender are judged then)."""
         ...
 
 
-def _restricted_bases() -> frozenset[str]:
-    vocab = orjson.loads((resources.files("schemas") / "vocabulary.v1.json").read_bytes())
-    return frozenset(e["code"] for e in vocab["lists"]["lawfulBasis"] if e.get("notForPublicAuthorities"))
+@dataclass(frozen=True, slots=True)
+class Vocabulary:
+    """The attributes of the vocabulary's codes that the rules read."""
+
+    restricted: frozenset[str]  # Art 6 bases public authorities may not use for their tasks
+    consent_based: frozenset[str]  # codes that are consent, in each list
+    without_consent: frozenset[str]  # conditions met only when processing is without consent (para 18 family)
+    gateway_not_from: Mapping[str, frozenset[str]]  # gateway -> sender kinds it does not cover
+
+    @classmethod
+    def load(cls) -> Vocabulary:
+        lists = orjson.loads((resources.files("schemas") / "vocabulary.v2.json").read_bytes())["lists"]
+        entries = [e for lst in lists.values() for e in lst]
+        return cls(
+            restricted=frozenset(e["code"] for e in lists["lawfulBasis"] if e.get("notForPublicAuthorities")),
+            consent_based=frozenset(e["code"] for e in entries if e.get("consentBased")),
+            without_consent=frozenset(e["code"] for e in entries if e.get("withoutConsent")),
+            gateway_not_from={e["code"]: frozenset(e["notFromKinds"]) for e in lists["statutoryGateway"]
+                              if "notFromKinds" in e},
+        )
 
 
 class RulebookPolicy:
     def __init__(self, rulebook: Rulebook, clock: Callable[[], float] = time.time) -> None:
         self.rulebook = rulebook
-        self._restricted = _restricted_bases()
+        self.vocabulary = Vocabulary.load()
         self._clock = clock
 
     def decide(self, sender: Agency, recipients: tuple[Agency, ...], mtype: MessageType,
-               sharing: Mapping[str, Any], payload: Mapping[str, Any]) -> Decision:
+               sharing: Mapping[str, Any], payload: Mapping[str, Any], *, received: float | None = None) -> Decision:
         rule = self.rulebook.rule_for(mtype.name, sender.kind)
         if rule is None:
             raise NotPermitted(f"no rule lets a {sender.kind} agency send {mtype.name} messages",
                                field="/typ", rule=f"route.{mtype.name}")
         if mtype.record_only:
+            reason = payload.get("reason")
             return Decision(tuple(RecipientDecision(a.id, False, (rule.id,), code="not-shared",
                                                     reason="a practitioner decided not to share")
-                                  for a in recipients), (rule.id,))
+                                  for a in recipients), (rule.id,),
+                            not_shared_reason=reason if isinstance(reason, str) else None)
         applied = [rule.id]
         flags: list[str] = []
         if mtype.personal_data:
-            applied += self._lawful_basis(rule, sender, mtype, sharing)
-            applied += self._consent(sharing, flags)
+            applied += self._lawful_basis(rule, sender, mtype, sharing, payload, flags)
+            applied += self._consent(sender, sharing, flags)
         if "adviceSought" in sharing:
             flags.append("advice-sought")
-        if rule.late_after is not None and _is_late(rule.late_after, payload, self._clock()):
+            applied.append("advice.sought")
+        late = rule.late_after
+        if late is not None and _is_late(late, payload, received if received is not None else self._clock()):
             flags.append("late")
             applied.append(rule.id)
+        addressed = {a.kind for a in recipients}
+        for need in rule.must_notify:
+            if not need.kinds <= addressed and all(c.holds(payload) for c in need.when):
+                flags.append("recipient-missing")
+                applied.append(rule.id)
         decisions = tuple(self._for_recipient(rule, agency, sharing, payload, tuple(applied)) for agency in recipients)
         if not any(d.share for d in decisions):
             raise NotPermitted(f"no recipient may receive {mtype.name} from a {sender.kind} agency",
                                field="/to", rule=rule.id)
-        return Decision(decisions, tuple(applied), tuple(flags), rule.deadline, rule.id if rule.deadline else None)
+        return Decision(decisions, tuple(dict.fromkeys(applied)), tuple(dict.fromkeys(flags)), rule.deadline,
+                        rule.id if rule.deadline else None)
 
-    def _lawful_basis(self, rule: Rule, sender: Agency, mtype: MessageType, sharing: Mapping[str, Any]) -> list[str]:
+    # -- lawful basis -------------------------------------------------------------------
+
+    def _lawful_basis(self, rule: Rule, sender: Agency, mtype: MessageType, sharing: Mapping[str, Any],
+                      payload: Mapping[str, Any], flags: list[str]) -> list[str]:
         police_part3 = sender.kind == "police" and "lawEnforcementBasis" in sharing
         basis = sharing.get("lawfulBasis")
         if basis is None and not police_part3:
@@ -112,32 +148,77 @@ class RulebookPolicy:
                                 field="/sharing/lawfulBasis", rule="basis.present")
         applied = ["basis.present"]
         if basis is not None:
-            if basis in self._restricted and sender.kind in self.rulebook.public_authorities:
-                raise NoLawfulBasis("a public authority may not rely on (recognised) legitimate interests",
-                                    field="/sharing/lawfulBasis", rule="basis.public-authority")
-            if rule.lawful_bases and basis not in rule.lawful_bases:
-                raise NoLawfulBasis(f"this basis is not one the agreement accepts for {rule.type}",
-                                    field="/sharing/lawfulBasis", rule=rule.id)
+            if basis in self.vocabulary.restricted and sender.public_authority:
+                raise NoLawfulBasis("a public authority may not rely on (recognised) legitimate interests "
+                                    "for its tasks", field="/sharing/lawfulBasis", rule="basis.public-authority")
             applied.append("basis.public-authority")
-        if sender.kind == "police" and mtype.criminal_offence:
+        accepted_by_field = (rule.lawful_bases, rule.special_conditions, rule.offence_conditions,
+                             rule.law_enforcement_bases)
+        for name, accepted in zip(_CONDITION_FIELDS, accepted_by_field, strict=True):
+            code = sharing.get(name)
+            if code is not None and accepted and code not in accepted:
+                raise NoLawfulBasis(f"this {name} is not one the agreement accepts for {rule.type}",
+                                    field=f"/sharing/{name}", rule=rule.id)
+        offence_field = self._offence_data(mtype.name, payload)
+        if sender.kind == "police" and offence_field is not None:
             if not police_part3:
                 raise NoLawfulBasis("police sharing criminal offence data need a DPA 2018 Sch 8 condition",
                                     field="/sharing/lawEnforcementBasis", rule="basis.law-enforcement")
             applied.append("basis.law-enforcement")
+        elif offence_field is not None:
+            if "criminalOffenceCondition" not in sharing:
+                raise NoLawfulBasis(f"the payload carries criminal offence data ({offence_field}); an Art 10 "
+                                    "condition is required", field="/sharing/criminalOffenceCondition",
+                                    rule="basis.criminal-offence")
+            applied.append("basis.criminal-offence")
         if mtype.special_category and not police_part3:
             if "specialCategoryCondition" not in sharing:
                 raise NoLawfulBasis("special category data need an Art 9 condition",
                                     field="/sharing/specialCategoryCondition", rule="basis.special-category")
             applied.append("basis.special-category")
-        if rule.gateways and not set(sharing.get("statutoryGateways", ())) & rule.gateways:
+        gateways = tuple(sharing.get("statutoryGateways", ()))
+        for i, gateway in enumerate(gateways):
+            if sender.kind in self.vocabulary.gateway_not_from.get(gateway, ()):
+                raise NoLawfulBasis(f"this gateway does not cover disclosures by a {sender.kind} agency",
+                                    field=f"/sharing/statutoryGateways/{i}", rule="basis.gateway-available")
+        if rule.gateways and not set(gateways) & rule.gateways:
             raise NoLawfulBasis("a statutory gateway for this share is required",
                                 field="/sharing/statutoryGateways", rule=rule.id)
         return applied
 
-    def _consent(self, sharing: Mapping[str, Any], flags: list[str]) -> list[str]:
+    def _offence_data(self, type_name: str, payload: Mapping[str, Any]) -> str | None:
+        """Where the payload carries criminal offence data ("/" for a type that always does), or None."""
+        conditions = self.rulebook.offence_data.get(type_name)
+        if conditions is None:
+            return None
+        return "/" if not conditions else pointer.first_holding(conditions, payload)
+
+    # -- consent and transparency -------------------------------------------------------
+
+    def _consent(self, sender: Agency, sharing: Mapping[str, Any], flags: list[str]) -> list[str]:
         emergency = sharing.get("urgency") == "EMERGENCY"
         applied = []
         status = sharing.get("consentStatus")
+        for name in _CONDITION_FIELDS:
+            code = sharing.get(name)
+            if code in self.vocabulary.consent_based:
+                if status != "GIVEN":
+                    raise NoLawfulBasis(f"{name} is consent, so consentStatus must be GIVEN",
+                                        field="/sharing/consentStatus", rule="consent.basis-needs-consent")
+                applied.append("consent.basis-needs-consent")
+                if name == "lawfulBasis" and sender.public_authority:
+                    flags.append("consent-as-basis")
+                    applied.append("consent.not-the-basis")
+            elif code in self.vocabulary.without_consent and status == "GIVEN":
+                flags.append("without-consent-condition-with-consent")
+                applied.append("consent.condition-without-consent")
+        if status == "NOT_APPLICABLE":
+            if not emergency:
+                raise NoLawfulBasis("consent is applicable to a message carrying personal data: say whether it "
+                                    "was given, refused or not sought", field="/sharing/consentStatus",
+                                    rule="consent.not-applicable")
+            flags.append("emergency-consent-unrecorded")
+            applied += ["consent.not-applicable", "urgent.never-held"]
         if status in WITHOUT_CONSENT:
             applied.append("consent.reason")
             if "nonConsentReason" not in sharing:
@@ -160,32 +241,54 @@ class RulebookPolicy:
         applied.append("transparency.informed")
         return applied
 
+    # -- per recipient ------------------------------------------------------------------
+
     def _for_recipient(self, rule: Rule, agency: Agency, sharing: Mapping[str, Any], payload: Mapping[str, Any],
                        applied: tuple[str, ...]) -> RecipientDecision:
-        if agency.kind not in rule.fields:
+        allowed = rule.to.get(agency.kind)
+        if allowed is None:
             return RecipientDecision(agency.id, False, (rule.id,), code=NotPermitted.code,
                                      reason=f"{rule.type} may not be sent to a {agency.kind} agency")
-        allowed = rule.fields[agency.kind]
-        keep = set(payload) if allowed is None else set(payload) & set(allowed)
+        if not all(c.holds(payload) for c in allowed.when):
+            return RecipientDecision(agency.id, False, (rule.id, "necessity.per-recipient"), code=NotPermitted.code,
+                                     reason=f"a {agency.kind} agency does not need this {rule.type}")
+        keep: tuple[str, ...]
+        withheld: tuple[str, ...]
+        if allowed.fields is None:
+            keep, withheld = tuple(sorted(payload)), ()
+        else:
+            keep, withheld = pointer.narrow(payload, allowed.fields)
         rules = list(applied)
+        if withheld:
+            rules.append("necessity.per-recipient")
         for identity, protection in rule.protect.items():
             if agency.kind in protection.from_kinds and _is_protected(identity, sharing, payload):
-                keep -= set(protection.fields)
+                hidden = {name for name in keep if name.split("/", 1)[0] in protection.fields}
+                keep = tuple(name for name in keep if name not in hidden)
+                withheld = tuple(sorted({*withheld, *hidden}))
                 rules.append("identity.protect")
-        withheld = tuple(sorted(set(payload) - keep))
-        fields = None if not withheld else tuple(sorted(keep))
-        return RecipientDecision(agency.id, True, tuple(dict.fromkeys(rules)), fields=fields, withheld=withheld)
+        return RecipientDecision(agency.id, True, tuple(dict.fromkeys(rules)),
+                                 fields=keep if withheld else None, withheld=withheld)
 
 
-def _is_late(late: LateAfter, payload: Mapping[str, Any], now: float) -> bool:
-    value = payload.get(late.field)
+def _is_late(late: LateAfter, payload: Mapping[str, Any], received: float) -> bool:
+    """Whether the sender's own clock had run out when the message arrived. A missing or unreadable
+    date is not judged (the schema says which dates a type must carry)."""
+    value = next(pointer.values(payload, late.field), None)
     if not isinstance(value, str):
         return False
     try:
-        start = dt.datetime.fromisoformat(value).replace(tzinfo=LONDON)
+        start = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return False
-    return now > add_working_days(start, late.working_days).timestamp()
+    if start.tzinfo is None:
+        start = start.replace(tzinfo=LONDON)
+    if late.school_day_start is not None:
+        hours, minutes = (int(x) for x in late.school_day_start.split(":"))
+        due = next_school_day_start(start, dt.time(hours, minutes))
+    else:
+        due = add_working_days(start, late.working_days or 1)
+    return received > due.timestamp()
 
 
 def _is_protected(identity: str, sharing: Mapping[str, Any], payload: Mapping[str, Any]) -> bool:
@@ -210,5 +313,5 @@ class ReloadablePolicy:
         return self.current.rulebook
 
     def decide(self, sender: Agency, recipients: tuple[Agency, ...], mtype: MessageType,
-               sharing: Mapping[str, Any], payload: Mapping[str, Any]) -> Decision:
-        return self.current.decide(sender, recipients, mtype, sharing, payload)
+               sharing: Mapping[str, Any], payload: Mapping[str, Any], *, received: float | None = None) -> Decision:
+        return self.current.decide(sender, recipients, mtype, sharing, payload, received=received)

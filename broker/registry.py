@@ -10,7 +10,7 @@ import datetime as dt
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -41,6 +41,11 @@ class PublicKey:
         )
 
 
+# The statutory safeguarding partners of an area (Children Act 2004 s16E(1)): its local authority,
+# an integrated care board and the chief officer of police.
+PARTNER_TYPES: Final = frozenset({"local-authority", "integrated-care-board", "police-force"})
+
+
 @dataclass(frozen=True, slots=True)
 class Agency:
     id: str
@@ -48,6 +53,13 @@ class Agency:
     name: str
     suite: _crypto.SuiteName
     keys: tuple[PublicKey, ...]
+    public_authority: bool = True  # from the registry entry; the rulebook's basis checks read it
+    organisation_type: str = "service"
+    areas: frozenset[str] = frozenset()
+
+    @property
+    def safeguarding_partner(self) -> bool:
+        return self.organisation_type in PARTNER_TYPES
 
     def enc_key(self, when: float) -> PublicKey:
         """The newest encryption key valid now (the last listed wins during a rotation overlap)."""
@@ -110,6 +122,12 @@ class Registry:
     def get(self, agency_id: str) -> Agency | None:
         return self.agencies.get(agency_id)
 
+    def partners_of(self, agency: Agency) -> tuple[str, ...]:
+        """The safeguarding partners (s16E) of the areas ``agency`` works in, itself included if it is
+        one. With no areas given, only the agency itself: a partner is never guessed."""
+        found = {a.id for a in self.agencies.values() if a.safeguarding_partner and a.areas & agency.areas}
+        return tuple(sorted(found | {agency.id}))
+
     def signer(self, kid: str, when: float) -> tuple[Agency, _crypto.VerifyKey]:
         """The agency and verification key for ``kid``; :class:`UnknownKey` if none is valid."""
         found = self._contents.by_kid.get(kid)
@@ -144,6 +162,9 @@ class Registry:
             agencies.append(Agency(
                 id=entry["id"], kind=entry["kind"], name=entry["name"],
                 suite=entry.get("suite", _crypto.X25519_SUITE), keys=keys,
+                public_authority=entry.get("publicAuthority", True),
+                organisation_type=entry.get("organisationType", "service"),
+                areas=frozenset(entry.get("areas", ())),
             ))
         return cls(doc["broker"], agencies, doc)
 

@@ -9,7 +9,7 @@ can refuse it and keep the old one in force.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -17,6 +17,7 @@ import yaml
 
 from broker.catalogue import Catalogue
 from broker.errors import ConfigError
+from broker.pointer import Condition
 
 DEFAULT_RULEBOOK = Path(__file__).resolve().parent.parent / "deploy" / "rulebook.yaml"
 
@@ -43,16 +44,40 @@ class DeadlineSpec:
     school_day_start: str | None = None   # "HH:MM"
     from_payload: str | None = None       # a top-level date-time field of the payload
     rag_hours: Mapping[str, float] | None = None  # local MASH timescale by the payload's risk.ragRating
-    from_sender: bool = False  # the reply is expected from the sender (e.g. a rapid review), not the recipient
+    expect_from: str = "recipient"  # who owes the reply: the recipient, the sender, or the sender's partners
     receipt_status: tuple[str, ...] = ()  # receipt statuses that stop the clock; () unless expect has "receipt"
+    clock: str = ""  # the clock of schemas/guidance.v1.json this implements
+
+    @property
+    def from_sender(self) -> bool:
+        return self.expect_from != "recipient"
 
 
 @dataclass(frozen=True, slots=True)
 class LateAfter:
-    """Flag a message sent more than ``working_days`` after the date in ``field``."""
+    """Flag a message the sender owed earlier: received more than ``working_days`` after the date at
+    ``field`` (a JSON pointer), or after the start of the school day following it."""
 
     field: str
-    working_days: int
+    says: str
+    clock: str
+    working_days: int | None = None
+    school_day_start: str | None = None  # "HH:MM"
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    """What one recipient kind may receive: the allowed fields (None: all) and, if given, the
+    conditions on the payload under which it needs the message at all."""
+
+    fields: tuple[str, ...] | None
+    when: tuple[Condition, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class MustNotify:
+    kinds: frozenset[str]
+    when: tuple[Condition, ...]
     says: str
 
 
@@ -63,22 +88,39 @@ class Rule:
     cite: tuple[str, ...]
     type: str
     senders: frozenset[str]
-    fields: Mapping[str, tuple[str, ...] | None]  # recipient kind -> allowed top-level fields (None: all)
+    to: Mapping[str, Recipient]  # by recipient kind
     lawful_bases: frozenset[str]
     gateways: frozenset[str]
     protect: Mapping[str, Protection]
     deadline: DeadlineSpec | None = None
     late_after: LateAfter | None = None
+    special_conditions: frozenset[str] = frozenset()  # acceptable Art 9 conditions (empty: any)
+    offence_conditions: frozenset[str] = frozenset()  # acceptable Art 10 conditions (empty: any)
+    law_enforcement_bases: frozenset[str] = frozenset()  # acceptable Sch 8 conditions (empty: any)
+    golden_rules: tuple[str, ...] = ()
+    must_notify: tuple[MustNotify, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class General:
+    """A rule applied to every message that carries personal data."""
+
+    says: str
+    cite: tuple[str, ...]
+    golden_rules: tuple[str, ...] = ()
+    flags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class Rulebook:
     edition: str
     title: str
-    public_authorities: frozenset[str]
-    general: Mapping[str, tuple[str, tuple[str, ...]]]  # id -> (says, cite)
+    general: Mapping[str, General]
     rules: tuple[Rule, ...]
     source: str
+    # message type -> the conditions under which it carries criminal offence data (() : always)
+    offence_data: Mapping[str, tuple[Condition, ...]] = field(default_factory=dict)
+    offence_cite: tuple[str, ...] = ()
 
     def rule_for(self, type_name: str, sender_kind: str) -> Rule | None:
         for rule in self.rules:
@@ -88,8 +130,13 @@ class Rulebook:
 
     def citation(self, rule_id: str) -> tuple[str, ...]:
         if rule_id in self.general:
-            return self.general[rule_id][1]
+            return self.general[rule_id].cite
         return next((r.cite for r in self.rules if r.id == rule_id), ())
+
+    def partner_replies(self) -> frozenset[str]:
+        """Message types that may answer a deadline owed by the sender's safeguarding partners."""
+        return frozenset(t for r in self.rules if r.deadline and r.deadline.expect_from == "partners"
+                         for t in r.deadline.expect)
 
 
 def parse(doc: Any, catalogue: Catalogue, *, source: str = "<rulebook>") -> Rulebook:
@@ -119,19 +166,42 @@ def parse(doc: Any, catalogue: Catalogue, *, source: str = "<rulebook>") -> Rule
             problems.append(f"{where}: deadline.receiptStatus applies only when deadline.expect includes receipt")
         rules.append(Rule(
             id=r["id"], says=r["says"], cite=tuple(r["cite"]), type=r["type"], senders=frozenset(r["from"]),
-            fields={k: None if v["fields"] == "all" else tuple(v["fields"]) for k, v in r["to"].items()},
+            to={k: Recipient(None if v["fields"] == "all" else tuple(v["fields"]), _conditions(v.get("when", ())))
+                for k, v in r["to"].items()},
             lawful_bases=frozenset(r.get("lawfulBasis", ())), gateways=frozenset(r.get("gateways", ())),
             protect={k: Protection(tuple(v["fields"]), frozenset(v["from"])) for k, v in r.get("protect", {}).items()},
             deadline=_deadline(r.get("deadline"), doc.get("localTimescales", {})),
-            late_after=LateAfter(r["lateAfter"]["field"], r["lateAfter"]["workingDays"], r["lateAfter"]["says"])
-            if "lateAfter" in r else None,
+            late_after=_late_after(r["lateAfter"]) if "lateAfter" in r else None,
+            special_conditions=frozenset(r.get("specialCategoryConditions", ())),
+            offence_conditions=frozenset(r.get("criminalOffenceConditions", ())),
+            law_enforcement_bases=frozenset(r.get("lawEnforcementBases", ())),
+            golden_rules=tuple(r.get("goldenRules", ())),
+            must_notify=tuple(MustNotify(frozenset(m["kinds"]), _conditions(m["when"]), m["says"])
+                              for m in r.get("mustNotify", ())),
         ))
+    offences = doc["criminalOffenceData"]
+    for typ in offences["types"]:
+        if typ not in known_types:
+            problems.append(f"/criminalOffenceData/types/{typ}: no schema for that message type")
     if problems:
         raise ConfigError(f"rulebook {source} is invalid: " + "; ".join(problems))
     return Rulebook(
-        edition=doc["edition"], title=doc["title"], public_authorities=frozenset(doc["publicAuthorities"]),
-        general={g["id"]: (g["says"], tuple(g["cite"])) for g in doc["general"]}, rules=tuple(rules), source=source,
+        edition=doc["edition"], title=doc["title"],
+        general={g["id"]: General(g["says"], tuple(g["cite"]), tuple(g.get("goldenRules", ())),
+                                  tuple(g.get("flags", ()))) for g in doc["general"]},
+        rules=tuple(rules), source=source,
+        offence_data={t: () if v == "always" else _conditions(v) for t, v in offences["types"].items()},
+        offence_cite=tuple(offences["cite"]),
     )
+
+
+def _conditions(items: Any) -> tuple[Condition, ...]:
+    return tuple(Condition(c["field"], frozenset(c["anyOf"]) if "anyOf" in c else None) for c in items)
+
+
+def _late_after(spec: Mapping[str, Any]) -> LateAfter:
+    return LateAfter(field=spec["field"], says=spec["says"], clock=spec["clock"],
+                     working_days=spec.get("workingDays"), school_day_start=spec.get("schoolDayStart"))
 
 
 def _deadline(spec: Mapping[str, Any] | None, local: Mapping[str, Any]) -> DeadlineSpec | None:
@@ -144,7 +214,8 @@ def _deadline(spec: Mapping[str, Any] | None, local: Mapping[str, Any]) -> Deadl
     statuses = tuple(spec.get("receiptStatus", DEFAULT_RECEIPT_STATUS)) if "receipt" in expect else ()
     return DeadlineSpec(expect=expect, says=spec["says"], working_days=spec.get("workingDays"),
                         school_day_start=spec.get("schoolDayStart"), from_payload=spec.get("fromPayload"),
-                        rag_hours=rag, from_sender=spec.get("expectFrom") == "sender", receipt_status=statuses)
+                        rag_hours=rag, expect_from=spec.get("expectFrom", "recipient"), receipt_status=statuses,
+                        clock=spec["clock"])
 
 
 def load(path: Path, catalogue: Catalogue) -> Rulebook:

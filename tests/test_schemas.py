@@ -92,7 +92,8 @@ def test_registry_example_hybrid_entry_is_the_one_mutated() -> None:
 
 
 def test_sharing_enums_are_exactly_the_vocabulary() -> None:
-    vocab = _load(SCHEMAS / "vocabulary.v1.json")["lists"]
+    doc = _load(SCHEMAS / "vocabulary.v2.json")
+    vocab = doc["lists"]
     props = _load(SCHEMAS / "sharing.v1.json")["properties"]
     pairs = {"purpose": "purpose", "lawfulBasis": "lawfulBasis", "specialCategoryCondition": "specialCategoryCondition",
              "criminalOffenceCondition": "criminalOffenceCondition", "lawEnforcementBasis": "lawEnforcementBasis",
@@ -104,6 +105,17 @@ def test_sharing_enums_are_exactly_the_vocabulary() -> None:
     for lst in vocab.values():
         for entry in lst:
             assert entry["label"] and entry["citation"]
+            assert entry.get("since", 1) <= doc["version"]
+    assert props["vocabulary"]["enum"] == [f"sgb-lawful-basis/{n}" for n in range(1, doc["version"] + 1)]
+
+
+def test_a_code_newer_than_the_vocabulary_version_is_refused(catalogue: Catalogue) -> None:
+    """A block that says it speaks version 1 may not use a gateway added in version 2."""
+    block = _load(EXAMPLES / "information-request.sharing.example.json") | {"statutoryGateways": ["CA2004_S16H"]}
+    validator = catalogue.validator("sharing.v1.json")
+    assert catalogue.first_issue(validator, block | {"vocabulary": "sgb-lawful-basis/2"}) is None
+    issue = catalogue.first_issue(validator, block | {"vocabulary": "sgb-lawful-basis/1"})
+    assert issue is not None and issue.pointer == "/statutoryGateways/0"
 
 
 def test_payload_schemas_are_annotated(catalogue: Catalogue) -> None:
