@@ -553,6 +553,25 @@ async def cmd_policy_check(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_policy_coverage(settings: Settings, args: argparse.Namespace) -> int:
+    """The traceability table: golden rules, clocks and lawful-basis codes against rules and scenarios."""
+    from broker import coverage, scenarios
+    from broker import rulebook as rulebooks
+
+    catalogue = Catalogue()
+    path = Path(args.rulebook) if args.rulebook else (settings.rulebook_path or rulebooks.DEFAULT_RULEBOOK)
+    book = rulebooks.load(path, catalogue)
+    report = coverage.report(book, scenarios.load(Path(args.scenarios) if args.scenarios
+                                                  else scenarios.default_path(path)), catalogue)
+    if args.json:
+        _print({"rows": [{"kind": r.kind, "id": r.id, "label": r.label, "source": r.source, "rules": list(r.rules),
+                          "scenarios": list(r.scenarios), "gap": r.gap, "note": r.note} for r in report.rows],
+                "failing": [{"scenario": n, "problems": list(p)} for n, p in report.failing]})
+    else:
+        print(coverage.table(report, width=args.width))
+    return 1 if report.failing or (args.strict and report.gaps) else 0
+
+
 async def cmd_policy_explain(settings: Settings, args: argparse.Namespace) -> int:
     from broker import rulebook as rulebooks
     from broker.errors import RejectedMessage
@@ -726,6 +745,14 @@ def build_parser() -> argparse.ArgumentParser:
     check = pol_sub.add_parser("check", parents=[common], help="validate a rulebook (default: the one in force)")
     check.add_argument("file", nargs="?", metavar="FILE")
     check.set_defaults(func=cmd_policy_check)
+    cov = pol_sub.add_parser("coverage", parents=[common],
+                             help="golden rules, clocks and lawful-basis codes against the rules and scenarios")
+    cov.add_argument("--rulebook", metavar="FILE", help="default: the rulebook in force")
+    cov.add_argument("--scenarios", metavar="FILE", help="default: <rulebook>.scenarios.yaml beside it")
+    cov.add_argument("--json", action="store_true", help="print the table as JSON")
+    cov.add_argument("--width", type=int, default=3, help="scenarios named per item (default 3)")
+    cov.add_argument("--strict", action="store_true", help="exit 1 on any gap too (always on a failing scenario)")
+    cov.set_defaults(func=cmd_policy_coverage)
     explain = pol_sub.add_parser("explain", parents=[common],
                                  help="print the decision for each recipient, without sending")
     explain.add_argument("--as", dest="as_", required=True, metavar="AGENCY")

@@ -94,7 +94,7 @@ def answers(entry: Mapping[str, Any], typ: str, payload: Mapping[str, Any]) -> b
 def close_entry(message_id: str, recipient: str, reply_id: str) -> Outgoing:
     """A KV delete closing the deadline once the expected reply arrives."""
     k = key(message_id, recipient)
-    return Outgoing(f"$KV.{BUCKET}.{k}", b"", f"deadline-met-{reply_id}", headers={"KV-Operation": "DEL"})
+    return Outgoing(f"$KV.{BUCKET}.{k}", b"", f"deadline-met-{reply_id}.{recipient}", headers={"KV-Operation": "DEL"})
 
 
 OverdueHandler = Callable[[Mapping[str, Any]], Awaitable[None]]

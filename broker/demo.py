@@ -149,9 +149,12 @@ async def play(story: Story, c: dict[str, AgencyClient]) -> None:
     )
     ada = _referral(_child("Ada", "2017-03-14", "9990001235", "A123456789012"), consent="given")
     ben = _referral(_child("Ben", "2020-09-02", "9990005672", "B123456789012"), consent="refused")
+    # with consent given, the conditions are the consent ones (the safeguarding conditions are for
+    # sharing without consent: DPA 2018 Sch 1 para 18(1)(c), Sch 8 para 4(1)(c))
     await _send(story, police, typ="referral", to=[LA], payload=ada, label="referral, child 1",
                 sharing={k: v for k, v in police_sharing.items() if k != "nonConsentReason"}
-                | {"consentStatus": "GIVEN", "subjectInformed": "INFORMED"})
+                | {"consentStatus": "GIVEN", "subjectInformed": "INFORMED", "lawEnforcementBasis": "DPA_S35_CONSENT",
+                   "specialCategoryCondition": "UKGDPR_9_2_A", "criminalOffenceCondition": "DPA_SCH1_CONSENT"})
     await _send(story, police, typ="referral", to=[LA], payload=ben, label="referral, child 2",
                 sharing=police_sharing | {"consentStatus": "NOT_SOUGHT",
                                           "nonConsentReason": "WOULD_INCREASE_RISK_OF_HARM",

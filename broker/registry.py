@@ -123,10 +123,10 @@ class Registry:
         return self.agencies.get(agency_id)
 
     def partners_of(self, agency: Agency) -> tuple[str, ...]:
-        """The safeguarding partners (s16E) of the areas ``agency`` works in, itself included if it is
-        one. With no areas given, only the agency itself: a partner is never guessed."""
+        """The agency itself, then the safeguarding partners (s16E) of the areas it works in. With no
+        areas given, only the agency itself: a partner is never guessed."""
         found = {a.id for a in self.agencies.values() if a.safeguarding_partner and a.areas & agency.areas}
-        return tuple(sorted(found | {agency.id}))
+        return (agency.id, *sorted(found - {agency.id}))
 
     def signer(self, kid: str, when: float) -> tuple[Agency, _crypto.VerifyKey]:
         """The agency and verification key for ``kid``; :class:`UnknownKey` if none is valid."""

@@ -53,9 +53,12 @@ async def test_keys_init_writes_private_keys_0600(tmp_path: Path) -> None:
     assert all(stat.S_IMODE(p.stat().st_mode) == 0o700 for p in (home / "keys").rglob("*") if p.is_dir())
     auth = (home / "nats" / "authorization.conf").read_text()
     seeds = [p.read_text().strip() for p in (home / "keys" / "nats").glob("*.nk")]
-    assert auth.count("nkey:") == 6 == len(seeds) and not any(seed in auth for seed in seeds)  # public keys only
+    assert auth.count("nkey:") == 8 == len(seeds) and not any(seed in auth for seed in seeds)  # public keys only
     registry = orjson.loads((home / "registry.json").read_bytes())
-    assert {a["id"] for a in registry["agencies"]} >= {"police-met", "health-camden", "la-camden", "school-hillside"}
+    assert {a["id"] for a in registry["agencies"]} >= {"police-met", "health-camden", "la-camden", "school-hillside",
+                                                       "ofsted", "dfe-sos"}
+    facts = {a["id"]: (a.get("publicAuthority"), a.get("organisationType")) for a in registry["agencies"]}
+    assert facts["health-camden"] == (True, "integrated-care-board") and facts["ofsted"] == (True, "inspectorate")
     assert b'"d"' not in (home / "registry.json").read_bytes()  # no private material in the registry
     rc, _, err = await sgb("keys", "init", home=home)
     assert rc == 1 and "--force" in err

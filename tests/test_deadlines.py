@@ -87,7 +87,8 @@ async def test_decision_not_to_share_is_recorded_and_reaches_no_one(broker: Brok
     assert [d async for d in la.fetch(idle=0.5)] == []
     (record,) = [r for r in await _audit(settings) if r["event"] == "not-shared"]
     assert record["recipient"] == "la-camden" and record["rules"] == ["decision-not-to-share.record"]
-    assert "reasons" not in record and "NOT_PROPORTIONATE" not in str(record)  # metadata only
+    assert record["notSharedReason"] == "NOT_PROPORTIONATE"  # the reason code: a record of why, not personal data
+    assert "reasons" not in record and "full health record" not in str(record)  # the free text never
 
 
 async def test_encompass_due_before_next_school_day_and_receipt_closes_it(
@@ -98,7 +99,8 @@ async def test_encompass_due_before_next_school_day_and_receipt_closes_it(
                             sharing=sharing("encompass-notification"))
     assert (await police.wait_outcome(jti, timeout=10)).type == "receipt"
     (notice,) = await drain(school, want=1)
-    assert "circumstances" not in notice.payload and "adultsInvolved" not in notice.payload
+    assert notice.payload["circumstances"] and notice.payload["doNotContactParents"] is True
+    assert "adultsInvolved" not in notice.payload and set(notice.payload["child"]) == {"name", "dateOfBirth"}
     shared = next(r for r in await _audit(settings) if r["event"] == "shared")
     due = dt.datetime.fromisoformat(shared["due"].replace("Z", "+00:00")).astimezone(LONDON)
     assert due.time() == dt.time(8, 30) and due > dt.datetime.now(LONDON)
