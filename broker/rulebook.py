@@ -133,11 +133,6 @@ class Rulebook:
             return self.general[rule_id].cite
         return next((r.cite for r in self.rules if r.id == rule_id), ())
 
-    def partner_replies(self) -> frozenset[str]:
-        """Message types that may answer a deadline owed by the sender's safeguarding partners."""
-        return frozenset(t for r in self.rules if r.deadline and r.deadline.expect_from == "partners"
-                         for t in r.deadline.expect)
-
 
 def parse(doc: Any, catalogue: Catalogue, *, source: str = "<rulebook>") -> Rulebook:
     problems: list[str] = []
