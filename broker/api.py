@@ -22,13 +22,16 @@ import orjson
 import structlog
 from aiohttp import web
 
+from broker import notshared, traceability
 from broker.auditexport import verify_store
-from broker.auditindex import REVIEW_FLAGS, REVIEW_OUTCOMES, AuditIndex, RecordQuery
+from broker.auditindex import REVIEW_FLAGS, REVIEW_OUTCOMES, AuditIndex
+from broker.auditquery import FILTERS, RecordQuery
 from broker.auth import AuthError, Principal, TokenVerifier
 from broker.errors import BrokerError, ConfigError, TransportError
 from broker.retention import Holds
 from broker.subjects import SubjectIndex
 from broker.timestamps import iso, parse_when
+from broker.trailview import summarise
 
 log = structlog.get_logger("sgb.api")
 
@@ -37,8 +40,8 @@ READERS: Final = (IG, AUDITOR)
 EVERYONE: Final = (IG, AUDITOR, OPERATOR)
 MAX_LIMIT: Final = 500
 CSV_COLUMNS: Final = ("at", "event", "message", "type", "sender", "recipient", "decision", "lawfulBasis",
-                      "consentStatus", "purpose", "urgency", "code", "rules", "fields", "withheld", "flags", "due",
-                      "instance", "n", "id")
+                      "consentStatus", "purpose", "urgency", "code", "notSharedReason", "rules", "fields", "withheld",
+                      "flags", "due", "instance", "n", "id")
 
 
 @dataclass
@@ -138,9 +141,7 @@ def _date(value: str, name: str) -> str:
 
 
 def record_query(params: Mapping[str, str], *, messages: list[str] | None = None) -> RecordQuery:
-    from broker.auditindex import _FILTERS
-
-    equals = {k: params[k] for k in _FILTERS if params.get(k)}
+    equals = {k: params[k] for k in FILTERS if params.get(k)}
     for key, value in equals.items():
         if len(value) > 200:
             raise ConfigError(f"{key} is too long")
@@ -179,7 +180,8 @@ async def audit_action(request: web.Request, event: str, **fields: Any) -> dict[
 async def list_records(request: web.Request) -> web.Response:
     """Audit records, newest first, filtered and paginated."""
     page = await request.app[SERVICE].index.records(record_query(request.query))
-    return web.json_response({"items": page.items, "next": page.next}, dumps=_dumps)
+    return web.json_response({"items": page.items, "next": page.next, "notSharedReasons": notshared.LABELS},
+                             dumps=_dumps)
 
 
 @requires(*READERS)
@@ -191,63 +193,6 @@ async def message_trail(request: web.Request) -> web.Response:
         raise Problem(404, "not-found", "no audit records for that message id")
     return web.json_response({"message": message, "records": trail, "summary": summarise(trail, message)},
                              dumps=_dumps)
-
-
-# Where a shared message stands with a recipient, in order; a later receipt of a lower rank (a
-# "delivered" arriving after the "accepted") does not move it back.
-STANDINGS: Final = ("shared", "not-delivered", "delivered", "accepted", "actioned")
-
-
-def summarise(trail: list[dict[str, Any]], message: str) -> dict[str, Any]:
-    """Per recipient of ``message``: the decision, the fields sent or withheld, what happened
-    after (overdue, deadline met), and where it stands (shared, then delivered, accepted and
-    actioned from the recipient's receipts, or not-delivered), each step with its time."""
-    recipients: dict[str, dict[str, Any]] = {}
-    for r in trail:
-        who = r.get("recipient")
-        if not who or r.get("message") != message:
-            continue  # a reply's records name the original sender as their recipient
-        entry = recipients.setdefault(who, {"recipient": who, "standing": None, "progress": []})
-        event = r.get("event")
-        if event in ("shared", "refused", "not-shared"):
-            entry |= {"decision": r.get("decision"), "fields": r.get("fields", []),
-                      "withheld": r.get("withheld", []), "rules": r.get("rules", []), "due": r.get("due"),
-                      "code": r.get("code")}
-            if event == "shared":
-                _step(entry, "shared", r.get("at"))
-        elif event == "overdue":
-            entry["overdue"] = r.get("at")
-        elif event == "expired":  # the broker removed it uncollected, and told the sender
-            _step(entry, "not-delivered", r.get("at"))
-    replies = []
-    for r in trail:
-        if r.get("event") != "received" or not r.get("re"):
-            continue
-        reply = {"message": r["message"], "type": r.get("type"), "sender": r.get("sender"), "at": r.get("at")}
-        if r.get("receiptStatus"):
-            reply["receiptStatus"] = r["receiptStatus"]
-        replies.append(reply)
-        replier = recipients.get(str(r.get("sender")))
-        if r.get("re") != message or replier is None or replier.get("decision") != "share":
-            continue
-        if r.get("meetsDeadline"):
-            replier.setdefault("deadlineMet", r.get("at"))
-        if r.get("type") == "receipt" and r.get("receiptStatus") in STANDINGS:
-            _step(replier, str(r["receiptStatus"]), r.get("at"))
-    received = next((r for r in trail if r.get("event") in ("received", "rejected") and not r.get("re")), None)
-    return {"received": received and {k: received.get(k) for k in ("at", "type", "sender", "event", "code")},
-            "recipients": list(recipients.values()), "replies": replies}
-
-
-def _step(entry: dict[str, Any], status: str, at: Any) -> None:
-    """Add a step to a recipient's progress (the first time of each status) and move its standing on."""
-    if any(step["status"] == status for step in entry["progress"]):
-        return
-    entry["progress"].append({"status": status, "at": at})
-    entry["progress"].sort(key=lambda step: (str(step["at"]), STANDINGS.index(step["status"])))
-    current = entry["standing"]
-    if current is None or STANDINGS.index(status) > STANDINGS.index(current):
-        entry["standing"] = status
 
 
 @requires(IG)
@@ -475,6 +420,15 @@ async def retention(request: web.Request) -> web.Response:
     return web.json_response(await request.app[SERVICE].retention(), dumps=_dumps)
 
 
+@requires(*EVERYONE)
+async def rulebook_coverage(request: web.Request) -> web.Response:
+    """The rulebook in force traced to the guidance's golden rules, clocks and lawful-basis codes."""
+    view = await traceability.current(request.app)
+    if view is None:
+        raise Problem(404, "not-found", "this broker's policy is not a rulebook")
+    return web.json_response(view, dumps=_dumps)
+
+
 @requires(OPERATOR)
 async def maintenance(request: web.Request) -> web.Response:
     """Maintenance mode on or off: the broker stops taking new work and /readyz answers 503."""
@@ -503,6 +457,7 @@ ROUTES: Final = (
     ("DELETE", "/api/v1/holds/{message}", release_hold),
     ("GET", "/api/v1/retention", retention),
     ("PUT", "/api/v1/maintenance", maintenance),
+    ("GET", "/api/v1/rulebook/coverage", rulebook_coverage),
 )
 
 
@@ -513,6 +468,7 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
+    traceability.install(app)
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)
     app.router.add_get("/api/openapi.json", openapi)

@@ -14,14 +14,12 @@ hold up the broker's event loop.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -34,6 +32,9 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from broker.auditchain import CHECKPOINT_TYP, is_checkpoint, unverified, verify
+from broker.auditquery import Page, decode_cursor, encode_cursor
+from broker.auditquery import RecordQuery as RecordQuery  # re-exported: the index answers these
+from broker.auditquery import records as records_page
 from broker.auditverify import Verifier
 from broker.errors import ConfigError, InvalidEnvelope
 from broker.streams import AUDIT
@@ -85,12 +86,6 @@ CREATE TABLE IF NOT EXISTS checkpoints (instance TEXT PRIMARY KEY, count INTEGER
   at TEXT NOT NULL, token BLOB NOT NULL);
 """
 
-_FILTERS: Final = {  # query parameter -> column (equality)
-    "agency": "sender", "recipient": "recipient", "type": "type", "event": "event", "decision": "decision",
-    "lawfulBasis": "lawful_basis", "consentStatus": "consent", "message": "message", "code": "code",
-}
-
-
 _INSERT_RECORD: Final = "INSERT OR IGNORE INTO records VALUES (?" + ",?" * 21 + ")"
 
 
@@ -107,37 +102,6 @@ def _columns(seq: int, record: Mapping[str, Any]) -> tuple[Any, ...]:
         orjson.dumps(flags).decode() if flags else None, 1 if flags else 0, record.get("thread"), record.get("re"),
         record.get("due"), orjson.dumps(record).decode(),
     )
-
-
-@dataclass(frozen=True, slots=True)
-class Page:
-    items: list[dict[str, Any]]
-    next: str | None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RecordQuery:
-    equals: Mapping[str, str] = field(default_factory=dict)
-    flagged: bool | None = None
-    since: str | None = None
-    until: str | None = None
-    messages: Sequence[str] | None = None  # from a subject search
-    limit: int = 50
-    cursor: str | None = None
-
-
-def encode_cursor(at: str, ident: str) -> str:
-    return base64.urlsafe_b64encode(f"{at}|{ident}".encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[str, str]:
-    try:
-        at, _, ident = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().partition("|")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ConfigError("the page cursor is not one this server gave out") from exc
-    if not ident:
-        raise ConfigError("the page cursor is not one this server gave out")
-    return at, ident
 
 
 class AuditIndex:
@@ -239,7 +203,7 @@ class AuditIndex:
         return int(await self.meta("last_seq") or 0)
 
     async def records(self, q: RecordQuery) -> Page:
-        return await self._read(lambda c: _records(c, q))
+        return await self._read(lambda c: records_page(c, q))
 
     async def record(self, record_id: str) -> dict[str, Any] | None:
         def get(conn: sqlite3.Connection) -> dict[str, Any] | None:
@@ -325,7 +289,7 @@ class AuditIndex:
         try:
             cursor = q.cursor
             while True:
-                page = _records(conn, RecordQuery(equals=q.equals, flagged=q.flagged, since=q.since, until=q.until,
+                page = records_page(conn, RecordQuery(equals=q.equals, flagged=q.flagged, since=q.since, until=q.until,
                                                   messages=q.messages, limit=chunk, cursor=cursor))
                 if page.items:
                     yield page.items
@@ -380,41 +344,6 @@ def _derive(conn: sqlite3.Connection, record: Mapping[str, Any]) -> None:
         conn.execute("UPDATE reviews SET outcome = ?, reviewer = ?, reviewed_at = ?, review_record = ? "
                      "WHERE item = ?", (record.get("outcome"), record.get("reviewer"), record.get("at"),
                                         record.get("id"), record.get("item")))
-
-
-def _records(conn: sqlite3.Connection, q: RecordQuery) -> Page:
-    where: list[str] = []
-    args: list[Any] = []
-    for key, value in q.equals.items():
-        where.append(f"{_FILTERS[key]} = ?")
-        args.append(value)
-    if q.flagged is not None:
-        where.append("flagged = ?")
-        args.append(1 if q.flagged else 0)
-    if q.since:
-        where.append("at >= ?")
-        args.append(q.since)
-    if q.until:
-        where.append("at < ?")
-        args.append(q.until)
-    if q.messages is not None:
-        if not q.messages:
-            return Page([], None)
-        where.append(f"message IN ({','.join('?' * len(q.messages))})")
-        args.extend(q.messages)
-    if q.cursor:
-        at, ident = decode_cursor(q.cursor)
-        where.append("(at < ? OR (at = ? AND id < ?))")
-        args.extend([at, at, ident])
-    sql = "SELECT id, at, body FROM records"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY at DESC, id DESC LIMIT ?"
-    args.append(q.limit + 1)
-    rows = conn.execute(sql, args).fetchall()
-    items = [orjson.loads(r["body"]) for r in rows[: q.limit]]
-    nxt = encode_cursor(rows[q.limit - 1]["at"], rows[q.limit - 1]["id"]) if len(rows) > q.limit else None
-    return Page(items, nxt)
 
 
 def _review_row(row: sqlite3.Row) -> dict[str, Any]:

@@ -22,10 +22,12 @@ import jinja2
 import structlog
 from aiohttp import web
 
-from broker import api
-from broker.auditindex import REVIEW_FLAGS, REVIEW_OUTCOMES, RecordQuery
+from broker import api, notshared, traceability
+from broker.auditindex import REVIEW_FLAGS, REVIEW_OUTCOMES
+from broker.auditquery import RecordQuery
 from broker.auth import AuthError, Principal
 from broker.errors import ConfigError, TransportError
+from broker.trailview import summarise
 
 log = structlog.get_logger("sgb.ig")
 COOKIE: Final = "sgb_session"
@@ -83,7 +85,7 @@ async def render(request: web.Request, template: str, status: int = 200, **conte
     integrity = await service.index.meta("integrity") if who else None
     html = _ENV.get_template(template).render(
         who=who, csrf=_csrf(request) if who else "", integrity=integrity or {"state": "never-verified"},
-        path=request.path, **context)
+        path=request.path, reason_label=notshared.label, **context)
     return web.Response(text=html, content_type="text/html", status=status)
 
 
@@ -166,7 +168,8 @@ async def sharing_log(request: web.Request, who: Principal) -> web.Response:
     next_link = "?" + urlencode(params | {"cursor": result.next}) if result.next else None
     csv_link = "/ig/export.csv?" + urlencode({k: v for k, v in params.items() if k != "cursor"})
     return await render(request, "log.html", records=result.items, filters=params, next_link=next_link,
-                        csv_link=csv_link, events=EVENTS, decisions=DECISIONS, basis=_basis)
+                        csv_link=csv_link, events=EVENTS, decisions=DECISIONS, basis=_basis,
+                        not_shared_reasons=notshared.LABELS)
 
 
 @page("ig-officer", "auditor")
@@ -183,7 +186,7 @@ async def trail(request: web.Request, who: Principal) -> web.Response:
         return await render(request, "error.html", status=404, title="Not found",
                             message="There are no audit records for that message id.")
     return await render(request, "trail.html", message=message, records=records,
-                        summary=api.summarise(records, message), basis=_basis)
+                        summary=summarise(records, message), basis=_basis)
 
 
 @page("ig-officer", "auditor")
@@ -239,6 +242,16 @@ async def subject_search(request: web.Request, who: Principal) -> web.Response:
                            "name-and-date-of-birth", messagesFound=len(messages))
     return await render(request, "subject.html", records=result.items, messages=messages, error=None,
                         more=result.next is not None, basis=_basis)
+
+
+@page("ig-officer", "auditor")
+async def rulebook(request: web.Request, who: Principal) -> web.Response:
+    """The rulebook in force traced to the guidance (``sgb policy coverage`` as a page)."""
+    view = await traceability.current(request.app)
+    if view is None:
+        return await render(request, "error.html", status=404, title="No rulebook",
+                            message="This broker's policy is not a rulebook: there is nothing to trace.")
+    return await render(request, "rulebook.html", view=view, kinds=traceability.KINDS)
 
 
 @page("ig-officer", "auditor", "operator")
@@ -316,6 +329,7 @@ async def stylesheet(request: web.Request) -> web.FileResponse:
 
 def add_routes(app: web.Application) -> None:
     app[_SECRET] = secrets.token_bytes(32)
+    traceability.install(app)
     app.router.add_get("/ig", to_home)
     app.router.add_get("/ig/", home)
     app.router.add_get("/ig/login", login_form)
@@ -328,6 +342,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/ig/reviews", record_review)
     app.router.add_get("/ig/subject", subject_form)
     app.router.add_post("/ig/subject", subject_search)
+    app.router.add_get("/ig/rulebook", rulebook)
     app.router.add_get("/ig/charts", charts)
     app.router.add_get("/ig/integrity", integrity)
     app.router.add_post("/ig/integrity", verify_now)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from broker import notshared
 from broker.auditindex import REVIEW_OUTCOMES
 
 # the statuses of schemas/receipt.v1.json
@@ -23,6 +24,7 @@ _FILTERS = [
     _q("event", "received, shared, refused, not-shared, rejected, overdue, reviewed, subject-search, exported"),
     _q("decision", "share, refuse, not-share, reject"), _q("lawfulBasis", "UK GDPR / DPA 2018 basis code"),
     _q("consentStatus", "consent status code"), _q("message", "message id"), _q("code", "rejection code"),
+    _q("notSharedReason", "decisions not to share with this reason code", {"enum": list(notshared.LABELS)}),
     _q("flagged", "only records flagged (or not) for IG review", {"type": "boolean"}),
     _q("since", "from this date or time (UTC), inclusive", {"type": "string", "format": "date-time"}),
     _q("until", "before this date or time (UTC)", {"type": "string", "format": "date-time"}),
@@ -42,11 +44,42 @@ def _op(summary: str, roles: str, responses: dict[str, Any], **extra: Any) -> di
             "responses": responses, **extra}
 
 
+_REASON: Final = {"enum": list(notshared.LABELS), "description": "on a decision not to share: the "
+                   "practitioner's reason code (schemas/decision-not-to-share.v1.json); never their own words"}
+_REASON_LABELS: Final = {"type": "object", "description": "each reason code not to share and its label",
+                         "properties": {code: {"const": label} for code, label in notshared.LABELS.items()}}
+_STRINGS: Final = {"type": "array", "items": {"type": "string"}}
+_COVERAGE: Final = {
+    "Coverage": {"type": "object", "required": ["rulebook", "scenarios", "total", "gaps", "rows", "rules", "failing"],
+                 "properties": {
+        "rulebook": {"type": "object", "properties": {"edition": {"type": "string"}, "title": {"type": "string"},
+                                                      "file": {"type": "string"}}},
+        "scenarios": {"type": "object", "description": "the scenario file beside the rulebook; when missing or "
+                      "invalid, no item counts as tested", "properties": {
+            "state": {"enum": ["played", "missing", "invalid"]}, "file": {"type": "string"},
+            "count": {"type": "integer"}, "failing": {"type": "integer"}, "detail": {"type": ["string", "null"]}}},
+        "computedAt": {"type": "string", "format": "date-time"},
+        "total": {"type": "integer", "description": "items traced"},
+        "gaps": {"type": "integer", "description": "items without a rule or a passing scenario"},
+        "rows": {"type": "array", "items": {"$ref": "#/components/schemas/CoverageRow"}},
+        "rules": {"type": "object", "description": "each rule named in a row: what it says and its citations",
+                  "additionalProperties": {"type": "object", "properties": {"says": {"type": "string"},
+                                                                            "cite": _STRINGS}}},
+        "failing": {"type": "array", "items": {"type": "object", "properties": {
+            "scenario": {"type": "string"}, "rule": {"type": ["string", "null"]}, "problems": _STRINGS}}}}},
+    "CoverageRow": {"type": "object", "required": ["kind", "id", "label", "rules", "scenarios", "gap"], "properties": {
+        "kind": {"enum": ["golden-rule", "clock", "code"]}, "id": {"type": "string"},
+        "label": {"type": "string"}, "source": {"type": "string", "description": "citation or edition"},
+        "note": {"type": "string"}, "rules": _STRINGS, "scenarios": {**_STRINGS, "description": "passing only"},
+        "gap": {"oneOf": [{"enum": ["no rule", "no scenario"]}, {"type": "null"}]},
+        "failing": {**_STRINGS, "description": "failing scenarios that would test this item"}}},
+}
 _MESSAGE = {"name": "message", "in": "path", "required": True, "schema": {"type": "string"}}
 
 
 def document() -> dict[str, Any]:
-    from broker.api import HOLD_REASONS, STANDINGS
+    from broker.api import HOLD_REASONS
+    from broker.trailview import STANDINGS
 
     return {
         "openapi": "3.1.0",
@@ -106,6 +139,11 @@ def document() -> dict[str, Any]:
                     "type": "object", "properties": {"maintenance": {"type": "boolean"}}}}}}, **_ERRORS},
                 requestBody={"required": True, "content": {"application/json": {"schema": {
                     "type": "object", "required": ["on"], "properties": {"on": {"type": "boolean"}}}}}})},
+            "/api/v1/rulebook/coverage": {"get": _op(
+                "The rulebook in force traced to the guidance: for each golden rule, clock and lawful-basis code, "
+                "the rules that implement it (with their citations) and the passing scenarios that test it; gaps "
+                "and failing scenarios named. Computed once per rulebook load.", "ig-officer, auditor, operator",
+                _ok("Coverage", "the traceability table") | {"404": _PROBLEM})},
             "/api/v1/retention": {"get": _op("Retention periods and what they affect (counts)",
                                              "ig-officer, auditor, operator", _ok("Retention", "retention"))},
         },
@@ -138,10 +176,13 @@ def document() -> dict[str, Any]:
                                "receiptFor": {"type": "string", "description":
                                               "on an agency's receipt: the message it is about"},
                                "meetsDeadline": {"type": "boolean", "description":
-                                                 "this reply stopped the deadline on the message it answers"}}},
+                                                 "this reply stopped the deadline on the message it answers"},
+                               "code": {"type": "string", "description": "the stable code of a refusal, "
+                                        "rejection or decision not to share"},
+                               "notSharedReason": _REASON}},
                 "RecordPage": {"type": "object", "required": ["items"], "properties": {
                     "items": {"type": "array", "items": {"$ref": "#/components/schemas/Record"}},
-                    "next": {"type": ["string", "null"]}}},
+                    "next": {"type": ["string", "null"]}, "notSharedReasons": _REASON_LABELS}},
                 "Trail": {"type": "object", "required": ["message", "records", "summary"], "properties": {
                     "message": {"type": "string"},
                     "records": {"type": "array", "items": {"$ref": "#/components/schemas/Record"}},
@@ -159,6 +200,8 @@ def document() -> dict[str, Any]:
                     "properties": {
                         "recipient": {"type": "string"}, "decision": {"type": ["string", "null"]},
                         "code": {"type": ["string", "null"]},
+                        "notSharedReason": _REASON,
+                        "notSharedReasonLabel": {"type": "string", "description": "the reason in words"},
                         "fields": {"type": "array", "items": {"type": "string"}},
                         "withheld": {"type": "array", "items": {"type": "string"}},
                         "rules": {"type": "array", "items": {"type": "string"}},
@@ -212,6 +255,7 @@ def document() -> dict[str, Any]:
                     "deliveriesWaiting": {"type": "integer"}, "legalHolds": {"type": "integer"},
                     "auditRecordsPastRetention": {"type": "integer"}, "expiredDeliveries": {"type": "integer"},
                     "auditRecordsAreDeleted": {"const": False}}},
+                **_COVERAGE,
                 "Volumes": {"type": "object", "required": ["rows"], "properties": {
                     "by": {"type": "string"}, "rows": {"type": "array", "items": {"type": "object", "properties": {
                         "day": {"type": "string"}, "key": {"type": "string"}, "count": {"type": "integer"}}}}}},

@@ -20,7 +20,7 @@ from broker.keystore import load_identity
 from broker.registry import Registry
 from broker.service import Broker, connected, jetstream
 from tests.conftest import ClientFactory
-from tests.helpers import drain, referral, sharing
+from tests.helpers import drain, example, referral, sharing
 
 pytestmark = pytest.mark.timeout(90)
 Client = TestClient  # type: ignore[type-arg]
@@ -56,6 +56,33 @@ async def send_referrals(agency: ClientFactory, *, consent: str = "NOT_SOUGHT", 
         ids.append(jti)
     await drain(la, want=count)
     return ids
+
+
+async def send_not_to_share(agency: ClientFactory, reason: str = "NOT_PROPORTIONATE") -> str:
+    """A practitioner's decision not to share (health, about a request from the LA), recorded by the broker."""
+    health = await agency("health-camden")
+    jti = await health.send(typ="decision-not-to-share", to=["la-camden"],
+                            payload=example("decision-not-to-share.example.json") | {"reason": reason},
+                            sharing=sharing("decision-not-to-share"))
+    outcome = await health.wait_outcome(jti, timeout=10)
+    assert outcome.payload["status"] == "recorded", outcome.payload
+    return jti
+
+
+NOT_SHARED_WORDS = example("decision-not-to-share.example.json")["reasons"]  # the practitioner's own words
+
+
+async def until_recorded(client: Client, settings: Settings, message: str, event: str, timeout: float = 3.0
+                         ) -> dict[str, Any]:
+    """The message's record of ``event`` once the index has it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = await client.get(f"/api/v1/records?message={message}&event={event}", headers=auth(settings, "auditor"))
+        items = (await r.json())["items"]
+        if items:
+            return items[0]  # type: ignore[no-any-return]
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"no {event} record of {message} within {timeout} s")
 
 
 async def until_indexed(client: Client, settings: Settings, message: str, timeout: float = 1.0) -> float:
@@ -103,6 +130,7 @@ CALLS: list[tuple[str, str, dict[str, Any] | None]] = [
     ("DELETE", "/api/v1/holds/{message}", None),
     ("GET", "/api/v1/retention", None),
     ("PUT", "/api/v1/maintenance", {"on": False}),
+    ("GET", "/api/v1/rulebook/coverage", None),
 ]
 
 
@@ -209,6 +237,51 @@ async def test_trail_shows_each_recipients_decision(client: Client, settings: Se
     assert la["due"] and la["rules"]
     r = await client.get("/api/v1/messages/nope/trail", headers=auth(settings, "auditor"))
     assert r.status == 404 and (await r.json())["code"] == "not-found"
+
+
+async def test_a_decision_not_to_share_keeps_its_reason_and_rule(client: Client, settings: Settings,
+                                                                 agency: ClientFactory) -> None:
+    """Issue 11 item 8: the record, the API, the filter, the trail and the CSV all carry the reason
+    code (with its label) and the rule; the practitioner's own words are nowhere."""
+    message = await send_not_to_share(agency)
+    known = await send_not_to_share(agency, "ALREADY_KNOWN_TO_RECIPIENT")
+    record = await until_recorded(client, settings, message, "not-shared")
+    await until_recorded(client, settings, known, "not-shared")
+    assert record["notSharedReason"] == "NOT_PROPORTIONATE" and record["decision"] == "not-share"
+    assert record["rules"] == ["decision-not-to-share.record"] and record["recipient"] == "la-camden"
+    h = auth(settings, "auditor")
+    page = await (await client.get("/api/v1/records?event=not-shared", headers=h)).json()
+    assert page["notSharedReasons"]["NOT_PROPORTIONATE"] == "Not proportionate"
+    assert {x["message"]: x["notSharedReason"] for x in page["items"]} == {
+        message: "NOT_PROPORTIONATE", known: "ALREADY_KNOWN_TO_RECIPIENT"}
+    for query, expect in [("notSharedReason=NOT_PROPORTIONATE", [message]),
+                          ("notSharedReason=ALREADY_KNOWN_TO_RECIPIENT", [known]),
+                          ("notSharedReason=NOT_NECESSARY", []),
+                          ("notSharedReason=NOT_PROPORTIONATE&event=shared", [])]:
+        items = (await (await client.get(f"/api/v1/records?{query}", headers=h)).json())["items"]
+        assert [x["message"] for x in items] == expect, query
+    trail = await (await client.get(f"/api/v1/messages/{message}/trail", headers=h)).json()
+    (la,) = trail["summary"]["recipients"]
+    assert la["decision"] == "not-share" and la["standing"] is None
+    assert la["notSharedReason"] == "NOT_PROPORTIONATE" and la["notSharedReasonLabel"] == "Not proportionate"
+    assert la["rules"] == ["decision-not-to-share.record"]
+    r = await client.get(f"/api/v1/records.csv?message={message}&event=not-shared", headers=h)
+    import csv
+    import io
+
+    (row,) = list(csv.DictReader(io.StringIO(await r.text())))
+    assert row["notSharedReason"] == "NOT_PROPORTIONATE" and row["rules"] == "decision-not-to-share.record"
+    for body in (page, trail):
+        assert NOT_SHARED_WORDS not in orjson.dumps(body).decode() and "Okafor" not in orjson.dumps(body).decode()
+
+
+def test_every_reason_not_to_share_has_a_label() -> None:
+    from broker import notshared
+
+    assert set(notshared._WORDS) == set(notshared.schema_codes())  # a new code in the schema needs its words
+    assert list(notshared.LABELS) == list(notshared.schema_codes())
+    assert notshared.label("NOT_PROPORTIONATE") == "Not proportionate"
+    assert notshared.label("SOME_LATER_CODE") == "Some later code" and notshared.label(None) == ""
 
 
 async def test_subject_search_finds_one_child_and_is_audited(client: Client, settings: Settings,

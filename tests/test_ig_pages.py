@@ -19,7 +19,15 @@ from aiohttp.test_utils import TestClient
 from broker import api
 from broker.config import Settings
 from tests.conftest import ClientFactory
-from tests.test_api import NHS, send_referrals, token, until_indexed
+from tests.test_api import (
+    NHS,
+    NOT_SHARED_WORDS,
+    send_not_to_share,
+    send_referrals,
+    token,
+    until_indexed,
+    until_recorded,
+)
 
 pytestmark = pytest.mark.timeout(120)
 Client = TestClient  # type: ignore[type-arg]
@@ -34,7 +42,8 @@ async def sign_in(client: Client, settings: Settings, *roles: str) -> str:
 
 
 async def test_pages_need_a_session(client: Client, settings: Settings) -> None:
-    for path in ("/ig/", "/ig/reviews", "/ig/subject", "/ig/charts", "/ig/integrity", "/ig/messages/x"):
+    for path in ("/ig/", "/ig/reviews", "/ig/subject", "/ig/charts", "/ig/integrity", "/ig/messages/x",
+                 "/ig/rulebook"):
         r = await client.get(path, allow_redirects=False)
         assert r.status == 303 and r.headers["Location"].startswith("/ig/login"), path
     r = await client.post("/ig/login", data={"token": "nonsense"})
@@ -68,6 +77,26 @@ async def test_roles_csrf_and_headers(client: Client, settings: Settings, agency
     r = await client.get("/ig/", allow_redirects=False)
     assert r.status == 303 and r.headers["Location"] == "/ig/integrity"
     assert (await client.get("/ig/charts")).status == 200
+
+
+async def test_the_log_and_the_trail_say_why_a_decision_was_not_to_share(client: Client, settings: Settings,
+                                                                           agency: ClientFactory) -> None:
+    message = await send_not_to_share(agency)
+    other = await send_not_to_share(agency, "RISK_TO_CHILD_IF_SHARED")
+    await until_recorded(client, settings, message, "not-shared")
+    await until_recorded(client, settings, other, "not-shared")
+    await sign_in(client, settings, "auditor")
+    log_page = await (await client.get("/ig/?notSharedReason=NOT_PROPORTIONATE")).text()
+    assert "1 records" in log_page and message[:8] in log_page and other[:8] not in log_page
+    assert "Reason: <strong>Not proportionate</strong>" in log_page and "decision-not-to-share.record" in log_page
+    assert '<option value="NOT_PROPORTIONATE" selected>Not proportionate</option>' in log_page
+    assert "Sharing would put the child at risk" in await (await client.get("/ig/?event=not-shared")).text()
+    trail = await (await client.get(f"/ig/messages/{message}")).text()
+    decision = trail.split('aria-label="Decision per recipient"')[1].split("</table>")[0]
+    assert "la-camden" in decision and "Not proportionate" in decision and "NOT_PROPORTIONATE" in decision
+    assert "decision-not-to-share.record" in decision
+    for text in (log_page, trail):
+        assert NOT_SHARED_WORDS not in text and "Okafor" not in text
 
 
 async def test_pages_render_quickly_on_a_large_log(client: Client, settings: Settings, service: api.AuditService,

@@ -1,0 +1,93 @@
+"""The questions the API and the IG pages ask the audit index: filters, pages and cursors.
+
+:class:`RecordQuery` is what a caller may ask for; :func:`records` turns it into one SQL query
+over the ``records`` table of :mod:`broker.auditindex` (newest first, keyset-paginated by
+``(at, id)``). Every filter is a fixed SQL condition with one bound value: nothing a caller
+sends becomes SQL text.
+"""
+
+from __future__ import annotations
+
+import base64
+import sqlite3
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import orjson
+
+from broker.errors import ConfigError
+
+FILTERS: Final = {  # query parameter -> SQL condition on one value (equality)
+    "agency": "sender = ?", "recipient": "recipient = ?", "type": "type = ?", "event": "event = ?",
+    "decision": "decision = ?", "lawfulBasis": "lawful_basis = ?", "consentStatus": "consent = ?",
+    "message": "message = ?", "code": "code = ?",
+    # only decisions not to share carry a reason code: the event index finds those few records first
+    "notSharedReason": "event = 'not-shared' AND json_extract(body, '$.notSharedReason') = ?",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    items: list[dict[str, Any]]
+    next: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecordQuery:
+    equals: Mapping[str, str] = field(default_factory=dict)  # keys of FILTERS
+    flagged: bool | None = None
+    since: str | None = None
+    until: str | None = None
+    messages: Sequence[str] | None = None  # from a subject search
+    limit: int = 50
+    cursor: str | None = None
+
+
+def encode_cursor(at: str, ident: str) -> str:
+    return base64.urlsafe_b64encode(f"{at}|{ident}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[str, str]:
+    try:
+        at, _, ident = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().partition("|")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError("the page cursor is not one this server gave out") from exc
+    if not ident:
+        raise ConfigError("the page cursor is not one this server gave out")
+    return at, ident
+
+
+def records(conn: sqlite3.Connection, q: RecordQuery) -> Page:
+    where: list[str] = []
+    args: list[Any] = []
+    for key, value in q.equals.items():
+        where.append(f"({FILTERS[key]})")
+        args.append(value)
+    if q.flagged is not None:
+        where.append("flagged = ?")
+        args.append(1 if q.flagged else 0)
+    if q.since:
+        where.append("at >= ?")
+        args.append(q.since)
+    if q.until:
+        where.append("at < ?")
+        args.append(q.until)
+    if q.messages is not None:
+        if not q.messages:
+            return Page([], None)
+        where.append(f"message IN ({','.join('?' * len(q.messages))})")
+        args.extend(q.messages)
+    if q.cursor:
+        at, ident = decode_cursor(q.cursor)
+        where.append("(at < ? OR (at = ? AND id < ?))")
+        args.extend([at, at, ident])
+    sql = "SELECT id, at, body FROM records"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY at DESC, id DESC LIMIT ?"
+    args.append(q.limit + 1)
+    rows = conn.execute(sql, args).fetchall()
+    items = [orjson.loads(r["body"]) for r in rows[: q.limit]]
+    nxt = encode_cursor(rows[q.limit - 1]["at"], rows[q.limit - 1]["id"]) if len(rows) > q.limit else None
+    return Page(items, nxt)
