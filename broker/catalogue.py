@@ -96,7 +96,11 @@ class Catalogue:
         return None
 
     def check_payload(self, mtype: MessageType, payload: Any) -> None:
-        issue = self.first_issue(mtype.validator, payload)
+        try:
+            issue = self.first_issue(mtype.validator, payload)
+        except ValueError as exc:  # e.g. the validator's recursion limit: the payload's fault, not ours
+            raise SchemaInvalid(f"payload cannot be validated as {mtype.name} v{mtype.version}", field="/",
+                                rule=f"{mtype.name}.v{mtype.version}.json") from exc
         if issue is not None:
             raise SchemaInvalid(
                 f"payload does not match {mtype.name} v{mtype.version}: '{issue.keyword}' failed",

@@ -9,14 +9,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
+import structlog
 
-from broker import wire
+from broker import strictjson, wire
 from broker.catalogue import Catalogue, MessageType
 from broker.config import PipelineSettings
 from broker.errors import (
+    ConfigError,
     InvalidEnvelope,
     Malformed,
+    RejectedMessage,
     SchemaInvalid,
     SenderMismatch,
     Stale,
@@ -27,6 +29,8 @@ from broker.errors import (
 )
 from broker.keystore import Identity
 from broker.registry import Agency, Registry
+
+log = structlog.get_logger("sgb.intake")
 
 # Kinds that can be addressed by agencies (the broker and token issuers cannot).
 _NOT_ADDRESSABLE = frozenset({"broker", "token-issuer"})
@@ -59,7 +63,27 @@ class Intake:
         self._envelope = catalogue.validator("envelope.v1.json")
 
     def authenticate(self, subject_agency: str, token: bytes, stored_at: float) -> Authenticated:
-        """Checks in an order that never does expensive work for an unauthenticated sender."""
+        """Checks in an order that never does expensive work for an unauthenticated sender. Whatever
+        goes wrong while reading the message is the message's fault: refused at once, never retried."""
+        try:
+            return self._authenticate(subject_agency, token, stored_at)
+        except (RejectedMessage, ConfigError):
+            raise
+        except Exception as exc:
+            log.warning("unreadable message refused", stage="authenticate", error=type(exc).__name__)
+            raise Malformed("the message cannot be read", field="/", rule="readable") from exc
+
+    def open(self, auth: Authenticated) -> Opened:
+        """Open and validate; as for :meth:`authenticate`, a fault in reading the content is the message's."""
+        try:
+            return self._open(auth)
+        except (RejectedMessage, ConfigError):
+            raise
+        except Exception as exc:
+            log.warning("unreadable payload refused", stage="open", error=type(exc).__name__)
+            raise SchemaInvalid("the payload cannot be read", field="/payload", rule="readable") from exc
+
+    def _authenticate(self, subject_agency: str, token: bytes, stored_at: float) -> Authenticated:
         if len(token) > self.settings.max_message_bytes:
             raise TooLarge(f"message exceeds {self.settings.max_message_bytes} bytes", field="/",
                            rule="max-message-bytes")
@@ -84,7 +108,7 @@ class Intake:
             raise Malformed("only the broker sets origin", field="/origin")
         return Authenticated(token, claims, signer)
 
-    def open(self, auth: Authenticated) -> Opened:
+    def _open(self, auth: Authenticated) -> Opened:
         claims = auth.claims
         mtype = self.catalogue.message_type(claims["typ"], claims["ver"])
         if mtype is None:
@@ -99,9 +123,12 @@ class Intake:
         except InvalidEnvelope as exc:
             raise Undecryptable("payload cannot be opened with the broker's key", field="/payload") from exc
         try:
-            payload = orjson.loads(plaintext)
-        except orjson.JSONDecodeError as exc:
-            raise SchemaInvalid("payload is not JSON", field="/payload", rule="json") from exc
+            payload = strictjson.loads(plaintext)
+        except strictjson.StrictJSONError as exc:
+            raise SchemaInvalid(f"payload is not strict JSON: {exc.reason}", field=f"/payload{exc.where}",
+                                rule="strict-json") from exc
+        if not isinstance(payload, dict):
+            raise SchemaInvalid("payload is not a JSON object", field="/payload", rule="json")
         self.catalogue.check_payload(mtype, payload)
         if mtype.name == "receipt" and claims.get("re") and payload.get("messageId") != claims["re"]:
             # the deadline and the trail go by ``re``, the audit record's receiptFor by messageId

@@ -15,7 +15,7 @@ from typing import Any, Final
 import jwt
 import orjson
 
-from broker import _crypto
+from broker import _crypto, strictjson
 from broker.errors import BadSignature, InvalidEnvelope, Malformed
 
 ALGORITHM: Final = "EdDSA"
@@ -76,9 +76,12 @@ def read_header(token: bytes) -> dict[str, Any]:
     # Only the small header segment is decoded here: PyJWT's own header reader checks the
     # alphabet of the whole token character by character, which costs more than the signature.
     try:
-        header = orjson.loads(_segment(token[: token.index(b".")]))
-    except (Malformed, orjson.JSONDecodeError) as exc:
+        header = strictjson.loads(_segment(token[: token.index(b".")]))
+    except Malformed as exc:
         raise Malformed("the JWS header cannot be read", field="/header") from exc
+    except strictjson.StrictJSONError as exc:
+        raise Malformed(f"the JWS header is not strict JSON: {exc.reason}", field=f"/header{exc.where}",
+                        rule="strict-json") from exc
     if not isinstance(header, dict):
         raise Malformed("the JWS header is not a JSON object", field="/header")
     if header.get("alg") != ALGORITHM:
@@ -106,7 +109,16 @@ def verify(token: bytes, key: _crypto.VerifyKey) -> dict[str, Any]:
         raise Malformed("the envelope cannot be read", field="/") from exc
     if not isinstance(claims, dict):
         raise Malformed("the envelope is not a JSON object", field="/")
+    _claims_json(_segment(token.split(b".")[1]))  # PyJWT keeps the last of a duplicate member: refuse it
     return claims
+
+
+def _claims_json(raw: bytes) -> Any:
+    try:
+        return strictjson.loads(raw)
+    except strictjson.StrictJSONError as exc:
+        raise Malformed(f"the envelope is not strict JSON: {exc.reason}", field=exc.where or "/",
+                        rule="strict-json") from exc
 
 
 def _segment(part: bytes) -> bytes:
@@ -140,10 +152,7 @@ def verify_fast(token: bytes, key: _crypto.VerifyKey) -> dict[str, Any]:
         _crypto.verify_signature(key, signature, signing_input)
     except InvalidEnvelope as exc:
         raise BadSignature("the signature does not verify", field="/signature") from exc
-    try:
-        claims = orjson.loads(raw_body)
-    except orjson.JSONDecodeError as exc:
-        raise Malformed("the envelope cannot be read", field="/") from exc
+    claims = _claims_json(raw_body)
     if not isinstance(claims, dict):
         raise Malformed("the envelope is not a JSON object", field="/")
     for claim in REQUIRED_CLAIMS:

@@ -93,7 +93,38 @@ def _no_basis(client: AgencyClient) -> tuple[str, bytes]:
     return _good(client, sharing={k: v for k, v in sharing().items() if k not in bases})
 
 
+def _raw_claims(client: AgencyClient, edit: Callable[[bytes], bytes], *, payload: bytes | None = None,
+                header: bytes | None = None) -> tuple[str, bytes]:
+    """A message signed over claims (and a header, and a sealed payload) edited as bytes, where a
+    JSON library would not let a duplicate member through."""
+    jti, token = _good(client)
+    claims = _claims(token)
+    if payload is not None:
+        kid, suite, public = client.registry.recipient_key("sg-broker", time.time())
+        claims["payload"] = wire.seal_payload(payload, jti=jti, iss=client.agency, typ="referral", ver=1,
+                                              recipient="sg-broker", kid=kid, suite=suite, public_key=public).payload
+    head = header or b'{"alg":"EdDSA","kid":"%s","typ":"sg+jwt"}' % client.identity.sig_kid.encode()
+    signing_input = _crypto.b64u(head).encode() + b"." + _crypto.b64u(edit(orjson.dumps(claims))).encode()
+    return jti, signing_input + b"." + _crypto.b64u(client.identity.signing_key.sign(signing_input)).encode()
+
+
+def _nested(levels: int) -> bytes:
+    return orjson.dumps(referral())[:-1] + b',"pad":' + b"[" * levels + b"]" * levels + b"}"
+
+
 CASES: dict[str, tuple[str, Callable[[AgencyClient], tuple[str, bytes]]]] = {
+    # duplicate member names mean one thing to one reader and another to the next (issue 12)
+    "duplicate-header-alg": ("malformed", lambda c: _raw_claims(c, lambda b: b, header=(
+        b'{"alg":"none","alg":"EdDSA","kid":"%s","typ":"sg+jwt"}' % c.identity.sig_kid.encode()))),
+    "duplicate-iss": ("malformed", lambda c: _raw_claims(c, lambda b: b.replace(
+        b'"iss":"police-met"', b'"iss":"la-camden","iss":"police-met"'))),
+    "duplicate-lawful-basis": ("malformed", lambda c: _raw_claims(c, lambda b: b.replace(
+        b'"lawfulBasis":"UKGDPR_6_1_E"', b'"lawfulBasis":"UKGDPR_6_1_F","lawfulBasis":"UKGDPR_6_1_E"'))),
+    "duplicate-in-payload": ("schema-invalid", lambda c: _raw_claims(c, lambda b: b, payload=orjson.dumps(
+        referral())[:-1] + b',"policeReference":"SECRET-2"}')),
+    "payload-nested-300-deep": ("schema-invalid", lambda c: _raw_claims(c, lambda b: b, payload=_nested(300))),
+    "sharing-nested-300-deep": ("malformed", lambda c: _raw_claims(c, lambda b: b.replace(
+        b'"sharing":{', b'"sharing":{"deep":' + b"[" * 300 + b"]" * 300 + b","))),
     "garbage": ("malformed", lambda c: ("garbage-1", b"\x00\xffnot a jws at all")),
     "truncated": ("malformed", lambda c: (lambda j, t: (j, t[: len(t) // 2]))(*_good(c))),
     "envelope-extra-claim": ("malformed", lambda c: _mutated(c, lambda m: m.update(extra="x"))),
@@ -135,6 +166,7 @@ async def test_rejection(case: str, broker: Broker, agency: ClientFactory, setti
     assert outcome.type == "rejection"
     assert outcome.payload["code"] == code
     assert outcome.claims["iss"] == "sg-broker"
+    assert outcome.payload["retryable"] is (code == "stale") and broker.pipeline.counters.retried == 0  # at once
     assert "SECRET" not in orjson.dumps(outcome.payload).decode()
 
     # nothing reached anyone else, and the broker still works
@@ -179,3 +211,16 @@ async def test_schema_rejection_names_field_not_value(broker: Broker, agency: Cl
     assert outcome.payload["field"] == "/child/nhsNumber"
     assert outcome.payload["rule"] == "referral.v1.json"
     assert "12345" not in orjson.dumps(outcome.payload).decode()
+
+
+@pytest.mark.parametrize(("case", "field"), [("duplicate-header-alg", "/header/alg"), ("duplicate-iss", "/iss"),
+                                             ("duplicate-lawful-basis", "/sharing/lawfulBasis"),
+                                             ("duplicate-in-payload", "/payload/policeReference")])
+async def test_a_duplicate_member_is_named_where_it_is(case: str, field: str, broker: Broker,
+                                                       agency: ClientFactory) -> None:
+    police = await agency("police-met")
+    msg_id, data = CASES[case][1](police)
+    await police.publish(data, msg_id)
+    outcome = await police.wait_outcome(msg_id, timeout=10)
+    assert (outcome.payload["field"], outcome.payload["rule"]) == (field, "strict-json")
+    assert "SECRET" not in orjson.dumps(outcome.payload).decode()
