@@ -29,6 +29,7 @@ from typing import Any, Final
 import orjson
 import structlog
 
+from adapters import consent
 from adapters.deliverer import RECEIPT_SHARING
 from adapters.mapping import MapContext, Mapper, Outbound, Unmappable, checked
 from adapters.sdk import AgencyClient
@@ -216,7 +217,13 @@ class Submitter:
         if default is None and m.sharing is None:
             raise Unmappable(f"the adapter has no sharing block configured for {m.typ}", field=which,
                              rule=f"adapter.sharing.{m.typ}")
-        sharing = dict(default or {}) | dict(m.sharing or {})
+        mtype = self.client.catalogue.message_type(m.typ, 1)
+        if mtype is not None and not mtype.personal_data:  # receipts, rejections, notices: consent does not apply
+            sharing = {"consentStatus": "NOT_APPLICABLE"} | dict(default or {}) | dict(m.sharing or {})
+        else:  # consent and informing the family: from the record alone, never from a default
+            sharing = consent.agency_wide(default or {}) | dict(m.sharing or {})
+            if mtype is not None and not mtype.record_only:
+                consent.require(m.sharing or {}, f"{which}/sharing")
         issue = Catalogue.first_issue(self._sharing_validator, sharing)
         if issue is not None:
             raise Unmappable(f"the sharing block for {m.typ} is not valid ('{issue.keyword}' failed)",
@@ -241,7 +248,9 @@ class Submitter:
 
 def canonical(body: bytes, context: MapContext) -> list[Outbound]:
     """Mapper for systems that already speak the canonical payloads: one object or a list of
-    ``{"type", "to", "payload", "sharing"?, "answers"?, "thread"?}``."""
+    ``{"type", "to", "payload", "sharing"?, "answers"?, "thread"?}``. A message with personal data
+    carries the case's consent facts in its ``sharing`` (``consentStatus``, ``nonConsentReason``
+    unless consent was given, ``subjectInformed``); the adapter's defaults never supply them."""
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -263,6 +272,9 @@ def canonical(body: bytes, context: MapContext) -> list[Outbound]:
         for name, value in (("sharing", sharing), ("answers", answers), ("thread", thread)):
             if value is not None and not isinstance(value, dict if name == "sharing" else str):
                 raise Unmappable(f"{name} has the wrong type", field=f"{where}/{name}")
+        mtype = context.catalogue.message_type(typ, 1)
+        if mtype is not None and mtype.personal_data and not mtype.record_only:  # the case's consent facts
+            consent.require(sharing or {}, f"{where}/sharing")
         out.append(checked(context.catalogue, typ, tuple(to), payload, f"{where}/payload", sharing=sharing,
                            answers=answers, thread=thread))
     return out

@@ -20,10 +20,12 @@ case event                  canonical message
 A reply names in ``inReplyTo`` the delivery it answers (or the original message id); the adapter
 must have handed that delivery over, and it must be of the type the reply answers. Each event
 names the ``worker`` who decided (a role and a staff reference, never a name), which becomes the
-sharing block's ``decidedBy``; the rest of the block is the adapter's configured default for the
-type. The whole document is checked against the native schema, and every message made from it
-against its canonical schema, before anything is returned: one bad event refuses the lot, with
-the field named and no value repeated.
+sharing block's ``decidedBy``. Every event but a receipt shares personal data, so it carries the
+case's consent facts (``consent``, ``withoutConsentReason`` unless consent was given,
+``familyInformed``; :mod:`adapters.consent`); the rest of the block is the adapter's configured,
+agency-wide default for the type. The whole document is checked against the native schema, and
+every message made from it against its canonical schema, before anything is returned: one bad
+event refuses the lot, with the field named and no value repeated.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from typing import Any, Final
 import jsonschema_rs
 import orjson
 
+from adapters import consent
 from adapters.deliverer import receipt_id
 from adapters.mapping import MapContext, Outbound, Unmappable, check_native, checked
 from adapters.sdk import Handed
@@ -59,8 +62,6 @@ _STAGE: Final = {
 _PLAN: Final = {"CPP": "child-protection-plan", "CLA": "looked-after", "UCPP": "unborn-child-protection-plan"}
 _GENDER: Final = {"M": "male", "F": "female", "O": "other", "U": "unknown"}
 _URGENCY: Final = {"emergency": "EMERGENCY", "urgent": "URGENT", "routine": "ROUTINE"}
-_INFORMED: Final = {"yes": "INFORMED", "no-unsafe": "NOT_INFORMED_UNSAFE",
-                    "no-investigation": "NOT_INFORMED_PREJUDICE_INVESTIGATION", "later": "TO_BE_INFORMED_LATER"}
 _RECEIPT_STATUS: Final = {"acknowledged": "accepted", "actioned": "actioned"}
 
 
@@ -78,14 +79,20 @@ def _name(record: Mapping[str, Any]) -> dict[str, Any]:
     return {"family": record["surname"]} | _some(record, ("forename", "given"), ("otherNames", "otherNames"))
 
 
-def _sharing(event: Mapping[str, Any]) -> dict[str, Any]:
-    """What the event itself says about the decision: who made it, and how urgent and open it was."""
+def _at(where: str) -> Callable[[str], str]:
+    """Names a field of the event at ``where`` for a refusal."""
+    return lambda name: f"{where}/{name}"
+
+
+def _sharing(event: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """What the event itself says about the decision: who made it, how urgent it is and, unless it
+    is a receipt, the case's consent facts."""
     worker = event["worker"]
     said: dict[str, Any] = {"decidedBy": {"role": worker["role"], "staffRef": worker["staffRef"]}}
     if "urgency" in event:
         said["urgency"] = _URGENCY[event["urgency"]]
-    if "familyInformed" in event:
-        said["subjectInformed"] = _INFORMED[event["familyInformed"]]
+    if event["event"] not in _RECEIPT_STATUS:
+        said |= consent.native(event, _at(where))
     return said
 
 
@@ -143,7 +150,8 @@ class _Event:
         return tuple(out)
 
     def make(self, typ: str, to: tuple[str, ...], payload: dict[str, Any], **extra: Any) -> Outbound:
-        return checked(self.context.catalogue, typ, to, payload, self.where, sharing=_sharing(self.record), **extra)
+        return checked(self.context.catalogue, typ, to, payload, self.where, sharing=_sharing(self.record, self.where),
+                       **extra)
 
 
 def _receipt(e: _Event) -> Outbound:
@@ -173,7 +181,8 @@ def _answer(e: _Event) -> Outbound:
     r = e.record
     handed = e.original(("information-request",))
     answers = [{"questionId": a["questionId"]}
-               | _some(a, ("text", "answer"), ("nothingHeld", "noInformationHeld"), ("sources", "sources"))
+               | _some(a, ("topic", "topic"), ("text", "answer"), ("nothingHeld", "noInformationHeld"),
+                       ("sources", "sources"))
                for a in r.get("answers", [])]
     payload: dict[str, Any] = {"requestId": handed.message, "answers": answers,
                                "respondent": e.professional(r.get("respondent"))}
@@ -239,6 +248,11 @@ def case_events(body: bytes, context: MapContext) -> list[Outbound]:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise Unmappable("the document is not JSON", field="/") from exc
+    # The case's consent facts first, so that a refusal names the rule (consent.reason...) as well as the field.
+    for i, event in enumerate(document if isinstance(document, list) else [document]):
+        if isinstance(event, dict) and event.get("event") in _MAP and event["event"] not in _RECEIPT_STATUS:
+            where = f"/{i}" if isinstance(document, list) else ""
+            consent.native(event, _at(where))
     check(document)
     if isinstance(document, list):
         return [_MAP[r["event"]](_Event(r, f"/{i}", context)) for i, r in enumerate(document)]

@@ -33,8 +33,9 @@ class Outbound:
     """One canonical message a native record makes.
 
     ``sharing``: laid over the adapter's configured sharing block for ``typ`` (its information-sharing
-    agreement's default), so a mapper gives only what the record itself says (who decided, consent,
-    whether the family was informed). ``answers``: the id of a delivery (or of the original
+    agreement's agency-wide default), so a mapper gives only what the record itself says (who
+    decided, urgency) and, for a message with personal data, must give the case's consent facts
+    (:mod:`adapters.consent`): the default never supplies them. ``answers``: the id of a delivery (or of the original
     message) this replies to; the adapter then sets ``re`` and ``thread`` from what it handed over
     and, if ``to`` is empty, addresses the reply to the original sender.
     """
@@ -86,8 +87,17 @@ def checked(catalogue: Catalogue, typ: str, to: tuple[str, ...], payload: dict[s
 
 
 def check_native(validator: jsonschema_rs.Validator, record: Any, where: str, rule: str) -> None:
-    """Raise :class:`Unmappable` at the first place ``record`` breaks its native schema."""
+    """Raise :class:`Unmappable` at the first place ``record`` breaks its native schema; a missing
+    member is named itself (its name is the schema's, never a value)."""
     issue = Catalogue.first_issue(validator, record)
-    if issue is not None:
-        raise Unmappable(f"the record does not match {rule} ('{issue.keyword}' failed)",
-                         field=f"{where}{issue.pointer or '/'}", rule=rule)
+    if issue is None:
+        return
+    missing = None
+    if issue.keyword == "required":
+        missing = next((getattr(e.kind, "property", None) for e in validator.iter_errors(record)), None)
+    if isinstance(missing, str):
+        name = missing.replace("~", "~0").replace("/", "~1")
+        raise Unmappable(f"the record does not match {rule} (a required member is missing)",
+                         field=f"{where}{issue.pointer}/{name}", rule=rule)
+    raise Unmappable(f"the record does not match {rule} ('{issue.keyword}' failed)",
+                     field=f"{where}{issue.pointer or '/'}", rule=rule)

@@ -8,16 +8,23 @@ against ``adapters/native/police-ppn.v1.json`` and every message built from it a
 canonical schema *before* anything is sent, so a record that cannot be mapped is refused whole,
 with the field named, and nothing is half-sent.
 
-CSV: one row per child; the incident columns repeat on each row of an incident; ``categories``
-is ``;``-separated; ``adults`` is ``;``-separated ``given|family|role|relationship``; booleans
-are ``yes``/``no``.
+Consent is a fact of the case, not of the adapter: each PPN says whether consent to share was
+given, refused and overridden, or not sought (``consent``), why it is shared without it
+(``withoutConsentReason``) and whether the family was told (``familyInformed``); they become the
+sharing block of every message the PPN makes (:mod:`adapters.consent`), and the referral's own
+``consent`` block says the same. ``doNotContactParents`` and ``circumstances`` go to each school.
+
+CSV: one row per child; the incident columns repeat on each row of an incident (and must agree:
+consent, informing the family and contacting the parents are refused, by row and column, when a
+later row of the incident says otherwise); ``categories`` is ``;``-separated; ``adults`` is
+``;``-separated ``given|family|role|relationship``; booleans are ``yes``/``no``.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -25,6 +32,7 @@ from typing import Any, Final
 import jsonschema_rs
 import orjson
 
+from adapters import consent
 from adapters.mapping import MapContext, Outbound, Unmappable, check_native, checked, local_authority
 from broker.catalogue import Catalogue
 from broker.registry import Registry
@@ -32,6 +40,7 @@ from broker.registry import Registry
 _SCHEMA: Final = Path(__file__).parent / "native" / "police-ppn.v1.json"
 _VALIDATOR = jsonschema_rs.validator_for(orjson.loads(_SCHEMA.read_bytes()), validate_formats=True)
 _RAG: Final = {"high": "red", "medium": "amber", "standard": "green"}
+_OBTAINED: Final = {"given": "yes", "refused-overridden": "no", "not-sought": "not-sought"}
 
 
 def _name(given: str | None, family: str) -> dict[str, str]:
@@ -42,9 +51,34 @@ def check(record: Any, where: str = "") -> None:
     check_native(_VALIDATOR, record, where, "police-ppn.v1.json")
 
 
+def _consent(record: Mapping[str, Any], field: Callable[[str], str]) -> dict[str, Any]:
+    """The referral's ``consent`` block, agreeing with the sharing block's facts (checked before);
+    ``field(name)`` names where a field is."""
+    informed = record["familyInformed"] == "yes"
+    if record.get("parentsInformed", informed) != informed:
+        raise Unmappable("parentsInformed contradicts familyInformed", field=field("parentsInformed"),
+                         rule="consent.consistent")
+    if informed and "reasonNotInformed" in record:
+        raise Unmappable("the family was informed, so there is no reason for not informing them",
+                         field=field("reasonNotInformed"), rule="consent.consistent")
+    block: dict[str, Any] = {"consentObtained": _OBTAINED[record["consent"]], "parentsInformed": informed}
+    if record.get("reasonNotInformed"):
+        block["reasonNotInformed"] = record["reasonNotInformed"]
+    if record["consent"] == "not-sought":
+        block["reasonNotSought"] = consent.REASON_LABEL[record["withoutConsentReason"]]
+    return block
+
+
 def map_incident(record: Mapping[str, Any], *, local_authority: str, registry: Registry,
                  catalogue: Catalogue, where: str = "") -> list[Outbound]:
     """All the messages one PPN makes, each checked against its schema; raises :class:`Unmappable`."""
+    def field(name: str) -> str:
+        return f"{where}/{name}"
+
+    if not isinstance(record, Mapping):
+        raise Unmappable("a PPN is an object", field=where or "/", rule="police-ppn.v1.json")
+    # The case's consent facts first, so that a refusal names the rule (consent.reason...) as well as the field.
+    facts, agreed = consent.native(record, field), _consent(record, field)
     check(record, where)
     officer = record["officer"]
     referrer: dict[str, Any] = {"name": _name(officer.get("given"), officer["family"]),
@@ -61,17 +95,8 @@ def map_incident(record: Mapping[str, Any], *, local_authority: str, registry: R
     for key, target in (("details", "details"), ("location", "incidentLocation")):
         if record.get(key):
             concern[target] = record[key]
-    consent: dict[str, Any] = {"consentObtained": "not-sought"}
-    if "parentsInformed" in record:
-        consent["parentsInformed"] = record["parentsInformed"]
-    if record.get("reasonNotInformed"):
-        consent["reasonNotInformed"] = record["reasonNotInformed"]
     # What the record itself says about the decision; the rest comes from the adapter's sharing defaults.
-    decided: dict[str, Any] = {"decidedBy": {"role": "Police officer", "staffRef": officer["collarNumber"]}}
-    if record.get("parentsInformed") is True:
-        decided["subjectInformed"] = "INFORMED"
-    elif record.get("parentsInformed") is False:
-        decided["subjectInformed"] = "NOT_INFORMED_UNSAFE"
+    decided: dict[str, Any] = {"decidedBy": {"role": "Police officer", "staffRef": officer["collarNumber"]}} | facts
     if record.get("immediateProtectionNeeded"):
         decided["urgency"] = "EMERGENCY"
     out: list[Outbound] = []
@@ -81,7 +106,7 @@ def map_incident(record: Mapping[str, Any], *, local_authority: str, registry: R
         for key in ("dateOfBirth", "nhsNumber"):
             if child.get(key):
                 person[key] = child[key]
-        referral: dict[str, Any] = {"child": person, "referrer": referrer, "concern": concern, "consent": consent,
+        referral: dict[str, Any] = {"child": person, "referrer": referrer, "concern": concern, "consent": agreed,
                                     "policeReference": record["incidentReference"]}
         if household:
             referral["household"] = household
@@ -100,10 +125,10 @@ def map_incident(record: Mapping[str, Any], *, local_authority: str, registry: R
             for key, target in (("whereChildWas", "whereChildWas"), ("voice", "voiceOfChild")):
                 if child.get(key):
                     notice[target] = child[key]
-            if record.get("location"):
-                notice["incidentLocation"] = record["location"]
-            if record.get("advice"):
-                notice["keyAdultAdvice"] = record["advice"]
+            for key, target in (("location", "incidentLocation"), ("circumstances", "circumstances"),
+                                ("advice", "keyAdultAdvice"), ("doNotContactParents", "doNotContactParents")):
+                if key in record:
+                    notice[target] = record[key]
             out.append(checked(catalogue, "encompass-notification", (school,), notice, here,
                                sharing={k: v for k, v in decided.items() if k != "urgency"}))
     return out
@@ -128,6 +153,10 @@ class _Row:
     number: int
     cells: Mapping[str, str | None]
 
+    def at(self, column: str) -> str:
+        """Where a cell is, for a refusal: ``row <n>/<column>``."""
+        return f"row {self.number}/{column}"
+
     def cell(self, column: str) -> str | None:
         value = (self.cells.get(column) or "").strip()
         return value or None
@@ -145,6 +174,11 @@ class _Row:
         return {key: value for key, column in pairs if (value := self.cell(column)) is not None}
 
 
+# Columns of the incident that each row repeats and that must agree: a different value on a
+# later row (consent for one child and not another) is refused rather than silently dropped.
+_AGREE: Final = (*consent.NATIVE_FIELDS, "parentsInformed", "reasonNotInformed", "doNotContactParents")
+
+
 def _incident(row: _Row, reference: str) -> dict[str, Any]:
     incident: dict[str, Any] = {
         "incidentReference": reference, "occurredAt": row.cell("occurredAt"), "summary": row.cell("summary"),
@@ -152,10 +186,12 @@ def _incident(row: _Row, reference: str) -> dict[str, Any]:
         "officer": row.some(("given", "officerGiven"), ("family", "officerFamily"),
                             ("collarNumber", "officerCollarNumber"), ("phone", "officerPhone")),
         "children": [],
-    } | row.some(*((c, c) for c in ("location", "details", "riskLevel", "reasonNotInformed", "advice")))
-    informed = row.flag("parentsInformed")
-    if informed is not None:
-        incident["parentsInformed"] = informed
+    } | row.some(*((c, c) for c in ("location", "details", "riskLevel", "reasonNotInformed", "advice",
+                                    "circumstances", *consent.NATIVE_FIELDS)))
+    for column in ("parentsInformed", "doNotContactParents"):
+        flag = row.flag(column)
+        if flag is not None:
+            incident[column] = flag
     adults = []
     for entry in (row.cell("adults") or "").split(";"):
         if entry.strip():
@@ -175,7 +211,18 @@ def records_from_csv(text: str) -> list[dict[str, Any]]:
         reference = row.cell("incidentReference")
         if reference is None:
             raise Unmappable(f"row {number}: incidentReference is empty", field=f"row {number}/incidentReference")
-        incident = incidents.setdefault(reference, _incident(row, reference))
+        this = _incident(row, reference)
+        consent.native(this, row.at)
+        _consent(this, row.at)
+        first = incidents.get(reference)
+        if first is None:
+            incidents[reference] = first = this
+        else:
+            for column in _AGREE:
+                if this.get(column) != first.get(column):
+                    raise Unmappable(f"row {number}: {column} differs from the incident's first row",
+                                     field=f"row {number}/{column}", rule="ppn-csv.incident-agrees")
+        incident = first
         child: dict[str, Any] = row.some(
             ("given", "childGiven"), ("family", "childFamily"), ("dateOfBirth", "childDateOfBirth"),
             ("nhsNumber", "childNhsNumber"), ("whereChildWas", "childWhereChildWas"), ("voice", "childVoice"),

@@ -34,6 +34,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from adapters import inbound_http
+from adapters.consent import CASE_FACTS
 from adapters.deliverer import DeadLetters, Deliverer
 from adapters.inbound import InboundCounts, Submitter
 from adapters.inbound_folder import FolderIntake
@@ -129,14 +130,28 @@ def read_secret(path: Path) -> bytes:
     return secret
 
 
-def _check_sharing(adapter: AdapterSettings, catalogue: Catalogue) -> None:
+# Stand-ins for the case's facts, so that a configured block is checked against the sharing
+# schema for everything else (the facts themselves come from each record).
+_CASE_STAND_INS: Final = {"consentStatus": "NOT_SOUGHT", "nonConsentReason": "CANNOT_BE_GIVEN",
+                          "subjectInformed": "INFORMED"}
+
+
+def check_sharing(sharing: Mapping[str, Mapping[str, Any]], catalogue: Catalogue) -> None:
     """A broken sharing default is the adapter's configuration fault: refuse to start, rather than
-    refuse every document as if the agency's records were wrong."""
+    refuse every document as if the agency's records were wrong. Configuration holds what is
+    agency-wide (purpose, lawful basis and conditions, gateways, guidance edition, vocabulary, who
+    decides by default, urgency by default); consent, the reason for sharing without it and
+    whether the family was informed are facts of each case, carried by each record."""
     validator = catalogue.validator("sharing.v1.json")
-    for typ, block in adapter.sharing.items():
+    for typ, block in sharing.items():
         if catalogue.message_type(typ, 1) is None:
             raise ConfigError(f"[adapter.sharing.{typ}]: no such message type")
-        issue = Catalogue.first_issue(validator, dict(block))
+        facts = [key for key in CASE_FACTS if key in block]
+        if facts:
+            raise ConfigError(f"[adapter.sharing.{typ}] sets {', '.join(facts)}: whether consent was given (and why "
+                              "not) and whether the family was informed are facts of each case, which each record "
+                              "carries (see docs/adapters.md); remove them from the configuration")
+        issue = Catalogue.first_issue(validator, _CASE_STAND_INS | dict(block))
         if issue is not None:
             raise ConfigError(f"[adapter.sharing.{typ}] is not a valid sharing block at {issue.pointer or '/'} "
                               f"('{issue.keyword}' failed)")
@@ -224,7 +239,7 @@ async def running_adapter(settings: Settings, adapter: AdapterSettings, url: str
     profile = profile_for(agency.kind)
     identity = load_identity(settings.home, adapter.agency)
     inbound_secret = read_secret(adapter.inbound_secret_file) if adapter.inbound_secret_file else None
-    _check_sharing(adapter, catalogue)
+    check_sharing(adapter.sharing, catalogue)
     state = settings.home / "adapters" / adapter.agency
     seen = SeenStore(state / "seen.sqlite")
     async with contextlib.AsyncExitStack() as stack:

@@ -6,6 +6,7 @@ closes the Operation Encompass deadline; an adapter picks up rotated keys on rel
 from __future__ import annotations
 
 import asyncio
+import tomllib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from nats.js.errors import NotFoundError
 
+from adapters.fhir import CONSENT_EXTENSION
 from adapters.service import AdapterSettings, make_app, reload_keys, running_adapter
 from adapters.sinks import signed_headers
 from broker.deadlines import BUCKET
@@ -29,9 +31,9 @@ from tests.test_school_inbox import dsl_token, sign_in
 pytestmark = pytest.mark.timeout(90)
 Client = TestClient  # type: ignore[type-arg]
 SECRET = b"nhs-system-to-adapter-secret-0001"
-HEALTH_REFERRAL = sharing() | {"specialCategoryCondition": "UKGDPR_9_2_H_SCH1_P2"}
-for _police_only in ("lawEnforcementBasis", "criminalOffenceCondition"):
-    HEALTH_REFERRAL.pop(_police_only)
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "adapters"
+# The shipped agency-wide defaults; each Bundle's consent facts are laid over them.
+HEALTH_SHARING = tomllib.loads((DEPLOY / "health-camden.toml").read_text())["adapter"]["sharing"]
 
 
 async def deadline_state(broker: Broker, message: str, replier: str) -> str | None:
@@ -56,9 +58,8 @@ async def test_health_speaks_fhir_both_ways_through_its_adapter(
         aiohttp_client: Callable[..., Awaitable[Client]]) -> None:
     write_private(tmp_path / "secret", SECRET)
     out = tmp_path / "nhs-inbox"
-    defaults = {"referral": HEALTH_REFERRAL, "information-response": sharing("information-response")}
     settings = AdapterSettings(agency="health-camden", drop_folder=out, inbound_secret_file=tmp_path / "secret",
-                               local_authority="la-camden", sharing=defaults)
+                               local_authority="la-camden", sharing=HEALTH_SHARING)
     la = await agency("la-camden")
     async with running_adapter(broker.settings, settings, broker.settings.nats.url or "") as health:
         client = await aiohttp_client(make_app(health))
@@ -67,6 +68,7 @@ async def test_health_speaks_fhir_both_ways_through_its_adapter(
         assert r.status == 202, await r.text()
         (referral,) = await drain(la, want=1)
         assert referral.type == "referral" and referral.payload["child"]["nhsNumber"] == "9990001235"
+        assert referral.claims["sharing"]["subjectInformed"] == "TO_BE_INFORMED_LATER"  # the Bundle's own
 
         request = await la.send(typ="information-request", to=["health-camden"],
                                 payload=example("information-request.example.json"),
@@ -85,6 +87,7 @@ async def test_health_speaks_fhir_both_ways_through_its_adapter(
         doc = orjson.loads(path.read_bytes())
         assert doc["resourceType"] == "Bundle" and doc["identifier"]["value"] == path.stem  # the delivery id
         (comm,) = [e["resource"] for e in doc["entry"] if e["resource"]["resourceType"] == "Communication"]
+        assert comm["extension"][0]["url"] == CONSENT_EXTENSION  # what the LA recorded of consent, for health
         reply = answer("unused") | {"inResponseTo": [{"identifier": comm["identifier"][0]}]}
         body = orjson.dumps(bundle(*referrer(), reply))
         r = await client.post("/records/fhir", data=body, headers=signed_headers(SECRET, body))

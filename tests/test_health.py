@@ -15,6 +15,8 @@ from fhir.resources.R4B import get_fhir_model_class
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.flag import Flag
 
+from adapters.consent import agency_wide
+from adapters.fhir import CONSENT_EXTENSION, TOPIC
 from adapters.health import (
     AGENCY_ID,
     CONTENT_TYPE,
@@ -69,12 +71,24 @@ def referrer() -> list[dict[str, Any]]:
     return [published("Practitioner-example"), published("PractitionerRole-example"), published("Organization-f001")]
 
 
+def consent_extension(status: str = "NOT_SOUGHT", reason: str | None = "WOULD_PREJUDICE_PROTECTION",
+                      informed: str | None = "TO_BE_INFORMED_LATER") -> dict[str, Any]:
+    """The case's consent facts as the health system records them (docs/adapters.md)."""
+    parts = [("consentStatus", status), ("nonConsentReason", reason), ("subjectInformed", informed)]
+    return {"url": CONSENT_EXTENSION,
+            "extension": [{"url": name, "valueCode": code} for name, code in parts if code is not None]}
+
+
+FACTS = {"consentStatus": "NOT_SOUGHT", "nonConsentReason": "WOULD_PREJUDICE_PROTECTION",
+         "subjectInformed": "TO_BE_INFORMED_LATER"}
+
+
 def service_request() -> dict[str, Any]:
     """ServiceRequest-example about our child, with a requester (the published one has none, and a
-    referral needs a referrer) and priority urgent."""
+    referral needs a referrer), priority urgent and the case's consent facts."""
     request = published("ServiceRequest-example")
     request |= {"subject": {"reference": "Patient/infant-twin-1"}, "requester": {"reference": "Practitioner/example"},
-                "priority": "urgent"}
+                "priority": "urgent", "extension": [consent_extension()]}
     return request
 
 
@@ -87,7 +101,8 @@ def answer(request_id: str) -> dict[str, Any]:
     PractitionerRole (published: a Device) and each payload's id names the question it answers."""
     comm = published("Communication-example")
     comm |= {"inResponseTo": [{"identifier": {"system": MESSAGE_ID, "value": request_id}}],
-             "sender": {"reference": "PractitionerRole/example"}}
+             "sender": {"reference": "PractitionerRole/example"},
+             "extension": [consent_extension("GIVEN", None, "INFORMED")]}
     comm["payload"][0]["id"], comm["payload"][1]["id"] = "q1", "q2"
     return comm
 
@@ -103,7 +118,7 @@ def delivered(typ: str, payload: dict[str, Any], *, to: str = "health-camden", s
               urgency: str = "URGENT", re: str | None = None) -> Delivery:
     """A delivery as the SDK hands it over (the mapping needs no broker)."""
     claims: dict[str, Any] = {"jti": str(uuid.uuid4()), "iss": "sg-broker", "iat": 1795312862, "typ": typ, "ver": 1,
-                              "to": [to], "sharing": {"urgency": urgency},
+                              "to": [to], "sharing": {"urgency": urgency} | FACTS,
                               "origin": {"iss": sender, "jti": str(uuid.uuid4())}}
     if re:
         claims["re"] = re
@@ -143,7 +158,103 @@ def test_a_service_request_bundle_becomes_a_referral_to_the_local_authority(cont
                                      "phone": "(03) 5555 6473", "email": "adam.southern@example.org"}
     assert m.payload["concern"] == {"summary": "Computed tomography of head", "categories": ["other"],
                                     "immediateProtectionNeeded": False}
-    assert m.sharing == {"decidedBy": {"role": "General medical practice", "staffRef": "23"}, "urgency": "URGENT"}
+    assert m.sharing == {"decidedBy": {"role": "General medical practice", "staffRef": "23"},
+                         "urgency": "URGENT"} | FACTS
+
+
+@pytest.mark.parametrize(("parts", "facts"), [
+    (("GIVEN", None, "INFORMED"), {"consentStatus": "GIVEN", "subjectInformed": "INFORMED"}),
+    (("REFUSED_OVERRIDDEN", "WOULD_INCREASE_RISK_OF_HARM", "NOT_INFORMED_UNSAFE"),
+     {"consentStatus": "REFUSED_OVERRIDDEN", "nonConsentReason": "WOULD_INCREASE_RISK_OF_HARM",
+      "subjectInformed": "NOT_INFORMED_UNSAFE"}),
+    (("NOT_SOUGHT", "CANNOT_BE_GIVEN", "NOT_INFORMED_PREJUDICE_INVESTIGATION"),
+     {"consentStatus": "NOT_SOUGHT", "nonConsentReason": "CANNOT_BE_GIVEN",
+      "subjectInformed": "NOT_INFORMED_PREJUDICE_INVESTIGATION"}),
+])
+def test_the_consent_extension_is_valid_fhir_and_carries_the_case_facts(parts: tuple[str, str | None, str],
+                                                                         facts: dict[str, str],
+                                                                         context: MapContext) -> None:
+    """The sharing-consent extension validates with the library's R4B models, on a ServiceRequest and
+    on a Communication, and becomes the sharing block's consent facts (the vocabulary's codes)."""
+    doc = referral_bundle()
+    request = doc["entry"][-1]["resource"]
+    request["extension"] = [consent_extension(*parts)]
+    get_fhir_model_class("ServiceRequest").model_validate(request)
+    (m,) = fhir_bundle(orjson.dumps(doc), context)
+    assert {k: v for k, v in (m.sharing or {}).items() if k in FACTS} == facts
+    comm = answer("x") | {"extension": [consent_extension(*parts)]}
+    get_fhir_model_class("Communication").model_validate(comm)
+    request_id = str(uuid.uuid4())
+    handed = Handed(request_id, "information-request", "la-camden", request_id, None, 0.0)
+    ctx = MapContext(agency="health-camden", registry=context.registry, catalogue=context.catalogue,
+                     handed=lambda ref: handed if ref == request_id else None)
+    comm["inResponseTo"] = [{"identifier": {"system": MESSAGE_ID, "value": request_id}}]
+    (reply,) = fhir_bundle(orjson.dumps(bundle(*referrer(), comm)), ctx)
+    assert {k: v for k, v in (reply.sharing or {}).items() if k in FACTS} == facts
+
+
+Ext = Callable[[dict[str, Any]], Any]
+
+
+def _parts(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    return doc["entry"][-1]["resource"]["extension"][0]["extension"]  # type: ignore[no-any-return]
+
+
+WHERE = "/entry/5/resource/extension"
+
+
+@pytest.mark.parametrize(("change", "field", "rule"), [
+    (lambda d: d["entry"][-1]["resource"].pop("extension"), WHERE, "consent.recorded"),
+    (lambda d: d["entry"][-1]["resource"]["extension"].append(consent_extension()), f"{WHERE}/1", "consent.recorded"),
+    (lambda d: _parts(d).pop(0), f"{WHERE}/0/extension", "consent.recorded"),
+    (lambda d: _parts(d).pop(1), f"{WHERE}/0/extension", "consent.reason"),
+    (lambda d: _parts(d).pop(2), f"{WHERE}/0/extension", "transparency.informed"),
+    (lambda d: _parts(d)[0].update(valueCode="GIVEN"), f"{WHERE}/0/extension", "consent.consistent"),
+    (lambda d: _parts(d)[0].update(valueCode="NOT_APPLICABLE"), f"{WHERE}/0/extension/0/valueCode",
+     "consent.not-applicable"),
+    (lambda d: _parts(d)[0].update(valueCode="not-sought"), f"{WHERE}/0/extension/0/valueCode", "consent.recorded"),
+    (lambda d: _parts(d)[1].update(valueCode="MUM_SAID_NO"), f"{WHERE}/0/extension/1/valueCode", "consent.reason"),
+    (lambda d: _parts(d)[2].update(valueCode="PARTLY"), f"{WHERE}/0/extension/2/valueCode", "transparency.informed"),
+    (lambda d: _parts(d)[2].update(url="familyToldBy"), f"{WHERE}/0/extension/2/url", "consent.recorded"),
+    (lambda d: _parts(d).append(_parts(d)[0]), f"{WHERE}/0/extension/3/url", "consent.recorded"),
+])
+def test_a_record_without_the_cases_consent_facts_is_refused(change: Ext, field: str, rule: str,
+                                                            context: MapContext) -> None:
+    doc = referral_bundle()
+    change(doc)
+    with pytest.raises(Unmappable) as caught:
+        fhir_bundle(orjson.dumps(doc), context)
+    assert (caught.value.code, caught.value.field, caught.value.rule) == ("unmappable", field, rule)
+    assert "MUM_SAID_NO" not in str(caught.value) and "PARTLY" not in str(caught.value)
+
+
+def test_the_senders_consent_facts_are_rendered_for_the_health_system() -> None:
+    """What a health system receives says whether consent was given and whether the family knows;
+    a receipt (no personal data) says nothing of consent."""
+    doc = rendered(delivered("referral", example("referral.example.json")))
+    (request,) = resources(doc, "ServiceRequest")
+    assert request["extension"] == [consent_extension()]
+    flag = rendered(delivered("child-protection-status", example("child-protection-status.example.json")))
+    assert flag["extension"] == [consent_extension()]
+    receipt = delivered("receipt", example("receipt.example.json"))
+    receipt.claims["sharing"] = {"consentStatus": "NOT_APPLICABLE", "urgency": "ROUTINE"}
+    (comm,) = resources(rendered(receipt), "Communication")
+    assert "extension" not in comm
+
+
+def test_an_answers_topic_travels_both_ways(context: MapContext) -> None:
+    """police-history marks an answer as criminal offence data for the broker: it survives FHIR."""
+    original = example("information-response.example.json")
+    original["answers"][0]["topic"] = "police-history"
+    doc = rendered(delivered("information-response", original, to="la-camden", sender="health-camden"))
+    (comm,) = resources(doc, "Communication")
+    assert {"url": TOPIC, "valueCode": "police-history"} in comm["payload"][0]["extension"]
+    (m,) = fhir_bundle(orjson.dumps(doc), context)
+    assert m.payload == original
+    comm["payload"][0]["extension"] = [{"url": TOPIC, "valueCode": "gossip"}]
+    with pytest.raises(Unmappable) as caught:
+        fhir_bundle(orjson.dumps(doc), context)
+    assert caught.value.field.endswith("/payload/0/extension") and "gossip" not in str(caught.value)
 
 
 def test_the_performer_names_the_local_authority_and_stat_is_an_emergency(context: MapContext) -> None:
@@ -396,8 +507,8 @@ async def test_health_refers_through_the_broker_and_receives_a_cp_flag(broker: B
     health, la = await agency("health-camden"), await agency("la-camden")
     (m,) = fhir_bundle(orjson.dumps(referral_bundle()), context)
     assert isinstance(m, Outbound) and m.sharing is not None
-    block = sharing() | {"specialCategoryCondition": "UKGDPR_9_2_H_SCH1_P2"} | dict(m.sharing)
-    block.pop("lawEnforcementBasis"), block.pop("criminalOffenceCondition")  # health is not a police force
+    block = agency_wide(sharing()) | {"specialCategoryCondition": "UKGDPR_9_2_H_SCH1_P2"} | dict(m.sharing)
+    block.pop("lawEnforcementBasis")  # health is not a police force
     jti = await health.send(typ=m.typ, to=list(m.to), payload=m.payload, sharing=block)
     assert (await health.wait_outcome(jti, timeout=10)).payload["status"] == "routed"
     (referral,) = await drain(la, want=1)

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import io
 import time
+import tomllib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
+from adapters.consent import agency_wide
 from adapters.inbound import SubmissionStore
 from adapters.inbound_folder import FolderIntake
 from adapters.mapping import MapContext, Outbound
@@ -32,12 +34,15 @@ from broker.registry import Registry
 from broker.service import Broker, addressable, connected, jetstream
 from broker.streams import INGRESS, ensure_topology
 from tests.conftest import ClientFactory
-from tests.helpers import drain, sharing
+from tests.helpers import drain, example, sharing
 from tests.test_police import CSV, PPN
 
 pytestmark = pytest.mark.timeout(90)
 SECRET = b"police-rms-to-adapter-secret-0001"
 Client = TestClient  # type: ignore[type-arg]
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "adapters"
+# The force's shipped agency-wide defaults: each record's consent facts are laid over them.
+POLICE_SHARING = tomllib.loads((DEPLOY / "police-met.toml").read_text())["adapter"]["sharing"]
 
 
 @contextlib.asynccontextmanager
@@ -45,9 +50,7 @@ async def police_adapter(settings: Settings, tmp_path: Path, **extra: Any) -> As
     write_private(tmp_path / "inbound.secret", SECRET)
     adapter = AdapterSettings(
         agency="police-met", drop_folder=tmp_path / "police-out", inbound_secret_file=tmp_path / "inbound.secret",
-        local_authority="la-camden", poll=0.1,
-        sharing={"referral": sharing("referral"), "encompass-notification": sharing("encompass-notification")},
-        **extra)
+        local_authority="la-camden", poll=0.1, sharing=POLICE_SHARING, **extra)
     async with running_adapter(settings, adapter, settings.nats.url or "") as running:
         yield running
 
@@ -77,7 +80,10 @@ async def test_a_ppn_posted_to_the_adapter_reaches_the_la_and_the_school(
     assert {d.claims["origin"]["jti"] for d in referrals} <= sent
     # the record's own decision details are laid over the configured sharing block
     assert referrals[0].claims["sharing"]["decidedBy"] == {"role": "Police officer", "staffRef": "PC1234"}
-    assert referrals[0].claims["sharing"]["subjectInformed"] == "NOT_INFORMED_UNSAFE"
+    assert {k: referrals[0].claims["sharing"][k] for k in ("consentStatus", "nonConsentReason", "subjectInformed")} \
+        == {"consentStatus": "NOT_SOUGHT", "nonConsentReason": "WOULD_INCREASE_RISK_OF_HARM",
+            "subjectInformed": "NOT_INFORMED_UNSAFE"}  # the PPN's own, over the force's defaults
+    assert referrals[0].claims["sharing"]["purpose"] == "CHILD_PROTECTION"
     (notice,) = await drain(school, want=1)
     assert notice.type == "encompass-notification" and notice.claims["origin"]["jti"] in sent
 
@@ -92,6 +98,8 @@ async def test_a_ppn_posted_to_the_adapter_reaches_the_la_and_the_school(
 @pytest.mark.parametrize(("change", "field"), [
     (lambda r: r["children"][1].update(nhsNumber="12345"), "/1/children/1/nhsNumber"),
     (lambda r: r["children"][0].update(schoolAgencyId="police-met"), "/1/children/0/schoolAgencyId"),
+    (lambda r: r.pop("familyInformed"), "/1/familyInformed"),
+    (lambda r: r.pop("withoutConsentReason"), "/1/withoutConsentReason"),
 ])
 async def test_a_document_with_one_bad_record_is_refused_whole(
         police: tuple[Adapter, Client], agency: ClientFactory, change: Any, field: str) -> None:
@@ -108,6 +116,32 @@ async def test_a_document_with_one_bad_record_is_refused_whole(
     la = await agency("la-camden")
     with pytest.raises(AssertionError):
         await drain(la, want=1, timeout=1.5)  # the good record was not sent either
+
+
+@pytest.mark.parametrize(("change", "field", "rule"), [
+    (lambda b: b.pop("subjectInformed"), "/1/sharing/subjectInformed", "transparency.informed"),
+    (lambda b: b.pop("nonConsentReason"), "/1/sharing/nonConsentReason", "consent.reason"),
+    (lambda b: b.update(consentStatus="NOT_APPLICABLE"), "/1/sharing/consentStatus", "consent.not-applicable"),
+    (lambda b: b.clear(), "/1/sharing/consentStatus", "consent.recorded"),
+])
+async def test_a_canonical_message_carries_the_cases_consent_facts(
+        police: tuple[Adapter, Client], agency: ClientFactory, change: Any, field: str, rule: str) -> None:
+    """The canonical form, as a school's system or an SDK integration sends it: the item's own
+    ``sharing`` says whether consent was given and the family told; the configuration never does."""
+    _, client = police
+    facts = {k: sharing()[k] for k in ("consentStatus", "nonConsentReason", "subjectInformed")}
+    good = {"type": "referral", "to": ["la-camden"], "payload": example("referral.example.json"), "sharing": facts}
+    bad = copy.deepcopy(good)
+    change(bad["sharing"])
+    r = await post(client, "canonical", orjson.dumps([good, bad]))
+    assert r.status == 422, await r.text()
+    problem = await r.json()
+    assert (problem["code"], problem["field"], problem["rule"]) == ("unmappable", field, rule)
+    r = await post(client, "canonical", orjson.dumps(good), key="canonical-1")
+    assert r.status == 202, await r.text()
+    (referral,) = await drain(await agency("la-camden"), want=1)
+    assert {k: referral.claims["sharing"][k] for k in facts} == facts
+    assert referral.claims["sharing"]["decidedBy"] == POLICE_SHARING["referral"]["decidedBy"]  # the default
 
 
 async def test_requests_are_authenticated_and_bounded(police: tuple[Adapter, Client]) -> None:
@@ -134,7 +168,7 @@ async def test_csv_exports_in_the_drop_folder(police: tuple[Adapter, Client], ag
     folder = tmp_path / "police-in"
     (folder / "ppn-csv" / "export-0001.csv").write_text(CSV)
     (folder / "ppn-csv" / "export-0002.csv.part").write_text(CSV)  # still being written: left alone
-    bad = CSV.replace(",no,,,Kay", ",perhaps,,,Kay")
+    bad = CSV.replace(",no,,,,Kay", ",perhaps,,,,Kay")
     (folder / "ppn-csv" / "export-0003.csv").write_text(bad)
     la = await agency("la-camden")
     referrals = await drain(la, want=2)
@@ -220,11 +254,17 @@ async def test_keys_with_dots_and_weak_or_open_secrets_are_refused(police: tuple
         async with running_adapter(settings, AdapterSettings(agency="police-met", drop_folder=tmp_path / "o",
                                                              inbound_secret_file=shared), settings.nats.url or ""):
             pass
-    bad = {"referral": sharing("referral") | {"lawfulBasis": "BECAUSE"}}
+    bad = {"referral": agency_wide(sharing("referral")) | {"lawfulBasis": "BECAUSE"}}
     with pytest.raises(ConfigError, match=r"\[adapter.sharing.referral\]"):
         async with running_adapter(settings, AdapterSettings(agency="police-met", drop_folder=tmp_path / "o",
                                                              sharing=bad), settings.nats.url or ""):
             pass
+    for fact in ("consentStatus", "nonConsentReason", "subjectInformed"):  # facts of each case, not settings
+        bad = {"referral": agency_wide(sharing("referral")) | {fact: sharing("referral")[fact]}}
+        with pytest.raises(ConfigError, match=rf"\[adapter.sharing.referral\] sets {fact}: .* facts of each case"):
+            async with running_adapter(settings, AdapterSettings(agency="police-met", drop_folder=tmp_path / "o",
+                                                                 sharing=bad), settings.nats.url or ""):
+                pass
 
 
 async def test_a_file_the_adapter_cannot_take_waits_then_is_set_aside(police: tuple[Adapter, Client],

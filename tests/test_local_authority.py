@@ -20,6 +20,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from nats.js.api import RawStreamMsg
 
+from adapters.consent import agency_wide
 from adapters.deliverer import DeadLetters, Deliverer
 from adapters.inbound import Submitter
 from adapters.local_authority import case_events
@@ -87,6 +88,8 @@ def test_a_document_of_every_event_maps_one_message_each(context: MapContext) ->
         mtype = context.catalogue.message_type(m.typ, 1)
         assert mtype is not None and Catalogue.first_issue(mtype.validator, m.payload) is None
         assert m.sharing is not None and set(m.sharing["decidedBy"]) == {"role", "staffRef"}
+        facts = {"consentStatus", "subjectInformed"} & set(m.sharing)
+        assert facts == (set() if m.typ == "receipt" else {"consentStatus", "subjectInformed"})  # from the event
 
 
 def test_acknowledged_is_an_accepted_receipt_for_the_original_message(context: MapContext) -> None:
@@ -116,7 +119,9 @@ def test_outcome_answers_the_referral_in_canonical_terms(context: MapContext) ->
                                           "agencyId": "la-camden"}},
     }
     assert outcome.sharing == {"decidedBy": {"role": "Team Manager, Front Door", "staffRef": "LBC-TM-031"},
-                               "urgency": "URGENT", "subjectInformed": "TO_BE_INFORMED_LATER"}
+                               "urgency": "URGENT", "consentStatus": "NOT_SOUGHT",
+                               "nonConsentReason": "WOULD_PREJUDICE_PROTECTION",
+                               "subjectInformed": "TO_BE_INFORMED_LATER"}
 
 
 @pytest.mark.parametrize(("code", "decision"), [
@@ -136,7 +141,7 @@ def test_answer_is_an_information_response_to_the_request(context: MapContext) -
     assert response.typ == "information-response" and response.to == () and response.answers == REQUEST
     assert response.payload == {
         "requestId": REQUEST,
-        "answers": [{"questionId": "q1", "answer": "Child in need plan closed in March.",
+        "answers": [{"questionId": "q1", "topic": "other", "answer": "Child in need plan closed in March.",
                      "sources": ["LCS case record"]},
                     {"questionId": "q2", "noInformationHeld": True}],
         "respondent": {"role": "Senior Practitioner",
@@ -158,12 +163,19 @@ def test_what_the_la_starts_goes_to_the_partners_it_names(context: MapContext) -
                                           "address": EVENTS[3]["child"]["address"]}
     assert request.payload["requestReference"] == "LBC-S47-0042" and len(request.payload["questions"]) == 2
     assert request.sharing == {"decidedBy": {"role": "Social Worker", "staffRef": "LBC-SW-0192"},
-                               "urgency": "URGENT", "subjectInformed": "NOT_INFORMED_PREJUDICE_INVESTIGATION"}
+                               "urgency": "URGENT", "consentStatus": "NOT_SOUGHT",
+                               "nonConsentReason": "WOULD_PREJUDICE_INVESTIGATION",
+                               "subjectInformed": "NOT_INFORMED_PREJUDICE_INVESTIGATION"}
     assert discussion.to == ("police-met", "health-camden", "school-hillside")
     assert discussion.payload["invited"] == list(discussion.to) and discussion.payload["kind"] == "invitation"
     assert discussion.payload["child"] == {"name": {"family": "Okafor-Demo", "given": "Ada"},
                                            "dateOfBirth": "2017-03-14", "upn": "A123456789012", "gender": "female"}
     assert discussion.payload["convenedBy"]["role"] == "Team Manager"
+    assert {k: discussion.sharing[k] for k in ("consentStatus", "nonConsentReason", "subjectInformed")} == {
+        "consentStatus": "REFUSED_OVERRIDDEN", "nonConsentReason": "WOULD_INCREASE_RISK_OF_HARM",
+        "subjectInformed": "TO_BE_INFORMED_LATER"}
+    assert {k: v for k, v in status.sharing.items() if k != "decidedBy"} == {"consentStatus": "GIVEN",
+                                                                           "subjectInformed": "INFORMED"}
     assert status.to == ("health-camden",) and status.payload == {
         "nhsNumber": "9990005672", "planType": "child-protection-plan", "startDate": "2026-12-07",
         "responsibleAuthority": {"name": "London Borough of Camden Children's Social Care",
@@ -200,12 +212,12 @@ UNKNOWN = "00000000-1111-4222-8333-444444444444"
     (2, _set("inReplyTo", REFERRAL), "/inReplyTo"),  # an answer to a referral
     (0, _set("inReplyTo", RECEIPT_DELIVERY), "/inReplyTo"),  # acknowledging a receipt
     (1, _set("inReplyTo", "not-a-uuid"), "/inReplyTo"),
-    (1, _drop("inReplyTo"), ""),
+    (1, _drop("inReplyTo"), "/inReplyTo"),
     (1, _set("decision", "MAYBE"), "/decision"),
-    (1, _drop("worker"), ""),
+    (1, _drop("worker"), "/worker"),
     (1, _set("worker", {"role": "Social Worker", "staffRef": "Jane Okafor"}), "/worker/staffRef"),  # a name
     (1, _set("worker/role", "9"), "/worker/role"),
-    (1, _set("allocatedWorker", {"role": "Social Worker", "forename": "Lee"}), "/allocatedWorker"),
+    (1, _set("allocatedWorker", {"role": "Social Worker", "forename": "Lee"}), "/allocatedWorker/surname"),
     (2, _set("answers/1", {"questionId": "q2"}), "/answers/1"),
     (3, _set("child/nhsNumber", "99900056"), "/child/nhsNumber"),
     (3, _set("child/dob", "2020-02-31"), "/child/dob"),
@@ -220,6 +232,16 @@ UNKNOWN = "00000000-1111-4222-8333-444444444444"
     (5, _set("endDate", "2026-01-01"), "/endDate"),
     (6, _set("event", "closed"), "/event"),
     (6, _set("note", "Ben Okafor-Demo seen at home"), ""),  # a receipt carries no personal data
+    (0, _set("consent", "given"), ""),  # nor any consent facts
+    # every other event carries the case's consent facts
+    (1, _drop("consent"), "/consent"),
+    (2, _drop("familyInformed"), "/familyInformed"),
+    (3, _drop("withoutConsentReason"), "/withoutConsentReason"),
+    (4, _set("withoutConsentReason", "Mother said not to"), "/withoutConsentReason"),
+    (5, _set("withoutConsentReason", "would-increase-risk-of-harm"), "/withoutConsentReason"),  # consent given
+    (5, _set("consent", "GIVEN"), "/consent"),
+    (4, _set("familyInformed", "no"), "/familyInformed"),
+    (2, _set("answers/0/topic", "gossip"), "/answers/0/topic"),
 ])
 def test_a_bad_event_refuses_the_whole_document_naming_the_field(index: int, change: Any, field: str,
                                                                   context: MapContext) -> None:
@@ -229,7 +251,22 @@ def test_a_bad_event_refuses_the_whole_document_naming_the_field(index: int, cha
         _map(events, context)  # the good events are not returned either
     assert caught.value.field == f"/{index}{field}"
     text = f"{caught.value} {caught.value.reason} {caught.value.rule}"
-    assert not [p for p in (*PERSONAL, "Jane", "nobody-here", "school-elsewhere", UNKNOWN) if p in text]
+    assert not [p for p in (*PERSONAL, "Jane", "nobody-here", "school-elsewhere", "Mother said", UNKNOWN) if p in text]
+
+
+@pytest.mark.parametrize(("change", "field", "rule"), [
+    (_drop("consent"), "/consent", "consent.recorded"),
+    (_drop("withoutConsentReason"), "/withoutConsentReason", "consent.reason"),
+    (_set("consent", "given"), "/withoutConsentReason", "consent.consistent"),
+    (_drop("familyInformed"), "/familyInformed", "transparency.informed"),
+])
+def test_an_outcome_must_say_whether_consent_was_given_and_the_family_told(change: Any, field: str, rule: str,
+                                                                          context: MapContext) -> None:
+    event = copy.deepcopy(EVENTS[1])
+    change(event)
+    with pytest.raises(Unmappable) as caught:
+        _map(event, context)
+    assert (caught.value.code, caught.value.field, caught.value.rule) == ("unmappable", field, rule)
 
 
 def test_a_single_event_is_named_from_the_root_and_a_bad_document_is_refused(context: MapContext) -> None:
@@ -308,7 +345,7 @@ async def _la_adapter(la: AgencyClient, registry: Registry, catalogue: Catalogue
     webhook; its submitter takes the case system's events back in."""
     assert la.seen is not None
     context = MapContext(agency="la-camden", registry=registry, catalogue=catalogue, handed=la.seen.handed)
-    submitter = Submitter(la, context, {t: sharing(t) for t in types}, state / "inbound")
+    submitter = Submitter(la, context, {t: agency_wide(sharing(t)) for t in types}, state / "inbound")
     system = CaseSystem()
     app = web.Application()
     app.router.add_post("/lcs/inbound", system.inbound)
@@ -381,6 +418,7 @@ async def test_referral_acknowledged_and_decided_through_the_case_system(
     assert decided.payload["socialWorker"]["organisation"]["agencyId"] == "la-camden"
     assert decided.claims["sharing"]["decidedBy"] == {"role": "Team Manager, Front Door", "staffRef": "LBC-TM-031"}
     assert decided.claims["sharing"]["purpose"] == sharing("referral-outcome")["purpose"]  # the default, overlaid
+    assert decided.claims["sharing"]["subjectInformed"] == "TO_BE_INFORMED_LATER"  # the event's own facts
     assert await _closed(settings, referral_id, "la-camden")
 
 

@@ -53,8 +53,11 @@ Client = TestClient[web.Request, web.Application]
 SCHOOL, POLICE = "school-hillside", "police-met"
 NHS = "9990001235"
 STAFF = "HPS-DSL-07"
-# what the school must never see of the incident (the rulebook withholds it; the page shows only its fields)
-NARRATIVE = ("glass broken", "Said she was scared", "Demo-Smith", "home address")
+# what Operation Encompass gives the school's key adult, besides the child's name and date of birth
+GIVEN = ("glass broken", "Said she was scared", "home address", "in the bedroom upstairs", "CAD-4471-22NOV")
+# what the school must never see (the adults' details: the rulebook withholds them, the page shows only its fields)
+WITHHELD = ("Demo-Smith", "Grace", "mother's partner", "alleged-perpetrator")
+DO_NOT_CONTACT = "Do not contact the parents or carers about this notification."
 
 
 def notification() -> dict[str, Any]:
@@ -169,11 +172,13 @@ async def test_the_dsl_reads_and_acknowledges_a_notice_and_the_police_hear_it_on
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
     assert stat.S_IMODE(school.inbox.path.stat().st_mode) == 0o600
     on_disk = b"".join(p.read_bytes() for p in folder.iterdir() if p.is_file())
-    for clear in ("Ada", "Okafor-Demo", NHS, "2017-03-14", "A123456789012", "CAD-4471", "bedroom", *NARRATIVE):
+    for clear in ("Ada", "Okafor-Demo", NHS, "2017-03-14", "A123456789012", *GIVEN, *WITHHELD):
         assert clear.encode() not in on_disk, clear
     (notice,) = school.inbox.notices()
     assert (notice.sender, notice.message, notice.acknowledged_at) == (POLICE, message, None)
-    assert school.client.open(notice.raw).payload["child"]["nhsNumber"] == NHS  # the page can open it
+    opened = school.client.open(notice.raw).payload  # the page can open it; the broker sent the school its fields
+    assert opened["child"] == {"name": {"given": "Ada", "family": "Okafor-Demo"}, "dateOfBirth": "2017-03-14"}
+    assert "adultsInvolved" not in opened and opened["doNotContactParents"] is True
     await school.inbox.deliver(notice.delivery, notice.raw, SEALED)  # a second hand-over changes nothing
     assert len(school.inbox.notices()) == 1
 
@@ -184,11 +189,16 @@ async def test_the_dsl_reads_and_acknowledges_a_notice_and_the_police_hear_it_on
     assert "default-src 'none'" in r.headers["Content-Security-Policy"]
     assert r.headers["Cache-Control"] == "no-store" and r.headers["X-Frame-Options"] == "DENY"
     assert "1 notice not yet acknowledged" in page and "New" in page
-    for shown in ("Ada Okafor-Demo", "14 March 2017", "in the bedroom upstairs", "CAD-4471-22NOV", "Yes",
-                  "Please do not approach the parents", "Metropolitan Police Service"):
+    for shown in ("Ada Okafor-Demo", "14 March 2017", *GIVEN, "Yes", "Please do not approach the parents",
+                  "Metropolitan Police Service", "Police instruction to the designated safeguarding lead",
+                  DO_NOT_CONTACT, "Do not contact them about this notification"):
         assert shown in page, shown
-    for hidden in (*NARRATIVE, NHS, "A123456789012"):
+    for hidden in (*WITHHELD, NHS, "A123456789012"):
         assert hidden not in page, hidden
+    # each button's description carries the police's instruction (heard with it by a screen reader)
+    described = page.split("aria-describedby=\"")[1].split("\"")[0].split()
+    assert described == [f"ack-help-{notice.delivery}", f"dnc-{notice.delivery}"]
+    assert f'id="dnc-{notice.delivery}"' in page
     r = await http.get(f"/inbox/notices/{notice.delivery}")
     assert r.status == 200 and "Ada Okafor-Demo" in await r.text()
 
@@ -236,6 +246,23 @@ async def test_the_older_page_link_takes_only_a_sequence_number(
         r = await http.get("/inbox/", params={"before": before})
         assert r.status == 200, before
         assert "Ada Okafor-Demo" in await r.text(), before
+
+
+async def test_a_notice_without_the_instruction_says_so_and_shows_what_it_has(
+        school: School, settings: Settings, aiohttp_client: Callable[..., Awaitable[Client]]) -> None:
+    """No instruction from the police: no banner, and the page says the police have not asked the
+    school to avoid contacting the parents. A notice without the newer fields says they were not given."""
+    payload = {k: v for k, v in notification().items()
+               if k not in ("doNotContactParents", "circumstances", "voiceOfChild", "incidentLocation")}
+    await notify(school, payload)
+    await notify(school, notification() | {"doNotContactParents": False, "policeReference": "CAD-4472-22NOV"})
+    http = await aiohttp_client(school.app)
+    await sign_in(http, dsl_token(settings))
+    page = await (await http.get("/inbox/")).text()
+    assert DO_NOT_CONTACT not in page and "Police instruction" not in page and 'id="dnc-' not in page
+    assert page.count("The police have not asked you to avoid it") == 2
+    assert "glass broken" in page and "CAD-4472-22NOV" in page  # the second notice has them
+    assert page.count("not given") >= 3  # the first has no location, circumstances or voice of the child
 
 
 # -- who may open it ------------------------------------------------------------------------------
@@ -472,7 +499,11 @@ async def test_the_dsl_acknowledges_with_the_keyboard_in_a_real_browser(
         await page.get_by_role("heading", name="Operation Encompass notices").wait_for()
         assert "1 notice not yet acknowledged" in await page.locator("#waiting").inner_text()
         item = page.get_by_role("listitem").filter(has_text="Ada Okafor-Demo")
-        assert "CAD-4471-22NOV" in await item.inner_text() and "glass" not in await page.content()
+        text = await item.inner_text()
+        assert "CAD-4471-22NOV" in text and "glass broken" in text and "Demo-Smith" not in await page.content()
+        instruction = page.locator(".instruction")
+        assert await instruction.is_visible() and DO_NOT_CONTACT in await instruction.inner_text()
+        assert await instruction.evaluate("e => getComputedStyle(e).borderTopWidth") == "5px"  # it stands out
         unlabelled = await page.evaluate("""() => [
             ...document.querySelectorAll('input:not([type=hidden]), select, textarea, button')]
             .filter(e => e.tagName === 'BUTTON' ? !e.textContent.trim() : (!e.labels || !e.labels.length))
@@ -485,6 +516,9 @@ async def test_the_dsl_acknowledges_with_the_keyboard_in_a_real_browser(
         await page.get_by_role("heading", name="Notice about Ada Okafor-Demo").wait_for()
         await tab_to(page, "Acknowledge")
         assert await page.evaluate("getComputedStyle(document.activeElement).outlineStyle") == "solid"
+        description = await page.evaluate("""() => document.activeElement.getAttribute('aria-describedby')
+            .split(' ').map(id => document.getElementById(id).textContent).join(' ')""")
+        assert DO_NOT_CONTACT in " ".join(description.split())  # heard with the button
         await page.keyboard.press("Enter")
         await page.locator("#done").wait_for()
         assert "The police have been sent a receipt" in await page.locator("#done").inner_text()

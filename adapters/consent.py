@@ -1,0 +1,130 @@
+"""Consent and transparency as facts of each case: whether consent was given, refused and
+overridden, or not sought (and why not), and whether the family was informed (and why not).
+
+They come from the record the agency system sends — a police PPN, a case event, a FHIR
+resource, a canonical message's ``sharing`` — never from the adapter's configuration, which
+holds only what is agency-wide (purpose, lawful basis and conditions, gateways, guidance,
+vocabulary, who decides by default). A record that does not say, or that shares without
+consent and gives no reason, is refused as ``unmappable`` naming the field and never a value,
+before anything is sent. The broker applies the same law again (``consent.*`` and
+``transparency.informed`` in the rulebook); the adapter refuses earlier, where the agency
+system can still put the record right.
+
+Native records (police, local authority) speak these codes; FHIR and canonical messages speak
+the vocabulary's own (``schemas/vocabulary.v2.json``):
+
+=========================  ===================================  ================================
+native field               native code                          sharing block
+=========================  ===================================  ================================
+``consent``                ``given``                            ``consentStatus`` GIVEN
+                           ``refused-overridden``               REFUSED_OVERRIDDEN
+                           ``not-sought``                       NOT_SOUGHT
+``withoutConsentReason``   ``cannot-be-given``                  ``nonConsentReason`` CANNOT_BE_GIVEN
+(unless consent given)     ``cannot-reasonably-obtain``         CANNOT_REASONABLY_OBTAIN
+                           ``would-prejudice-protection``       WOULD_PREJUDICE_PROTECTION
+                           ``would-increase-risk-of-harm``      WOULD_INCREASE_RISK_OF_HARM
+                           ``would-prejudice-investigation``    WOULD_PREJUDICE_INVESTIGATION
+``familyInformed``         ``yes``                              ``subjectInformed`` INFORMED
+                           ``no-unsafe``                        NOT_INFORMED_UNSAFE
+                           ``no-investigation``                 NOT_INFORMED_PREJUDICE_INVESTIGATION
+                           ``later``                            TO_BE_INFORMED_LATER
+=========================  ===================================  ================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from importlib import resources
+from typing import Any, Final
+
+import orjson
+
+from adapters.mapping import Unmappable
+
+# The sharing block's members that are facts of the case: never adapter settings.
+CASE_FACTS: Final = ("consentStatus", "nonConsentReason", "subjectInformed")
+WITHOUT_CONSENT: Final = frozenset({"NOT_SOUGHT", "REFUSED_OVERRIDDEN"})
+
+CONSENT: Final = {"given": "GIVEN", "refused-overridden": "REFUSED_OVERRIDDEN", "not-sought": "NOT_SOUGHT"}
+REASON: Final = {
+    "cannot-be-given": "CANNOT_BE_GIVEN", "cannot-reasonably-obtain": "CANNOT_REASONABLY_OBTAIN",
+    "would-prejudice-protection": "WOULD_PREJUDICE_PROTECTION",
+    "would-increase-risk-of-harm": "WOULD_INCREASE_RISK_OF_HARM",
+    "would-prejudice-investigation": "WOULD_PREJUDICE_INVESTIGATION",
+}
+INFORMED: Final = {"yes": "INFORMED", "no-unsafe": "NOT_INFORMED_UNSAFE",
+                   "no-investigation": "NOT_INFORMED_PREJUDICE_INVESTIGATION", "later": "TO_BE_INFORMED_LATER"}
+# The native field names, in the order they are checked.
+NATIVE_FIELDS: Final = ("consent", "withoutConsentReason", "familyInformed")
+# Each reason's words, for a payload's free-text field (the vocabulary's label: no personal data).
+REASON_LABEL: Final = {native: entry["label"] for entry in orjson.loads(
+    (resources.files("schemas") / "vocabulary.v2.json").read_bytes())["lists"]["nonConsentReason"]
+    for native, code in REASON.items() if entry["code"] == code}
+
+
+def _one_of(codes: Mapping[str, str]) -> str:
+    return ", ".join(codes)
+
+
+def native(values: Mapping[str, Any], field: Callable[[str], str]) -> dict[str, str]:
+    """The sharing block's case facts from a native record's ``consent``, ``withoutConsentReason``
+    and ``familyInformed``; ``field(name)`` says where a field is (a JSON pointer, or a CSV row
+    and column) for the refusal."""
+    status = values.get("consent")
+    if status is None:
+        raise Unmappable("the record does not say whether consent to share was given, refused or not sought",
+                         field=field("consent"), rule="consent.recorded")
+    if status not in CONSENT:
+        raise Unmappable(f"consent is one of {_one_of(CONSENT)}", field=field("consent"), rule="consent.recorded")
+    facts = {"consentStatus": CONSENT[status]}
+    reason = values.get("withoutConsentReason")
+    if status == "given":
+        if reason is not None:
+            raise Unmappable("consent was given, so there is no reason for sharing without it",
+                             field=field("withoutConsentReason"), rule="consent.consistent")
+    elif reason is None:
+        raise Unmappable("sharing without consent needs the reason it was not sought or was overridden",
+                         field=field("withoutConsentReason"), rule="consent.reason")
+    elif reason not in REASON:
+        raise Unmappable(f"withoutConsentReason is one of {_one_of(REASON)}", field=field("withoutConsentReason"),
+                         rule="consent.reason")
+    else:
+        facts["nonConsentReason"] = REASON[reason]
+    informed = values.get("familyInformed")
+    if informed is None:
+        raise Unmappable("the record does not say whether the family was informed, or why not",
+                         field=field("familyInformed"), rule="transparency.informed")
+    if informed not in INFORMED:
+        raise Unmappable(f"familyInformed is one of {_one_of(INFORMED)}", field=field("familyInformed"),
+                         rule="transparency.informed")
+    facts["subjectInformed"] = INFORMED[informed]
+    return facts
+
+
+def require(sharing: Mapping[str, Any], where: str) -> None:
+    """Refuse a sharing block (at ``where``, a JSON pointer) for a message with personal data that
+    does not carry the case's facts: consent given, refused or not sought (not "not applicable"),
+    the reason when shared without it, and whether the family was informed. The codes themselves
+    are checked against the sharing block's schema."""
+    status = sharing.get("consentStatus")
+    if status is None:
+        raise Unmappable("the sharing block does not say whether consent was given, refused or not sought",
+                         field=f"{where}/consentStatus", rule="consent.recorded")
+    if status == "NOT_APPLICABLE":
+        raise Unmappable("consent is applicable to a message carrying personal data: say whether it was given, "
+                         "refused or not sought", field=f"{where}/consentStatus", rule="consent.not-applicable")
+    if status in WITHOUT_CONSENT and "nonConsentReason" not in sharing:
+        raise Unmappable("sharing without consent needs a recorded reason (nonConsentReason)",
+                         field=f"{where}/nonConsentReason", rule="consent.reason")
+    if status == "GIVEN" and "nonConsentReason" in sharing:
+        raise Unmappable("consent was given, so there is no reason for sharing without it",
+                         field=f"{where}/nonConsentReason", rule="consent.consistent")
+    if "subjectInformed" not in sharing:
+        raise Unmappable("the sharing block does not say whether the family was informed, or why not",
+                         field=f"{where}/subjectInformed", rule="transparency.informed")
+
+
+def agency_wide(block: Mapping[str, Any]) -> dict[str, Any]:
+    """A configured sharing block without the case's facts (the configuration check refuses them;
+    this keeps a block built in code from supplying them either)."""
+    return {k: v for k, v in block.items() if k not in CASE_FACTS}
