@@ -257,6 +257,18 @@ def test_an_answers_topic_travels_both_ways(context: MapContext) -> None:
     assert caught.value.field.endswith("/payload/0/extension") and "gossip" not in str(caught.value)
 
 
+def test_the_documented_example_bundle_maps(context: MapContext) -> None:
+    """docs/examples/fhir-referral.json, the integrator's guide's example, as its text says."""
+    doc = orjson.loads((Path(__file__).resolve().parent.parent / "docs" / "examples" / "fhir-referral.json")
+                       .read_bytes())
+    (m,) = fhir_bundle(orjson.dumps(doc), context)
+    assert (m.typ, m.to) == ("referral", ("la-camden",))
+    assert m.sharing == {"decidedBy": {"role": "Named Nurse Safeguarding", "staffRef": "NCL-NN-07"},
+                         "urgency": "URGENT", "consentStatus": "NOT_SOUGHT",
+                         "nonConsentReason": "WOULD_INCREASE_RISK_OF_HARM", "subjectInformed": "NOT_INFORMED_UNSAFE"}
+    assert m.payload["concern"]["categories"] == ["physical"] and m.payload["referralReference"] == "ED-2026-11-0042"
+
+
 def test_the_performer_names_the_local_authority_and_stat_is_an_emergency(context: MapContext) -> None:
     doc = referral_bundle()
     request = doc["entry"][-1]["resource"]

@@ -92,6 +92,16 @@ def test_a_document_of_every_event_maps_one_message_each(context: MapContext) ->
         assert facts == (set() if m.typ == "receipt" else {"consentStatus", "subjectInformed"})  # from the event
 
 
+def test_the_documented_example_maps(context: MapContext) -> None:
+    """docs/examples/case-events.json, the integrator's guide's example."""
+    path = Path(__file__).resolve().parent.parent / "docs" / "examples" / "case-events.json"
+    receipt, outcome, discussion = case_events(path.read_bytes(), context)
+    assert (receipt.typ, outcome.typ, discussion.typ) == ("receipt", "referral-outcome", "strategy-discussion")
+    assert "consentStatus" not in (receipt.sharing or {})
+    assert outcome.sharing is not None and outcome.sharing["subjectInformed"] == "TO_BE_INFORMED_LATER"
+    assert discussion.sharing is not None and discussion.sharing["nonConsentReason"] == "WOULD_PREJUDICE_INVESTIGATION"
+
+
 def test_acknowledged_is_an_accepted_receipt_for_the_original_message(context: MapContext) -> None:
     """The receipt names the police referral (not the delivery id the case system saw) and is
     addressed through ``answers`` so the framework sets ``re``, ``thread`` and the sender."""

@@ -38,6 +38,7 @@ PPN: dict[str, Any] = {
     "adults": [{"given": "Kay", "family": "Demo", "role": "alleged-perpetrator", "relationship": "Step-parent"}],
 }
 CSV = (Path(__file__).parent / "data" / "ppn-export.csv").read_text()  # as an RMS exports it
+DOCUMENTED = Path(__file__).resolve().parent.parent / "docs" / "examples" / "ppn.json"  # docs/adapters.md
 
 
 def kwargs(registry: Registry, catalogue: Catalogue) -> dict[str, Any]:
@@ -131,6 +132,12 @@ def test_an_unmappable_record_is_refused_whole_naming_the_field(change: Any, fie
     said = f"{caught.value} {caught.value.reason}"
     for value in ("Okafor", "9990001235", "she said no", "NOT_SOUGHT", "increase the risk"):
         assert value not in said  # no values echoed
+
+
+def test_the_documented_example_maps(registry: Registry, catalogue: Catalogue) -> None:
+    messages = map_json(DOCUMENTED.read_bytes(), **kwargs(registry, catalogue))
+    assert recipients(messages) == {"referral": 2, "encompass-notification": 1}
+    assert all(m.sharing is not None and {k: m.sharing[k] for k in FACTS} == FACTS for m in messages)
 
 
 def test_csv_export_maps_the_same_as_json(registry: Registry, catalogue: Catalogue) -> None:
