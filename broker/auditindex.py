@@ -49,8 +49,12 @@ REVIEW_FLAGS: Final = {
     "consent-overridden": "Consent overridden",
     "emergency-without-consent-reason": "Emergency share, no consent reason",
     "emergency-family-informed-unrecorded": "Emergency share, family-informed status not recorded",
+    "consent-as-basis": "Consent used as the basis by a public authority",
+    "without-consent-condition-with-consent": "Without-consent safeguarding condition claimed with consent given",
+    "emergency-consent-unrecorded": "Emergency share, consent not recorded",
     "advice-sought": "Advice sought before sharing",
-    "late": "Notified late",
+    "late": "Sent after the sender's statutory clock ran out",
+    "recipient-missing": "A recipient the law requires was not addressed",
     "overdue": "Reply overdue",
 }
 REVIEW_OUTCOMES: Final = {

@@ -565,7 +565,8 @@ async def cmd_policy_coverage(settings: Settings, args: argparse.Namespace) -> i
                                                   else scenarios.default_path(path)), catalogue)
     if args.json:
         _print({"rows": [{"kind": r.kind, "id": r.id, "label": r.label, "source": r.source, "rules": list(r.rules),
-                          "scenarios": list(r.scenarios), "gap": r.gap, "note": r.note} for r in report.rows],
+                          "scenarios": list(r.scenarios), "gap": r.gap, "note": r.note, "failing": list(r.failing)}
+                         for r in report.rows],
                 "failing": [{"scenario": n, "problems": list(p)} for n, p in report.failing]})
     else:
         print(coverage.table(report, width=args.width))

@@ -8,7 +8,7 @@ a gap an IG officer has not been told about.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Final
@@ -18,7 +18,7 @@ import orjson
 from broker.catalogue import Catalogue
 from broker.policy import RulebookPolicy
 from broker.rulebook import Rule, Rulebook
-from broker.scenarios import ScenarioBook, play_all
+from broker.scenarios import Scenario, ScenarioBook, play_all
 
 # The vocabulary list each sharing field takes its codes from, and the general rule that checks it.
 _LISTS: Final = (("lawfulBasis", "basis.present"), ("specialCategoryCondition", "basis.special-category"),
@@ -35,6 +35,7 @@ class Row:
     rules: tuple[str, ...]         # rules that implement it
     scenarios: tuple[str, ...]     # passing scenarios that test it
     note: str = ""                 # e.g. a citation not yet verified
+    failing: tuple[str, ...] = ()  # scenarios that would test it, but do not pass
 
     @property
     def gap(self) -> str | None:
@@ -97,33 +98,42 @@ def _general_for(entry: dict[str, Any], list_name: str) -> list[str]:
     return found
 
 
+def _tests(kind: str, item: str, rule_ids: Sequence[str], scenario: Scenario) -> bool:
+    """Whether ``scenario`` tests the item: by its rule (a golden rule), its rule and clock (a
+    clock), or a code it sets on purpose (a lawful-basis code)."""
+    if kind == "golden-rule":
+        return scenario.rule in rule_ids
+    if kind == "clock":
+        return scenario.clock == item and scenario.rule in rule_ids
+    return item in scenario.codes()
+
+
 def report(book: Rulebook, scenarios: ScenarioBook, catalogue: Catalogue) -> Report:
     outcomes = play_all(RulebookPolicy(book), catalogue, scenarios)
     passing = [o.scenario for o in outcomes if o.passed]
-    failing = tuple((o.scenario.name, o.problems) for o in outcomes if not o.passed)
+    failing = [o.scenario for o in outcomes if not o.passed]
+
+    def row(kind: str, item: str, label: str, source: str, rule_ids: Sequence[str], note: str = "") -> Row:
+        rule_ids = tuple(dict.fromkeys(rule_ids))
+        return Row(kind, item, label, source, rule_ids,
+                   tuple(s.name for s in passing if _tests(kind, item, rule_ids, s)), note,
+                   tuple(s.name for s in failing if _tests(kind, item, rule_ids, s)))
+
     rows: list[Row] = []
-
-    def tested_by(rule_ids: Iterable[str]) -> tuple[str, ...]:
-        ids = set(rule_ids)
-        return tuple(s.name for s in passing if s.rule in ids)
-
     for g in guidance()["goldenRules"]:
         rule_ids = [rid for rid, gen in book.general.items() if g["id"] in gen.golden_rules]
         rule_ids += [r.id for r in book.rules if g["id"] in r.golden_rules]
-        rows.append(Row("golden-rule", g["id"], g["text"], g["source"], tuple(rule_ids), tested_by(rule_ids)))
+        rows.append(row("golden-rule", g["id"], g["text"], g["source"], rule_ids))
     for c in guidance()["clocks"]:
-        rule_ids = [r.id for r in book.rules if c["id"] in clocks_of(r)]
-        tests = tuple(s.name for s in passing if s.clock == c["id"] and s.rule in rule_ids)
-        rows.append(Row("clock", c["id"], c["says"], c["cite"], tuple(rule_ids), tests, f"{c['kind']}"))
+        rows.append(row("clock", c["id"], c["says"], c["cite"], [r.id for r in book.rules if c["id"] in clocks_of(r)],
+                        c["kind"]))
     lists = vocabulary()["lists"]
     for list_name, _ in _LISTS:
         for entry in lists[list_name]:
             code = entry["code"]
             rule_ids = _general_for(entry, list_name) + [r.id for r in book.rules if code in _codes_of(r)]
-            tests = tuple(s.name for s in passing if code in s.codes())
-            rows.append(Row("code", code, entry["label"], entry["citation"], tuple(dict.fromkeys(rule_ids)), tests,
-                            entry.get("unverified", "")))
-    return Report(tuple(rows), failing)
+            rows.append(row("code", code, entry["label"], entry["citation"], rule_ids, entry.get("unverified", "")))
+    return Report(tuple(rows), tuple((o.scenario.name, o.problems) for o in outcomes if not o.passed))
 
 
 def table(rep: Report, *, width: int = 3) -> str:

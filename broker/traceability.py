@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -25,7 +24,7 @@ from broker import coverage, scenarios
 from broker.catalogue import Catalogue
 from broker.errors import ConfigError
 from broker.rulebook import Rulebook
-from broker.scenarios import Scenario, ScenarioBook
+from broker.scenarios import ScenarioBook
 from broker.timestamps import iso
 
 log = structlog.get_logger("sgb.traceability")
@@ -45,16 +44,6 @@ def _stamp(path: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return st.st_mtime_ns, st.st_size
-
-
-def _failing_for(row: coverage.Row, failing: Sequence[Scenario]) -> list[str]:
-    """The failing scenarios that would test ``row`` if they passed (the test coverage.report
-    applies to passing ones)."""
-    if row.kind == "golden-rule":
-        return [s.name for s in failing if s.rule in row.rules]
-    if row.kind == "clock":
-        return [s.name for s in failing if s.clock == row.id and s.rule in row.rules]
-    return [s.name for s in failing if row.id in s.codes()]
 
 
 def _scenarios(path: Path) -> tuple[ScenarioBook, str, str | None]:
@@ -84,9 +73,8 @@ def build(book: Rulebook, catalogue: Catalogue, scenario_path: Path) -> dict[str
         played, state, detail = _none(scenario_path), "invalid", _detail(exc, scenario_path)
         report = coverage.report(book, played, catalogue)
     by_name = {s.name: s for s in played.scenarios}
-    failing = [by_name[name] for name, _ in report.failing if name in by_name]
     rows = [{"kind": r.kind, "id": r.id, "label": r.label, "source": r.source, "note": r.note,
-             "rules": list(r.rules), "scenarios": list(r.scenarios), "gap": r.gap, "failing": _failing_for(r, failing)}
+             "rules": list(r.rules), "scenarios": list(r.scenarios), "gap": r.gap, "failing": list(r.failing)}
             for r in report.rows]
     rule_ids = dict.fromkeys(rid for r in report.rows for rid in r.rules)
     return {

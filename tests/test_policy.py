@@ -176,3 +176,12 @@ def test_pointer_conditions_reach_into_arrays() -> None:
     assert pointer.Condition("/flag").holds(doc) and not pointer.Condition("/n").holds(doc)
     assert not pointer.Condition("/missing/deeper").holds(doc)
     assert pointer.Condition("/flag", frozenset({False})).holds(doc)
+
+
+def test_every_flag_a_decision_can_raise_reaches_the_review_queue() -> None:
+    """A flag without a review label would be dropped by the audit index's review queue."""
+    from broker.auditindex import REVIEW_FLAGS
+
+    raised = {f for s in SCENARIOS.scenarios for f in s.expect.flags}
+    declared = {f for g in BOOK.general.values() for f in g.flags} | {"late", "recipient-missing"}
+    assert raised <= declared <= set(REVIEW_FLAGS)
