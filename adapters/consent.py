@@ -56,10 +56,14 @@ INFORMED: Final = {"yes": "INFORMED", "no-unsafe": "NOT_INFORMED_UNSAFE",
                    "no-investigation": "NOT_INFORMED_PREJUDICE_INVESTIGATION", "later": "TO_BE_INFORMED_LATER"}
 # The native field names, in the order they are checked.
 NATIVE_FIELDS: Final = ("consent", "withoutConsentReason", "familyInformed")
+_VOCABULARY: Final = orjson.loads((resources.files("schemas") / "vocabulary.v2.json").read_bytes())["lists"]
 # Each reason's words, for a payload's free-text field (the vocabulary's label: no personal data).
-REASON_LABEL: Final = {native: entry["label"] for entry in orjson.loads(
-    (resources.files("schemas") / "vocabulary.v2.json").read_bytes())["lists"]["nonConsentReason"]
-    for native, code in REASON.items() if entry["code"] == code}
+REASON_LABEL: Final = {native: entry["label"] for entry in _VOCABULARY["nonConsentReason"]
+                       for native, code in REASON.items() if entry["code"] == code}
+# The basis and condition codes that are consent (Art 6(1)(a), Art 9(2)(a), Sch 1 Pt 3, s35).
+CONSENT_BASED: Final = frozenset(e["code"] for entries in _VOCABULARY.values() for e in entries
+                                 if e.get("consentBased"))
+_CONDITIONS: Final = ("lawfulBasis", "specialCategoryCondition", "criminalOffenceCondition", "lawEnforcementBasis")
 
 
 def _one_of(codes: Mapping[str, str]) -> str:
@@ -122,6 +126,16 @@ def require(sharing: Mapping[str, Any], where: str) -> None:
     if "subjectInformed" not in sharing:
         raise Unmappable("the sharing block does not say whether the family was informed, or why not",
                          field=f"{where}/subjectInformed", rule="transparency.informed")
+    basis_agrees(sharing, where)
+
+
+def basis_agrees(sharing: Mapping[str, Any], where: str) -> None:
+    """Refuse a block whose basis or condition is consent when the case's consent was not given
+    (the broker would refuse that message after the others from the same record had gone)."""
+    for name in _CONDITIONS:
+        if sharing.get(name) in CONSENT_BASED and sharing.get("consentStatus") != "GIVEN":
+            raise Unmappable(f"{name} is consent, so the record must say consent was given",
+                             field=f"{where}/consentStatus", rule="consent.basis-needs-consent")
 
 
 def agency_wide(block: Mapping[str, Any]) -> dict[str, Any]:

@@ -7,8 +7,8 @@ models are R5 (5.0.0); it also ships R4B (4.3.0) and STU3, and no R4 (4.0.1). R4
 none of the elements used here (its changes are in medication, evidence and subscription
 resources), so both directions validate with ``fhir.resources.R4B``; the tests run the
 published R4 examples through it. The library checks structure and datatypes,
-not value sets, so the codes the adapter reads (gender, priority, its own code systems) are
-checked by it. Library errors carry the offending input; only their type and location are kept,
+not value sets, so the codes the adapter reads (gender, priority, its own code systems, the
+consent codes) are checked by the adapter. Library errors carry the offending input; only their type and location are kept,
 so no error from these modules ever holds a value from the record.
 
 The case's consent facts travel in one complex extension, ``sharing-consent``

@@ -224,6 +224,7 @@ class Submitter:
             sharing = consent.agency_wide(default or {}) | dict(m.sharing or {})
             if mtype is not None and not mtype.record_only:
                 consent.require(m.sharing or {}, f"{which}/sharing")
+                consent.basis_agrees(sharing, f"{which}/sharing")  # the default's basis, the record's consent
         issue = Catalogue.first_issue(self._sharing_validator, sharing)
         if issue is not None:
             raise Unmappable(f"the sharing block for {m.typ} is not valid ('{issue.keyword}' failed)",

@@ -123,6 +123,7 @@ async def test_a_document_with_one_bad_record_is_refused_whole(
     (lambda b: b.pop("nonConsentReason"), "/1/sharing/nonConsentReason", "consent.reason"),
     (lambda b: b.update(consentStatus="NOT_APPLICABLE"), "/1/sharing/consentStatus", "consent.not-applicable"),
     (lambda b: b.clear(), "/1/sharing/consentStatus", "consent.recorded"),
+    (lambda b: b.update(lawfulBasis="UKGDPR_6_1_A"), "/1/sharing/consentStatus", "consent.basis-needs-consent"),
 ])
 async def test_a_canonical_message_carries_the_cases_consent_facts(
         police: tuple[Adapter, Client], agency: ClientFactory, change: Any, field: str, rule: str) -> None:
