@@ -26,8 +26,9 @@ from broker.catalogue import Catalogue
 from broker.config import Settings
 from broker.errors import BrokerError
 from broker.keystore import init_dev_keys, load_identity
+from broker.natsserver import EmbeddedServer
 from broker.registry import Registry
-from broker.service import connected, jetstream, nats_location, running_broker
+from broker.service import connected, jetstream, nats_location, running_broker, supervised_nats
 
 log = structlog.get_logger("sgb.cli")
 EXIT_REJECTED = 3
@@ -208,6 +209,9 @@ async def _waiting_on_keys(settings: Settings, party: str, sig: set[str], enc: s
 
 
 async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    """Run a broker until SIGTERM or SIGINT; the embedded NATS (if any) is supervised. Shutting down
+    keeps the drain deadline even when NATS is gone: what is not done by then is left to JetStream
+    (unacknowledged messages come back to another instance)."""
     from aiohttp import web
 
     from broker.http import make_app
@@ -216,30 +220,46 @@ async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with contextlib.AsyncExitStack() as stack:
-        url = await stack.enter_async_context(nats_location(settings))
+    stack = contextlib.AsyncExitStack()
+    server = None
+    try:
+        server = await stack.enter_async_context(supervised_nats(settings))
+        url = server.url if server is not None and server.url else settings.nats.url or ""
         broker = await stack.enter_async_context(running_broker(settings, url))
         loop.add_signal_handler(signal.SIGHUP, broker.reload)  # the registry, the broker's keys, the rulebook
-        runner: web.AppRunner | None = None
         if args.http:
             from broker.http import audit_service
 
             service = await stack.enter_async_context(audit_service(broker))
             host, _, port = args.http.rpartition(":")
-            runner = web.AppRunner(make_app(broker, service), access_log=None)
+            runner = web.AppRunner(make_app(broker, service, nats_server=server), access_log=None)
             await runner.setup()
+            stack.push_async_callback(runner.cleanup)
             await web.TCPSite(runner, host or "127.0.0.1", int(port)).start()
             log.info("http listening", address=args.http)
-        try:
-            stopped = asyncio.create_task(stop.wait())
-            await asyncio.wait({stopped, broker.task}, return_when=asyncio.FIRST_COMPLETED)
-            stopped.cancel()
-            if broker.task.done() and broker.task.exception() is not None:
-                raise BrokerError(f"pipeline stopped: {broker.task.exception()}")
-        finally:
-            if runner is not None:
-                await runner.cleanup()
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait({stopped, broker.task}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if broker.task.done() and broker.task.exception() is not None:
+            raise BrokerError(f"pipeline stopped: {broker.task.exception()}")
+    finally:
+        await _close_within(stack, settings.pipeline.drain_timeout, server)
     return 0
+
+
+async def _close_within(stack: contextlib.AsyncExitStack, deadline: float, server: EmbeddedServer | None) -> None:
+    """Unwind the broker within ``deadline`` seconds; past it, stop the embedded server now and go."""
+    closing = asyncio.ensure_future(stack.aclose())
+    done, _ = await asyncio.wait({closing}, timeout=deadline)
+    if closing in done:
+        closing.result()
+        return
+    log.error("shutdown took longer than the drain deadline; leaving the rest to JetStream", seconds=deadline)
+    closing.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await asyncio.wait_for(closing, 1.0)
+    if server is not None:
+        await server.stop(adopted_too=True, grace=2.0)
 
 
 async def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:

@@ -34,6 +34,8 @@ class NatsSettings:
     tls_cert_path: Path | None = None   # client certificate, when the servers verify clients
     tls_key_path: Path | None = None
     embedded_max_payload: int = 8 * 1024 * 1024
+    supervise_interval: float = 1.0     # how often `sgb serve` checks its embedded nats-server
+    supervise_give_up: float = 30.0     # failing to restart it this long makes /healthz fail
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -20,15 +20,23 @@ from broker import api, igpages
 from broker.auditindex import AuditIndex, Indexer
 from broker.auditverify import broker_keys
 from broker.auth import TokenVerifier
+from broker.natsserver import EmbeddedServer
 from broker.service import Broker
 from broker.streams import AUDIT, DELIVERY
 from broker.timestamps import iso
 
 log = structlog.get_logger("sgb.http")
 BROKER_KEY: Final = web.AppKey("broker", Broker)
+NATS_SERVER_KEY: Final = web.AppKey("nats-server", EmbeddedServer)
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """Alive, unless the embedded NATS this process supervises cannot be brought back: then a
+    supervisor (systemd, an orchestrator) should restart the whole service."""
+    server = request.app.get(NATS_SERVER_KEY)
+    if server is not None and not server.healthy:
+        return web.json_response({"status": "failing", "detail": "the embedded NATS server cannot be restarted; "
+                                  "see nats-server.log in the NATS directory"}, status=503)
     return web.json_response({"status": "ok"})
 
 
@@ -104,9 +112,12 @@ async def audit_service(broker: Broker) -> AsyncIterator[api.AuditService]:
         index.close()
 
 
-def make_app(broker: Broker, service: api.AuditService | None = None) -> web.Application:
+def make_app(broker: Broker, service: api.AuditService | None = None, *,
+             nats_server: EmbeddedServer | None = None) -> web.Application:
     app = web.Application(client_max_size=64 * 1024, middlewares=[api.api_middleware, igpages.security_headers])
     app[BROKER_KEY] = broker
+    if nats_server is not None:
+        app[NATS_SERVER_KEY] = nats_server
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

@@ -28,7 +28,7 @@ from broker.errors import ConfigError, KeyStoreError, TransportError
 from broker.intake import Intake
 from broker.keystore import BROKER_ID, Identity, load_identity, load_secret
 from broker.metrics import Metrics
-from broker.natsserver import embedded_nats, running_url
+from broker.natsserver import EmbeddedServer
 from broker.outcomes import Outcomes
 from broker.pipeline import Pipeline
 from broker.policy import Policy, ReloadablePolicy
@@ -48,15 +48,40 @@ async def nats_location(settings: Settings) -> AsyncIterator[str]:
     if settings.nats.url:
         yield settings.nats.url
         return
-    url = running_url(settings.nats_dir)
-    if url is not None:
-        yield url
+    server = embedded_server(settings)
+    if not server.adopt():
+        await server.start()
+    try:
+        assert server.url is not None
+        yield server.url
+    finally:
+        await server.stop()
+
+
+@contextlib.asynccontextmanager
+async def supervised_nats(settings: Settings) -> AsyncIterator[EmbeddedServer | None]:
+    """For a broker that runs for long (``sgb serve``): the embedded server of this home, started or
+    adopted, kept alive by :meth:`EmbeddedServer.supervise` and stopped with the broker. None when
+    ``SGB_NATS_URL`` names an external deployment (which looks after itself)."""
+    if settings.nats.url:
+        yield None
         return
-    async with embedded(settings) as url:
-        yield url
+    server = embedded_server(settings)
+    if not server.adopt():
+        await server.start()
+    stop = asyncio.Event()
+    watch = asyncio.create_task(server.supervise(stop, interval=settings.nats.supervise_interval,
+                                                 give_up_after=settings.nats.supervise_give_up),
+                                name="sgb-nats-supervisor")
+    try:
+        yield server
+    finally:
+        stop.set()
+        await watch
+        await server.stop(adopted_too=True)
 
 
-def embedded(settings: Settings) -> contextlib.AbstractAsyncContextManager[str]:
+def embedded_server(settings: Settings) -> EmbeddedServer:
     """The embedded nats-server for this home, with the authorisation ``sgb keys init`` wrote, and
     TLS when ``<home>/nats/tls/server.pem`` and ``server.key`` are there (clients then trust
     ``<home>/nats/tls/ca.pem``)."""
@@ -66,8 +91,19 @@ def embedded(settings: Settings) -> contextlib.AbstractAsyncContextManager[str]:
     tls = settings.nats_dir / "tls"
     if (tls / "server.pem").exists() and (tls / "server.key").exists():
         extra.append(f'tls {{ cert_file: "{tls / "server.pem"}", key_file: "{tls / "server.key"}" }}')
-    return embedded_nats(settings.nats_dir, max_payload=settings.nats.embedded_max_payload,
-                         extra_config="\n".join(extra))
+    return EmbeddedServer(settings.nats_dir, max_payload=settings.nats.embedded_max_payload,
+                          extra_config="\n".join(extra))
+
+
+@contextlib.asynccontextmanager
+async def embedded(settings: Settings) -> AsyncIterator[str]:
+    """A new embedded server for this home (tests and the demo), stopped on exit."""
+    server = embedded_server(settings)
+    url = await server.start()
+    try:
+        yield url
+    finally:
+        await server.stop()
 
 
 @contextlib.asynccontextmanager

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
 from adapters.sdk import AgencyClient, Delivery
 
+T = TypeVar("T")
 EXAMPLES = Path(__file__).resolve().parent.parent / "schemas" / "examples"
 
 
@@ -24,6 +26,20 @@ def referral() -> dict[str, Any]:
 
 def sharing(typ: str = "referral") -> dict[str, Any]:
     return example(f"{typ}.sharing.example.json")  # type: ignore[no-any-return]
+
+
+async def eventually(probe: Callable[[], Awaitable[T | None]], *, what: str, timeout: float = 10.0,
+                     every: float = 0.05) -> T:
+    """Poll ``probe`` until it returns something other than None (or False), within ``timeout``;
+    fail naming ``what`` otherwise. The one way the tests wait for something to happen."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await probe()
+        if result is not None and result is not False:
+            return result
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(every)
 
 
 async def drain(client: AgencyClient, *, want: int, timeout: float = 10.0, ack: bool = True) -> list[Delivery]:
