@@ -56,6 +56,16 @@ def record_hash(record: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical(record)).hexdigest()
 
 
+# Where and when a record was written, as opposed to what it records: a message processed again
+# after a crash (at-least-once) records the same decision under the same id with other values here.
+_PLACE: Final = frozenset({"n", "prev", "at", "instance"})
+
+
+def decision_digest(record: Mapping[str, Any]) -> str:
+    """What a record says, without where and when it was written: equal for a repeat."""
+    return hashlib.sha256(canonical({k: v for k, v in record.items() if k not in _PLACE})).hexdigest()
+
+
 # -- signing ------------------------------------------------------------------------------
 
 

@@ -11,6 +11,12 @@ What is reported, per instance chain:
 ``truncated``  a chain shorter than a signed checkpoint says it was
 ``forked``     a checkpoint whose head does not match the record at that place in the chain
 ``unreadable`` a stored message that is not an audit block or checkpoint at all
+``conflicting`` a record id written twice with different decisions
+
+A record written twice under its id with the same decision is a *repeat*, not a problem: a
+message processed again after a crash (the pipeline is at-least-once; its outputs have
+deterministic ids) records its decision again, in whichever chain processed it the second time.
+The verifier counts repeats and the distinct records; the index and ``sgb audit list`` keep one.
 
 The same :class:`Verifier` checks the live stream (``sgb audit verify``) and an export file
 offline (``sgb audit verify --export FILE``), with only the broker's public keys.
@@ -23,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from broker import _crypto
-from broker.auditchain import BLOCK_TYP, CHECKPOINT_TYP, GENESIS, record_hash, unverified, verify
+from broker.auditchain import BLOCK_TYP, CHECKPOINT_TYP, GENESIS, decision_digest, record_hash, unverified, verify
 from broker.errors import InvalidEnvelope
 from broker.registry import Registry
 from broker.timestamps import at_of
@@ -71,6 +77,7 @@ class Report:
     blocks: int = 0
     records: int = 0
     checkpoints: int = 0
+    repeats: int = 0   # records written again under an id already seen, with the same decision
 
     @property
     def ok(self) -> bool:
@@ -79,6 +86,7 @@ class Report:
     def summary(self) -> dict[str, Any]:
         return {
             "ok": self.ok, "blocks": self.blocks, "records": self.records, "checkpoints": self.checkpoints,
+            "repeats": self.repeats, "distinctRecords": self.records - self.repeats,
             "chains": {c.instance: {"blocks": c.blocks, "records": c.records, "head": c.head} for c in
                        self.chains.values()},
             "problems": [{"kind": p.kind, "chain": p.instance, "seq": p.seq, "record": p.record, "detail": p.detail}
@@ -106,6 +114,7 @@ class Verifier:
         self._blocks: dict[str, list[_Block]] = {}
         self._checkpoints: list[tuple[int | None, dict[str, Any], bytes]] = []
         self._ends: dict[str, dict[int, str]] = {}
+        self._decisions: dict[str, str] = {}  # record id -> the decision first recorded under it
         self._on_record = on_record
         self.report = Report()
 
@@ -153,8 +162,10 @@ class Verifier:
                 self._problem("changed", instance, "the record before it no longer matches its hash", seq, n - 1)
                 break
             h = record_hash(record)
-            if self._on_record is not None and signed:
-                self._on_record(record)
+            if signed:
+                self._once(instance, record, seq)
+                if self._on_record is not None:
+                    self._on_record(record)
         else:
             if len(records) != count:
                 self._problem("removed" if len(records) < count else "inserted", instance,
@@ -164,6 +175,20 @@ class Verifier:
                               first + count - 1)
         self.report.records += len(records)
         self._blocks.setdefault(instance, []).append(_Block(seq, block, first, count, prev, head, signed))
+
+    def _once(self, instance: str, record: dict[str, Any], seq: int) -> None:
+        rid = record.get("id")
+        if not isinstance(rid, str):
+            return
+        decision = decision_digest(record)
+        first = self._decisions.get(rid)
+        if first is None:
+            self._decisions[rid] = decision
+        elif first == decision:
+            self.report.repeats += 1
+        else:
+            self._problem("conflicting", instance, f"record id {rid} was recorded before with another decision",
+                          seq, record.get("n"))
 
     def checkpoint(self, seq: int | None, token: bytes, *, source: str = "stream") -> None:
         try:

@@ -65,9 +65,8 @@ def make_settings(home: Path, url: str, instance: str = "test-1", **pipeline: fl
         nats=NatsSettings(url=url, request_timeout=2.0),
         streams=StreamSettings(duplicate_window=60.0),
         audit=AuditSettings(checkpoint_interval=0.5, publish_deadline=2.0),
-        pipeline=PipelineSettings(fetch_timeout=0.2, ack_wait=5.0, deadline_scan_interval=0.3, publish_deadline=2.0,
-                                  drain_timeout=3.0,
-                                  **pipeline),  # type: ignore[arg-type]
+        pipeline=PipelineSettings(**({"fetch_timeout": 0.2, "ack_wait": 5.0, "deadline_scan_interval": 0.3,  # type: ignore[arg-type]
+                                      "publish_deadline": 2.0, "drain_timeout": 3.0} | pipeline)),
     )
 
 
