@@ -52,8 +52,10 @@ REVIEW_FLAGS: Final = {
     "consent-as-basis": "Consent used as the basis by a public authority",
     "without-consent-condition-with-consent": "Without-consent safeguarding condition claimed with consent given",
     "emergency-consent-unrecorded": "Emergency share, consent not recorded",
+    "emergency-consent-contradiction": "Emergency share, consent record contradicts itself",
     "advice-sought": "Advice sought before sharing",
     "late": "Sent after the sender's statutory clock ran out",
+    "clock-unjudged": "Sent without the date the sender's statutory clock starts from",
     "recipient-missing": "A recipient the law requires was not addressed",
     "overdue": "Reply overdue",
 }

@@ -584,9 +584,7 @@ async def cmd_policy_coverage(settings: Settings, args: argparse.Namespace) -> i
     report = coverage.report(book, scenarios.load(Path(args.scenarios) if args.scenarios
                                                   else scenarios.default_path(path)), catalogue)
     if args.json:
-        _print({"rows": [{"kind": r.kind, "id": r.id, "label": r.label, "source": r.source, "rules": list(r.rules),
-                          "scenarios": list(r.scenarios), "gap": r.gap, "note": r.note, "failing": list(r.failing)}
-                         for r in report.rows],
+        _print({"rows": [r.as_json() for r in report.rows],
                 "failing": [{"scenario": n, "problems": list(p)} for n, p in report.failing]})
     else:
         print(coverage.table(report, width=args.width))
@@ -635,7 +633,7 @@ async def cmd_policy_explain(settings: Settings, args: argparse.Namespace) -> in
                 "deadline": due if rd.share else None,
                 "fields": sorted(payload) if rd.fields is None else list(rd.fields), "withheld": list(rd.withheld),
                 "rules": [{"id": r, "cite": list(book.citation(r))} for r in rd.rules],
-                "flags": list(decision.flags)})
+                "flags": list(decision.flags), "notes": list(decision.notes)})
     return 0
 
 
@@ -700,6 +698,9 @@ def build_parser() -> argparse.ArgumentParser:
     arun.add_argument("--inbound-folder", metavar="DIR", help="take the agency system's exports from DIR/FORMAT/")
     arun.add_argument("--local-authority", metavar="AGENCY", help="police: the local authority that receives referrals")
     arun.set_defaults(func=cmd_adapter_run, log_level_default="INFO")
+    from adapters.commands import add_dead_letter_commands  # light: its commands import what they need
+
+    add_dead_letter_commands(adapter_sub, common)
 
     token = sub.add_parser("token", parents=[common], help="mint a development API token (dev issuer key)")
     token.add_argument("--role", action="append", required=True,

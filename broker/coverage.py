@@ -21,7 +21,7 @@ from broker.rulebook import Rule, Rulebook
 from broker.scenarios import Scenario, ScenarioBook, play_all
 
 # The vocabulary list each sharing field takes its codes from, and the general rule that checks it.
-_LISTS: Final = (("lawfulBasis", "basis.present"), ("specialCategoryCondition", "basis.special-category"),
+CODE_LISTS: Final = (("lawfulBasis", "basis.present"), ("specialCategoryCondition", "basis.special-category"),
                  ("criminalOffenceCondition", "basis.criminal-offence"),
                  ("lawEnforcementBasis", "basis.law-enforcement"), ("statutoryGateway", None))
 
@@ -44,6 +44,11 @@ class Row:
         if not self.scenarios:
             return "no scenario"
         return None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "id": self.id, "label": self.label, "source": self.source, "note": self.note,
+                "rules": list(self.rules), "scenarios": list(self.scenarios), "gap": self.gap,
+                "failing": list(self.failing)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +90,7 @@ def _codes_of(rule: Rule) -> frozenset[str]:
 
 def _general_for(entry: dict[str, Any], list_name: str) -> list[str]:
     """The general rules that read a code's vocabulary attributes."""
-    general = dict(_LISTS).get(list_name)
+    general = dict(CODE_LISTS).get(list_name)
     found = [general] if general else []
     if entry.get("notForPublicAuthorities"):
         found.append("basis.public-authority")
@@ -125,10 +130,11 @@ def report(book: Rulebook, scenarios: ScenarioBook, catalogue: Catalogue) -> Rep
         rule_ids += [r.id for r in book.rules if g["id"] in r.golden_rules]
         rows.append(row("golden-rule", g["id"], g["text"], g["source"], rule_ids))
     for c in guidance()["clocks"]:
+        note = "; ".join(n for n in (c["kind"], c.get("unverified", "")) if n)
         rows.append(row("clock", c["id"], c["says"], c["cite"], [r.id for r in book.rules if c["id"] in clocks_of(r)],
-                        c["kind"]))
+                        note))
     lists = vocabulary()["lists"]
-    for list_name, _ in _LISTS:
+    for list_name, _ in CODE_LISTS:
         for entry in lists[list_name]:
             code = entry["code"]
             rule_ids = _general_for(entry, list_name) + [r.id for r in book.rules if code in _codes_of(r)]
@@ -145,6 +151,8 @@ def table(rep: Report, *, width: int = 3) -> str:
             scen = _some(r.scenarios, width)
             out.append(f"  {r.id:<36} rules: {', '.join(r.rules) or '-'}")
             out.append(f"  {'':<36} scenarios: {scen}{'   GAP: ' + r.gap if r.gap else ''}")
+            if r.note:
+                out.append(f"  {'':<36} note: {r.note}")
         out.append("")
     gaps = rep.gaps
     out.append(f"{len(rep.rows)} items, {len(gaps)} gap(s)" + (": " + ", ".join(f"{g.id} ({g.gap})" for g in gaps)

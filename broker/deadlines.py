@@ -31,7 +31,7 @@ from nats.js.errors import APIError, NotFoundError
 from broker.errors import TransportError
 from broker.publisher import Outgoing
 from broker.rulebook import DEFAULT_RECEIPT_STATUS, DeadlineSpec
-from broker.workdays import add_working_days, add_working_hours, next_school_day_start
+from broker.workdays import add_working_hours, due_after, parse_date
 
 log = structlog.get_logger("sgb.deadlines")
 BUCKET: Final = "SG_DEADLINES"
@@ -42,23 +42,18 @@ _WRONG_LAST_SEQUENCE: Final = 10071
 def due_at(spec: DeadlineSpec, received: float, payload: Mapping[str, Any]) -> float | None:
     """The deadline for a message received at ``received`` (epoch seconds), or None if the
     payload does not give the date the rule asks for."""
-    at = dt.datetime.fromtimestamp(received, dt.UTC)
-    if spec.working_days is not None:
-        due = add_working_days(at, spec.working_days).timestamp()
-        risk = payload.get("risk")
-        rating = risk.get("ragRating") if isinstance(risk, Mapping) else None
-        if spec.rag_hours and isinstance(rating, str) and rating in spec.rag_hours:
-            due = min(due, add_working_hours(at, spec.rag_hours[rating]).timestamp())
-        return due
-    if spec.school_day_start is not None:
-        hours, minutes = (int(x) for x in spec.school_day_start.split(":"))
-        return next_school_day_start(at, dt.time(hours, minutes)).timestamp()
     if spec.from_payload is not None:
-        value = payload.get(spec.from_payload)
-        if isinstance(value, str):
-            with contextlib.suppress(ValueError):
-                return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    return None
+        given = parse_date(payload.get(spec.from_payload))
+        return given.timestamp() if given else None
+    at = dt.datetime.fromtimestamp(received, dt.UTC)
+    due = due_after(at, working_days=spec.working_days, school_day_start=spec.school_day_start)
+    if due is None:
+        return None
+    risk = payload.get("risk")
+    rating = risk.get("ragRating") if isinstance(risk, Mapping) else None
+    if spec.rag_hours and isinstance(rating, str) and rating in spec.rag_hours:
+        return min(due.timestamp(), add_working_hours(at, spec.rag_hours[rating]).timestamp())
+    return due.timestamp()
 
 
 def key(message_id: str, recipient: str) -> str:

@@ -22,6 +22,7 @@ from broker.keystore import Identity
 from broker.policy import Decision
 from broker.publisher import Outgoing
 from broker.registry import Registry
+from broker.rulebook import DeadlineSpec
 from broker.streams import delivery_subject
 from broker.subjects import SubjectIndex
 from broker.timestamps import iso
@@ -162,8 +163,8 @@ class Outcomes:
                     entry["receiptStatus"] = list(spec.receipt_status)
                 if not spec.from_sender:
                     out.append(deadlines.open_entry(jti, rd.recipient, entry | {"expectFrom": rd.recipient}))
-                elif replier_entry is None:  # owed by the sender's side: one clock, whoever it went to
-                    replier_entry = entry
+                elif replier_entry is None and self._owed_to(spec, rd.recipient):
+                    replier_entry = entry  # owed by the sender's side: one clock, to the recipient it is owed to
             if rd.withheld:
                 shared["withheld"] = list(rd.withheld)
             out.append(self._audit(shared))
@@ -185,6 +186,11 @@ class Outcomes:
             jti=receipt_id, typ="receipt", ver=1, recipient=sender, plaintext=wire.dumps(receipt),
             sharing=ADMIN_SHARING, re=jti), receipt_id))
         return out
+
+    def _owed_to(self, spec: DeadlineSpec, recipient: str) -> bool:
+        """Whether a clock the sender's side owes runs to this recipient (any, unless the rule names a kind)."""
+        agency = self.registry.get(recipient)
+        return spec.owed_to is None or (agency is not None and agency.kind == spec.owed_to)
 
     # -- rejected ---------------------------------------------------------------------
 

@@ -89,3 +89,43 @@ def project(payload: Mapping[str, Any], kept: Sequence[str]) -> dict[str, Any]:
         else:
             out[name] = payload[name]
     return out
+
+
+def in_schema(schema: Mapping[str, Any], pointer: str, documents: Mapping[str, Any]) -> bool:
+    """Whether a JSON Schema declares the member ``pointer`` names (``*``: an array's items),
+    following ``$ref`` into ``documents`` (by file name) and through ``allOf``/``if``/``then``/``else``.
+    The rulebook checks its pointers with this, so a misspelt one cannot silently match nothing."""
+    nodes: list[Mapping[str, Any]] = [schema]
+    for raw in pointer.split("/")[1:]:
+        name = raw.replace("~1", "/").replace("~0", "~")
+        found: list[Mapping[str, Any]] = []
+        for node in _expand(nodes, schema, documents):
+            child = node.get("items") if name == "*" else node.get("properties", {}).get(name)
+            if isinstance(child, Mapping):
+                found.append(child)
+        if not found:
+            return False
+        nodes = found
+    return True
+
+
+def _expand(nodes: Sequence[Mapping[str, Any]], root: Mapping[str, Any],
+            documents: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
+    """Each node, what its ``$ref`` points to, and its conditional branches."""
+    stack = list(nodes)
+    seen = 0
+    while stack and seen < 256:
+        node = stack.pop()
+        seen += 1
+        yield node
+        ref = node.get("$ref")
+        if isinstance(ref, str):
+            file, _, path = ref.partition("#")
+            target: Any = documents.get(file) if file else root
+            for part in path.split("/")[1:]:
+                target = target.get(part) if isinstance(target, Mapping) else None
+            if isinstance(target, Mapping):
+                stack.append(target)
+        for key in ("allOf", "anyOf", "oneOf"):
+            stack.extend(n for n in node.get(key, ()) if isinstance(n, Mapping))
+        stack.extend(node[k] for k in ("if", "then", "else") if isinstance(node.get(k), Mapping))

@@ -12,7 +12,6 @@ never a value) when the message itself is unlawful or no recipient may receive i
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from broker.catalogue import Catalogue, MessageType
 from broker.errors import NoLawfulBasis, NotPermitted
 from broker.registry import Agency
 from broker.rulebook import DeadlineSpec, LateAfter, Rule, Rulebook
-from broker.workdays import LONDON, add_working_days, next_school_day_start
+from broker.workdays import due_after, parse_date
 
 WITHOUT_CONSENT: Final = frozenset({"NOT_SOUGHT", "REFUSED_OVERRIDDEN"})
 # The sharing block's basis and condition fields.
@@ -55,6 +54,7 @@ class Decision:
     deadline: DeadlineSpec | None = None
     deadline_rule: str | None = None
     not_shared_reason: str | None = None  # a decision not to share: the practitioner's reason code
+    notes: tuple[str, ...] = ()  # what a clock or a required recipient that raised a flag says
 
     @property
     def shared(self) -> tuple[RecipientDecision, ...]:
@@ -113,34 +113,42 @@ class RulebookPolicy:
                                                     reason="a practitioner decided not to share")
                                   for a in recipients), (rule.id,),
                             not_shared_reason=reason if isinstance(reason, str) else None)
+        if rule.partners_only and not sender.safeguarding_partner:
+            raise NotPermitted(f"only a safeguarding partner of the area sends {mtype.name} messages",
+                               field="/iss", rule=rule.id)
         applied = [rule.id]
         flags: list[str] = []
+        notes: list[str] = []
         if mtype.personal_data:
-            applied += self._lawful_basis(rule, sender, mtype, sharing, payload, flags)
+            applied += self._lawful_basis(rule, sender, mtype, sharing, payload)
             applied += self._consent(sender, sharing, flags)
         if "adviceSought" in sharing:
             flags.append("advice-sought")
             applied.append("advice.sought")
         late = rule.late_after
-        if late is not None and _is_late(late, payload, received if received is not None else self._clock()):
-            flags.append("late")
-            applied.append(rule.id)
-        addressed = {a.kind for a in recipients}
-        for need in rule.must_notify:
-            if not need.kinds <= addressed and all(c.holds(payload) for c in need.when):
-                flags.append("recipient-missing")
+        if late is not None:
+            verdict = _is_late(late, payload, received if received is not None else self._clock())
+            if verdict is not False:  # late, or not judged because the payload does not say when it started
+                flags.append("late" if verdict else "clock-unjudged")
+                notes.append(late.says)
                 applied.append(rule.id)
         decisions = tuple(self._for_recipient(rule, agency, sharing, payload, tuple(applied)) for agency in recipients)
         if not any(d.share for d in decisions):
             raise NotPermitted(f"no recipient may receive {mtype.name} from a {sender.kind} agency",
                                field="/to", rule=rule.id)
+        shared_kinds = {a.kind for a, d in zip(recipients, decisions, strict=True) if d.share}
+        for need in rule.must_notify:
+            if not need.kinds <= shared_kinds and all(c.holds(payload) for c in need.when):
+                flags.append("recipient-missing")
+                notes.append(need.says)
+                applied.append(rule.id)
         return Decision(decisions, tuple(dict.fromkeys(applied)), tuple(dict.fromkeys(flags)), rule.deadline,
-                        rule.id if rule.deadline else None)
+                        rule.id if rule.deadline else None, notes=tuple(dict.fromkeys(notes)))
 
     # -- lawful basis -------------------------------------------------------------------
 
     def _lawful_basis(self, rule: Rule, sender: Agency, mtype: MessageType, sharing: Mapping[str, Any],
-                      payload: Mapping[str, Any], flags: list[str]) -> list[str]:
+                      payload: Mapping[str, Any]) -> list[str]:
         police_part3 = sender.kind == "police" and "lawEnforcementBasis" in sharing
         basis = sharing.get("lawfulBasis")
         if basis is None and not police_part3:
@@ -159,18 +167,18 @@ class RulebookPolicy:
             if code is not None and accepted and code not in accepted:
                 raise NoLawfulBasis(f"this {name} is not one the agreement accepts for {rule.type}",
                                     field=f"/sharing/{name}", rule=rule.id)
-        offence_field = self._offence_data(mtype.name, payload)
-        if sender.kind == "police" and offence_field is not None:
-            if not police_part3:
-                raise NoLawfulBasis("police sharing criminal offence data need a DPA 2018 Sch 8 condition",
+        if self._carries_offence_data(mtype.name, payload):
+            if police_part3:
+                applied.append("basis.law-enforcement")  # DPA 2018 Part 3: a Sch 8 condition
+            elif "criminalOffenceCondition" in sharing:
+                applied.append("basis.criminal-offence")  # UK GDPR Art 10 with a DPA 2018 Sch 1 condition
+            elif sender.kind == "police":
+                raise NoLawfulBasis("the payload carries criminal offence data: police need a DPA 2018 Sch 8 "
+                                    "condition, or an Art 10 condition when sharing under UK GDPR",
                                     field="/sharing/lawEnforcementBasis", rule="basis.law-enforcement")
-            applied.append("basis.law-enforcement")
-        elif offence_field is not None:
-            if "criminalOffenceCondition" not in sharing:
-                raise NoLawfulBasis(f"the payload carries criminal offence data ({offence_field}); an Art 10 "
-                                    "condition is required", field="/sharing/criminalOffenceCondition",
-                                    rule="basis.criminal-offence")
-            applied.append("basis.criminal-offence")
+            else:
+                raise NoLawfulBasis("the payload carries criminal offence data; an Art 10 condition is required",
+                                    field="/sharing/criminalOffenceCondition", rule="basis.criminal-offence")
         if mtype.special_category and not police_part3:
             if "specialCategoryCondition" not in sharing:
                 raise NoLawfulBasis("special category data need an Art 9 condition",
@@ -186,32 +194,45 @@ class RulebookPolicy:
                                 field="/sharing/statutoryGateways", rule=rule.id)
         return applied
 
-    def _offence_data(self, type_name: str, payload: Mapping[str, Any]) -> str | None:
-        """Where the payload carries criminal offence data ("/" for a type that always does), or None."""
+    def _carries_offence_data(self, type_name: str, payload: Mapping[str, Any]) -> bool:
+        """Whether the rulebook counts this payload as criminal offence data (which field made it so
+        is not said: even that would tell what the message is about)."""
         conditions = self.rulebook.offence_data.get(type_name)
         if conditions is None:
-            return None
-        return "/" if not conditions else pointer.first_holding(conditions, payload)
+            return False
+        return not conditions or pointer.first_holding(conditions, payload) is not None
 
     # -- consent and transparency -------------------------------------------------------
 
     def _consent(self, sender: Agency, sharing: Mapping[str, Any], flags: list[str]) -> list[str]:
         emergency = sharing.get("urgency") == "EMERGENCY"
-        applied = []
+        applied: list[str] = []
         status = sharing.get("consentStatus")
+
+        def contradiction(reason: str, field: str, rule: str) -> None:
+            """Refused; or, in an emergency, shared and flagged (never held back for a consent record)."""
+            if not emergency:
+                raise NoLawfulBasis(reason, field=field, rule=rule)
+            flags.append("emergency-consent-contradiction")
+            applied.extend((rule, "urgent.never-held"))
+
         for name in _CONDITION_FIELDS:
             code = sharing.get(name)
             if code in self.vocabulary.consent_based:
                 if status != "GIVEN":
-                    raise NoLawfulBasis(f"{name} is consent, so consentStatus must be GIVEN",
-                                        field="/sharing/consentStatus", rule="consent.basis-needs-consent")
-                applied.append("consent.basis-needs-consent")
+                    contradiction(f"{name} is consent, so consentStatus must be GIVEN", "/sharing/consentStatus",
+                                  "consent.basis-needs-consent")
+                else:
+                    applied.append("consent.basis-needs-consent")
                 if name == "lawfulBasis" and sender.public_authority:
                     flags.append("consent-as-basis")
                     applied.append("consent.not-the-basis")
             elif code in self.vocabulary.without_consent and status == "GIVEN":
                 flags.append("without-consent-condition-with-consent")
                 applied.append("consent.condition-without-consent")
+        if status == "GIVEN" and "nonConsentReason" in sharing:
+            contradiction("consent was given, so there is no reason for sharing without it",
+                          "/sharing/nonConsentReason", "consent.consistent")
         if status == "NOT_APPLICABLE":
             if not emergency:
                 raise NoLawfulBasis("consent is applicable to a message carrying personal data: say whether it "
@@ -264,31 +285,22 @@ class RulebookPolicy:
         for identity, protection in rule.protect.items():
             if agency.kind in protection.from_kinds and _is_protected(identity, sharing, payload):
                 hidden = {name for name in keep if name.split("/", 1)[0] in protection.fields}
-                keep = tuple(name for name in keep if name not in hidden)
-                withheld = tuple(sorted({*withheld, *hidden}))
-                rules.append("identity.protect")
+                if hidden:
+                    keep = tuple(name for name in keep if name not in hidden)
+                    withheld = tuple(sorted({*withheld, *hidden}))
+                    rules.append("identity.protect")
         return RecipientDecision(agency.id, True, tuple(dict.fromkeys(rules)),
                                  fields=keep if withheld else None, withheld=withheld)
 
 
-def _is_late(late: LateAfter, payload: Mapping[str, Any], received: float) -> bool:
-    """Whether the sender's own clock had run out when the message arrived. A missing or unreadable
-    date is not judged (the schema says which dates a type must carry)."""
-    value = next(pointer.values(payload, late.field), None)
-    if not isinstance(value, str):
-        return False
-    try:
-        start = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return False
-    if start.tzinfo is None:
-        start = start.replace(tzinfo=LONDON)
-    if late.school_day_start is not None:
-        hours, minutes = (int(x) for x in late.school_day_start.split(":"))
-        due = next_school_day_start(start, dt.time(hours, minutes))
-    else:
-        due = add_working_days(start, late.working_days or 1)
-    return received > due.timestamp()
+def _is_late(late: LateAfter, payload: Mapping[str, Any], received: float) -> bool | None:
+    """Whether the sender's own clock had run out when the message arrived; None if the payload
+    does not say when it started."""
+    start = parse_date(next(pointer.values(payload, late.field), None))
+    if start is None:
+        return None
+    due = due_after(start, working_days=late.working_days, school_day_start=late.school_day_start)
+    return due is not None and received > due.timestamp()
 
 
 def _is_protected(identity: str, sharing: Mapping[str, Any], payload: Mapping[str, Any]) -> bool:

@@ -17,7 +17,7 @@ import yaml
 
 from broker.catalogue import Catalogue
 from broker.errors import ConfigError
-from broker.pointer import Condition
+from broker.pointer import Condition, in_schema
 
 DEFAULT_RULEBOOK = Path(__file__).resolve().parent.parent / "deploy" / "rulebook.yaml"
 
@@ -25,6 +25,16 @@ DEFAULT_RULEBOOK = Path(__file__).resolve().parent.parent / "deploy" / "rulebook
 # message), and those that count when a rule expecting a receipt does not say.
 RECEIPT_STATUSES: Final = ("delivered", "accepted", "actioned")
 DEFAULT_RECEIPT_STATUS: Final = ("accepted", "actioned")
+
+# The general rules the policy applies by id: a rulebook must say (and cite) each of them, so that
+# no decision in the audit log names a rule the agreement does not contain.
+GENERAL_RULES: Final = (
+    "basis.present", "basis.public-authority", "basis.special-category", "basis.criminal-offence",
+    "basis.law-enforcement", "basis.gateway-available", "consent.basis-needs-consent", "consent.not-the-basis",
+    "consent.condition-without-consent", "consent.consistent", "consent.not-applicable", "consent.reason",
+    "consent.override-review", "transparency.informed", "urgent.never-held", "advice.sought", "identity.protect",
+    "necessity.per-recipient",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +57,7 @@ class DeadlineSpec:
     expect_from: str = "recipient"  # who owes the reply: the recipient, the sender, or the sender's partners
     receipt_status: tuple[str, ...] = ()  # receipt statuses that stop the clock; () unless expect has "receipt"
     clock: str = ""  # the clock of schemas/guidance.v1.json this implements
+    owed_to: str | None = None  # a clock the sender's side owes: the recipient kind the reply goes to
 
     @property
     def from_sender(self) -> bool:
@@ -99,6 +110,7 @@ class Rule:
     law_enforcement_bases: frozenset[str] = frozenset()  # acceptable Sch 8 conditions (empty: any)
     golden_rules: tuple[str, ...] = ()
     must_notify: tuple[MustNotify, ...] = ()
+    partners_only: bool = False  # only a statutory safeguarding partner may send it
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +132,6 @@ class Rulebook:
     source: str
     # message type -> the conditions under which it carries criminal offence data (() : always)
     offence_data: Mapping[str, tuple[Condition, ...]] = field(default_factory=dict)
-    offence_cite: tuple[str, ...] = ()
 
     def rule_for(self, type_name: str, sender_kind: str) -> Rule | None:
         for rule in self.rules:
@@ -173,11 +184,19 @@ def parse(doc: Any, catalogue: Catalogue, *, source: str = "<rulebook>") -> Rule
             golden_rules=tuple(r.get("goldenRules", ())),
             must_notify=tuple(MustNotify(frozenset(m["kinds"]), _conditions(m["when"]), m["says"])
                               for m in r.get("mustNotify", ())),
+            partners_only=r.get("fromPartnersOnly", False),
         ))
+        problems += _unknown_pointers(catalogue, r["type"], where, _pointers(r))
     offences = doc["criminalOffenceData"]
-    for typ in offences["types"]:
+    for typ, spec in offences["types"].items():
         if typ not in known_types:
             problems.append(f"/criminalOffenceData/types/{typ}: no schema for that message type")
+        elif spec != "always":
+            problems += _unknown_pointers(catalogue, typ, f"/criminalOffenceData/types/{typ}",
+                                          [c["field"] for c in spec])
+    defined = {g["id"] for g in doc["general"]}
+    problems += [f"/general: the policy applies {rid}, which the rulebook does not define"
+                 for rid in GENERAL_RULES if rid not in defined]
     if problems:
         raise ConfigError(f"rulebook {source} is invalid: " + "; ".join(problems))
     return Rulebook(
@@ -186,8 +205,26 @@ def parse(doc: Any, catalogue: Catalogue, *, source: str = "<rulebook>") -> Rule
                                   tuple(g.get("flags", ()))) for g in doc["general"]},
         rules=tuple(rules), source=source,
         offence_data={t: () if v == "always" else _conditions(v) for t, v in offences["types"].items()},
-        offence_cite=tuple(offences["cite"]),
     )
+
+
+def _pointers(rule: Mapping[str, Any]) -> list[str]:
+    """Every payload pointer a rule names."""
+    found = [c["field"] for v in rule["to"].values() for c in v.get("when", ())]
+    found += [c["field"] for m in rule.get("mustNotify", ()) for c in m["when"]]
+    if "lateAfter" in rule:
+        found.append(rule["lateAfter"]["field"])
+    return found
+
+
+def _unknown_pointers(catalogue: Catalogue, type_name: str, where: str, pointers: list[str]) -> list[str]:
+    """Pointers the message type's schema does not declare: a misspelt one would match nothing."""
+    name = f"{type_name}.v1.json"
+    schema = catalogue.documents.get(name)
+    if schema is None:
+        return []
+    return [f"{where}: {p} is not a field of {type_name}" for p in pointers
+            if not in_schema(schema, p, catalogue.documents)]
 
 
 def _conditions(items: Any) -> tuple[Condition, ...]:
@@ -210,7 +247,7 @@ def _deadline(spec: Mapping[str, Any] | None, local: Mapping[str, Any]) -> Deadl
     return DeadlineSpec(expect=expect, says=spec["says"], working_days=spec.get("workingDays"),
                         school_day_start=spec.get("schoolDayStart"), from_payload=spec.get("fromPayload"),
                         rag_hours=rag, expect_from=spec.get("expectFrom", "recipient"), receipt_status=statuses,
-                        clock=spec["clock"])
+                        clock=spec["clock"], owed_to=spec.get("owedTo"))
 
 
 def load(path: Path, catalogue: Catalogue) -> Rulebook:

@@ -73,9 +73,7 @@ def build(book: Rulebook, catalogue: Catalogue, scenario_path: Path) -> dict[str
         played, state, detail = _none(scenario_path), "invalid", _detail(exc, scenario_path)
         report = coverage.report(book, played, catalogue)
     by_name = {s.name: s for s in played.scenarios}
-    rows = [{"kind": r.kind, "id": r.id, "label": r.label, "source": r.source, "note": r.note,
-             "rules": list(r.rules), "scenarios": list(r.scenarios), "gap": r.gap, "failing": list(r.failing)}
-            for r in report.rows]
+    rows = [r.as_json() for r in report.rows]
     rule_ids = dict.fromkeys(rid for r in report.rows for rid in r.rules)
     return {
         "rulebook": {"edition": book.edition, "title": book.title, "file": Path(book.source).name},

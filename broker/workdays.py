@@ -42,8 +42,9 @@ def add_working_days(received: dt.datetime, days: int) -> dt.datetime:
 
 
 def next_school_day_start(received: dt.datetime, start: dt.time = dt.time(8, 30)) -> dt.datetime:
-    """Operation Encompass: before the start of the next school day (weekdays that are not bank
-    holidays; local term dates are a partnership setting)."""
+    """Operation Encompass: before the start of the next school day. A school day is taken to be a
+    working day; school holidays are not known here, so the clock runs through them (the scheme
+    also expects notices in the holidays)."""
     local = received.astimezone(LONDON)
     day = local.date()
     if not (is_working_day(day) and local.time() < start):
@@ -69,3 +70,27 @@ def add_working_hours(received: dt.datetime, hours: float, *, opens: dt.time = d
             return start + remaining
         remaining -= end - start
         day, now = next_working_day(day), opens
+
+
+def due_after(start: dt.datetime, *, working_days: int | None = None,
+              school_day_start: str | None = None) -> dt.datetime | None:
+    """When a clock that started at ``start`` runs out: by the end of the ``working_days``-th
+    working day after it, or at the start (``"HH:MM"``) of the next school day. None if neither."""
+    if working_days is not None:
+        return add_working_days(start, working_days)
+    if school_day_start is not None:
+        hours, minutes = (int(x) for x in school_day_start.split(":"))
+        return next_school_day_start(start, dt.time(hours, minutes))
+    return None
+
+
+def parse_date(value: object) -> dt.datetime | None:
+    """A date or date-time from a payload (a date, or a naive time, is London time); None if it is
+    not one."""
+    if not isinstance(value, str):
+        return None
+    try:
+        when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=LONDON)

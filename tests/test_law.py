@@ -45,10 +45,10 @@ async def _deadline(settings: Settings, message: str, party: str) -> dict[str, A
 
 async def _notify(agency: ClientFactory) -> str:
     la = await agency("la-camden")
-    sin = await la.send(typ="serious-incident-notification", to=["cscpr-panel", "ofsted"],
+    sin = await la.send(typ="serious-incident-notification", to=["ofsted", "cscpr-panel"],
                         payload=example("serious-incident-notification.example.json"),
                         sharing=sharing("serious-incident-notification"))
-    assert (await la.wait_outcome(sin, timeout=10)).payload["recipients"] == ["cscpr-panel", "ofsted"]
+    assert (await la.wait_outcome(sin, timeout=10)).payload["recipients"] == ["ofsted", "cscpr-panel"]
     return sin
 
 
@@ -88,7 +88,9 @@ async def test_a_rapid_review_that_never_comes_is_overdue_for_every_partner(
         client = await agency(party)
         got = [d for d in await drain(client, want=1) if d.type == "overdue-notice"]
         assert len(got) == 1 and got[0].payload["messageId"] == sin, party
-        assert got[0].payload["expected"] == ["rapid-review"]
+        assert got[0].payload["expected"] == ["rapid-review"] and got[0].payload["recipient"] == "cscpr-panel"
+    # Ofsted was sent the notification first, but the review is owed to the Panel: no notice for Ofsted
+    assert [d.type for d in await drain(await agency("ofsted"), want=1)] == ["serious-incident-notification"]
     overdue = [r for r in await _audit(settings) if r["event"] == "overdue"]
     assert len(overdue) == 1 and overdue[0]["rules"] == ["sin.la-to-panel"]
 
