@@ -2,11 +2,16 @@
 
 For each delivery: verify and open it; if its id was handed over before (a redelivery after a
 crash or a lost ack), just ack it; else hand it to the :class:`~adapters.sinks.Sink` and ack
-only once the agency system has accepted it, then tell the sender it was ``delivered``. When
-the sink gives up (after its retries, or at a refusal that will not change) the *sealed* wire
-message goes to the dead-letter folder (still encrypted to this agency: no personal data in
-clear on disk), the sender is told it was ``not-delivered``, and the message is acked so it
-does not block the queue. A delivery that fails verification is dead-lettered the same way.
+only once the agency system has accepted it, then tell the sender it was ``delivered``.
+
+When the agency system does not take it, and may later (down, a timeout, a 5xx), the delivery
+goes back to JetStream with a delay and is tried again for ``retry_for`` from its first failure
+(:mod:`adapters.retries`): a restart of the agency's system loses nothing, and the deliveries
+behind it are not held up. When the window has passed, or at a refusal that will not change, the
+*sealed* wire message goes to the dead-letter folder (:mod:`adapters.deadletters`: still
+encrypted to this agency, no personal data in clear on disk), the sender is told it was
+``not-delivered``, and the message is acked so it does not block the queue. A delivery that
+fails verification is dead-lettered the same way.
 """
 
 from __future__ import annotations
@@ -14,10 +19,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import random
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final
 
 import orjson
@@ -25,11 +31,12 @@ import structlog
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 
+from adapters.deadletters import REFUSED, RETRIES_EXHAUSTED, UNRENDERABLE, UNVERIFIABLE, DeadLetters
+from adapters.retries import Failing, RetryLedger, RetryPolicy
 from adapters.sdk import AgencyClient, Delivery
 from adapters.sinks import DeliveryFailed, Sink
 from broker.auditchain import unverified
 from broker.errors import BrokerError, InvalidEnvelope
-from broker.keystore import write_private
 from broker.outcomes import ADMIN_TYPES
 
 log = structlog.get_logger("sgb.adapter")
@@ -59,29 +66,15 @@ class Counts:
     redelivered: int = 0
     dead_lettered: int = 0
     waiting_for_key: int = 0
-
-
-class DeadLetters:
-    """Sealed wire messages the agency system did not take, with why (no personal data)."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-
-    def put(self, key: str, wire_bytes: bytes, reason: str, attempts: int) -> None:
-        safe = "".join(c for c in key if c.isalnum() or c in "-_")[:100] or "unknown"
-        why = {"reason": reason, "attempts": attempts, "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
-        write_private(self.folder / f"{safe}.jws", wire_bytes)
-        write_private(self.folder / f"{safe}.why.json", orjson.dumps(why))
-
-    def entries(self) -> list[str]:
-        return sorted(p.name.removesuffix(".jws") for p in self.folder.glob("*.jws"))
+    handed_back: int = 0    # tries that failed, or were put off while the agency system failed: back to JetStream
 
 
 class Deliverer:
     def __init__(self, client: AgencyClient, sink: Sink, dead: DeadLetters, *,
                  render: Callable[[Delivery], tuple[bytes, str]] = canonical_json, batch: int = 16,
-                 idle: float = 1.0, receipts: bool = True, key_wait: float = KEY_WAIT) -> None:
+                 idle: float = 1.0, receipts: bool = True, key_wait: float = KEY_WAIT,
+                 retry: RetryPolicy | None = None, ledger: RetryLedger | None = None,
+                 clock: Callable[[], float] = time.time, jitter: Callable[[], float] = random.random) -> None:
         if client.seen is None:
             raise BrokerError("the deliverer needs the client's SeenStore for idempotent hand-over")
         self.client = client
@@ -92,7 +85,14 @@ class Deliverer:
         self.idle = idle
         self.receipts = receipts
         self.key_wait = key_wait
+        self.retry = retry or RetryPolicy()
+        self.ledger = ledger or RetryLedger(None)  # the service keeps it in a file: windows survive a restart
+        self.clock = clock
+        self.jitter = jitter
         self.counts = Counts()
+        self._failing = 0           # hand-overs failed in a row (any delivery): how long to pause
+        self._paused_until = 0.0    # until then, deliveries go back to JetStream untried
+        self._why_paused = ""
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -119,7 +119,8 @@ class Deliverer:
                             seq=msg.metadata.sequence.stream)
                 await msg.nak(delay=self.key_wait)
                 return
-            self._dead(f"seq-{msg.metadata.sequence.stream}", msg.data, "the delivery failed verification", 1)
+            self._dead(f"seq-{msg.metadata.sequence.stream}", msg.data, UNVERIFIABLE,
+                       "the delivery failed verification", 1)
             await msg.ack_sync()
             return
         with structlog.contextvars.bound_contextvars(delivery=delivery.id, type=delivery.type, stage="hand-over"):
@@ -133,18 +134,77 @@ class Deliverer:
                 await self._tell_sender(delivery, "delivered", None)  # in case the first life died before it
                 await msg.ack_sync()
                 return
-            try:
-                await self.sink.deliver(delivery.id, *self._render(delivery))
-            except DeliveryFailed as exc:
-                self._dead(delivery.id, msg.data, exc.reason, exc.attempts)
-                await self._tell_sender(delivery, "not-delivered", exc.reason)
-                await msg.ack_sync()
+            await self._hand_over(delivery, msg)
+
+    async def _hand_over(self, delivery: Delivery, msg: Msg) -> None:
+        now = self.clock()
+        if now < self._paused_until:  # the agency system is failing: do not try this one now
+            failing = self.ledger.failed(delivery.id, now, self._why_paused, attempted=False)
+            await self._again_or_give_up(delivery, msg, failing, now)
+            return
+        try:
+            body, content_type = self._render(delivery)
+        except DeliveryFailed as exc:
+            await self._give_up(delivery, msg, UNRENDERABLE, exc.reason, 0, None)
+            return
+        try:
+            await self.sink.deliver(delivery.id, body, content_type)
+        except DeliveryFailed as exc:
+            if exc.permanent:
+                await self._give_up(delivery, msg, REFUSED, exc.reason, 1, None)
                 return
-            seen.add(delivery.id, delivery)
-            await self._tell_sender(delivery, "delivered", None)  # before the ack: a crash between sends it again
-            await msg.ack_sync()
-            self.counts.delivered += 1
-            log.info("handed over to the agency system")
+            now = self.clock()
+            self._failing += 1
+            self._paused_until = now + self.retry.pause(self._failing, self.jitter())
+            self._why_paused = exc.reason
+            await self._again_or_give_up(delivery, msg, self.ledger.failed(delivery.id, now, exc.reason), now)
+            return
+        self._failing, self._paused_until = 0, 0.0
+        assert self.client.seen is not None
+        self.client.seen.add(delivery.id, delivery)
+        self.ledger.forget(delivery.id)
+        await self._tell_sender(delivery, "delivered", None)  # before the ack: a crash between sends it again
+        await msg.ack_sync()
+        self.counts.delivered += 1
+        log.info("handed over to the agency system")
+
+    async def _again_or_give_up(self, delivery: Delivery, msg: Msg, failing: Failing, now: float) -> None:
+        """Back to JetStream until the pause ends (at most until the window does), or, the window
+        over, a dead letter."""
+        end = failing.first + self.retry.retry_for
+        if now >= end:
+            reason = (f"not taken within {self.retry.retry_for:g} s of the first failure, {failing.attempts} "
+                      f"attempts ({failing.reason})")
+            await self._give_up(delivery, msg, RETRIES_EXHAUSTED, reason, failing.attempts, failing.first)
+            return
+        delay = max(0.0, min(self._paused_until - now, end - now))
+        self.counts.handed_back += 1
+        log.info("not taken; handed back to try again", reason=failing.reason, attempts=failing.attempts,
+                 retry_in=round(delay, 3), gives_up_in=round(end - now))
+        await msg.nak(delay=delay)
+
+    async def _give_up(self, delivery: Delivery, msg: Msg, code: str, reason: str, attempts: int,
+                       first: float | None) -> None:
+        self._dead(delivery.id, msg.data, code, reason, attempts, first)
+        self.ledger.forget(delivery.id)
+        await self._tell_sender(delivery, "not-delivered", reason)
+        await msg.ack_sync()
+
+    async def resend(self, data: bytes, when: float | None = None) -> str:
+        """Hand a dead letter over again (``sgb adapter dead-letters retry``): verified and opened
+        (``when``: the time it first came, for the broker key's validity), handed over under its own
+        delivery id unless that was done before, then the sender told ``delivered``. Raises
+        :class:`~broker.errors.InvalidEnvelope` or :class:`~adapters.sinks.DeliveryFailed`."""
+        delivery = self.client.open(data, when=when)
+        assert self.client.seen is not None
+        if delivery.id in self.client.seen:
+            return "already-delivered"
+        await self.sink.deliver(delivery.id, *self._render(delivery))
+        self.client.seen.add(delivery.id, delivery)
+        self.ledger.forget(delivery.id)
+        await self._tell_sender(delivery, "delivered", None)
+        self.counts.delivered += 1
+        return "delivered"
 
     def _sealed_to_a_key_not_yet_here(self, data: bytes) -> bool:
         """Addressed to this agency and sealed to an encryption key its key file does not hold: the
@@ -170,10 +230,10 @@ class Deliverer:
             raise DeliveryFailed("the delivery cannot be put in the agency system's format", permanent=True,
                                  attempts=0) from exc
 
-    def _dead(self, key: str, data: bytes, reason: str, attempts: int) -> None:
-        self.dead.put(key, data, reason, attempts)
+    def _dead(self, key: str, data: bytes, code: str, reason: str, attempts: int, first: float | None = None) -> None:
+        self.dead.put(key, data, code=code, reason=reason, attempts=attempts, first_failure=first)
         self.counts.dead_lettered += 1
-        log.warning("dead-lettered", reason=reason, attempts=attempts)
+        log.warning("dead-lettered", code=code, reason=reason, attempts=attempts)
 
     async def _tell_sender(self, delivery: Delivery, status: str, note: str | None) -> None:
         sender, message = delivery.origin

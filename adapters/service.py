@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import stat
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import aiohttp
 import structlog
@@ -34,14 +33,18 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from adapters import inbound_http
-from adapters.consent import CASE_FACTS
-from adapters.deliverer import DeadLetters, Deliverer
+from adapters.deadletters import DeadLetters
+from adapters.deliverer import Deliverer
 from adapters.inbound import InboundCounts, Submitter
 from adapters.inbound_folder import FolderIntake
 from adapters.mapping import MapContext
 from adapters.profiles import Profile, profile_for
+from adapters.retries import RetryLedger
 from adapters.school import Inbox, render_sealed
 from adapters.sdk import AgencyClient, SeenStore
+from adapters.settings import AdapterSettings as AdapterSettings  # re-exported: older imports name the service
+from adapters.settings import check_sharing as check_sharing
+from adapters.settings import read_secret
 from adapters.sinks import DropFolderSink, Sink, WebhookSettings, WebhookSink
 from broker.catalogue import Catalogue
 from broker.config import Settings
@@ -51,110 +54,6 @@ from broker.registry import Registry
 from broker.service import check_key_file, connected, jetstream
 
 log = structlog.get_logger("sgb.adapter")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AdapterSettings:
-    """One adapter process. Paths are the agency's own; secrets are files (mode 0600)."""
-
-    agency: str
-    # out: where deliveries go (one of these; a school with neither keeps them for its inbox)
-    webhook_url: str | None = None
-    webhook_secret_file: Path | None = None
-    drop_folder: Path | None = None
-    # in: where the agency system's records come from
-    inbound_secret_file: Path | None = None   # enables POST /records/{format}
-    inbound_folder: Path | None = None        # watched: <folder>/<format>/<file>
-    local_authority: str | None = None        # police: the LA that receives referrals
-    sharing: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # default sharing block by type
-    attempts: int = 6
-    timeout: float = 10.0
-    max_document_bytes: int = 4 * 1024 * 1024
-    poll: float = 1.0
-    remember_submissions_days: float = 400.0  # a document sent again within this is not sent twice
-
-    @classmethod
-    def from_sources(cls, agency: str, section: Mapping[str, Any], **options: Any) -> AdapterSettings:
-        """The ``[adapter]`` table of the settings file, then the command line's ``options``
-        (None means not given). Raises :class:`ConfigError` naming every problem."""
-        known = {f.name: f for f in fields(cls)} | {"webhook": None}
-        problems = [f"unknown adapter setting {key!r}" for key in section if key not in known or key == "agency"]
-        values: dict[str, Any] = {}
-        for key, value in {**section, **{k: v for k, v in options.items() if v is not None}}.items():
-            key = "webhook_url" if key == "webhook" else key
-            if key not in known or key == "agency":
-                continue
-            default = getattr(cls(agency=agency), key)
-            if key == "sharing":
-                if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
-                    problems.append("[adapter.sharing] holds one table per message type")
-                    continue
-                values[key] = value
-            elif key.endswith(("_file", "_folder")):
-                values[key] = Path(str(value)).expanduser()
-            elif isinstance(default, (int, float)) and not isinstance(value, bool):
-                try:
-                    values[key] = type(default)(value)
-                except (TypeError, ValueError):
-                    problems.append(f"adapter setting {key} must be a number")
-            elif isinstance(value, str):
-                values[key] = value
-            else:
-                problems.append(f"adapter setting {key} must be a string")
-        if problems:
-            raise ConfigError("; ".join(problems))
-        return cls(agency=agency, **values)
-
-    def check(self, kind: str) -> None:
-        if self.webhook_url and self.drop_folder:
-            raise ConfigError("give the agency system's webhook URL or a drop folder, not both")
-        if not (self.webhook_url or self.drop_folder) and kind != "school":
-            raise ConfigError("give the agency system's webhook URL (with its secret file) or a drop folder")
-        if self.webhook_url and not self.webhook_secret_file:
-            raise ConfigError("a webhook needs webhook_secret_file (the HMAC key shared with the agency system)")
-
-
-MIN_SECRET_BYTES: Final = 16
-
-
-def read_secret(path: Path) -> bytes:
-    """A shared HMAC secret from a file only its owner may read, long enough to mean something."""
-    try:
-        if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise ConfigError(f"{path} is readable by others; chmod 600 it")
-        secret = path.read_bytes().strip()
-    except FileNotFoundError as exc:
-        raise ConfigError(f"no secret file at {path}") from exc
-    if len(secret) < MIN_SECRET_BYTES:
-        raise ConfigError(f"the secret in {path} is shorter than {MIN_SECRET_BYTES} bytes")
-    return secret
-
-
-# Stand-ins for the case's facts, so that a configured block is checked against the sharing
-# schema for everything else (the facts themselves come from each record).
-_CASE_STAND_INS: Final = {"consentStatus": "NOT_SOUGHT", "nonConsentReason": "CANNOT_BE_GIVEN",
-                          "subjectInformed": "INFORMED"}
-
-
-def check_sharing(sharing: Mapping[str, Mapping[str, Any]], catalogue: Catalogue) -> None:
-    """A broken sharing default is the adapter's configuration fault: refuse to start, rather than
-    refuse every document as if the agency's records were wrong. Configuration holds what is
-    agency-wide (purpose, lawful basis and conditions, gateways, guidance edition, vocabulary, who
-    decides by default, urgency by default); consent, the reason for sharing without it and
-    whether the family was informed are facts of each case, carried by each record."""
-    validator = catalogue.validator("sharing.v1.json")
-    for typ, block in sharing.items():
-        if catalogue.message_type(typ, 1) is None:
-            raise ConfigError(f"[adapter.sharing.{typ}]: no such message type")
-        facts = [key for key in CASE_FACTS if key in block]
-        if facts:
-            raise ConfigError(f"[adapter.sharing.{typ}] sets {', '.join(facts)}: whether consent was given (and why "
-                              "not) and whether the family was informed are facts of each case, which each record "
-                              "carries (see docs/adapters.md); remove them from the configuration")
-        issue = Catalogue.first_issue(validator, _CASE_STAND_INS | dict(block))
-        if issue is not None:
-            raise ConfigError(f"[adapter.sharing.{typ}] is not a valid sharing block at {issue.pointer or '/'} "
-                              f"('{issue.keyword}' failed)")
 
 
 @dataclass
@@ -196,6 +95,12 @@ def _metrics(deliverer: Deliverer, inbound: InboundCounts) -> CollectorRegistry:
          lambda: counts.redelivered),
         ("sgb_adapter_dead_letters", "Deliveries the agency system did not take (alert on any)",
          lambda: counts.dead_lettered),
+        ("sgb_adapter_handed_back", "Hand-overs that failed or were put off while the agency system failed, "
+         "handed back to JetStream to try again", lambda: counts.handed_back),
+        ("sgb_adapter_retrying", "Deliveries being retried now (the agency system is not taking them; alert if "
+         "it stays above 0 for long)", lambda: len(deliverer.ledger)),
+        ("sgb_adapter_dead_letters_kept", "Dead letters waiting in the folder for an operator (sgb adapter "
+         "dead-letters)", lambda: len(deliverer.dead.entries())),
         ("sgb_adapter_waiting_for_key", "Deliveries offered back because they are sealed to a key this adapter "
          "does not hold yet (reload its key file; alert if it keeps rising)", lambda: counts.waiting_for_key),
         ("sgb_adapter_documents_taken", "Native documents mapped and sent whole", lambda: inbound.documents),
@@ -219,7 +124,7 @@ async def _sink(settings: AdapterSettings, state: Path,
         secret = read_secret(settings.webhook_secret_file)
         async with aiohttp.ClientSession() as session:
             yield WebhookSink(session, WebhookSettings(url=settings.webhook_url, secret=secret,
-                                                       attempts=settings.attempts, timeout=settings.timeout)), None
+                                                       timeout=settings.timeout)), None
         return
     inbox = Inbox(state / "inbox.sqlite", client)
     try:
@@ -228,41 +133,69 @@ async def _sink(settings: AdapterSettings, state: Path,
         inbox.close()
 
 
+@dataclass
+class HandOver:
+    """The out side of an adapter, connected but not running: what ``sgb adapter run`` runs and
+    ``sgb adapter dead-letters retry`` uses once."""
+
+    kind: str
+    registry: Registry
+    state: Path
+    nc: NATS
+    client: AgencyClient
+    seen: SeenStore
+    deliverer: Deliverer
+    inbox: Inbox | None
+
+
 @contextlib.asynccontextmanager
-async def running_adapter(settings: Settings, adapter: AdapterSettings, url: str) -> AsyncIterator[Adapter]:
-    catalogue = Catalogue()
+async def handing_over(settings: Settings, adapter: AdapterSettings, url: str, *,
+                       catalogue: Catalogue | None = None) -> AsyncIterator[HandOver]:
+    catalogue = catalogue or Catalogue()
     registry = Registry.load(settings.registry_path, catalogue)
     agency = registry.get(adapter.agency)
     if agency is None:
         raise ConfigError(f"{adapter.agency} is not in the trust registry")
     adapter.check(agency.kind)
-    profile = profile_for(agency.kind)
     identity = load_identity(settings.home, adapter.agency)
-    inbound_secret = read_secret(adapter.inbound_secret_file) if adapter.inbound_secret_file else None
-    check_sharing(adapter.sharing, catalogue)
     state = settings.home / "adapters" / adapter.agency
-    seen = SeenStore(state / "seen.sqlite")
     async with contextlib.AsyncExitStack() as stack:
+        seen = SeenStore(state / "seen.sqlite")
         stack.callback(seen.close)
+        ledger = RetryLedger(state / "retrying.sqlite")
+        stack.callback(ledger.close)
+        ledger.prune(time.time() - adapter.retry_for - 31 * 86400)  # deliveries the broker has expired since
         nc = await stack.enter_async_context(
             connected(settings, url, name=f"sgb-adapter-{adapter.agency}", party=adapter.agency))
         client = AgencyClient(nc, jetstream(nc, settings), registry, identity, catalogue, seen=seen,
                               request_timeout=settings.nats.request_timeout)
         sink, inbox = await stack.enter_async_context(_sink(adapter, state, client))
-        render = profile.render if inbox is None else render_sealed
-        deliverer = Deliverer(client, sink, DeadLetters(state / "dead-letters"), render=render)
+        render = profile_for(agency.kind).render if inbox is None else render_sealed
+        deliverer = Deliverer(client, sink, DeadLetters(state / "dead-letters"), render=render, retry=adapter.retry,
+                              ledger=ledger)
+        yield HandOver(agency.kind, registry, state, nc, client, seen, deliverer, inbox)
+
+
+@contextlib.asynccontextmanager
+async def running_adapter(settings: Settings, adapter: AdapterSettings, url: str) -> AsyncIterator[Adapter]:
+    catalogue = Catalogue()
+    inbound_secret = read_secret(adapter.inbound_secret_file) if adapter.inbound_secret_file else None
+    check_sharing(adapter.sharing, catalogue)
+    async with contextlib.AsyncExitStack() as stack:
+        out = await stack.enter_async_context(handing_over(settings, adapter, url, catalogue=catalogue))
+        profile, client, deliverer = profile_for(out.kind), out.client, out.deliverer
         options = {"local_authority": adapter.local_authority} if adapter.local_authority else {}
-        context = MapContext(agency=adapter.agency, registry=registry, catalogue=catalogue, options=options,
-                             handed=seen.handed)
+        context = MapContext(agency=adapter.agency, registry=out.registry, catalogue=catalogue, options=options,
+                             handed=out.seen.handed)
         pages = None
-        if inbox is not None:
+        if out.inbox is not None:
             from adapters.school import inbox_app, inbox_verifier
 
-            pages = inbox_app(inbox, client, inbox_verifier(registry, settings.api, adapter.agency))
-        submitter = Submitter(client, context, adapter.sharing, state,
+            pages = inbox_app(out.inbox, client, inbox_verifier(out.registry, settings.api, adapter.agency))
+        submitter = Submitter(client, context, adapter.sharing, out.state,
                               max_message_bytes=settings.pipeline.max_message_bytes)
         now = time.time()  # bounded stores: what nothing will ask about again
-        seen.prune_own_receipts(now - 7 * 86400)
+        out.seen.prune_own_receipts(now - 7 * 86400)
         submitter.store.prune(now - adapter.remember_submissions_days * 86400)
         stack.callback(submitter.close)
         stop = asyncio.Event()
@@ -271,11 +204,12 @@ async def running_adapter(settings: Settings, adapter: AdapterSettings, url: str
             folder = FolderIntake(adapter.inbound_folder, submitter, profile.formats,
                                   max_bytes=adapter.max_document_bytes, poll=adapter.poll, settle=adapter.poll)
             tasks.append(asyncio.create_task(folder.run(stop), name="sgb-adapter-folder"))
-        log.info("adapter running", agency=adapter.agency, kind=agency.kind, formats=sorted(profile.formats),
-                 out="inbox" if inbox is not None else "drop folder" if adapter.drop_folder else "webhook",
-                 inbound_http=inbound_secret is not None, inbound_folder=adapter.inbound_folder is not None)
+        log.info("adapter running", agency=adapter.agency, kind=out.kind, formats=sorted(profile.formats),
+                 out="inbox" if out.inbox is not None else "drop folder" if adapter.drop_folder else "webhook",
+                 inbound_http=inbound_secret is not None, inbound_folder=adapter.inbound_folder is not None,
+                 retry_for=adapter.retry_for)
         try:
-            yield Adapter(adapter, agency.kind, nc, client, deliverer, submitter, profile, tasks,
+            yield Adapter(adapter, out.kind, out.nc, client, deliverer, submitter, profile, tasks,
                           _metrics(deliverer, submitter.counts), inbound_secret, pages)
         finally:
             stop.set()

@@ -3,10 +3,13 @@
 Webhook requests are signed with HMAC-SHA256 over ``<timestamp>.<delivery id>.<body>`` (header
 ``X-SGB-Signature: v1=<hex>``, with ``X-SGB-Timestamp`` and ``X-SGB-Delivery-Id``), so the
 agency system can check they came from its adapter and were not replayed; :func:`verify_webhook`
-is the receiving side. Each attempt has a timeout; failures that may pass (a timeout, a refused
-connection, HTTP 408, 425, 429 or 5xx) are retried with exponential backoff and full jitter; an
-answer that will not change (another 4xx) stops at once. Every request carries the same
-delivery id, so a receiver that stores by it takes a delivery once however often it is sent.
+is the receiving side. A sink makes one attempt per call, within a timeout, and says whether a
+failure may pass (a timeout, a refused connection, HTTP 408, 425, 429 or 5xx: ``permanent`` false)
+or will not (another 4xx). Trying again later is the deliverer's job (:mod:`adapters.retries`:
+the delivery goes back to JetStream with a delay, for as long as ``retry_for`` allows), so a
+sink never sleeps and one unreachable system never holds the others' deliveries. Every request
+carries the same delivery id, so a receiver that stores by it takes a delivery once however
+often it is sent.
 
 A drop folder gets ``<delivery id>.<ext>`` written atomically (temporary file, fsync, rename,
 fsync of the folder): a batch job never sees half a file, and writing the same delivery twice
@@ -18,9 +21,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Protocol
@@ -55,10 +57,7 @@ class Sink(Protocol):
 class WebhookSettings:
     url: str
     secret: bytes = field(repr=False)
-    timeout: float = 10.0        # per attempt
-    attempts: int = 6
-    backoff_base: float = 0.5    # seconds before the second attempt (at most; full jitter)
-    backoff_max: float = 30.0
+    timeout: float = 10.0        # seconds per attempt
 
 
 def signature(secret: bytes, timestamp: str, delivery_id: str, body: bytes) -> str:
@@ -93,43 +92,31 @@ def verify_webhook(secret: bytes, headers: Mapping[str, str], body: bytes, *, to
 
 
 class WebhookSink:
-    def __init__(self, session: aiohttp.ClientSession, settings: WebhookSettings, *,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 jitter: Callable[[], float] = random.random) -> None:
+    def __init__(self, session: aiohttp.ClientSession, settings: WebhookSettings) -> None:
         self._session = session
         self._settings = settings
-        self._sleep = sleep
-        self._jitter = jitter
-
-    def backoff(self, attempt: int) -> float:
-        """Full jitter: uniform in [0, min(max, base * 2**attempt))."""
-        ceiling = min(self._settings.backoff_max, self._settings.backoff_base * 2.0**attempt)
-        return float(self._jitter() * ceiling)
 
     async def deliver(self, delivery_id: str, body: bytes, content_type: str) -> None:
+        """One signed POST; returns on a 2xx, else raises :class:`DeliveryFailed` saying whether
+        trying again may help."""
         s = self._settings
-        last = "no attempt made"
-        for attempt in range(s.attempts):
-            timestamp = str(int(time.time()))
-            headers = {"Content-Type": content_type, DELIVERY_HEADER: delivery_id, TIMESTAMP_HEADER: timestamp,
-                       SIGNATURE_HEADER: signature(s.secret, timestamp, delivery_id, body),
-                       "Idempotency-Key": delivery_id}
-            try:
-                async with self._session.post(s.url, data=body, headers=headers,
-                                              timeout=aiohttp.ClientTimeout(total=s.timeout)) as response:
-                    if 200 <= response.status < 300:
-                        return
-                    last = f"HTTP {response.status}"
-                    if response.status < 500 and response.status not in _RETRYABLE_STATUS:
-                        raise DeliveryFailed(f"the agency system refused the delivery ({last})", permanent=True,
-                                             attempts=attempt + 1)
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                last = ("no answer in time" if isinstance(exc, TimeoutError)
-                        else f"cannot reach it ({type(exc).__name__})")
-            if attempt + 1 < s.attempts:
-                await self._sleep(self.backoff(attempt))
-        raise DeliveryFailed(f"the agency system did not take the delivery after {s.attempts} attempts ({last})",
-                             permanent=False, attempts=s.attempts)
+        timestamp = str(int(time.time()))
+        headers = {"Content-Type": content_type, DELIVERY_HEADER: delivery_id, TIMESTAMP_HEADER: timestamp,
+                   SIGNATURE_HEADER: signature(s.secret, timestamp, delivery_id, body), "Idempotency-Key": delivery_id}
+        try:
+            async with self._session.post(s.url, data=body, headers=headers,
+                                          timeout=aiohttp.ClientTimeout(total=s.timeout)) as response:
+                if 200 <= response.status < 300:
+                    return
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            reason = "no answer in time" if isinstance(exc, TimeoutError) else f"cannot reach it ({type(exc).__name__})"
+            raise DeliveryFailed(f"the agency system did not take the delivery: {reason}", permanent=False,
+                                 attempts=1) from None
+        if status >= 500 or status in _RETRYABLE_STATUS:
+            raise DeliveryFailed(f"the agency system did not take the delivery (HTTP {status})", permanent=False,
+                                 attempts=1)
+        raise DeliveryFailed(f"the agency system refused the delivery (HTTP {status})", permanent=True, attempts=1)
 
 
 class DropFolderSink:

@@ -11,6 +11,8 @@ from typing import Any
 
 import orjson
 import pytest
+import structlog
+import structlog.testing
 
 from adapters.consent import CASE_FACTS
 from adapters.health import fhir_bundle
@@ -166,13 +168,30 @@ def test_consent_facts_in_configuration_are_refused_at_start(fact: str, catalogu
 
 def test_settings_problems_are_named() -> None:
     with pytest.raises(ConfigError) as caught:
-        AdapterSettings.from_sources("police-met", {"webhok": "x", "attempts": "many", "sharing": {"referral": 3}})
+        AdapterSettings.from_sources("police-met", {"webhok": "x", "retry_for": "an hour", "timeout": 0,
+                                                    "sharing": {"referral": 3}})
     text = str(caught.value)
-    assert "webhok" in text and "attempts must be a number" in text and "one table per message type" in text
+    assert "webhok" in text and "retry_for must be a number" in text and "one table per message type" in text
+    assert "timeout must be more than 0" in text
     with pytest.raises(ConfigError, match="not both"):
         AdapterSettings.from_sources("la-camden", {"webhook": "https://x.example/", "drop_folder": "/tmp/x"}).check(
             "local-authority")
     with pytest.raises(ConfigError, match="webhook URL"):
         AdapterSettings.from_sources("la-camden", {}).check("local-authority")
-    adapter = AdapterSettings.from_sources("la-camden", {"attempts": 3, "drop_folder": "/srv/x"}, attempts=9)
-    assert adapter.attempts == 9 and adapter.drop_folder == Path("/srv/x")  # the command line wins
+    adapter = AdapterSettings.from_sources("la-camden", {"timeout": 3, "drop_folder": "/srv/x"}, timeout=9)
+    assert adapter.timeout == 9 and adapter.drop_folder == Path("/srv/x")  # the command line wins
+
+
+def test_the_retry_window_is_time_and_an_old_attempt_count_is_only_warned_about() -> None:
+    """A delivery is retried for ``retry_for`` seconds (an hour by default), pausing at most
+    ``backoff_max``; the retired ``attempts`` of older files is accepted with a warning."""
+    default = AdapterSettings.from_sources("la-camden", {"drop_folder": "/srv/x"})
+    assert (default.retry_for, default.backoff_max) == (3600.0, 60.0)
+    assert (default.retry.retry_for, default.retry.backoff_max) == (3600.0, 60.0)
+    with structlog.testing.capture_logs() as logs:
+        old = AdapterSettings.from_sources("la-camden", {"attempts": 6, "retry_for": 7200, "backoff_max": 0.2,
+                                                         "drop_folder": "/srv/x"})
+    assert (old.retry.retry_for, old.retry.backoff_max, old.retry.backoff_base) == (7200.0, 0.2, 0.2)
+    assert [e["setting"] for e in logs if e["event"].startswith("adapter setting no longer used")] == ["attempts"]
+    for name in ("health-camden", "la-camden", "police-met", "school-hillside"):  # the shipped files say so
+        assert shipped(name).retry_for == 3600.0

@@ -1,9 +1,14 @@
 """The adapter's hand-over end to end: a real broker and nats-server, a real aiohttp server
-standing in for the agency system (up, refusing, down), the adapter killed mid-delivery."""
+standing in for the agency system (up, refusing, down for a while, down for too long, failing for
+one delivery only), the adapter killed mid-delivery."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -12,13 +17,15 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from adapters.deadletters import RETRIES_EXHAUSTED
 from adapters.deliverer import DeadLetters, Deliverer
+from adapters.retries import RetryPolicy
 from adapters.sdk import AgencyClient
 from adapters.sinks import DELIVERY_HEADER, WebhookSettings, WebhookSink, verify_webhook
 from broker.service import Broker
 from broker.streams import DELIVERY
 from tests.conftest import ClientFactory
-from tests.helpers import referral, sharing
+from tests.helpers import eventually, referral, sharing
 
 pytestmark = pytest.mark.timeout(60)
 SECRET = b"la-case-system-webhook-secret-01"
@@ -55,12 +62,34 @@ async def receipts(police: AgencyClient, message: str, want: set[str], timeout: 
     return got
 
 
-async def serve(system: CaseSystem) -> TestServer:
+async def serve(system: CaseSystem, port: int | None = None) -> TestServer:
     app = web.Application()
     app.router.add_post("/referrals", system.inbound)
-    server = TestServer(app, host="127.0.0.1")
+    server = TestServer(app, host="127.0.0.1", port=port)
     await server.start_server()
     return server
+
+
+def free_port() -> int:
+    """A port nobody listens on (yet): connections to it are refused."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def running(deliverer: Deliverer) -> AsyncIterator[Deliverer]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(deliverer.run(stop))
+    try:
+        yield deliverer
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+async def counted(deliverer: Deliverer, name: str, at_least: int) -> bool:
+    return getattr(deliverer.counts, name) >= at_least
 
 
 async def run_once(deliverer: Deliverer, *, until: int) -> None:
@@ -82,7 +111,7 @@ async def test_hand_over_then_the_sender_hears_delivered(broker: Broker, agency:
     try:
         async with aiohttp.ClientSession() as session:
             sink = WebhookSink(session, WebhookSettings(url=str(server.make_url("/referrals")), secret=SECRET,
-                                                        timeout=2.0, attempts=3, backoff_base=0.01))
+                                                        timeout=2.0))
             deliverer = Deliverer(la, sink, DeadLetters(tmp_path / "dead"), idle=0.3)
             message = await police.send(typ="referral", to=["la-camden"], payload=referral(), sharing=sharing())
             await run_once(deliverer, until=1)
@@ -116,8 +145,7 @@ async def test_a_refusing_system_dead_letters_and_the_sender_hears_not_delivered
     dead = DeadLetters(tmp_path / "dead")
     try:
         async with aiohttp.ClientSession() as session:
-            sink = WebhookSink(session, WebhookSettings(url=str(server.make_url("/referrals")), secret=SECRET,
-                                                        attempts=3, backoff_base=0.01))
+            sink = WebhookSink(session, WebhookSettings(url=str(server.make_url("/referrals")), secret=SECRET))
             message = await police.send(typ="referral", to=["la-camden"], payload=referral(), sharing=sharing())
             await run_once(Deliverer(la, sink, dead, idle=0.3), until=1)
     finally:
@@ -197,3 +225,108 @@ async def test_adapter_service_runs_as_a_process(broker: Broker, agency: ClientF
         _, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0, err.decode()[-2000:]
     assert b"adapter stopped" in err
+
+
+QUICK = RetryPolicy(retry_for=60.0, backoff_base=0.05, backoff_max=0.2)  # pauses short enough for a test
+
+
+async def test_a_system_down_for_a_while_takes_the_delivery_once_when_it_is_back(
+        broker: Broker, agency: ClientFactory, tmp_path: Path) -> None:
+    """The agency system restarts: connections are refused for a while, then it is back. The
+    delivery waits in JetStream (handed back, not held in the adapter), arrives once under its
+    delivery id, and is not dead-lettered; the sender hears ``delivered``."""
+    police, la = await agency("police-met"), await agency("la-camden")
+    port, system = free_port(), CaseSystem()
+    dead = DeadLetters(tmp_path / "dead")
+    async with aiohttp.ClientSession() as session:
+        sink = WebhookSink(session, WebhookSettings(url=f"http://127.0.0.1:{port}/referrals", secret=SECRET,
+                                                    timeout=2.0))
+        async with running(Deliverer(la, sink, dead, idle=0.3, retry=QUICK)) as deliverer:
+            message = await police.send(typ="referral", to=["la-camden"], payload=referral(), sharing=sharing())
+            await eventually(lambda: counted(deliverer, "handed_back", 5), what="five failed hand-overs")
+            assert len(deliverer.ledger) == 1 and system.posts == 0
+            server = await serve(system, port)  # the agency system is back
+            try:
+                await eventually(lambda: counted(deliverer, "delivered", 1), what="the hand-over")
+            finally:
+                await server.close()
+    assert system.posts == 1 and len(system.taken) == 1  # once, under its delivery id
+    (delivery_id,) = system.taken
+    assert system.taken[delivery_id]["envelope"]["jti"] == delivery_id
+    assert system.taken[delivery_id]["envelope"]["origin"]["jti"] == message
+    assert deliverer.counts.dead_lettered == 0 and dead.entries() == [] and len(deliverer.ledger) == 0
+    assert "delivered" in await receipts(police, message, {"delivered"})
+
+
+async def test_an_outage_longer_than_the_window_dead_letters_and_tells_the_sender(
+        broker: Broker, agency: ClientFactory, tmp_path: Path) -> None:
+    police, la = await agency("police-met"), await agency("la-camden")
+    dead = DeadLetters(tmp_path / "dead")
+    window = RetryPolicy(retry_for=1.0, backoff_base=0.05, backoff_max=0.2)
+    async with aiohttp.ClientSession() as session:
+        sink = WebhookSink(session, WebhookSettings(url=f"http://127.0.0.1:{free_port()}/referrals", secret=SECRET))
+        started = time.monotonic()
+        async with running(Deliverer(la, sink, dead, idle=0.3, retry=window)) as deliverer:
+            message = await police.send(typ="referral", to=["la-camden"], payload=referral(), sharing=sharing())
+            await eventually(lambda: counted(deliverer, "dead_lettered", 1), what="the dead letter")
+    assert time.monotonic() - started >= window.retry_for  # not before the window was over
+    (letter,) = dead.letters()
+    assert (letter.code, letter.type, letter.sender, letter.message) == (RETRIES_EXHAUSTED, "referral",
+                                                                         "police-met", message)
+    assert letter.key == letter.delivery and letter.attempts >= 2 and "cannot reach" in letter.reason
+    assert b"Okafor" not in (dead.folder / f"{letter.key}.why.json").read_bytes()
+    assert "not-delivered" in await receipts(police, message, {"not-delivered"})
+    assert len(deliverer.ledger) == 0
+
+
+async def test_the_window_is_time_not_a_count_of_attempts(broker: Broker, agency: ClientFactory,
+                                                          tmp_path: Path) -> None:
+    """With an hour's window, many more failures than the old six attempts dead-letter nothing; an
+    hour later (the injected clock moves) the next failure does."""
+    police, la = await agency("police-met"), await agency("la-camden")
+    offset = [0.0]
+    hour = RetryPolicy(retry_for=3600.0, backoff_base=0.01, backoff_max=0.02)
+    dead = DeadLetters(tmp_path / "dead")
+    async with aiohttp.ClientSession() as session:
+        sink = WebhookSink(session, WebhookSettings(url=f"http://127.0.0.1:{free_port()}/referrals", secret=SECRET))
+        deliverer = Deliverer(la, sink, dead, idle=0.3, retry=hour, clock=lambda: time.time() + offset[0])
+        async with running(deliverer):
+            await police.send(typ="referral", to=["la-camden"], payload=referral(), sharing=sharing())
+            await eventually(lambda: counted(deliverer, "handed_back", 20), what="twenty failed hand-overs")
+            assert deliverer.counts.dead_lettered == 0 and len(deliverer.ledger) == 1
+            offset[0] = 3600.0
+            await eventually(lambda: counted(deliverer, "dead_lettered", 1), what="the dead letter after an hour")
+    (letter,) = dead.letters()
+    assert letter.code == RETRIES_EXHAUSTED and "3600" in letter.reason
+
+
+async def test_a_delivery_the_system_keeps_failing_does_not_hold_up_the_others(
+        broker: Broker, agency: ClientFactory, tmp_path: Path) -> None:
+    """The agency system answers 503 for one delivery only: the others are handed over meanwhile."""
+    police, la = await agency("police-met"), await agency("la-camden")
+    stuck: list[str] = []
+
+    class Picky(CaseSystem):
+        async def inbound(self, request: web.Request) -> web.Response:
+            delivery = request.headers[DELIVERY_HEADER]
+            if not stuck or stuck == [delivery]:
+                stuck[:] = [delivery]
+                self.posts += 1
+                return web.Response(status=503)
+            return await super().inbound(request)
+
+    system = Picky()
+    server = await serve(system)
+    try:
+        async with aiohttp.ClientSession() as session:
+            sink = WebhookSink(session, WebhookSettings(url=str(server.make_url("/referrals")), secret=SECRET))
+            async with running(Deliverer(la, sink, DeadLetters(tmp_path / "dead"), idle=0.3, retry=QUICK)) as d:
+                for _ in range(3):
+                    await police.send(typ="referral", to=["la-camden"], payload=referral(), sharing=sharing())
+                await eventually(lambda: counted(d, "delivered", 2), what="the two others handed over")
+                assert len(d.ledger) == 1 and stuck[0] not in system.taken
+                stuck.append("it is fixed")  # the system takes it now
+                await eventually(lambda: counted(d, "delivered", 3), what="the third, once it is taken")
+    finally:
+        await server.close()
+    assert len(system.taken) == 3 and d.counts.dead_lettered == 0

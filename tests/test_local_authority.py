@@ -365,7 +365,7 @@ async def _la_adapter(la: AgencyClient, registry: Registry, catalogue: Catalogue
     try:
         async with aiohttp.ClientSession() as session:
             sink = WebhookSink(session, WebhookSettings(url=str(server.make_url("/lcs/inbound")), secret=SECRET,
-                                                        timeout=2.0, attempts=3, backoff_base=0.01))
+                                                        timeout=2.0))
             deliverer = Deliverer(la, sink, DeadLetters(state / "dead"), idle=0.3)
             running = asyncio.create_task(deliverer.run(stop))
             try:

@@ -1,5 +1,6 @@
 """Hand-over to an agency system, against a real aiohttp receiver standing in for it: up, down,
-slow, answering errors; and a drop folder written atomically."""
+slow, answering errors (one attempt per call; whether trying again may help); the retry pauses;
+and a drop folder written atomically."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from adapters.retries import RetryPolicy
 from adapters.sinks import (
     DELIVERY_HEADER,
     DeliveryFailed,
@@ -67,13 +69,8 @@ async def receiver_factory() -> AsyncIterator[Callable[[list[Any]], Awaitable[tu
         await server.close()
 
 
-async def no_sleep(_: float) -> None:
-    await asyncio.sleep(0)
-
-
 def sink(session: aiohttp.ClientSession, url: str, **kw: Any) -> WebhookSink:
-    return WebhookSink(session, WebhookSettings(url=url, secret=SECRET, timeout=kw.pop("timeout", 2.0),
-                                                attempts=kw.pop("attempts", 4)), sleep=no_sleep)
+    return WebhookSink(session, WebhookSettings(url=url, secret=SECRET, timeout=kw.pop("timeout", 2.0)))
 
 
 async def test_signed_delivery_is_taken_once(receiver_factory: Any) -> None:
@@ -85,14 +82,18 @@ async def test_signed_delivery_is_taken_once(receiver_factory: Any) -> None:
     assert not verify_webhook(b"another-secret", {"X-SGB-Timestamp": "1", DELIVERY_HEADER: "d-1"}, b"")
 
 
-async def test_server_errors_are_retried_until_taken(receiver_factory: Any) -> None:
-    receiver, url = await receiver_factory([500, 503, 429, 200])
+async def test_answers_that_may_change_say_so_one_attempt_each(receiver_factory: Any) -> None:
+    receiver, url = await receiver_factory([500, 503, 429, 408, 425, 200])
     async with aiohttp.ClientSession() as session:
+        for status in (500, 503, 429, 408, 425):
+            with pytest.raises(DeliveryFailed) as caught:
+                await sink(session, url).deliver("d-2", b"x", "application/json")
+            assert not caught.value.permanent and f"HTTP {status}" in caught.value.reason
         await sink(session, url).deliver("d-2", b"x", "application/json")
-    assert receiver.calls == 4 and "d-2" in receiver.taken
+    assert receiver.calls == 6 and "d-2" in receiver.taken  # one request per call: no sleeping in the sink
 
 
-async def test_a_refusal_that_will_not_change_stops_at_once(receiver_factory: Any) -> None:
+async def test_a_refusal_that_will_not_change_is_permanent(receiver_factory: Any) -> None:
     receiver, url = await receiver_factory([422])
     async with aiohttp.ClientSession() as session:
         with pytest.raises(DeliveryFailed) as caught:
@@ -102,27 +103,30 @@ async def test_a_refusal_that_will_not_change_stops_at_once(receiver_factory: An
 
 
 async def test_a_slow_receiver_times_out_per_attempt(receiver_factory: Any) -> None:
-    receiver, url = await receiver_factory([1.0, 1.0, 200])
+    receiver, url = await receiver_factory([1.0, 200])
     async with aiohttp.ClientSession() as session:
+        with pytest.raises(DeliveryFailed, match="no answer in time") as caught:
+            await sink(session, url, timeout=0.3).deliver("d-4", b"x", "application/json")
+        assert not caught.value.permanent
         await sink(session, url, timeout=0.3).deliver("d-4", b"x", "application/json")
-    assert receiver.calls == 3 and "d-4" in receiver.taken
+    assert receiver.calls == 2 and "d-4" in receiver.taken
 
 
-async def test_a_receiver_that_is_down_fails_after_the_attempts() -> None:
+async def test_a_receiver_that_is_down_may_come_back() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # nobody listens here once closed
     async with aiohttp.ClientSession() as session:
         with pytest.raises(DeliveryFailed) as caught:
-            await sink(session, f"http://127.0.0.1:{port}/inbound", attempts=3).deliver("d-5", b"x", "text/plain")
-    assert not caught.value.permanent and caught.value.attempts == 3 and "cannot reach" in caught.value.reason
+            await sink(session, f"http://127.0.0.1:{port}/inbound").deliver("d-5", b"x", "text/plain")
+    assert not caught.value.permanent and caught.value.attempts == 1 and "cannot reach" in caught.value.reason
 
 
-def test_backoff_is_exponential_with_full_jitter() -> None:
-    settings = WebhookSettings(url="http://x", secret=SECRET, backoff_base=0.5, backoff_max=4.0)
-    top = WebhookSink(None, settings, jitter=lambda: 0.999999)  # type: ignore[arg-type]
-    assert [round(top.backoff(a), 2) for a in range(6)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
-    assert WebhookSink(None, settings, jitter=lambda: 0.0).backoff(3) == 0.0  # type: ignore[arg-type]
+def test_pauses_grow_exponentially_with_full_jitter_up_to_a_cap() -> None:
+    policy = RetryPolicy(backoff_base=0.5, backoff_max=4.0)
+    assert [round(policy.pause(n, 0.999999), 2) for n in range(1, 7)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+    assert policy.pause(4, 0.0) == 0.0
+    assert RetryPolicy().backoff_max == 60.0 and RetryPolicy().retry_for == 3600.0  # a minute's pause, an hour's window
 
 
 async def test_drop_folder_is_atomic_and_idempotent(tmp_path: Path) -> None:
