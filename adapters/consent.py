@@ -10,6 +10,14 @@ before anything is sent. The broker applies the same law again (``consent.*`` an
 ``transparency.informed`` in the rulebook); the adapter refuses earlier, where the agency
 system can still put the record right.
 
+An emergency is the exception: a record that says it is one (a PPN with
+``immediateProtectionNeeded``, a case event or canonical message with urgency ``EMERGENCY``, a
+FHIR request with priority ``stat``) is never held back for want of these facts. What it does not
+say is left out (``consentStatus`` says ``NOT_APPLICABLE``, the one way a sharing block can leave
+consent unrecorded), and the broker shares it and flags it ``emergency-consent-unrecorded``,
+``emergency-without-consent-reason`` or ``emergency-family-informed-unrecorded`` for IG review.
+A code the format does not have, or facts that contradict each other, are refused all the same.
+
 Native records (police, local authority) speak these codes; FHIR and canonical messages speak
 the vocabulary's own (``schemas/vocabulary.v2.json``):
 
@@ -43,6 +51,9 @@ from adapters.mapping import Unmappable
 
 # The sharing block's members that are facts of the case: never adapter settings.
 CASE_FACTS: Final = ("consentStatus", "nonConsentReason", "subjectInformed")
+# consentStatus of an emergency whose record does not say (the block must carry one; the broker
+# shares an emergency that says NOT_APPLICABLE and flags it emergency-consent-unrecorded).
+UNRECORDED: Final = "NOT_APPLICABLE"
 WITHOUT_CONSENT: Final = frozenset({"NOT_SOUGHT", "REFUSED_OVERRIDDEN"})
 
 CONSENT: Final = {"given": "GIVEN", "refused-overridden": "REFUSED_OVERRIDDEN", "not-sought": "NOT_SOUGHT"}
@@ -70,25 +81,32 @@ def _one_of(codes: Mapping[str, str]) -> str:
     return ", ".join(codes)
 
 
-def native(values: Mapping[str, Any], field: Callable[[str], str]) -> dict[str, str]:
+def is_emergency(said: Mapping[str, Any] | None) -> bool:
+    """Whether what a record says about its share (its sharing overlay) makes it an emergency."""
+    return said is not None and said.get("urgency") == "EMERGENCY"
+
+
+def native(values: Mapping[str, Any], field: Callable[[str], str], *, emergency: bool = False) -> dict[str, str]:
     """The sharing block's case facts from a native record's ``consent``, ``withoutConsentReason``
     and ``familyInformed``; ``field(name)`` says where a field is (a JSON pointer, or a CSV row
-    and column) for the refusal."""
+    and column) for the refusal. In an ``emergency`` a fact the record leaves out is left out."""
     status = values.get("consent")
     if status is None:
-        raise Unmappable("the record does not say whether consent to share was given, refused or not sought",
-                         field=field("consent"), rule="consent.recorded")
-    if status not in CONSENT:
+        if not emergency:
+            raise Unmappable("the record does not say whether consent to share was given, refused or not sought",
+                             field=field("consent"), rule="consent.recorded")
+    elif status not in CONSENT:
         raise Unmappable(f"consent is one of {_one_of(CONSENT)}", field=field("consent"), rule="consent.recorded")
-    facts = {"consentStatus": CONSENT[status]}
+    facts = {"consentStatus": CONSENT[status] if status is not None else UNRECORDED}
     reason = values.get("withoutConsentReason")
     if status == "given":
         if reason is not None:
             raise Unmappable("consent was given, so there is no reason for sharing without it",
                              field=field("withoutConsentReason"), rule="consent.consistent")
     elif reason is None:
-        raise Unmappable("sharing without consent needs the reason it was not sought or was overridden",
-                         field=field("withoutConsentReason"), rule="consent.reason")
+        if not emergency:
+            raise Unmappable("sharing without consent needs the reason it was not sought or was overridden",
+                             field=field("withoutConsentReason"), rule="consent.reason")
     elif reason not in REASON:
         raise Unmappable(f"withoutConsentReason is one of {_one_of(REASON)}", field=field("withoutConsentReason"),
                          rule="consent.reason")
@@ -96,34 +114,37 @@ def native(values: Mapping[str, Any], field: Callable[[str], str]) -> dict[str, 
         facts["nonConsentReason"] = REASON[reason]
     informed = values.get("familyInformed")
     if informed is None:
-        raise Unmappable("the record does not say whether the family was informed, or why not",
-                         field=field("familyInformed"), rule="transparency.informed")
-    if informed not in INFORMED:
+        if not emergency:
+            raise Unmappable("the record does not say whether the family was informed, or why not",
+                             field=field("familyInformed"), rule="transparency.informed")
+    elif informed not in INFORMED:
         raise Unmappable(f"familyInformed is one of {_one_of(INFORMED)}", field=field("familyInformed"),
                          rule="transparency.informed")
-    facts["subjectInformed"] = INFORMED[informed]
+    else:
+        facts["subjectInformed"] = INFORMED[informed]
     return facts
 
 
-def require(sharing: Mapping[str, Any], where: str) -> None:
+def require(sharing: Mapping[str, Any], where: str, *, emergency: bool = False) -> None:
     """Refuse a sharing block (at ``where``, a JSON pointer) for a message with personal data that
     does not carry the case's facts: consent given, refused or not sought (not "not applicable"),
-    the reason when shared without it, and whether the family was informed. The codes themselves
-    are checked against the sharing block's schema."""
+    the reason when shared without it, and whether the family was informed; an ``emergency`` may
+    leave them out (or say ``NOT_APPLICABLE``). The codes themselves are checked against the
+    sharing block's schema."""
     status = sharing.get("consentStatus")
-    if status is None:
+    if status is None and not emergency:
         raise Unmappable("the sharing block does not say whether consent was given, refused or not sought",
                          field=f"{where}/consentStatus", rule="consent.recorded")
-    if status == "NOT_APPLICABLE":
+    if status == UNRECORDED and not emergency:
         raise Unmappable("consent is applicable to a message carrying personal data: say whether it was given, "
                          "refused or not sought", field=f"{where}/consentStatus", rule="consent.not-applicable")
-    if status in WITHOUT_CONSENT and "nonConsentReason" not in sharing:
+    if status in WITHOUT_CONSENT and "nonConsentReason" not in sharing and not emergency:
         raise Unmappable("sharing without consent needs a recorded reason (nonConsentReason)",
                          field=f"{where}/nonConsentReason", rule="consent.reason")
     if status == "GIVEN" and "nonConsentReason" in sharing:
         raise Unmappable("consent was given, so there is no reason for sharing without it",
                          field=f"{where}/nonConsentReason", rule="consent.consistent")
-    if "subjectInformed" not in sharing:
+    if "subjectInformed" not in sharing and not emergency:
         raise Unmappable("the sharing block does not say whether the family was informed, or why not",
                          field=f"{where}/subjectInformed", rule="transparency.informed")
     basis_agrees(sharing, where)

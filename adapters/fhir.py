@@ -8,8 +8,8 @@ none of the elements used here (its changes are in medication, evidence and subs
 resources), so both directions validate with ``fhir.resources.R4B``; the tests run the
 published R4 examples through it. The library checks structure and datatypes,
 not value sets, so the codes the adapter reads (gender, priority, its own code systems, the
-consent codes) are checked by the adapter. Library errors carry the offending input; only their type and location are kept,
-so no error from these modules ever holds a value from the record.
+consent codes) are checked by the adapter. Library errors carry the offending input; only their
+type and location are kept, so no error from these modules ever holds a value from the record.
 
 The case's consent facts travel in one complex extension, ``sharing-consent``
 (:data:`CONSENT_EXTENSION`), on the ``ServiceRequest`` or ``Communication`` that makes the
@@ -32,7 +32,7 @@ from fhir.resources.R4B import get_fhir_model_class
 from fhir.resources.R4B.bundle import Bundle
 from fhir_core.fhirabstractmodel import FHIRAbstractModel
 
-from adapters.consent import CASE_FACTS, INFORMED, REASON, WITHOUT_CONSENT
+from adapters.consent import CASE_FACTS, INFORMED, REASON, UNRECORDED, WITHOUT_CONSENT
 from adapters.mapping import Unmappable
 from broker.errors import BrokerError
 
@@ -236,12 +236,16 @@ _CONSENT_CODES: Final[Mapping[str, frozenset[str]]] = {
 }
 
 
-def read_consent(res: Res) -> dict[str, str]:
+def read_consent(res: Res, *, emergency: bool = False) -> dict[str, str]:
     """The sharing block's case facts from the ``sharing-consent`` extension of ``res``; refused,
-    naming the place, when it is missing, incomplete or contradicts itself."""
+    naming the place, when it is missing, incomplete or contradicts itself. In an ``emergency``
+    (priority ``stat``) what it does not say is left out, consent as ``NOT_APPLICABLE`` (the broker
+    shares it and flags it); a wrong code or a contradiction is refused all the same."""
     found = [(f"{res.where}/extension/{i}", e) for i, e in enumerate(res.get("extension") or ())
              if e.get("url") == CONSENT_EXTENSION]
     if not found:
+        if emergency:
+            return {"consentStatus": UNRECORDED}
         raise Unmappable(f"the {res.kind} has no sharing-consent extension saying whether consent was given, "
                          "refused or not sought and whether the family was informed", field=f"{res.where}/extension",
                          rule="consent.recorded")
@@ -255,7 +259,10 @@ def read_consent(res: Res) -> dict[str, str]:
         if name not in _CONSENT_CODES or name in facts:
             raise Unmappable("the sharing-consent extension holds consentStatus, nonConsentReason and "
                              "subjectInformed, once each", field=f"{here}/url", rule="consent.recorded")
-        if value == "NOT_APPLICABLE":
+        if value == UNRECORDED and name == "consentStatus" and emergency:
+            facts[name] = value
+            continue
+        if value == UNRECORDED:
             raise Unmappable("consent is applicable to a message carrying personal data: say whether it was "
                              "given, refused or not sought", field=f"{here}/valueCode", rule="consent.not-applicable")
         if value not in _CONSENT_CODES[name]:
@@ -265,14 +272,17 @@ def read_consent(res: Res) -> dict[str, str]:
         facts[name] = value
     inside = f"{where}/extension"
     if "consentStatus" not in facts:
-        raise Unmappable("the sharing-consent extension has no consentStatus", field=inside, rule="consent.recorded")
+        if not emergency:
+            raise Unmappable("the sharing-consent extension has no consentStatus", field=inside,
+                             rule="consent.recorded")
+        facts["consentStatus"] = UNRECORDED
     if facts["consentStatus"] == "GIVEN" and "nonConsentReason" in facts:
         raise Unmappable("consent was given, so there is no reason for sharing without it", field=inside,
                          rule="consent.consistent")
-    if facts["consentStatus"] in WITHOUT_CONSENT and "nonConsentReason" not in facts:
+    if facts["consentStatus"] in WITHOUT_CONSENT and "nonConsentReason" not in facts and not emergency:
         raise Unmappable("sharing without consent needs a nonConsentReason in the sharing-consent extension",
                          field=inside, rule="consent.reason")
-    if "subjectInformed" not in facts:
+    if "subjectInformed" not in facts and not emergency:
         raise Unmappable("the sharing-consent extension has no subjectInformed", field=inside,
                          rule="transparency.informed")
     return facts

@@ -249,7 +249,7 @@ def _overlay(who: _Professional, res: Res) -> dict[str, Any]:
         if priority not in _URGENCY:
             raise Unmappable("not a request-priority code", field=f"{res.where}/priority", rule=RULE)
         overlay["urgency"] = _URGENCY[priority]
-    return overlay | read_consent(res)
+    return overlay | read_consent(res, emergency=overlay.get("urgency") == "EMERGENCY")
 
 
 def _recipient(bundle: FhirBundle, holder: Res, key: str, context: MapContext) -> tuple[str, ...]:

@@ -223,8 +223,11 @@ class Submitter:
         else:  # consent and informing the family: from the record alone, never from a default
             sharing = consent.agency_wide(default or {}) | dict(m.sharing or {})
             if mtype is not None and not mtype.record_only:
-                consent.require(m.sharing or {}, f"{which}/sharing")
+                emergency = consent.is_emergency(m.sharing)  # the record's own urgency, not a default's
+                consent.require(m.sharing or {}, f"{which}/sharing", emergency=emergency)
                 consent.basis_agrees(sharing, f"{which}/sharing")  # the default's basis, the record's consent
+                if emergency:  # shared without the record's consent facts; the broker flags it
+                    sharing.setdefault("consentStatus", consent.UNRECORDED)
         issue = Catalogue.first_issue(self._sharing_validator, sharing)
         if issue is not None:
             raise Unmappable(f"the sharing block for {m.typ} is not valid ('{issue.keyword}' failed)",
@@ -275,7 +278,7 @@ def canonical(body: bytes, context: MapContext) -> list[Outbound]:
                 raise Unmappable(f"{name} has the wrong type", field=f"{where}/{name}")
         mtype = context.catalogue.message_type(typ, 1)
         if mtype is not None and mtype.personal_data and not mtype.record_only:  # the case's consent facts
-            consent.require(sharing or {}, f"{where}/sharing")
+            consent.require(sharing or {}, f"{where}/sharing", emergency=consent.is_emergency(sharing))
         out.append(checked(context.catalogue, typ, tuple(to), payload, f"{where}/payload", sharing=sharing,
                            answers=answers, thread=thread))
     return out

@@ -22,7 +22,8 @@ must have handed that delivery over, and it must be of the type the reply answer
 names the ``worker`` who decided (a role and a staff reference, never a name), which becomes the
 sharing block's ``decidedBy``. Every event but a receipt shares personal data, so it carries the
 case's consent facts (``consent``, ``withoutConsentReason`` unless consent was given,
-``familyInformed``; :mod:`adapters.consent`); the rest of the block is the adapter's configured,
+``familyInformed``; :mod:`adapters.consent`), unless it is an emergency (``urgency: emergency``),
+which is shared without those it lacks and flagged; the rest of the block is the adapter's configured,
 agency-wide default for the type. The whole document is checked against the native schema, and
 every message made from it against its canonical schema, before anything is returned: one bad
 event refuses the lot, with the field named and no value repeated.
@@ -92,8 +93,13 @@ def _sharing(event: Mapping[str, Any], where: str) -> dict[str, Any]:
     if "urgency" in event:
         said["urgency"] = _URGENCY[event["urgency"]]
     if event["event"] not in _RECEIPT_STATUS:
-        said |= consent.native(event, _at(where))
+        said |= consent.native(event, _at(where), emergency=_emergency(event))
     return said
+
+
+def _emergency(event: Mapping[str, Any]) -> bool:
+    """An event marked ``urgency: emergency``: shared even without its consent facts (flagged)."""
+    return event.get("urgency") == "emergency"
 
 
 class _Event:
@@ -252,7 +258,7 @@ def case_events(body: bytes, context: MapContext) -> list[Outbound]:
     for i, event in enumerate(document if isinstance(document, list) else [document]):
         if isinstance(event, dict) and event.get("event") in _MAP and event["event"] not in _RECEIPT_STATUS:
             where = f"/{i}" if isinstance(document, list) else ""
-            consent.native(event, _at(where))
+            consent.native(event, _at(where), emergency=_emergency(event))
     check(document)
     if isinstance(document, list):
         return [_MAP[r["event"]](_Event(r, f"/{i}", context)) for i, r in enumerate(document)]

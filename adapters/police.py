@@ -51,20 +51,31 @@ def check(record: Any, where: str = "") -> None:
     check_native(_VALIDATOR, record, where, "police-ppn.v1.json")
 
 
+def emergency(record: Mapping[str, Any]) -> bool:
+    """A PPN that needs immediate protection: shared even without its consent facts (flagged)."""
+    return record.get("immediateProtectionNeeded") is True
+
+
 def _consent(record: Mapping[str, Any], field: Callable[[str], str]) -> dict[str, Any]:
     """The referral's ``consent`` block, agreeing with the sharing block's facts (checked before);
-    ``field(name)`` names where a field is."""
-    informed = record["familyInformed"] == "yes"
-    if record.get("parentsInformed", informed) != informed:
-        raise Unmappable("parentsInformed contradicts familyInformed", field=field("parentsInformed"),
-                         rule="consent.consistent")
-    if informed and "reasonNotInformed" in record:
-        raise Unmappable("the family was informed, so there is no reason for not informing them",
-                         field=field("reasonNotInformed"), rule="consent.consistent")
-    block: dict[str, Any] = {"consentObtained": _OBTAINED[record["consent"]], "parentsInformed": informed}
+    ``field(name)`` names where a field is. An emergency's block says only what the record does."""
+    block: dict[str, Any] = {}
+    if record.get("familyInformed") is not None:
+        informed = record["familyInformed"] == "yes"
+        if record.get("parentsInformed", informed) != informed:
+            raise Unmappable("parentsInformed contradicts familyInformed", field=field("parentsInformed"),
+                             rule="consent.consistent")
+        if informed and "reasonNotInformed" in record:
+            raise Unmappable("the family was informed, so there is no reason for not informing them",
+                             field=field("reasonNotInformed"), rule="consent.consistent")
+        block["parentsInformed"] = informed
+    elif isinstance(record.get("parentsInformed"), bool):
+        block["parentsInformed"] = record["parentsInformed"]
+    if record.get("consent") is not None:
+        block["consentObtained"] = _OBTAINED[record["consent"]]
     if record.get("reasonNotInformed"):
         block["reasonNotInformed"] = record["reasonNotInformed"]
-    if record["consent"] == "not-sought":
+    if record.get("consent") == "not-sought" and record.get("withoutConsentReason") is not None:
         block["reasonNotSought"] = consent.REASON_LABEL[record["withoutConsentReason"]]
     return block
 
@@ -78,7 +89,7 @@ def map_incident(record: Mapping[str, Any], *, local_authority: str, registry: R
     if not isinstance(record, Mapping):
         raise Unmappable("a PPN is an object", field=where or "/", rule="police-ppn.v1.json")
     # The case's consent facts first, so that a refusal names the rule (consent.reason...) as well as the field.
-    facts, agreed = consent.native(record, field), _consent(record, field)
+    facts, agreed = consent.native(record, field, emergency=emergency(record)), _consent(record, field)
     check(record, where)
     officer = record["officer"]
     referrer: dict[str, Any] = {"name": _name(officer.get("given"), officer["family"]),
@@ -106,8 +117,10 @@ def map_incident(record: Mapping[str, Any], *, local_authority: str, registry: R
         for key in ("dateOfBirth", "nhsNumber"):
             if child.get(key):
                 person[key] = child[key]
-        referral: dict[str, Any] = {"child": person, "referrer": referrer, "concern": concern, "consent": agreed,
+        referral: dict[str, Any] = {"child": person, "referrer": referrer, "concern": concern,
                                     "policeReference": record["incidentReference"]}
+        if agreed:
+            referral["consent"] = agreed
         if household:
             referral["household"] = household
         if record.get("riskLevel"):
@@ -129,8 +142,12 @@ def map_incident(record: Mapping[str, Any], *, local_authority: str, registry: R
                                 ("advice", "keyAdultAdvice"), ("doNotContactParents", "doNotContactParents")):
                 if key in record:
                     notice[target] = record[key]
+            # A school's notice takes the configured urgency, unless the emergency's consent facts are
+            # incomplete: then it is an emergency share too, so that the broker shares it and flags it.
+            complete = facts["consentStatus"] != consent.UNRECORDED and "subjectInformed" in facts and (
+                facts["consentStatus"] not in consent.WITHOUT_CONSENT or "nonConsentReason" in facts)
             out.append(checked(catalogue, "encompass-notification", (school,), notice, here,
-                               sharing={k: v for k, v in decided.items() if k != "urgency"}))
+                               sharing={k: v for k, v in decided.items() if k != "urgency" or not complete}))
     return out
 
 
@@ -176,7 +193,8 @@ class _Row:
 
 # Columns of the incident that each row repeats and that must agree: a different value on a
 # later row (consent for one child and not another) is refused rather than silently dropped.
-_AGREE: Final = (*consent.NATIVE_FIELDS, "parentsInformed", "reasonNotInformed", "doNotContactParents")
+_AGREE: Final = (*consent.NATIVE_FIELDS, "parentsInformed", "reasonNotInformed", "doNotContactParents",
+                 "immediateProtectionNeeded")
 
 
 def _incident(row: _Row, reference: str) -> dict[str, Any]:
@@ -188,7 +206,7 @@ def _incident(row: _Row, reference: str) -> dict[str, Any]:
         "children": [],
     } | row.some(*((c, c) for c in ("location", "details", "riskLevel", "reasonNotInformed", "advice",
                                     "circumstances", *consent.NATIVE_FIELDS)))
-    for column in ("parentsInformed", "doNotContactParents"):
+    for column in ("parentsInformed", "doNotContactParents", "immediateProtectionNeeded"):
         flag = row.flag(column)
         if flag is not None:
             incident[column] = flag
@@ -212,7 +230,7 @@ def records_from_csv(text: str) -> list[dict[str, Any]]:
         if reference is None:
             raise Unmappable(f"row {number}: incidentReference is empty", field=f"row {number}/incidentReference")
         this = _incident(row, reference)
-        consent.native(this, row.at)
+        consent.native(this, row.at, emergency=emergency(this))
         _consent(this, row.at)
         first = incidents.get(reference)
         if first is None:

@@ -228,6 +228,29 @@ def test_a_record_without_the_cases_consent_facts_is_refused(change: Ext, field:
     assert "MUM_SAID_NO" not in str(caught.value) and "PARTLY" not in str(caught.value)
 
 
+@pytest.mark.parametrize(("change", "facts"), [
+    (lambda d: d["entry"][-1]["resource"].pop("extension"), {"consentStatus": "NOT_APPLICABLE"}),
+    (lambda d: _parts(d).pop(1), {"consentStatus": "NOT_SOUGHT", "subjectInformed": "TO_BE_INFORMED_LATER"}),
+    (lambda d: _parts(d).pop(2), {"consentStatus": "NOT_SOUGHT", "nonConsentReason": "WOULD_PREJUDICE_PROTECTION"}),
+    (lambda d: _parts(d).pop(0), {"consentStatus": "NOT_APPLICABLE", "nonConsentReason": "WOULD_PREJUDICE_PROTECTION",
+                                  "subjectInformed": "TO_BE_INFORMED_LATER"}),
+])
+def test_a_stat_request_is_mapped_without_the_consent_facts_it_lacks(change: Ext, facts: dict[str, str],
+                                                                    context: MapContext) -> None:
+    """An emergency (priority stat) is never held back for want of consent: what the extension
+    does not say is left out, for the broker to share and flag."""
+    doc = referral_bundle()
+    doc["entry"][-1]["resource"]["priority"] = "stat"
+    change(doc)
+    (m,) = fhir_bundle(orjson.dumps(doc), context)
+    assert m.sharing is not None and m.sharing["urgency"] == "EMERGENCY"
+    assert {k: m.sharing[k] for k in (*FACTS, "consentStatus") if k in m.sharing} == facts
+    doc["entry"][-1]["resource"]["extension"] = [consent_extension("GIVEN")]  # a contradiction still refuses
+    with pytest.raises(Unmappable) as caught:
+        fhir_bundle(orjson.dumps(doc), context)
+    assert caught.value.rule == "consent.consistent"
+
+
 def test_the_senders_consent_facts_are_rendered_for_the_health_system() -> None:
     """What a health system receives says whether consent was given and whether the family knows;
     a receipt (no personal data) says nothing of consent."""

@@ -27,6 +27,7 @@ from adapters.inbound_folder import FolderIntake
 from adapters.mapping import MapContext, Outbound
 from adapters.service import Adapter, AdapterSettings, make_app, running_adapter
 from adapters.sinks import signed_headers
+from broker.auditlog import read_audit
 from broker.config import Settings
 from broker.errors import ConfigError
 from broker.keystore import write_private
@@ -34,7 +35,7 @@ from broker.registry import Registry
 from broker.service import Broker, addressable, connected, jetstream
 from broker.streams import INGRESS, ensure_topology
 from tests.conftest import ClientFactory
-from tests.helpers import drain, example, sharing
+from tests.helpers import drain, eventually, example, sharing
 from tests.test_police import CSV, PPN
 
 pytestmark = pytest.mark.timeout(90)
@@ -143,6 +144,50 @@ async def test_a_canonical_message_carries_the_cases_consent_facts(
     (referral,) = await drain(await agency("la-camden"), want=1)
     assert {k: referral.claims["sharing"][k] for k in facts} == facts
     assert referral.claims["sharing"]["decidedBy"] == POLICE_SHARING["referral"]["decidedBy"]  # the default
+
+
+async def test_an_emergency_ppn_without_consent_facts_is_shared_and_flagged(
+        police: tuple[Adapter, Client], agency: ClientFactory, settings: Settings) -> None:
+    """Urgent child-protection shares are never held back for want of consent: a PPN needing
+    immediate protection that does not say whether consent was sought or the family told goes to the
+    local authority and the school, and the broker flags each share for IG review. The same PPN that
+    is not an emergency is refused, naming the field."""
+    _, client = police
+    unsaid = {k: v for k, v in PPN.items() if k not in ("consent", "withoutConsentReason", "familyInformed",
+                                                          "parentsInformed", "reasonNotInformed")}
+    r = await post(client, "ppn-json", orjson.dumps(unsaid))
+    assert r.status == 422 and (await r.json())["field"] == "/consent"
+    r = await post(client, "ppn-json", orjson.dumps(unsaid | {"immediateProtectionNeeded": True}))
+    assert r.status == 202, await r.text()
+    sent = {m["id"]: m["type"] for m in (await r.json())["messages"]}
+    referrals = await drain(await agency("la-camden"), want=2)
+    assert {d.claims["sharing"]["consentStatus"] for d in referrals} == {"NOT_APPLICABLE"}
+    assert all("subjectInformed" not in d.claims["sharing"] for d in referrals)
+    (notice,) = await drain(await agency("school-hillside"), want=1)
+    assert notice.claims["sharing"]["urgency"] == "EMERGENCY"
+
+    async def flags() -> dict[str, list[str]] | None:
+        async with connected(settings, settings.nats.url or "", name="t") as nc:
+            records = [r async for r in read_audit(jetstream(nc, settings))]
+        found = {r["deliveryId"]: r["flags"] for r in records if r["event"] == "shared" and r.get("message") in sent}
+        return found if len(found) == 3 else None
+
+    shared = await eventually(flags, what="the three shares in the audit log")
+    assert all(set(f) >= {"emergency-consent-unrecorded", "emergency-family-informed-unrecorded"}
+               for f in shared.values()), shared
+
+
+async def test_an_emergency_canonical_message_may_leave_the_consent_facts_out(
+        police: tuple[Adapter, Client], agency: ClientFactory) -> None:
+    _, client = police
+    item = {"type": "referral", "to": ["la-camden"], "payload": example("referral.example.json"), "sharing": {}}
+    r = await post(client, "canonical", orjson.dumps(item))
+    assert r.status == 422 and (await r.json())["rule"] == "consent.recorded"
+    r = await post(client, "canonical", orjson.dumps(item | {"sharing": {"urgency": "EMERGENCY"}}))
+    assert r.status == 202, await r.text()
+    (referral,) = await drain(await agency("la-camden"), want=1)
+    assert (referral.claims["sharing"]["consentStatus"], referral.claims["sharing"]["urgency"]) == (
+        "NOT_APPLICABLE", "EMERGENCY")
 
 
 async def test_requests_are_authenticated_and_bounded(police: tuple[Adapter, Client]) -> None:

@@ -279,6 +279,21 @@ def test_an_outcome_must_say_whether_consent_was_given_and_the_family_told(chang
     assert (caught.value.code, caught.value.field, caught.value.rule) == ("unmappable", field, rule)
 
 
+@pytest.mark.parametrize("index", [1, 2, 3, 4, 5])
+def test_an_emergency_event_is_mapped_without_the_consent_facts_it_lacks(index: int, context: MapContext) -> None:
+    """An event marked urgency emergency is never held back for want of consent: it goes without the
+    facts it does not give (the broker shares it and flags it); a routine one is refused."""
+    event = {k: v for k, v in EVENTS[index].items() if k not in ("consent", "withoutConsentReason",
+                                                                  "familyInformed")}
+    (m,) = _map(event | {"urgency": "emergency"}, context)
+    assert m.sharing is not None and m.sharing["urgency"] == "EMERGENCY"
+    assert {k: m.sharing[k] for k in ("consentStatus", "nonConsentReason", "subjectInformed") if k in m.sharing} == {
+        "consentStatus": "NOT_APPLICABLE"}
+    with pytest.raises(Unmappable) as caught:
+        _map(event | {"urgency": "urgent"}, context)
+    assert (caught.value.field, caught.value.rule) == ("/consent", "consent.recorded")
+
+
 def test_a_single_event_is_named_from_the_root_and_a_bad_document_is_refused(context: MapContext) -> None:
     with pytest.raises(Unmappable) as caught:
         _map(EVENTS[1] | {"inReplyTo": UNKNOWN}, context)

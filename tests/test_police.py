@@ -134,6 +134,69 @@ def test_an_unmappable_record_is_refused_whole_naming_the_field(change: Any, fie
         assert value not in said  # no values echoed
 
 
+UNSAID = ("consent", "withoutConsentReason", "familyInformed", "parentsInformed", "reasonNotInformed")
+
+
+@pytest.mark.parametrize(("dropped", "facts", "block"), [
+    (UNSAID, {"consentStatus": "NOT_APPLICABLE"}, None),  # nothing said: consent and the family unrecorded
+    (("withoutConsentReason",), {"consentStatus": "NOT_SOUGHT", "subjectInformed": "NOT_INFORMED_UNSAFE"},
+     {"consentObtained": "not-sought", "parentsInformed": False, "reasonNotInformed": PPN["reasonNotInformed"]}),
+    (("familyInformed", "parentsInformed", "reasonNotInformed"),
+     {"consentStatus": "NOT_SOUGHT", "nonConsentReason": "WOULD_INCREASE_RISK_OF_HARM"},
+     {"consentObtained": "not-sought", "reasonNotSought": "Seeking consent would increase the risk of harm"}),
+])
+def test_an_emergency_is_mapped_without_the_consent_facts_it_lacks(dropped: tuple[str, ...], facts: dict[str, str],
+                                                                  block: dict[str, Any] | None, registry: Registry,
+                                                                  catalogue: Catalogue) -> None:
+    """Urgent child-protection shares are never held back for want of consent: a PPN needing
+    immediate protection goes without what it does not say (the broker shares and flags it)."""
+    record = {k: v for k, v in PPN.items() if k not in dropped} | {"immediateProtectionNeeded": True}
+    messages = map_json(orjson.dumps(record), **kwargs(registry, catalogue))
+    assert recipients(messages) == {"referral": 2, "encompass-notification": 1}
+    for m in messages:  # the notice is an emergency share too: the broker would refuse it without the facts
+        assert m.sharing == {"decidedBy": {"role": "Police officer", "staffRef": "PC1234"}, "urgency": "EMERGENCY"
+                             } | facts
+    referral = next(m for m in messages if m.typ == "referral")
+    assert referral.payload["concern"]["immediateProtectionNeeded"] is True
+    assert referral.payload.get("consent") == block  # the referral's own block says only what the record does
+
+
+def test_an_emergency_with_its_facts_keeps_the_notice_at_the_agreed_urgency(registry: Registry,
+                                                                            catalogue: Catalogue) -> None:
+    messages = map_json(orjson.dumps(PPN | {"immediateProtectionNeeded": True}), **kwargs(registry, catalogue))
+    assert {m.typ: (m.sharing or {}).get("urgency") for m in messages} == {
+        "referral": "EMERGENCY", "encompass-notification": None}  # the notice: the configured default
+
+
+@pytest.mark.parametrize(("change", "field", "rule"), [
+    (lambda r: r.update(consent="maybe"), "/consent", "consent.recorded"),  # a code the format lacks
+    (lambda r: r.update(consent="given"), "/withoutConsentReason", "consent.consistent"),  # a contradiction
+    (lambda r: r.update(familyInformed="no"), "/familyInformed", "transparency.informed"),
+    (lambda r: r.update(immediateProtectionNeeded="yes") or r.pop("consent"), "/consent", "consent.recorded"),
+])
+def test_an_emergency_is_still_refused_for_what_it_says_wrongly(change: Any, field: str, rule: str,
+                                                                registry: Registry, catalogue: Catalogue) -> None:
+    record = copy.deepcopy(PPN) | {"immediateProtectionNeeded": True}
+    change(record)
+    with pytest.raises(Unmappable) as caught:
+        map_json(orjson.dumps(record), **kwargs(registry, catalogue))
+    assert (caught.value.field, caught.value.rule) == (field, rule)
+
+
+def test_a_csv_emergency_row_without_consent_facts_is_mapped(registry: Registry, catalogue: Catalogue) -> None:
+    header, first, second = CSV.splitlines()
+    blank = ",not-sought,would-increase-risk-of-harm,no-unsafe,no,Informing the parents would increase the risk,"
+    assert blank in first and blank in second
+    rows = [header + ",immediateProtectionNeeded"] + [r.replace(blank, ",,,,,,") + ",yes" for r in (first, second)]
+    messages = map_csv("\n".join(rows) + "\n", **kwargs(registry, catalogue))
+    assert {(m.typ, (m.sharing or {}).get("consentStatus"), (m.sharing or {}).get("urgency")) for m in messages} == {
+        ("referral", "NOT_APPLICABLE", "EMERGENCY"), ("encompass-notification", "NOT_APPLICABLE", "EMERGENCY")}
+    routine = [rows[0]] + [r.removesuffix(",yes") + ",no" for r in rows[1:]]
+    with pytest.raises(Unmappable) as caught:  # the same rows, no emergency: refused naming the cell
+        map_csv("\n".join(routine) + "\n", **kwargs(registry, catalogue))
+    assert (caught.value.field, caught.value.rule) == ("row 2/consent", "consent.recorded")
+
+
 def test_the_documented_example_maps(registry: Registry, catalogue: Catalogue) -> None:
     messages = map_json(DOCUMENTED.read_bytes(), **kwargs(registry, catalogue))
     assert recipients(messages) == {"referral": 2, "encompass-notification": 1}
