@@ -109,7 +109,8 @@ def load_document(body: bytes | Mapping[str, Any], kind: str) -> dict[str, Any]:
         except orjson.JSONDecodeError:
             raise Unmappable("the document is not FHIR JSON", field="/", rule=RULE) from None
     if not isinstance(doc, dict) or doc.get("resourceType") != kind:
-        raise Unmappable(f"the document is not a FHIR {kind}", field="/resourceType", rule=RULE)
+        raise Unmappable(f"the document is not a FHIR {kind}", field="/resourceType" if isinstance(doc, dict) else "/",
+                         rule=RULE)
     return doc
 
 

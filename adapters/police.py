@@ -197,12 +197,23 @@ _AGREE: Final = (*consent.NATIVE_FIELDS, "parentsInformed", "reasonNotInformed",
                  "immediateProtectionNeeded")
 
 
+# The CSV columns of a child's and the officer's fields (the incident's own columns are the JSON names).
+_CHILD_COLUMNS: Final = {"given": "childGiven", "family": "childFamily", "dateOfBirth": "childDateOfBirth",
+                         "nhsNumber": "childNhsNumber", "whereChildWas": "childWhereChildWas", "voice": "childVoice",
+                         "schoolAgencyId": "childSchoolAgencyId", "present": "childPresent"}
+_OFFICER_COLUMNS: Final = {"given": "officerGiven", "family": "officerFamily", "collarNumber": "officerCollarNumber",
+                           "phone": "officerPhone"}
+_INCIDENT_COLUMNS: Final = frozenset({
+    "incidentReference", "occurredAt", "summary", "categories", "location", "details", "riskLevel", "reasonNotInformed",
+    "advice", "circumstances", "parentsInformed", "doNotContactParents", "immediateProtectionNeeded", "adults",
+    *consent.NATIVE_FIELDS})
+
+
 def _incident(row: _Row, reference: str) -> dict[str, Any]:
     incident: dict[str, Any] = {
         "incidentReference": reference, "occurredAt": row.cell("occurredAt"), "summary": row.cell("summary"),
         "categories": [c.strip() for c in (row.cell("categories") or "").split(";") if c.strip()],
-        "officer": row.some(("given", "officerGiven"), ("family", "officerFamily"),
-                            ("collarNumber", "officerCollarNumber"), ("phone", "officerPhone")),
+        "officer": row.some(*_OFFICER_COLUMNS.items()),
         "children": [],
     } | row.some(*((c, c) for c in ("location", "details", "riskLevel", "reasonNotInformed", "advice",
                                     "circumstances", *consent.NATIVE_FIELDS)))
@@ -221,9 +232,11 @@ def _incident(row: _Row, reference: str) -> dict[str, Any]:
     return incident
 
 
-def records_from_csv(text: str) -> list[dict[str, Any]]:
-    """Group the rows (one per child) into PPN records; a bad cell is named by row and column."""
+def records_from_csv(text: str) -> list[tuple[dict[str, Any], list[int]]]:
+    """Group the rows (one per child) into PPN records, each with the numbers of its rows (one per
+    child, in order); a bad cell is named by row and column."""
     incidents: dict[str, dict[str, Any]] = {}
+    rows: dict[str, list[int]] = {}
     for number, cells in enumerate(csv.DictReader(io.StringIO(text)), start=2):
         row = _Row(number, cells)
         reference = row.cell("incidentReference")
@@ -241,20 +254,38 @@ def records_from_csv(text: str) -> list[dict[str, Any]]:
                     raise Unmappable(f"row {number}: {column} differs from the incident's first row",
                                      field=f"row {number}/{column}", rule="ppn-csv.incident-agrees")
         incident = first
-        child: dict[str, Any] = row.some(
-            ("given", "childGiven"), ("family", "childFamily"), ("dateOfBirth", "childDateOfBirth"),
-            ("nhsNumber", "childNhsNumber"), ("whereChildWas", "childWhereChildWas"), ("voice", "childVoice"),
-            ("schoolAgencyId", "childSchoolAgencyId"))
-        present = row.flag("childPresent")
+        child: dict[str, Any] = row.some(*((key, column) for key, column in _CHILD_COLUMNS.items() if key != "present"))
+        present = row.flag(_CHILD_COLUMNS["present"])
         if present is not None:
             child["present"] = present
         incident["children"].append(child)
-    return list(incidents.values())
+        rows.setdefault(reference, []).append(number)
+    return [(incident, rows[reference]) for reference, incident in incidents.items()]
+
+
+def _cell(pointer: str, rows: Sequence[int]) -> str:
+    """The row and column a pointer into a CSV incident's record comes from (never a value from it)."""
+    parts = pointer.split("/")[1:] if pointer.startswith("/") else []
+    first = rows[0]
+    if len(parts) >= 2 and parts[0] == "children" and parts[1].isdigit() and int(parts[1]) < len(rows):
+        row = rows[int(parts[1])]
+        return f"row {row}/{_CHILD_COLUMNS[parts[2]]}" if len(parts) > 2 and parts[2] in _CHILD_COLUMNS \
+            else f"row {row}"
+    if len(parts) >= 2 and parts[0] == "officer" and parts[1] in _OFFICER_COLUMNS:
+        return f"row {first}/{_OFFICER_COLUMNS[parts[1]]}"
+    if parts and parts[0] in _INCIDENT_COLUMNS:
+        return f"row {first}/{parts[0]}"
+    return f"row {first}"
 
 
 def map_csv(text: str, **kwargs: Any) -> list[Outbound]:
-    records = records_from_csv(text)
-    return [m for r in records for m in map_incident(r, where=f"/incident {r['incidentReference']}", **kwargs)]
+    out: list[Outbound] = []
+    for record, rows in records_from_csv(text):
+        try:
+            out += map_incident(record, **kwargs)
+        except Unmappable as exc:  # named by row and column, as the export has them
+            raise Unmappable(exc.reason, field=_cell(exc.field or "", rows), rule=exc.rule) from None
+    return out
 
 
 def recipients(messages: Sequence[Outbound]) -> dict[str, int]:

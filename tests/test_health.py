@@ -506,7 +506,7 @@ def test_the_published_newborn_with_no_name_cannot_be_referred(context: MapConte
 @pytest.mark.parametrize(("body", "field"), [
     (b"MSH|^~\\&|not FHIR", "/"),
     (b'{"hello": "world"}', "/resourceType"),
-    (b"[1, 2]", "/resourceType"),
+    (b"[1, 2]", "/"),  # not an object: no member to name
     (orjson.dumps(published("Patient-example")), "/resourceType"),  # a resource, not a Bundle
 ])
 def test_a_body_that_is_not_a_fhir_bundle_is_refused(body: bytes, field: str, context: MapContext) -> None:

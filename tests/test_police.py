@@ -197,6 +197,23 @@ def test_a_csv_emergency_row_without_consent_facts_is_mapped(registry: Registry,
     assert (caught.value.field, caught.value.rule) == ("row 2/consent", "consent.recorded")
 
 
+def test_csv_schema_refusals_name_the_row_and_column_not_the_incident(registry: Registry,
+                                                                      catalogue: Catalogue) -> None:
+    """The incident reference is the police's own: a refusal never repeats it (nor any cell)."""
+    header, first, second = CSV.splitlines()
+    for old, new, field in ((",9990001235,", ",12345,", "row 2/childNhsNumber"),
+                            (",PC1234,", ",,", "row 2/officerCollarNumber"),
+                            (",2024-09-02,", ",2024-13-45,", "row 3/childDateOfBirth"),
+                            (",domestic-abuse,", ",gossip,", "row 2/categories")):
+        text = "\n".join((header, first.replace(old, new) if old in first else first,
+                          second.replace(old, new) if old not in first else second)) + "\n"
+        with pytest.raises(Unmappable) as caught:
+            map_csv(text, **kwargs(registry, catalogue))
+        assert caught.value.field == field, (old, caught.value.field)
+        said = f"{caught.value} {caught.value.field}"
+        assert "MPS/2026/7781" not in said and (not new.strip(",") or new.strip(",") not in said)
+
+
 def test_the_documented_example_maps(registry: Registry, catalogue: Catalogue) -> None:
     messages = map_json(DOCUMENTED.read_bytes(), **kwargs(registry, catalogue))
     assert recipients(messages) == {"referral": 2, "encompass-notification": 1}
