@@ -48,6 +48,10 @@ async def send_referrals(agency: ClientFactory, *, consent: str = "NOT_SOUGHT", 
     ids = []
     for _ in range(count):
         share = sharing() | {"consentStatus": consent}
+        if consent == "GIVEN":  # with consent given, the consent conditions (the safeguarding ones are without it)
+            share = {k: v for k, v in share.items() if k != "nonConsentReason"} | {
+                "lawEnforcementBasis": "DPA_S35_CONSENT", "specialCategoryCondition": "UKGDPR_9_2_A",
+                "criminalOffenceCondition": "DPA_SCH1_CONSENT"}
         payload = referral()
         if child:
             payload["child"] |= child

@@ -255,8 +255,8 @@ async def test_trail_shows_where_a_referral_stands_with_each_recipient(
 async def test_trail_shows_not_delivered_and_one_recipient_behind_another(
         client: Client, broker: Broker, agency: ClientFactory, settings: Settings) -> None:
     police, school, la = await agency("police-met"), await agency("school-hillside"), await agency("la-camden")
-    jti = await police.send(typ="encompass-notification", to=["school-hillside", "la-camden"],
-                            payload=example("encompass-notification.example.json"),
+    jti = await police.send(typ="encompass-notification", to=["school-hillside", "la-camden"],  # the LA: home-educated
+                            payload=example("encompass-notification.example.json") | {"electivelyHomeEducated": True},
                             sharing=sharing("encompass-notification"))
     await police.wait_outcome(jti, timeout=10)
     await drain(school, want=1)
