@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: demo test bench lint fmt clean browser
+.PHONY: demo test bench fuzz lint fmt clean browser
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed (set PYTHON=...)")'
@@ -32,6 +32,15 @@ test: $(STAMP) browser
 
 bench: $(STAMP)
 	$(PY) -m bench
+
+# Hostile input at scale (CI does not run it): coverage-guided fuzzing of the parsing layer with
+# atheris, then mutated and random messages through a real broker (results in bench/fuzz-results.json).
+FUZZ_RUNS   ?= 200000
+FUZZ_INPUTS ?= 100000
+fuzz: $(STAMP)
+	@$(PY) -c 'import atheris' 2>/dev/null || $(PY) -m pip install --quiet --disable-pip-version-check -e '.[fuzz]'
+	$(PY) -m bench.fuzz_parse -runs=$(FUZZ_RUNS)
+	$(PY) -m bench.fuzz --inputs $(FUZZ_INPUTS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check broker adapters tests bench

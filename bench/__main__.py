@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime as dt
 import os
 import platform
@@ -27,6 +28,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -132,13 +134,13 @@ async def _delivered(js: Any) -> int:
     return int((info.state.subjects or {}).get("sg.out.la-camden", 0))
 
 
-async def _start_brokers(home: Path, url: str, count: int) -> list[asyncio.subprocess.Process]:
+async def _start_brokers(home: Path, url: str, count: int, *args: str) -> list[asyncio.subprocess.Process]:
     procs = []
     for i in range(count):
         instance = f"bench-{i}-{uuid.uuid4().hex[:6]}"
         env = os.environ | {"SGB_NATS_URL": url, "SGB_HOME": str(home), "SGB_INSTANCE": instance}
         procs.append(await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "broker.cli", "serve", "--log-level", "ERROR", env=env,
+            sys.executable, "-m", "broker.cli", "serve", "--log-level", "ERROR", *args, env=env,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL))
     return procs
 
@@ -342,35 +344,40 @@ async def adapters_in(home: Path, settings: Settings, registry: Registry, catalo
     return out
 
 
-async def main() -> int:
-    logs.configure(level="WARNING")  # the adapters log a line per document at INFO
+@contextlib.asynccontextmanager
+async def environment() -> AsyncIterator[tuple[Path, str, Settings, Registry, Catalogue]]:
+    """A temporary home with development keys and an embedded nats-server (``bench.fuzz`` uses it too)."""
     with tempfile.TemporaryDirectory(prefix="sgb-bench-") as tmp:
-        home = Path(tmp)
+        home, catalogue = Path(tmp), Catalogue()
         init_dev_keys(home, home / "registry.json")
-        catalogue = Catalogue()
-        registry = Registry.load(home / "registry.json", catalogue)
         async with embedded_nats(home / "nats") as url:
             settings = Settings(home=home, registry_path=home / "registry.json", instance="bench-load",
                                 nats=NatsSettings(url=url, request_timeout=10))
-            print(f"nats-server {url}; payload ≈{PAYLOAD_BYTES} B; {os.cpu_count()} cores", flush=True)
-            relay = await raw_relay(url, settings)
-            print(f"(a) raw relay        {relay['msgs_per_s']:>7} msg/s", flush=True)
-            floor = crypto_floor(home, registry, catalogue)
-            print(f"(b) crypto floor     {floor['msgs_per_s']:>7} msg/s  p50 {floor['p50_ms']} ms", flush=True)
-            one = await full_pipeline(home, url, settings, registry, catalogue, 1)
-            print(f"(c) full, 1 broker   {one['msgs_per_s']:>7} msg/s", flush=True)
-            two = await full_pipeline(home, url, settings, registry, catalogue, 2)
-            print(f"(c) full, 2 brokers  {two['msgs_per_s']:>7} msg/s", flush=True)
-            paced = await paced_latency(home, url, settings, registry, catalogue)
-            print(f"(c) latency at {PACED_RATE}/s  p50 {paced['p50_ms']} ms  p95 {paced['p95_ms']} ms"
-                  f"  p99 {paced['p99_ms']} ms", flush=True)
-            inbound = await adapters_in(home, settings, registry, catalogue)
-            for name, r in inbound.items():
-                print(f"(e) adapter in, {name:<22} {r['docs_per_s']:>7} docs/s  {r['msgs_per_s']:>6} msg/s", flush=True)
-            audit = await audit_bench(home, registry)
-            print(f"(d) audit, 100k records: verify {audit['verify_records_per_s']} rec/s; log page "
-                  f"{audit['log_first_page_ms']} ms, filtered {audit['log_filtered_ms']} ms, volumes "
-                  f"{audit['volumes_90_days_ms']} ms", flush=True)
+            yield home, url, settings, Registry.load(home / "registry.json", catalogue), catalogue
+
+
+async def main() -> int:
+    logs.configure(level="WARNING")  # the adapters log a line per document at INFO
+    async with environment() as (home, url, settings, registry, catalogue):
+        print(f"nats-server {url}; payload ≈{PAYLOAD_BYTES} B; {os.cpu_count()} cores", flush=True)
+        relay = await raw_relay(url, settings)
+        print(f"(a) raw relay        {relay['msgs_per_s']:>7} msg/s", flush=True)
+        floor = crypto_floor(home, registry, catalogue)
+        print(f"(b) crypto floor     {floor['msgs_per_s']:>7} msg/s  p50 {floor['p50_ms']} ms", flush=True)
+        one = await full_pipeline(home, url, settings, registry, catalogue, 1)
+        print(f"(c) full, 1 broker   {one['msgs_per_s']:>7} msg/s", flush=True)
+        two = await full_pipeline(home, url, settings, registry, catalogue, 2)
+        print(f"(c) full, 2 brokers  {two['msgs_per_s']:>7} msg/s", flush=True)
+        paced = await paced_latency(home, url, settings, registry, catalogue)
+        print(f"(c) latency at {PACED_RATE}/s  p50 {paced['p50_ms']} ms  p95 {paced['p95_ms']} ms"
+              f"  p99 {paced['p99_ms']} ms", flush=True)
+        inbound = await adapters_in(home, settings, registry, catalogue)
+        for name, r in inbound.items():
+            print(f"(e) adapter in, {name:<22} {r['docs_per_s']:>7} docs/s  {r['msgs_per_s']:>6} msg/s", flush=True)
+        audit = await audit_bench(home, registry)
+        print(f"(d) audit, 100k records: verify {audit['verify_records_per_s']} rec/s; log page "
+              f"{audit['log_first_page_ms']} ms, filtered {audit['log_filtered_ms']} ms, volumes "
+              f"{audit['volumes_90_days_ms']} ms", flush=True)
     floor_rate = min(relay["msgs_per_s"], floor["msgs_per_s"])
     best = max(one["msgs_per_s"], two["msgs_per_s"])
     results = {

@@ -12,6 +12,7 @@ import asyncio
 import csv
 import datetime as dt
 import io
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -148,16 +149,21 @@ def record_query(params: Mapping[str, str], *, messages: list[str] | None = None
     flagged = params.get("flagged")
     if flagged not in (None, "", "true", "false"):
         raise ConfigError("flagged is true or false")
+    limit = page_limit(params)
+    return RecordQuery(equals=equals, flagged=None if not flagged else flagged == "true",
+                       since=_date(params["since"], "since") if params.get("since") else None,
+                       until=_date(params["until"], "until") if params.get("until") else None,
+                       messages=messages, limit=limit, cursor=params.get("cursor") or None)
+
+
+def page_limit(params: Mapping[str, str]) -> int:
     try:
         limit = int(params.get("limit") or 50)
     except ValueError as exc:
         raise ConfigError("limit is a number") from exc
     if not 1 <= limit <= MAX_LIMIT:
         raise ConfigError(f"limit is between 1 and {MAX_LIMIT}")
-    return RecordQuery(equals=equals, flagged=None if not flagged else flagged == "true",
-                       since=_date(params["since"], "since") if params.get("since") else None,
-                       until=_date(params["until"], "until") if params.get("until") else None,
-                       messages=messages, limit=limit, cursor=params.get("cursor") or None)
+    return limit
 
 
 def _now() -> str:
@@ -217,7 +223,7 @@ async def list_reviews(request: web.Request) -> web.Response:
     state = request.query.get("state", "open")
     if state not in ("open", "done"):
         raise ConfigError("state is open or done")
-    page = await request.app[SERVICE].index.reviews(state=state, limit=int(request.query.get("limit") or 50),
+    page = await request.app[SERVICE].index.reviews(state=state, limit=page_limit(request.query),
                                                     cursor=request.query.get("cursor") or None)
     return web.json_response({"items": page.items, "next": page.next,
                               "reasons": REVIEW_FLAGS, "outcomes": REVIEW_OUTCOMES}, dumps=_dumps)
@@ -375,6 +381,9 @@ HOLD_REASONS: Final = ("litigation", "regulator-investigation", "subject-access-
                         "police-investigation", "complaint")
 
 
+_HOLD_KEY: Final = re.compile(r"^[-/_=A-Za-z0-9]([-/_=.A-Za-z0-9]{0,254}[-/_=A-Za-z0-9])?$")  # a SG_HOLDS key
+
+
 @requires(*READERS)
 async def list_holds(request: web.Request) -> web.Response:
     """Legal holds in force, by message id."""
@@ -395,6 +404,8 @@ async def place_hold(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     if not await service.index.trail(message):
         raise Problem(404, "not-found", "no audit records for that message id")
+    if not _HOLD_KEY.match(message):  # only unreadable bytes are recorded under such an id: nothing to keep
+        raise ConfigError("a hold is kept for a message id of letters, digits and - _ = . /")
     hold = {"reason": reason, "by": principal(request).sub, "at": _now()} | ({"reference": reference}
                                                                              if reference else {})
     await audit_action(request, "hold-placed", message=message, reason=reason)
@@ -407,7 +418,7 @@ async def release_hold(request: web.Request) -> web.Response:
     """Release a legal hold (audited); retention applies again from then."""
     message = request.match_info["message"]
     service = request.app[SERVICE]
-    if await service.holds.get(message) is None:
+    if not _HOLD_KEY.match(message) or await service.holds.get(message) is None:
         raise Problem(404, "not-found", "no hold on that message")
     await audit_action(request, "hold-released", message=message)
     await service.holds.release(message)

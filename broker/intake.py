@@ -18,6 +18,7 @@ from broker.errors import (
     ConfigError,
     InvalidEnvelope,
     Malformed,
+    NotPermitted,
     RejectedMessage,
     SchemaInvalid,
     SenderMismatch,
@@ -96,16 +97,21 @@ class Intake:
         if issue is not None:
             raise Malformed(f"envelope '{issue.keyword}' check failed", field=issue.pointer or "/",
                             rule="envelope.v1.json")
+        for name in ("iat", "ver"):  # the schema's "integer" also admits 1.0: one spelling per message
+            if type(claims[name]) is not int:
+                raise Malformed(f"{name} must be written as an integer", field=f"/{name}", rule="integer")
         if claims["iss"] != subject_agency:
             raise SenderMismatch("iss is not the agency that published", field="/iss")
-        age = stored_at - claims["iat"]
-        if age > self.settings.max_age:
+        iat = claims["iat"]  # compared as given: an integer of any size, never converted to a float
+        if iat < stored_at - self.settings.max_age:
             raise Stale(f"sent more than {int(self.settings.max_age)}s before it was received", field="/iat",
                         rule="max-age")
-        if age < -self.settings.max_future_skew:
+        if iat > stored_at + self.settings.max_future_skew:
             raise Stale("iat is in the future", field="/iat", rule="max-future-skew")
         if "origin" in claims:
             raise Malformed("only the broker sets origin", field="/origin")
+        if not wire.canonical_b64u(claims["payload"]):
+            raise Malformed("the payload is not canonical base64url", field="/payload", rule="canonical-base64")
         return Authenticated(token, claims, signer)
 
     def _open(self, auth: Authenticated) -> Opened:
@@ -139,5 +145,7 @@ class Intake:
             agency = self.registry.get(rid)
             if agency is None or agency.kind in _NOT_ADDRESSABLE:
                 raise UnknownRecipient("recipient is not in the trust registry", field=f"/to/{i}", rule="registry")
+            if agency.id == auth.sender.id:  # the broker would hand the sender its own message back
+                raise NotPermitted("the sender cannot be its own recipient", field=f"/to/{i}", rule="to.not-sender")
             recipients.append(agency)
         return Opened(auth, mtype, payload, plaintext, tuple(recipients))

@@ -19,6 +19,7 @@ def _q(name: str, description: str, schema: dict[str, Any] | None = None) -> dic
             "schema": schema or {"type": "string"}}
 
 
+_WHEN: Final = {"type": "string", "anyOf": [{"format": "date"}, {"format": "date-time"}]}
 _FILTERS = [
     _q("agency", "sending agency id"), _q("recipient", "recipient agency id"), _q("type", "message type"),
     _q("event", "received, shared, refused, not-shared, rejected, overdue, reviewed, subject-search, exported"),
@@ -26,8 +27,8 @@ _FILTERS = [
     _q("consentStatus", "consent status code"), _q("message", "message id"), _q("code", "rejection code"),
     _q("notSharedReason", "decisions not to share with this reason code", {"enum": list(notshared.LABELS)}),
     _q("flagged", "only records flagged (or not) for IG review", {"type": "boolean"}),
-    _q("since", "from this date or time (UTC), inclusive", {"type": "string", "format": "date-time"}),
-    _q("until", "before this date or time (UTC)", {"type": "string", "format": "date-time"}),
+    _q("since", "from this date or time (UTC), inclusive", _WHEN),
+    _q("until", "before this date or time (UTC)", _WHEN),
 ]
 _PAGING = [_q("limit", "page size", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}),
            _q("cursor", "the `next` value of the previous page")]
@@ -122,7 +123,7 @@ def document() -> dict[str, Any]:
                 "Decisions per day by lawful basis, agency or decision", "ig-officer, auditor, operator",
                 _ok("Volumes", "counts"), parameters=[
                     _q("by", "grouping", {"enum": ["lawfulBasis", "agency", "decision"]}),
-                    _q("since", "from (default 30 days ago)"), _q("until", "until (default tomorrow)")])},
+                    _q("since", "from (default 30 days ago)", _WHEN), _q("until", "until (default tomorrow)", _WHEN)])},
             "/api/v1/holds": {"get": _op("Legal holds in force", "ig-officer, auditor", _ok("Holds", "holds"))},
             "/api/v1/holds/{message}": {
                 "put": _op("Place a legal hold on a message (audited)", "ig-officer",
@@ -215,9 +216,11 @@ def document() -> dict[str, Any]:
                                      "items": {"type": "object", "required": ["status", "at"], "properties": {
                                          "status": {"enum": list(STANDINGS)},
                                          "at": {"type": "string", "format": "date-time"}}}}}},
-                "SubjectSearch": {"type": "object", "properties": {
-                    "nhsNumber": {"type": "string"}, "givenName": {"type": "string"},
-                    "familyName": {"type": "string"}, "dateOfBirth": {"type": "string", "format": "date"},
+                "SubjectSearch": {"type": "object", "anyOf": [
+                    {"required": ["nhsNumber"]}, {"required": ["familyName", "dateOfBirth"]}], "properties": {
+                    "nhsNumber": {"type": "string", "minLength": 1}, "givenName": {"type": "string"},
+                    "familyName": {"type": "string", "minLength": 1},
+                    "dateOfBirth": {"type": "string", "format": "date"},
                     "limit": {"type": "integer"}, "cursor": {"type": "string"}}},
                 "SubjectResult": {"type": "object", "required": ["messages", "items"], "properties": {
                     "messages": {"type": "array", "items": {"type": "string"}},
@@ -233,7 +236,7 @@ def document() -> dict[str, Any]:
                     "next": {"type": ["string", "null"]}, "reasons": {"type": "object"},
                     "outcomes": {"type": "object"}}},
                 "ReviewOutcome": {"type": "object", "required": ["item", "outcome"], "properties": {
-                    "item": {"type": "string"}, "outcome": {"enum": list(REVIEW_OUTCOMES)},
+                    "item": {"type": "string", "minLength": 1}, "outcome": {"enum": list(REVIEW_OUTCOMES)},
                     "reference": {"type": "string", "maxLength": 40, "pattern": "^[A-Za-z0-9/-]+$",
                                   "description": "a case or ticket number; never a name"}}},
                 "Integrity": {"type": "object", "required": ["state"], "properties": {

@@ -5,19 +5,23 @@ RFC 8259 leaves duplicate member names to the reader, and readers disagree: orjs
 claims name ``iss`` twice, would then mean one thing to the broker and another to whoever reads
 the signed original later. So a duplicate member name anywhere is refused, as is nesting deeper
 than any message type needs (the schema validator gives up at 255 levels, with an error that is
-not the sender's contract code). The failure names where (a JSON pointer made of member names
-and indices), never a value.
+not the sender's contract code). ``NaN``, ``Infinity`` and numbers beyond a double, which Python's
+reader takes but RFC 8259 does not, are refused, and so is a string escaping half a surrogate pair
+(not Unicode text: I-JSON, RFC 7493, forbids it, and no encoder can write it out again). The
+failure names where (a JSON pointer made of member names and indices), never a value.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from typing import Any, Final
 
 MAX_DEPTH: Final = 32  # the deepest message type is about 6 levels
 _NAME: Final = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+_SURROGATE_ESCAPE: Final = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 class StrictJSONError(ValueError):
@@ -31,6 +35,21 @@ class StrictJSONError(ValueError):
 
 class _Duplicate(ValueError):
     pass
+
+
+class _NotANumber(ValueError):
+    pass
+
+
+def _constant(name: str) -> float:
+    raise _NotANumber(name)
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise _NotANumber(text)
+    return value
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -82,26 +101,66 @@ def loads(data: bytes, *, max_depth: int = MAX_DEPTH) -> Any:
     except UnicodeDecodeError as exc:
         raise StrictJSONError("not UTF-8") from exc
     try:
-        doc = json.loads(text, object_pairs_hook=_no_duplicates)
-    except _Duplicate:
-        raise StrictJSONError("a member name appears twice in one object", _locate(text)) from None
+        doc = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_constant, parse_float=_float)
+    except _Duplicate:  # found in an inner object as it closed: the rest may not even be JSON
+        where = _locate(text)
+        if where is None:
+            raise StrictJSONError("not JSON") from None
+        raise StrictJSONError("a member name appears twice in one object", where) from None
+    except _NotANumber:
+        raise StrictJSONError("NaN, Infinity or a number beyond a double is not JSON") from None
     except (ValueError, RecursionError) as exc:
         raise StrictJSONError("not JSON") from exc
     # no deeper than the number of objects and arrays in it: count those first (cheap), walk if needed
     if data.count(b"{") + data.count(b"[") > max_depth and depth(doc) > max_depth:
         raise StrictJSONError(f"nested more than {max_depth} levels deep")
+    if _SURROGATE_ESCAPE.search(text):
+        where = _find(doc, "", _lone_surrogate)
+        if where is not None:
+            raise StrictJSONError("a string holds half a surrogate pair (not Unicode text)", where)
     return doc
 
 
-def _locate(text: str) -> str:
-    """The pointer to the first object holding a duplicate member name, and that name."""
-    found = _find(json.loads(text, object_pairs_hook=_marking), "")
+def _locate(text: str) -> str | None:
+    """The pointer to the first object holding a duplicate member name, and that name; None when
+    the text is not JSON at all."""
+    try:
+        doc = json.loads(text, object_pairs_hook=_marking, parse_constant=_constant, parse_float=_float)
+    except (ValueError, RecursionError):
+        return None
+    try:
+        found = _find(doc, "", _duplicate)
+    except RecursionError:  # parsed at the very edge of the stack: say there is one, not where
+        return ""
     return found if found is not None else ""
 
 
-def _find(node: Any, at: str) -> str | None:
-    if isinstance(node, _Marked) and node.duplicate:
-        return f"{at}/{_token(node.duplicate)}"
+def _duplicate(node: Any) -> str | None:
+    return node.duplicate if isinstance(node, _Marked) and node.duplicate else None
+
+
+def _lone_surrogate(node: Any) -> str | None:
+    """The member name (or "" for the node itself) that is not Unicode text."""
+    if isinstance(node, str):
+        return None if _is_text(node) else ""
+    if isinstance(node, Mapping):
+        return next((key for key in node if not _is_text(key)), None)
+    return None
+
+
+def _is_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _find(node: Any, at: str, hit: Any) -> str | None:
+    """The pointer to the first node (depth first) where ``hit`` says something is wrong."""
+    name = hit(node)
+    if name is not None:
+        return f"{at}/{_token(name)}" if name else at
     if isinstance(node, Mapping):
         items: Any = node.items()
     elif isinstance(node, list):
@@ -109,7 +168,7 @@ def _find(node: Any, at: str) -> str | None:
     else:
         return None
     for key, child in items:
-        found = _find(child, f"{at}/{_token(key)}")
+        found = _find(child, f"{at}/{_token(key)}", hit)
         if found is not None:
             return found
     return None

@@ -63,6 +63,14 @@ def open_payload(claims: Mapping[str, Any], recipient: str, key: _crypto.KemKeyP
     return _crypto.open_sealed(key.suite, key.private, ciphertext, info)
 
 
+def canonical_b64u(text: Any) -> bool:
+    """Whether ``text`` is base64url in its one canonical spelling (no padding, no unused bits set)."""
+    try:
+        return isinstance(text, str) and _crypto.b64u(_crypto.unb64u(text)) == text
+    except ValueError:
+        return False
+
+
 def sign(claims: Mapping[str, Any], key: _crypto.SigningKey, kid: str) -> bytes:
     token = jwt.encode(dict(claims), key, algorithm=ALGORITHM, headers={"kid": kid, "typ": JWS_TYP})
     return token.encode("ascii")
