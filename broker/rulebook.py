@@ -251,10 +251,18 @@ def _deadline(spec: Mapping[str, Any] | None, local: Mapping[str, Any]) -> Deadl
 
 
 def load(path: Path, catalogue: Catalogue) -> Rulebook:
+    """The rulebook in ``path``; whatever is wrong with the file is a :class:`ConfigError` naming it,
+    so ``sgb policy check`` says so and a reload keeps the old rulebook."""
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise ConfigError(f"no rulebook at {path}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"rulebook {path} is not UTF-8 text") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"rulebook {path} is not valid YAML: {exc}") from exc
-    return parse(doc, catalogue, source=str(path))
+    try:
+        return parse(doc, catalogue, source=str(path))
+    except (ValueError, TypeError, RecursionError) as exc:  # e.g. a mapping key that is not a string
+        raise ConfigError(f"rulebook {path} is not a rulebook (its structure cannot be read: "
+                          f"{type(exc).__name__})") from exc

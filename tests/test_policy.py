@@ -126,6 +126,13 @@ def test_a_bad_rulebook_is_refused_naming_each_problem(tmp_path: Any) -> None:
     bad.write_text("rules: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         rulebooks.load(bad, Catalogue())
+    bad.write_bytes(b"rulebook: \xff\xfe\n")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        rulebooks.load(bad, Catalogue())
+    for text in ("? [x]\n: 1\n", "1: a\n", "null: b\n"):  # mapping keys that are not strings
+        bad.write_text(text)
+        with pytest.raises(ConfigError):
+            rulebooks.load(bad, Catalogue())
 
 
 async def test_reload_swaps_a_good_rulebook_and_refuses_a_bad_one(tmp_path: Any) -> None:
