@@ -27,7 +27,8 @@ browser:
 	      echo "could not install Chromium: the browser tests will fail"; \
 	  else echo "no Chromium: the browser tests will be skipped (apt-get install chromium)"; fi; }
 
-test: $(STAMP) browser
+# The suite runs after the static checks: a broken layer or a type error fails fast.
+test: lint browser
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
@@ -43,8 +44,9 @@ fuzz: $(STAMP)
 	$(PY) -m bench.fuzz --inputs $(FUZZ_INPUTS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check broker adapters tests bench
+	$(VENV)/bin/ruff check broker adapters tests bench docs
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 fmt: $(STAMP)
 	$(VENV)/bin/ruff check --fix broker adapters tests bench

@@ -1,6 +1,3 @@
-"""Agency-side code: the SDK agency systems use to talk to the broker, and (later) one
-adapter per agency kind that translates its native format."""
-
-from adapters.sdk import AgencyClient, Delivery
-
-__all__ = ["AgencyClient", "Delivery"]
+"""The agency side: the SDK agency systems use (:mod:`adapters.sdk`), the native formats each kind
+of agency speaks (:mod:`adapters.formats`), the school's Operation Encompass inbox
+(:mod:`adapters.school`) and the adapter service that runs them (:mod:`adapters.runtime`)."""

@@ -37,14 +37,17 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
 
 from adapters.sdk import AgencyClient
-from broker import logs, wire
-from broker.catalogue import Catalogue
+from broker import logs
 from broker.config import NatsSettings, Settings
-from broker.keystore import init_dev_keys, load_identity
-from broker.natsserver import embedded_nats
-from broker.registry import Registry
-from broker.service import addressable, connected, jetstream
-from broker.streams import DELIVERY, ensure_topology
+from broker.identity.devkeys import init_dev_keys
+from broker.identity.keys import load_identity
+from broker.transport.connection import connected, jetstream
+from broker.transport.natsserver import embedded_nats
+from broker.transport.topology import ensure_topology
+from broker.wire import hpke, jws
+from broker.wire.catalogue import Catalogue
+from broker.wire.registry import Registry, addressable
+from broker.wire.subjects import DELIVERY
 
 PAYLOAD_BYTES = 2048
 RELAY_N = 5000
@@ -109,22 +112,22 @@ def crypto_floor(home: Path, registry: Registry, catalogue: Catalogue, seconds: 
     police = AgencyClient(None, None, registry, load_identity(home, "police-met"), catalogue)  # type: ignore[arg-type]
     broker = load_identity(home, registry.broker_id)
     _, token = police.build(typ="referral", to=["la-camden"], payload=_referral(), sharing=_sharing())
-    _, verify_key = registry.signer(wire.read_header(token)["kid"], time.time())
+    _, verify_key = registry.signer(jws.read_header(token)["kid"], time.time())
     kid, suite, public = registry.recipient_key("la-camden", time.time())
     samples: list[float] = []
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
         t0 = time.perf_counter()
-        wire.read_header(token)
-        claims = wire.verify_fast(token, verify_key)
-        plaintext = wire.open_payload(claims, registry.broker_id, broker.kem[claims["enc"]["kid"]])
+        jws.read_header(token)
+        claims = jws.verify_fast(token, verify_key)
+        plaintext = hpke.open_payload(claims, registry.broker_id, broker.kem[claims["enc"]["kid"]])
         for recipient, body in (("la-camden", plaintext), ("police-met", b'{"status":"routed"}')):
             rkid, rsuite, rpub = (kid, suite, public) if recipient == "la-camden" else \
                 registry.recipient_key(recipient, time.time())
             jti = str(uuid.uuid4())
-            sealed = wire.seal_payload(body, jti=jti, iss=registry.broker_id, typ="referral", ver=1,
+            sealed = hpke.seal_payload(body, jti=jti, iss=registry.broker_id, typ="referral", ver=1,
                                        recipient=recipient, kid=rkid, suite=rsuite, public_key=rpub)
-            wire.sign(claims | {"jti": jti, "payload": sealed.payload}, broker.signing_key, broker.sig_kid)
+            jws.sign(claims | {"jti": jti, "payload": sealed.payload}, broker.signing_key, broker.sig_kid)
         samples.append((time.perf_counter() - t0) * 1000)
     return {"msgs_per_s": round(len(samples) / seconds), **_percentiles(samples), "n": len(samples)}
 
@@ -238,9 +241,9 @@ async def paced_latency(home: Path, url: str, settings: Settings, registry: Regi
 async def audit_bench(home: Path, registry: Registry, n: int = 100_000) -> dict[str, Any]:
     """(d) the IG side on a 100,000-record log: index queries the pages make, and verifying the
     signed, hash-chained blocks of that many records (no NATS: the cost of the work itself)."""
-    from broker.auditchain import Head, build_block
-    from broker.auditindex import AuditIndex, RecordQuery
-    from broker.auditverify import Verifier, broker_keys
+    from broker.audit.chain import Head, build_block
+    from broker.audit.index import AuditIndex, RecordQuery
+    from broker.audit.verify import Verifier, broker_keys
 
     identity = load_identity(home, registry.broker_id)
     agencies = ["police-met", "health-camden", "la-camden", "school-hillside"]
@@ -305,10 +308,10 @@ async def audit_bench(home: Path, registry: Registry, n: int = 100_000) -> dict[
 async def adapters_in(home: Path, settings: Settings, registry: Registry, catalogue: Catalogue,
                       seconds: float = 3.0) -> dict[str, Any]:
     """Documents per second through :class:`adapters.inbound.Submitter` (no broker draining)."""
-    from adapters.health import fhir_bundle
-    from adapters.inbound import Submitter
-    from adapters.mapping import MapContext, Mapper
-    from adapters.police import ppn_csv, ppn_json
+    from adapters.formats.health import fhir_bundle
+    from adapters.formats.mapping import MapContext, Mapper
+    from adapters.formats.police import ppn_csv, ppn_json
+    from adapters.runtime.inbound import Submitter
     from adapters.sdk import agency_client
     from tests.test_health import referral_bundle
     from tests.test_police import CSV, PPN

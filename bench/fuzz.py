@@ -33,10 +33,12 @@ from adapters.sdk import AgencyClient
 from bench.__main__ import _start_brokers, _stop, environment
 from bench.fuzz_inputs import Inputs, example
 from broker import logs
-from broker.auditlog import read_audit
-from broker.keystore import load_identity
-from broker.service import addressable, connected, jetstream
-from broker.streams import DELIVERY, ensure_topology, ingress_subject
+from broker.audit.reading import read_audit
+from broker.identity.keys import load_identity
+from broker.transport.connection import connected, jetstream
+from broker.transport.topology import ensure_topology
+from broker.wire.registry import addressable
+from broker.wire.subjects import DELIVERY, ingress_subject
 from tests.hostile import Kit, claims_of
 
 RESULTS = Path(__file__).resolve().parent / "fuzz-results.json"

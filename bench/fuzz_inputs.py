@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from broker import wire
+from broker.wire import hpke
 from tests.hostile import CASES, Kit, claims_of, signed
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "schemas" / "examples"
@@ -189,7 +189,7 @@ class Inputs:
             body = body[:1] + b'"%s":1,' % first.encode() + body[1:]
         claims = self._fresh() | {"typ": typ.split(".")[0], "sharing": example(f"{typ.split('.')[0]}.sharing")}
         kid, suite, public = self.kit.registry.recipient_key("sg-broker", time.time())
-        claims["payload"] = wire.seal_payload(body, jti=claims["jti"], iss="police-met", typ=claims["typ"], ver=1,
+        claims["payload"] = hpke.seal_payload(body, jti=claims["jti"], iss="police-met", typ=claims["typ"], ver=1,
                                               recipient="sg-broker", kid=kid, suite=suite, public_key=public).payload
         return signed(self.kit, valid_header(self.kit), orjson.dumps(claims))
 

@@ -5,8 +5,8 @@ The first input byte picks a target; the rest is its input:
 
 0. ``strictjson.loads``: refuses with :class:`StrictJSONError` or returns what ``json`` reads, no
    deeper than 32 levels and writable again as strict JSON (no NaN, no lone surrogate);
-1. ``wire.read_header``: refuses with a rejection or returns exactly ``alg``, ``typ`` and ``kid``;
-2. ``wire.verify_fast`` against ``wire.verify`` (PyJWT) on a header and claims given as bytes and
+1. ``jws.read_header``: refuses with a rejection or returns exactly ``alg``, ``typ`` and ``kid``;
+2. ``jws.verify_fast`` against ``jws.verify`` (PyJWT) on a header and claims given as bytes and
    signed with the agency's real key: both refuse, with the same code, or both return the same claims;
 3. the catalogue: any strict JSON through the envelope schema and a payload schema;
 4. intake's checks with the safety net taken off (``Intake._authenticate``, ``_open``) on fuzzed
@@ -39,16 +39,18 @@ import yaml
 
 with atheris.instrument_imports(include=["broker", "jwt", "yaml"]):
     from adapters.sdk import AgencyClient
-    from broker import rulebook, strictjson, wire
-    from broker.catalogue import Catalogue
     from broker.config import PipelineSettings
     from broker.errors import ConfigError, RejectedMessage
-    from broker.intake import Intake
-    from broker.keystore import init_dev_keys, load_identity, load_secret
-    from broker.outcomes import Ingress, Outcomes
-    from broker.policy import RulebookPolicy
-    from broker.registry import Registry
-    from broker.subjects import load_subject_index
+    from broker.identity.blindindex import load_subject_index
+    from broker.identity.devkeys import init_dev_keys
+    from broker.identity.keys import load_identity, load_secret
+    from broker.pipeline.intake import Intake
+    from broker.pipeline.outcomes import Ingress, Outcomes
+    from broker.policy import rulebook
+    from broker.policy.engine import RulebookPolicy
+    from broker.wire import hpke, jws, strictjson
+    from broker.wire.catalogue import Catalogue
+    from broker.wire.registry import Registry
 
 from tests.hostile import CASES, Kit, claims_of, header, signed
 
@@ -83,10 +85,10 @@ def target_strictjson(data: bytes) -> None:
 
 def target_header(data: bytes) -> None:
     try:
-        head = wire.read_header(data)
+        head = jws.read_header(data)
     except RejectedMessage:
         return
-    assert set(head) == {"alg", "typ", "kid"} and head["alg"] == wire.ALGORITHM
+    assert set(head) == {"alg", "typ", "kid"} and head["alg"] == jws.ALGORITHM
 
 
 def _outcome(call: Any) -> tuple[str, Any]:
@@ -100,9 +102,9 @@ def target_verify(data: bytes) -> None:
     fdp = atheris.FuzzedDataProvider(data)
     head = fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 200))
     token = signed(KIT, head, fdp.ConsumeBytes(fdp.remaining_bytes()))
-    if _outcome(lambda: wire.read_header(token))[0] != "ok":
+    if _outcome(lambda: jws.read_header(token))[0] != "ok":
         return  # the broker reads the header first; only then do the two verifiers meet
-    fast, slow = _outcome(lambda: wire.verify_fast(token, POLICE_KEY)), _outcome(lambda: wire.verify(token, POLICE_KEY))
+    fast, slow = _outcome(lambda: jws.verify_fast(token, POLICE_KEY)), _outcome(lambda: jws.verify(token, POLICE_KEY))
     assert fast == slow, f"verify_fast {fast} but verify {slow}"
 
 
@@ -143,7 +145,7 @@ def target_payload(data: bytes) -> None:
                                   validate=False)
     claims = claims_of(token)
     kid, suite, public = REGISTRY.recipient_key("sg-broker", time.time())
-    claims["payload"] = wire.seal_payload(data[1:], jti=jti, iss="police-met", typ=typ, ver=1, recipient="sg-broker",
+    claims["payload"] = hpke.seal_payload(data[1:], jti=jti, iss="police-met", typ=typ, ver=1, recipient="sg-broker",
                                           kid=kid, suite=suite, public_key=public).payload
     _through(signed(KIT, header(KIT), orjson.dumps(claims)))
 
@@ -180,7 +182,7 @@ def seeds(directory: Path) -> None:
         head, _, rest = token.partition(b".")
         body = rest.partition(b".")[0]
         try:
-            raw_head, raw_body = wire._segment(head), wire._segment(body)
+            raw_head, raw_body = jws._segment(head), jws._segment(body)
         except RejectedMessage:
             continue
         items += [b"\x00" + raw_body, b"\x04" + raw_body,

@@ -94,7 +94,7 @@ class Settings:
     home: Path
     registry_path: Path
     instance: str
-    rulebook_path: Path | None = None  # None: deploy/rulebook.yaml
+    rulebook_path: Path | None = None  # None: broker/policy/rulebook.yaml
     nats: NatsSettings = NatsSettings()
     streams: StreamSettings = StreamSettings()
     pipeline: PipelineSettings = PipelineSettings()

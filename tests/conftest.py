@@ -15,15 +15,17 @@ import structlog
 from aiohttp.test_utils import TestClient, TestServer
 
 from adapters.sdk import AgencyClient, SeenStore
-from broker.api import AuditService
-from broker.catalogue import Catalogue
 from broker.config import AuditSettings, NatsSettings, PipelineSettings, Settings, StreamSettings
-from broker.http import audit_service, make_app
-from broker.keystore import init_dev_keys, load_identity
-from broker.natsserver import embedded_nats
-from broker.registry import Registry
-from broker.service import Broker, addressable, connected, jetstream, running_broker
-from broker.streams import ensure_topology
+from broker.identity.devkeys import init_dev_keys
+from broker.identity.keys import load_identity
+from broker.pipeline.service import Broker, running_broker
+from broker.transport.connection import connected, jetstream
+from broker.transport.natsserver import embedded_nats
+from broker.transport.topology import ensure_topology
+from broker.web.app import audit_service, make_app
+from broker.web.context import AuditService
+from broker.wire.catalogue import Catalogue
+from broker.wire.registry import Registry, addressable
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "schemas" / "examples"
 

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.internal.conjecture import utils as conjecture
 
-from adapters import consent
+from adapters.formats import consent
 
 RUNS: Final = 60  # examples per strategy
 

@@ -19,7 +19,7 @@ import jwt
 import orjson
 
 from adapters.sdk import AgencyClient
-from broker import _crypto, wire
+from broker.wire import _crypto, hpke
 from tests.helpers import example, referral, sharing
 
 Wire = tuple[str, bytes]
@@ -83,7 +83,7 @@ def claims(kit: Kit, plaintext: bytes | None = None, *, typ: str = "referral", r
     out = claims_of(token)
     if plaintext is not None or public is not None:
         kid, suite, pub = kit.registry.recipient_key("sg-broker", time.time())
-        out["payload"] = wire.seal_payload(plaintext if plaintext is not None else orjson.dumps(referral()),
+        out["payload"] = hpke.seal_payload(plaintext if plaintext is not None else orjson.dumps(referral()),
                                            jti=jti, iss="police-met", typ=typ, ver=1, recipient=recipient,
                                            kid=kid, suite=suite, public_key=public or pub).payload
     out["typ"] = typ

@@ -14,18 +14,18 @@ import pytest
 import structlog
 import structlog.testing
 
-from adapters.consent import CASE_FACTS
-from adapters.health import fhir_bundle
-from adapters.local_authority import case_events
-from adapters.mapping import MapContext, Outbound
-from adapters.police import ppn_json
+from adapters.formats.consent import CASE_FACTS
+from adapters.formats.health import fhir_bundle
+from adapters.formats.local_authority import case_events
+from adapters.formats.mapping import MapContext, Outbound
+from adapters.formats.police import ppn_json
+from adapters.runtime.service import AdapterSettings, check_sharing
 from adapters.sdk import Handed
-from adapters.service import AdapterSettings, check_sharing
-from broker import rulebook as rulebooks
-from broker.catalogue import Catalogue
 from broker.errors import ConfigError
-from broker.policy import RulebookPolicy
-from broker.registry import Registry
+from broker.policy import rulebook as rulebooks
+from broker.policy.engine import RulebookPolicy
+from broker.wire.catalogue import Catalogue
+from broker.wire.registry import Registry
 from tests.helpers import example
 from tests.test_health import answer, bundle, referral_bundle, referrer
 from tests.test_local_authority import EVENTS, REFERRAL, REFERRAL_DELIVERY, REQUEST, REQUEST_DELIVERY

@@ -13,11 +13,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from adapters.deadletters import DISCARDED, REFUSED, RETRIES_EXHAUSTED
-from adapters.service import AdapterSettings, running_adapter
+from adapters.runtime.deadletters import DISCARDED, REFUSED, RETRIES_EXHAUSTED
+from adapters.runtime.service import AdapterSettings, running_adapter
 from broker.config import Settings
-from broker.keystore import write_private
-from broker.service import Broker
+from broker.identity.keys import write_private
+from broker.pipeline.service import Broker
 from tests.conftest import ClientFactory
 from tests.helpers import eventually, referral, sharing
 from tests.test_deliverer import SECRET, CaseSystem, free_port, receipts, serve

@@ -32,13 +32,13 @@ import pytest
 from aiohttp.test_utils import TestClient
 from hypothesis import strategies as st
 
-from adapters import consent
-from adapters.inbound_folder import FAILED, SENT, FolderIntake
+from adapters.formats import consent
+from adapters.runtime.inbound_folder import FAILED, SENT, FolderIntake
+from adapters.runtime.service import Adapter, AdapterSettings, make_app, running_adapter
+from adapters.runtime.sinks import signed_headers
 from adapters.sdk import Delivery
-from adapters.service import Adapter, AdapterSettings, make_app, running_adapter
-from adapters.sinks import signed_headers
 from broker.config import Settings
-from broker.keystore import write_private
+from broker.identity.keys import write_private
 from tests.fuzzing import (
     CONSENT_KEYS,
     FACTS,
@@ -59,7 +59,7 @@ from tests.test_health import consent_extension, referral_bundle
 
 pytestmark = pytest.mark.timeout(240)
 Client = TestClient  # type: ignore[type-arg]
-NATIVE: Final = Path(__file__).resolve().parent.parent / "adapters" / "native"
+NATIVE: Final = Path(__file__).resolve().parent.parent / "adapters" / "formats" / "native"
 DEPLOY: Final = Path(__file__).resolve().parent.parent / "deploy" / "adapters"
 SECRET: Final = b"fuzzing-the-adapter-inbound-0001"
 

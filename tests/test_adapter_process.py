@@ -17,10 +17,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from adapters.sinks import DELIVERY_HEADER, verify_webhook
-from broker.keystore import write_private
-from broker.service import Broker
-from broker.streams import DELIVERY, agency_consumer
+from adapters.runtime.sinks import DELIVERY_HEADER, verify_webhook
+from broker.identity.keys import write_private
+from broker.pipeline.service import Broker
+from broker.transport.topology import agency_consumer
+from broker.wire.subjects import DELIVERY
 from tests.conftest import ClientFactory
 from tests.helpers import referral, sharing
 

@@ -15,13 +15,14 @@ import pytest
 from aiohttp.test_utils import TestClient
 from nats.js.errors import NotFoundError
 
-from adapters.fhir import CONSENT_EXTENSION
-from adapters.service import AdapterSettings, make_app, reload_keys, running_adapter
-from adapters.sinks import signed_headers
-from broker.deadlines import BUCKET
+from adapters.formats.fhir import CONSENT_EXTENSION
+from adapters.runtime.service import AdapterSettings, make_app, reload_keys, running_adapter
+from adapters.runtime.sinks import signed_headers
 from broker.errors import KeyStoreError
-from broker.keystore import identity_path, rotate_keys, write_private
-from broker.service import Broker
+from broker.identity.keys import identity_path, write_private
+from broker.identity.rotation import rotate_keys
+from broker.pipeline.deadlines import BUCKET
+from broker.pipeline.service import Broker
 from tests.conftest import ClientFactory
 from tests.helpers import drain, example, sharing
 from tests.test_health import answer, bundle, referral_bundle, referrer

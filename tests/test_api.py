@@ -12,13 +12,14 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
-from broker import api
-from broker.auditexport import verify_store
-from broker.auth import mint
+from broker.audit.export import verify_store
 from broker.config import Settings
-from broker.keystore import load_identity
-from broker.registry import Registry
-from broker.service import Broker, connected, jetstream
+from broker.http.tokens import mint
+from broker.identity.keys import load_identity
+from broker.pipeline.service import Broker
+from broker.transport.connection import connected, jetstream
+from broker.web import api
+from broker.wire.registry import Registry
 from tests.conftest import ClientFactory
 from tests.helpers import drain, example, referral, sharing
 
@@ -280,7 +281,7 @@ async def test_a_decision_not_to_share_keeps_its_reason_and_rule(client: Client,
 
 
 def test_every_reason_not_to_share_has_a_label() -> None:
-    from broker import notshared
+    from broker.web import notshared
 
     assert set(notshared._WORDS) == set(notshared.schema_codes())  # a new code in the schema needs its words
     assert list(notshared.LABELS) == list(notshared.schema_codes())
@@ -305,7 +306,7 @@ async def test_subject_search_finds_one_child_and_is_audited(client: Client, set
     assert r.status == 400 and "date of birth" in (await r.json())["detail"]
     # the search was audited, naming the officer and not the child
     async with connected(settings, settings.nats.url or "", name="t") as nc:
-        from broker.auditlog import read_audit
+        from broker.audit.reading import read_audit
 
         records = [x async for x in read_audit(jetstream(nc, settings)) if x["event"] == "subject-search"]
     assert len(records) == 2 and records[0]["actor"] == "ig-jo" and records[0]["messagesFound"] == 1
@@ -317,7 +318,7 @@ async def test_subject_search_finds_one_child_and_is_audited(client: Client, set
 async def test_subject_index_key_rotation_keeps_old_records_findable(client: Client, settings: Settings,
                                                                     agency: ClientFactory, broker: Broker,
                                                                     service: api.AuditService) -> None:
-    from broker.subjects import load_subject_index, rotate_subject_key
+    from broker.identity.blindindex import load_subject_index, rotate_subject_key
 
     before = await send_referrals(agency)
     rotate_subject_key(settings.home)

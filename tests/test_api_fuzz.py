@@ -25,9 +25,9 @@ from schemathesis import GenerationMode
 from schemathesis import checks as st_checks
 from schemathesis.core.failures import FailureGroup
 
-from broker.auth import mint
 from broker.config import Settings
-from broker.keystore import load_identity
+from broker.http.tokens import mint
+from broker.identity.keys import load_identity
 from tests.conftest import ClientFactory
 from tests.helpers import eventually, referral, sharing
 

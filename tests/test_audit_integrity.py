@@ -19,7 +19,7 @@ import pytest
 from nats.js.api import KeyValueConfig, StorageType, StreamConfig
 from nats.js.errors import APIError
 
-from broker.auditchain import (
+from broker.audit.chain import (
     BLOCK_TYP,
     GENESIS,
     Stored,
@@ -29,16 +29,17 @@ from broker.auditchain import (
     read_stream,
     record_hash,
     sign,
-    unverified,
 )
-from broker.auditexport import export, head_checkpoints, verify_export, verify_store
-from broker.auditverify import Report
+from broker.audit.export import export, head_checkpoints, verify_export, verify_store
+from broker.audit.verify import Report
 from broker.config import Settings
-from broker.keystore import load_identity
-from broker.natsserver import embedded_nats
-from broker.registry import Registry
-from broker.service import Broker, connected, jetstream
-from broker.streams import AUDIT, AUDIT_HEADS_BUCKET
+from broker.identity.keys import load_identity
+from broker.pipeline.service import Broker
+from broker.transport.connection import connected, jetstream
+from broker.transport.natsserver import embedded_nats
+from broker.wire.jws import unverified
+from broker.wire.registry import Registry
+from broker.wire.subjects import AUDIT, AUDIT_HEADS_BUCKET
 from tests.conftest import ClientFactory
 from tests.helpers import referral, sharing
 from tests.test_cli import sgb
@@ -194,7 +195,7 @@ async def test_inserted_blocks_are_named(history: list[Stored], settings: Settin
 
 
 async def _head_before(settings: Settings, block: Stored) -> object:
-    from broker.auditchain import Head
+    from broker.audit.chain import Head
 
     claims = unverified(block.data)[1]
     return Head(claims["block"], claims["first"], claims["prev"], 0)
@@ -228,7 +229,7 @@ async def test_two_writers_on_one_chain_never_fork_it(history: list[Stored], bro
                                                       settings: Settings, registry: Registry) -> None:
     """A second writer with the same instance name (a misconfigured twin): the
     expected-last-subject-sequence guard makes the two take turns on one linear chain."""
-    from broker.auditchain import AuditWriter
+    from broker.audit.chain import AuditWriter
 
     async with connected(settings, settings.nats.url or "", name="twin") as nc:
         js = jetstream(nc, settings)
@@ -293,7 +294,7 @@ def test_forged_block_needs_the_broker_key(settings: Settings, registry: Registr
     identity = load_identity(settings.home, registry.broker_id)
     token = sign({"instance": "x", "block": 0, "first": 0, "count": 0, "prev": GENESIS, "head": GENESIS,
                   "records": [], "at": "2026-01-01T00:00:00Z"}, identity, "sg+jwt")
-    from broker.auditverify import Verifier, broker_keys
+    from broker.audit.verify import Verifier, broker_keys
 
     verifier = Verifier(broker_keys(registry))
     verifier.block(1, "sg.audit.x", token)
@@ -309,8 +310,8 @@ async def test_damage_to_the_store_files_is_detected(damage: str, home: Path, re
     verification names the gap."""
     from dataclasses import replace
 
-    from broker.auditchain import AuditWriter
-    from broker.streams import ensure_topology
+    from broker.audit.chain import AuditWriter
+    from broker.transport.topology import ensure_topology
     from tests.conftest import make_settings
 
     store = tmp_path / "store"

@@ -10,15 +10,17 @@ from pathlib import Path
 import pytest
 from nats.js import JetStreamContext
 
-from broker.auditexport import verify_store
-from broker.auditindex import AuditIndex, Indexer
-from broker.auditlog import read_audit
-from broker.auditverify import broker_keys
+from broker.audit.export import verify_store
+from broker.audit.index import AuditIndex, Indexer
+from broker.audit.reading import read_audit
+from broker.audit.verify import broker_keys
 from broker.config import Settings
-from broker.outcomes import Ingress, derived_id
-from broker.registry import Registry
-from broker.service import connected, jetstream, running_broker
-from broker.streams import AUDIT, BROKER_CONSUMER, INGRESS
+from broker.pipeline.outcomes import Ingress
+from broker.pipeline.service import running_broker
+from broker.transport.connection import connected, jetstream
+from broker.wire.ids import derived_id
+from broker.wire.registry import Registry
+from broker.wire.subjects import AUDIT, BROKER_CONSUMER, INGRESS
 from tests.conftest import ClientFactory, make_settings
 from tests.helpers import drain, eventually, referral, sharing
 
@@ -86,10 +88,10 @@ def test_the_same_record_id_with_another_decision_is_a_problem(home: Path) -> No
     where the first said refuse) is reported as conflicting, naming the record."""
     import time
 
-    from broker.auditchain import GENESIS, Head, build_block
-    from broker.auditverify import Verifier
-    from broker.catalogue import Catalogue
-    from broker.keystore import load_identity
+    from broker.audit.chain import GENESIS, Head, build_block
+    from broker.audit.verify import Verifier
+    from broker.identity.keys import load_identity
+    from broker.wire.catalogue import Catalogue
 
     identity = load_identity(home, "sg-broker")
     registry = Registry.load(home / "registry.json", Catalogue())

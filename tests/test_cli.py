@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from broker.config import Settings
-from broker.service import Broker
+from broker.pipeline.service import Broker
 
 pytestmark = pytest.mark.timeout(120)
 EXAMPLES = Path(__file__).resolve().parent.parent / "schemas" / "examples"

@@ -21,15 +21,16 @@ from pathlib import Path
 import pytest
 
 from adapters.sdk import AgencyClient, SeenStore
-from broker.auditexport import verify_store
-from broker.auditlog import read_audit
-from broker.catalogue import Catalogue
+from broker.audit.export import verify_store
+from broker.audit.reading import read_audit
 from broker.config import Settings
-from broker.keystore import load_identity
-from broker.natsserver import nats_server_binary
-from broker.registry import Registry
-from broker.service import addressable, connected, jetstream
-from broker.streams import AUDIT, DELIVERY, INGRESS, ensure_topology
+from broker.identity.keys import load_identity
+from broker.transport.connection import connected, jetstream
+from broker.transport.natsserver import nats_server_binary
+from broker.transport.topology import ensure_topology
+from broker.wire.catalogue import Catalogue
+from broker.wire.registry import Registry, addressable
+from broker.wire.subjects import AUDIT, DELIVERY, INGRESS
 from tests.conftest import make_settings
 from tests.helpers import referral, sharing
 

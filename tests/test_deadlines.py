@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 
-from broker.auditlog import read_audit
+from broker.audit.reading import read_audit
 from broker.config import Settings
-from broker.service import Broker, connected, jetstream
-from broker.workdays import LONDON, add_working_days
+from broker.pipeline.service import Broker
+from broker.policy.workdays import LONDON, add_working_days
+from broker.transport.connection import connected, jetstream
 from tests.conftest import ClientFactory
 from tests.helpers import drain, example, referral, sharing
 

@@ -17,13 +17,13 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from adapters.deadletters import RETRIES_EXHAUSTED
-from adapters.deliverer import DeadLetters, Deliverer
-from adapters.retries import RetryPolicy
+from adapters.runtime.deadletters import RETRIES_EXHAUSTED
+from adapters.runtime.deliverer import DeadLetters, Deliverer
+from adapters.runtime.retries import RetryPolicy
+from adapters.runtime.sinks import DELIVERY_HEADER, WebhookSettings, WebhookSink, verify_webhook
 from adapters.sdk import AgencyClient
-from adapters.sinks import DELIVERY_HEADER, WebhookSettings, WebhookSink, verify_webhook
-from broker.service import Broker
-from broker.streams import DELIVERY
+from broker.pipeline.service import Broker
+from broker.wire.subjects import DELIVERY
 from tests.conftest import ClientFactory
 from tests.helpers import eventually, referral, sharing
 

@@ -15,9 +15,9 @@ from fhir.resources.R4B import get_fhir_model_class
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.flag import Flag
 
-from adapters.consent import agency_wide
-from adapters.fhir import CONSENT_EXTENSION, TOPIC
-from adapters.health import (
+from adapters.formats.consent import agency_wide
+from adapters.formats.fhir import CONSENT_EXTENSION, TOPIC
+from adapters.formats.health import (
     AGENCY_ID,
     CONTENT_TYPE,
     DELIVERY_ID,
@@ -30,11 +30,11 @@ from adapters.health import (
     flag_to_status,
     render_fhir,
 )
-from adapters.mapping import MapContext, Outbound, Unmappable
+from adapters.formats.mapping import MapContext, Outbound, Unmappable
 from adapters.sdk import Delivery, Handed
-from broker.catalogue import Catalogue
-from broker.registry import Registry
-from broker.service import Broker
+from broker.pipeline.service import Broker
+from broker.wire.catalogue import Catalogue
+from broker.wire.registry import Registry
 from tests.conftest import ClientFactory
 from tests.helpers import drain, example, sharing
 

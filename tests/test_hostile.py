@@ -22,11 +22,12 @@ import nats
 import orjson
 import pytest
 
-from broker import strictjson
-from broker.auditlog import read_audit
+from broker.audit.reading import read_audit
 from broker.config import Settings
-from broker.service import Broker, connected, jetstream
-from broker.streams import DELIVERY, INGRESS, ingress_subject
+from broker.pipeline.service import Broker
+from broker.transport.connection import connected, jetstream
+from broker.wire import strictjson
+from broker.wire.subjects import DELIVERY, INGRESS, ingress_subject
 from tests.conftest import ClientFactory
 from tests.helpers import drain, eventually
 from tests.hostile import CASES, Case, Kit, claims_of, valid

@@ -16,8 +16,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from broker import api
 from broker.config import Settings
+from broker.web import api
 from tests.conftest import ClientFactory
 from tests.test_api import (
     NHS,
@@ -205,7 +205,7 @@ async def test_keyboard_only_navigation(browser_page: Any, live_url: str, settin
 def test_web_app_has_no_route_without_an_owner() -> None:
     """Every /ig/ route is either the sign-in or guarded by a role (a new page cannot forget to be)."""
     app = web.Application()
-    from broker import igpages
+    from broker.web import igpages
 
     igpages.add_routes(app)
     open_paths = {"/ig", "/ig/", "/ig/login", "/ig/logout", "/ig/ig.css"}

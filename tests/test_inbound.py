@@ -21,19 +21,21 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
-from adapters.consent import agency_wide
-from adapters.inbound import SubmissionStore
-from adapters.inbound_folder import FolderIntake
-from adapters.mapping import MapContext, Outbound
-from adapters.service import Adapter, AdapterSettings, make_app, running_adapter
-from adapters.sinks import signed_headers
-from broker.auditlog import read_audit
+from adapters.formats.consent import agency_wide
+from adapters.formats.mapping import MapContext, Outbound
+from adapters.runtime.inbound import SubmissionStore
+from adapters.runtime.inbound_folder import FolderIntake
+from adapters.runtime.service import Adapter, AdapterSettings, make_app, running_adapter
+from adapters.runtime.sinks import signed_headers
+from broker.audit.reading import read_audit
 from broker.config import Settings
 from broker.errors import ConfigError
-from broker.keystore import write_private
-from broker.registry import Registry
-from broker.service import Broker, addressable, connected, jetstream
-from broker.streams import INGRESS, ensure_topology
+from broker.identity.keys import write_private
+from broker.pipeline.service import Broker
+from broker.transport.connection import connected, jetstream
+from broker.transport.topology import ensure_topology
+from broker.wire.registry import Registry, addressable
+from broker.wire.subjects import INGRESS
 from tests.conftest import ClientFactory
 from tests.helpers import drain, eventually, example, sharing
 from tests.test_police import CSV, PPN

@@ -19,16 +19,18 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from adapters.sdk import AgencyClient
-from broker import _crypto, wire
-from broker.auditchain import is_checkpoint, unverified
-from broker.auditexport import verify_store
-from broker.catalogue import Catalogue
+from broker.audit.chain import is_checkpoint
+from broker.audit.export import verify_store
 from broker.config import Settings
 from broker.errors import ConfigError, InvalidEnvelope
-from broker.keystore import identity_path, load_identity, plan_retirement, retire_keys, rotate_keys
-from broker.registry import Registry
-from broker.service import Broker
-from broker.streams import AUDIT
+from broker.identity.keys import identity_path, load_identity
+from broker.identity.rotation import plan_retirement, retire_keys, rotate_keys
+from broker.pipeline.service import Broker
+from broker.wire import _crypto, hpke, jws
+from broker.wire.catalogue import Catalogue
+from broker.wire.jws import unverified
+from broker.wire.registry import Registry
+from broker.wire.subjects import AUDIT
 from tests.conftest import ClientFactory
 from tests.helpers import drain, referral, sharing
 
@@ -123,11 +125,11 @@ async def test_old_signing_key_accepted_during_overlap(
     _reload(police, registry, settings, catalogue)
     assert police.identity.sig_kid == done.sig_kid != old_sig
 
-    assert wire.read_header(before_data)["kid"] == old_sig
+    assert jws.read_header(before_data)["kid"] == old_sig
     typ, body = await _outcome(police, before, before_data)
     assert typ == "receipt" and body["status"] == "routed"  # the receipt is sealed to police's new key
     after, after_data = _referral(police)
-    assert wire.read_header(after_data)["kid"] == done.sig_kid
+    assert jws.read_header(after_data)["kid"] == done.sig_kid
     typ, body = await _outcome(police, after, after_data)
     assert typ == "receipt" and body["status"] == "routed"
     assert {d.origin[1] for d in await drain(la, want=2)} == {before, after}
@@ -210,7 +212,7 @@ async def test_broker_rotation_reload_refuses_a_registry_without_its_key_file(
     typ, _ = await _outcome(police, jti, data)
     assert typ == "receipt"
     (delivery,) = await drain(la, want=1)
-    assert wire.read_header(delivery.raw)["kid"] == done.sig_kid
+    assert jws.read_header(delivery.raw)["kid"] == done.sig_kid
     await _audit_signed_with(broker.js, done.sig_kid)
     report = await verify_store(broker.js, Registry.load(settings.registry_path, catalogue))
     assert report.ok, report.problems
@@ -248,12 +250,12 @@ def test_hybrid_agency_keeps_its_suite_and_retire_refuses_to_leave_no_key(home: 
     assert registry.recipient_key("health-camden", 1_000_010.0)[0] != done.enc_kid  # not yet in use
     kid, suite, public = registry.recipient_key("health-camden", 1_000_031.0)
     assert kid == done.enc_kid and suite == _crypto.HYBRID_SUITE
-    sealed = wire.seal_payload(b'{"a":1}', jti="j", iss="sg-broker", typ="referral", ver=1, recipient="health-camden",
+    sealed = hpke.seal_payload(b'{"a":1}', jti="j", iss="sg-broker", typ="referral", ver=1, recipient="health-camden",
                                kid=kid, suite=suite, public_key=public)
     claims = {"jti": "j", "iss": "sg-broker", "typ": "referral", "ver": 1, "payload": sealed.payload,
               "enc": {"suite": suite, "kid": kid}}
     kem = load_identity(home, "health-camden").kem_key(kid)
-    assert kem is not None and wire.open_payload(claims, "health-camden", kem) == b'{"a":1}'
+    assert kem is not None and hpke.open_payload(claims, "health-camden", kem) == b'{"a":1}'
 
     # school-hillside's only keys expire without a rotation: retiring them would leave none
     doc = _doc(registry_path)
@@ -350,8 +352,8 @@ async def test_cli_rotate_seals_to_the_new_key_an_hour_later_by_default(home: Pa
 
 def test_api_tokens_from_a_rotated_issuer_are_accepted_after_reload(home: Path, catalogue: Catalogue) -> None:
     """The API's verifier reads the shared registry at each check: a reload is enough."""
-    from broker.auth import AuthError, TokenVerifier, mint
     from broker.config import ApiSettings
+    from broker.http.tokens import AuthError, TokenVerifier, mint
 
     api = ApiSettings()
     registry = Registry.load(home / "registry.json", catalogue)

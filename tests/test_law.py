@@ -12,12 +12,13 @@ from typing import Any
 
 import pytest
 
-from broker import deadlines
-from broker.auditlog import read_audit
+from broker.audit.reading import read_audit
 from broker.config import Settings
-from broker.service import Broker, connected, jetstream
-from broker.streams import DEADLINES_BUCKET
-from broker.workdays import add_working_days
+from broker.pipeline import deadlines
+from broker.pipeline.service import Broker
+from broker.policy.workdays import add_working_days
+from broker.transport.connection import connected, jetstream
+from broker.wire.subjects import DEADLINES_BUCKET
 from tests.conftest import ClientFactory
 from tests.helpers import drain, example, sharing
 

@@ -20,17 +20,18 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from nats.js.api import RawStreamMsg
 
-from adapters.consent import agency_wide
-from adapters.deliverer import DeadLetters, Deliverer
-from adapters.inbound import Submitter
-from adapters.local_authority import case_events
-from adapters.mapping import MapContext, Outbound, Unmappable
+from adapters.formats.consent import agency_wide
+from adapters.formats.local_authority import case_events
+from adapters.formats.mapping import MapContext, Outbound, Unmappable
+from adapters.runtime.deliverer import DeadLetters, Deliverer
+from adapters.runtime.inbound import Submitter
+from adapters.runtime.sinks import DELIVERY_HEADER, WebhookSettings, WebhookSink, verify_webhook
 from adapters.sdk import AgencyClient, Delivery, SeenStore
-from adapters.sinks import DELIVERY_HEADER, WebhookSettings, WebhookSink, verify_webhook
-from broker.catalogue import Catalogue
 from broker.config import Settings
-from broker.registry import Registry
-from broker.service import Broker, connected, jetstream
+from broker.pipeline.service import Broker
+from broker.transport.connection import connected, jetstream
+from broker.wire.catalogue import Catalogue
+from broker.wire.registry import Registry
 from tests.conftest import ClientFactory
 from tests.helpers import example, referral, sharing
 

@@ -15,12 +15,14 @@ import pytest
 from nats.js.api import StreamConfig
 
 from adapters.sdk import AgencyClient, SeenStore
-from broker.catalogue import Catalogue
 from broker.config import Settings
-from broker.keystore import load_identity
-from broker.registry import Registry
-from broker.service import addressable, connected, embedded, jetstream, running_broker
-from broker.streams import AUDIT, AUDIT_HEADS_BUCKET, DELIVERY, INGRESS, ensure_topology
+from broker.identity.keys import load_identity
+from broker.pipeline.service import running_broker
+from broker.transport.connection import connected, embedded, jetstream
+from broker.transport.topology import ensure_topology
+from broker.wire.catalogue import Catalogue
+from broker.wire.registry import Registry, addressable
+from broker.wire.subjects import AUDIT, AUDIT_HEADS_BUCKET, DELIVERY, INGRESS
 from tests.conftest import make_settings
 from tests.helpers import drain, referral, sharing
 
@@ -135,7 +137,7 @@ async def test_strangers_cannot_connect(secured: Settings, tmp_path: Path) -> No
             pass
     other = replace(secured, home=tmp_path / "elsewhere")
     (tmp_path / "elsewhere" / "keys" / "nats").mkdir(parents=True)
-    from broker import natsauth
+    from broker.identity import natsauth
 
     natsauth.create_seed(other.home, "sg-broker")  # a key the server does not know
     with pytest.raises(Exception, match="cannot connect"):
@@ -198,7 +200,7 @@ def test_deploy_cluster_configs_are_valid_for_nats_server(node: str, home: Path,
     (TLS files and store paths pointed at throwaway ones)."""
     import subprocess
 
-    from broker.natsserver import nats_server_binary
+    from broker.transport.natsserver import nats_server_binary
 
     deploy = Path(__file__).resolve().parent.parent / "deploy" / "nats"
     text = (deploy / node).read_text().replace("/var/lib/nats/jetstream", str(tmp_path / "js")).replace(

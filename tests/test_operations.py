@@ -18,10 +18,11 @@ from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from broker import logs
-from broker.catalogue import Catalogue
 from broker.config import Settings
-from broker.service import Broker, connected, jetstream
-from broker.streams import DELIVERY
+from broker.pipeline.service import Broker
+from broker.transport.connection import connected, jetstream
+from broker.wire.catalogue import Catalogue
+from broker.wire.subjects import DELIVERY
 from tests.conftest import ClientFactory
 from tests.helpers import drain, referral, sharing
 from tests.test_api import auth, send_referrals
@@ -187,7 +188,7 @@ async def test_shutdown_finishes_or_hands_back_in_flight_work(settings: Settings
     (nak, not a wait for ack_wait); a second broker finishes it; every message arrives once."""
     from dataclasses import replace
 
-    from broker.service import running_broker
+    from broker.pipeline.service import running_broker
 
     police, la = await agency("police-met"), await agency("la-camden")
     sent = [await police.send(typ="referral", to=["la-camden"], payload=referral(), sharing=sharing())

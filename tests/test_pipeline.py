@@ -11,11 +11,12 @@ import time
 import orjson
 import pytest
 
-from broker.auditlog import read_audit
+from broker.audit.reading import read_audit
 from broker.config import Settings
-from broker.service import Broker, connected, jetstream, running_broker
-from broker.streams import DELIVERY
+from broker.pipeline.service import Broker, running_broker
 from broker.timestamps import iso
+from broker.transport.connection import connected, jetstream
+from broker.wire.subjects import DELIVERY
 from tests.conftest import ClientFactory, make_settings
 from tests.helpers import drain, example, referral, sharing
 

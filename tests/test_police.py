@@ -12,11 +12,11 @@ from typing import Any
 import orjson
 import pytest
 
-from adapters.consent import agency_wide
-from adapters.police import Unmappable, map_csv, map_json, recipients
-from broker.catalogue import Catalogue
-from broker.registry import Registry
-from broker.service import Broker
+from adapters.formats.consent import agency_wide
+from adapters.formats.police import Unmappable, map_csv, map_json, recipients
+from broker.pipeline.service import Broker
+from broker.wire.catalogue import Catalogue
+from broker.wire.registry import Registry
 from tests.conftest import ClientFactory
 from tests.helpers import drain, sharing
 

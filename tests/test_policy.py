@@ -1,6 +1,6 @@
 """The rulebook policy, scenario by scenario from the guidance, and its invariants.
 
-The scenarios are data (deploy/rulebook.scenarios.yaml), so an IG officer reads the same cases the
+The scenarios are data (broker/policy/rulebook.scenarios.yaml), so an IG officer reads the same cases the
 suite plays: each names the rule it exercises and the guidance clause it plays; the expectation
 is the decision the officer would sign off.
 """
@@ -14,12 +14,12 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker import coverage, pointer, scenarios
-from broker import rulebook as rulebooks
-from broker.catalogue import Catalogue
 from broker.errors import ConfigError
-from broker.policy import Decision, RulebookPolicy
-from broker.registry import Agency
+from broker.policy import coverage, pointer, scenarios
+from broker.policy import rulebook as rulebooks
+from broker.policy.engine import Decision, RulebookPolicy
+from broker.wire.catalogue import Catalogue
+from broker.wire.registry import Agency
 from tests.helpers import example
 
 KIND_OF = {"police": "police-met", "health": "health-camden", "local-authority": "la-camden",
@@ -48,7 +48,7 @@ BASE_SHARING: dict[str, Any] = dict(SCENARIOS.base_sharing)
 
 @pytest.mark.parametrize("name", NAMES)
 def test_scenario(name: str, policy: RulebookPolicy) -> None:
-    """Every scenario in deploy/rulebook.scenarios.yaml gets the decision it says (code, field and
+    """Every scenario in broker/policy/rulebook.scenarios.yaml gets the decision it says (code, field and
     rule of a refusal; recipients, withheld fields, flags and due date of a share)."""
     s = next(s for s in SCENARIOS.scenarios if s.name == name)
     outcome = scenarios.play(policy, CATALOGUE, SCENARIOS, s)
@@ -136,7 +136,7 @@ def test_a_bad_rulebook_is_refused_naming_each_problem(tmp_path: Any) -> None:
 
 
 async def test_reload_swaps_a_good_rulebook_and_refuses_a_bad_one(tmp_path: Any) -> None:
-    from broker.policy import ReloadablePolicy
+    from broker.policy.engine import ReloadablePolicy
 
     path = tmp_path / "rulebook.yaml"
     path.write_text(rulebooks.DEFAULT_RULEBOOK.read_text())
@@ -188,7 +188,7 @@ def test_pointer_conditions_reach_into_arrays() -> None:
 
 def test_every_flag_a_decision_can_raise_reaches_the_review_queue() -> None:
     """A flag without a review label would be dropped by the audit index's review queue."""
-    from broker.auditindex import REVIEW_FLAGS
+    from broker.audit.index import REVIEW_FLAGS
 
     raised = {f for s in SCENARIOS.scenarios for f in s.expect.flags}
     declared = {f for g in BOOK.general.values() for f in g.flags} | {"late", "clock-unjudged", "recipient-missing"}

@@ -9,8 +9,8 @@ from nats.js.api import StreamConfig
 
 from broker.config import Settings
 from broker.errors import PublishTimeout
-from broker.publisher import Outgoing, Publisher
-from broker.service import connected, jetstream
+from broker.transport.connection import connected, jetstream
+from broker.transport.publisher import Outgoing, Publisher
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -14,10 +14,11 @@ import orjson
 import pytest
 
 from adapters.sdk import AgencyClient
-from broker import _crypto, wire
-from broker.auditlog import read_audit
+from broker.audit.reading import read_audit
 from broker.config import Settings
-from broker.service import Broker, connected, jetstream
+from broker.pipeline.service import Broker
+from broker.transport.connection import connected, jetstream
+from broker.wire import _crypto, hpke, jws
 from tests.conftest import ClientFactory
 from tests.helpers import drain, example, referral, sharing
 
@@ -31,7 +32,7 @@ def _claims(token: bytes) -> dict[str, Any]:
 
 def _resign(client: AgencyClient, claims: dict[str, Any], *, key: _crypto.SigningKey | None = None,
             kid: str | None = None) -> bytes:
-    return wire.sign(claims, key or client.identity.signing_key, kid or client.identity.sig_kid)
+    return jws.sign(claims, key or client.identity.signing_key, kid or client.identity.sig_kid)
 
 
 def _good(client: AgencyClient, **kw: Any) -> tuple[str, bytes]:
@@ -76,7 +77,7 @@ def _sealed_to_wrong_party(client: AgencyClient) -> tuple[str, bytes]:
     jti, token = _good(client)
     claims = _claims(token)
     kid, suite, public = client.registry.recipient_key("la-camden", time.time())
-    sealed = wire.seal_payload(b"{}", jti=jti, iss=client.agency, typ="referral", ver=1, recipient="la-camden",
+    sealed = hpke.seal_payload(b"{}", jti=jti, iss=client.agency, typ="referral", ver=1, recipient="la-camden",
                                kid=kid, suite=suite, public_key=public)
     claims["payload"] = sealed.payload  # the broker's enc kid stays: it cannot open this
     return jti, _resign(client, claims)
@@ -101,7 +102,7 @@ def _raw_claims(client: AgencyClient, edit: Callable[[bytes], bytes], *, payload
     claims = _claims(token)
     if payload is not None:
         kid, suite, public = client.registry.recipient_key("sg-broker", time.time())
-        claims["payload"] = wire.seal_payload(payload, jti=jti, iss=client.agency, typ="referral", ver=1,
+        claims["payload"] = hpke.seal_payload(payload, jti=jti, iss=client.agency, typ="referral", ver=1,
                                               recipient="sg-broker", kid=kid, suite=suite, public_key=public).payload
     head = header or b'{"alg":"EdDSA","kid":"%s","typ":"sg+jwt"}' % client.identity.sig_kid.encode()
     signing_input = _crypto.b64u(head).encode() + b"." + _crypto.b64u(edit(orjson.dumps(claims))).encode()

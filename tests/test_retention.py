@@ -11,10 +11,11 @@ from dataclasses import replace
 import pytest
 
 from adapters.sdk import AgencyClient
-from broker.auditlog import read_audit
+from broker.audit.reading import read_audit
 from broker.config import Settings
-from broker.service import Broker, connected, jetstream, running_broker
-from broker.streams import DELIVERY
+from broker.pipeline.service import Broker, running_broker
+from broker.transport.connection import connected, jetstream
+from broker.wire.subjects import DELIVERY
 from tests.conftest import ClientFactory
 from tests.helpers import drain, referral, sharing
 
@@ -107,7 +108,7 @@ async def test_collected_deliveries_are_not_touched(short_broker: Broker, agency
 
 async def test_audit_retention_is_reported_never_applied(settings: Settings) -> None:
     """No age limit and deny-delete on the audit stream, whatever the retention setting says."""
-    from broker.streams import stream_configs
+    from broker.transport.topology import stream_configs
 
     audit_config = next(c for c in stream_configs(settings.streams) if c.name == "SG_AUDIT")
     delivery_config = next(c for c in stream_configs(settings.streams) if c.name == DELIVERY)

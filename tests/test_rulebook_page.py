@@ -14,11 +14,12 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from broker import scenarios, traceability
 from broker.config import Settings
-from broker.http import audit_service, make_app
-from broker.rulebook import DEFAULT_RULEBOOK
-from broker.service import Broker, running_broker
+from broker.pipeline.service import Broker, running_broker
+from broker.policy import scenarios
+from broker.policy.rulebook import DEFAULT_RULEBOOK
+from broker.web import traceability
+from broker.web.app import audit_service, make_app
 from tests.test_api import auth, token
 from tests.test_ig_pages import shots, sign_in
 

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
-from broker.catalogue import Catalogue
+from broker.wire.catalogue import Catalogue
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
 EXAMPLES = SCHEMAS / "examples"

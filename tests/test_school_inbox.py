@@ -22,8 +22,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from adapters.deliverer import RECEIPT_SHARING, DeadLetters, Deliverer
-from adapters.school import (
+from adapters.runtime.deliverer import DeadLetters, Deliverer
+from adapters.school.inbox import (
     DSL,
     SEALED,
     Inbox,
@@ -33,16 +33,18 @@ from adapters.school import (
     receipt_id,
     render_sealed,
 )
-from adapters.sdk import AgencyClient, Delivery
-from adapters.sinks import DeliveryFailed
-from broker import api, wire
-from broker.auth import TokenVerifier
-from broker.catalogue import Catalogue
+from adapters.sdk import RECEIPT_SHARING, AgencyClient, Delivery, DeliveryFailed
 from broker.config import Settings
 from broker.errors import InvalidEnvelope
-from broker.keystore import load_identity, retire_keys, rotate_keys
-from broker.registry import Registry
-from broker.service import Broker, connected, jetstream
+from broker.http.tokens import TokenVerifier
+from broker.identity.keys import load_identity
+from broker.identity.rotation import retire_keys, rotate_keys
+from broker.pipeline.service import Broker
+from broker.transport.connection import connected, jetstream
+from broker.web import api
+from broker.wire import jws
+from broker.wire.catalogue import Catalogue
+from broker.wire.registry import Registry
 from tests.conftest import ClientFactory
 from tests.helpers import example, sharing
 from tests.test_deliverer import run_once
@@ -463,7 +465,7 @@ async def test_a_kept_notice_still_shows_and_is_acknowledged_after_the_keys_rota
 
 def wire_kid(raw: bytes) -> str:
     """The key id a wire message is signed with."""
-    return str(wire.read_header(raw)["kid"])
+    return str(jws.read_header(raw)["kid"])
 
 
 # -- a real browser -------------------------------------------------------------------------------

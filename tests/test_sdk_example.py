@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from broker.service import Broker
+from broker.pipeline.service import Broker
 from tests.conftest import ClientFactory
 from tests.helpers import drain
 

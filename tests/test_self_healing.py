@@ -25,11 +25,12 @@ import aiohttp
 import pytest
 
 from adapters.sdk import AgencyClient
-from broker.catalogue import Catalogue
 from broker.config import Settings
-from broker.keystore import init_dev_keys, load_identity
-from broker.registry import Registry
-from broker.service import connected, jetstream
+from broker.identity.devkeys import init_dev_keys
+from broker.identity.keys import load_identity
+from broker.transport.connection import connected, jetstream
+from broker.wire.catalogue import Catalogue
+from broker.wire.registry import Registry
 from tests.helpers import eventually, referral, sharing
 
 pytestmark = pytest.mark.timeout(90)

@@ -16,15 +16,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from adapters.retries import RetryPolicy
-from adapters.sinks import (
-    DELIVERY_HEADER,
-    DeliveryFailed,
-    DropFolderSink,
-    WebhookSettings,
-    WebhookSink,
-    verify_webhook,
-)
+from adapters.runtime.retries import RetryPolicy
+from adapters.runtime.sinks import DELIVERY_HEADER, DropFolderSink, WebhookSettings, WebhookSink, verify_webhook
+from adapters.sdk import DeliveryFailed
 
 SECRET = b"agency-webhook-secret-0123456789"
 

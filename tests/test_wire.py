@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from broker import _crypto, wire
 from broker.errors import BadSignature, InvalidEnvelope, Malformed
-from broker.keystore import Identity
+from broker.identity.keys import Identity
+from broker.wire import _crypto, hpke, jws
 
 SUITES = st.sampled_from(_crypto.SUITES)
 IDS = st.from_regex(r"[a-z0-9][a-z0-9-]{0,20}", fullmatch=True)
@@ -32,10 +32,10 @@ def test_seal_open_round_trip(suite: _crypto.SuiteName, plaintext: bytes, sender
                               typ: str, ver: int) -> None:
     kp = _KEYS[suite]
     jti = str(uuid.uuid4())
-    sealed = wire.seal_payload(plaintext, jti=jti, iss=sender, typ=typ, ver=ver, recipient=recipient,
+    sealed = hpke.seal_payload(plaintext, jti=jti, iss=sender, typ=typ, ver=ver, recipient=recipient,
                                kid="k", suite=suite, public_key=_public(kp))
     claims = {"jti": jti, "iss": sender, "typ": typ, "ver": ver, "payload": sealed.payload}
-    assert wire.open_payload(claims, recipient, kp) == plaintext
+    assert hpke.open_payload(claims, recipient, kp) == plaintext
 
 
 @settings(max_examples=40, deadline=None)
@@ -43,7 +43,7 @@ def test_seal_open_round_trip(suite: _crypto.SuiteName, plaintext: bytes, sender
 def test_info_binds_ciphertext_to_its_context(suite: _crypto.SuiteName, field: str) -> None:
     kp = _KEYS[suite]
     ctx = {"jti": str(uuid.uuid4()), "iss": "police-met", "typ": "referral", "ver": 1}
-    sealed = wire.seal_payload(b"secret", **ctx, recipient="la-camden", kid="k", suite=suite,
+    sealed = hpke.seal_payload(b"secret", **ctx, recipient="la-camden", kid="k", suite=suite,
                                public_key=_public(kp))
     claims = dict(ctx, payload=sealed.payload)
     recipient = "la-camden"
@@ -54,17 +54,17 @@ def test_info_binds_ciphertext_to_its_context(suite: _crypto.SuiteName, field: s
     else:
         claims[field] = claims[field] + "x"
     with pytest.raises(InvalidEnvelope):
-        wire.open_payload(claims, recipient, kp)
+        hpke.open_payload(claims, recipient, kp)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(claims=st.dictionaries(st.sampled_from(["jti", "iss", "typ", "thread", "x"]),
                               st.text(max_size=40), min_size=1))
 def test_sign_verify_round_trip(claims: dict[str, str]) -> None:
-    token = wire.sign(claims, _SK, "kid-1")
-    assert wire.read_header(token) == {"alg": "EdDSA", "typ": "sg+jwt", "kid": "kid-1"}
+    token = jws.sign(claims, _SK, "kid-1")
+    assert jws.read_header(token) == {"alg": "EdDSA", "typ": "sg+jwt", "kid": "kid-1"}
     with pytest.raises(Malformed):  # required claims are enforced on verify
-        wire.verify(token, _SK.public_key())
+        jws.verify(token, _SK.public_key())
 
 
 def _full_claims() -> dict[str, object]:
@@ -75,7 +75,7 @@ def _full_claims() -> dict[str, object]:
 @settings(max_examples=150, deadline=None)
 @given(data=st.data())
 def test_any_mutation_of_a_signed_message_is_refused(data: st.DataObject) -> None:
-    token = bytearray(wire.sign(_full_claims(), _SK, "kid-1"))
+    token = bytearray(jws.sign(_full_claims(), _SK, "kid-1"))
     i = data.draw(st.integers(0, len(token) - 1))
     replacement = data.draw(st.sampled_from(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.=!"))
     if token[i] == replacement:
@@ -89,8 +89,8 @@ def test_any_mutation_of_a_signed_message_is_refused(data: st.DataObject) -> Non
 
 
 def _read_and_verify(token: bytes) -> None:
-    wire.read_header(token)
-    wire.verify(token, _SK.public_key())
+    jws.read_header(token)
+    jws.verify(token, _SK.public_key())
 
 
 def _segments(token: bytes) -> list[bytes] | None:
@@ -102,7 +102,7 @@ def _segments(token: bytes) -> list[bytes] | None:
 
 def test_valid_token_verifies() -> None:
     claims = _full_claims()
-    assert wire.verify(wire.sign(claims, _SK, "kid-1"), _SK.public_key()) == claims
+    assert jws.verify(jws.sign(claims, _SK, "kid-1"), _SK.public_key()) == claims
 
 
 @pytest.mark.parametrize("alg", ["none", "HS256"])
@@ -110,19 +110,19 @@ def test_algorithm_tricks_are_refused(alg: str) -> None:
     claims = _full_claims()
     if alg == "none":
         header = base64.urlsafe_b64encode(b'{"alg":"none","typ":"sg+jwt","kid":"kid-1"}').rstrip(b"=")
-        body = base64.urlsafe_b64encode(wire.dumps(claims)).rstrip(b"=")
+        body = base64.urlsafe_b64encode(jws.dumps(claims)).rstrip(b"=")
         token = header + b"." + body + b"."
     else:
         pem = _SK.public_key().public_bytes_raw()
         token = jwt.encode(claims, pem.hex(), algorithm="HS256", headers={"kid": "kid-1", "typ": "sg+jwt"}).encode()
     with pytest.raises(BadSignature):
-        wire.read_header(token)
+        jws.read_header(token)
 
 
 def test_wrong_key_is_refused() -> None:
-    token = wire.sign(_full_claims(), _SK, "kid-1")
+    token = jws.sign(_full_claims(), _SK, "kid-1")
     with pytest.raises(BadSignature):
-        wire.verify(token, _crypto.new_signing_key().public_key())
+        jws.verify(token, _crypto.new_signing_key().public_key())
 
 
 def test_identity_kem_lookup() -> None:
@@ -134,7 +134,7 @@ def test_identity_kem_lookup() -> None:
 
 def _outcome(fn: object, token: bytes) -> str:
     try:
-        wire.read_header(token)
+        jws.read_header(token)
         fn(token, _SK.public_key())  # type: ignore[operator]
     except (Malformed, BadSignature) as exc:
         return type(exc).__name__
@@ -148,8 +148,8 @@ def test_fast_verify_agrees_with_pyjwt(data: st.DataObject) -> None:
     claims = _full_claims()
     if data.draw(st.booleans()):
         del claims[data.draw(st.sampled_from(sorted(claims)))]
-    token = bytearray(wire.sign(claims, _SK, "kid-1"))
+    token = bytearray(jws.sign(claims, _SK, "kid-1"))
     for _ in range(data.draw(st.integers(0, 2))):
         i = data.draw(st.integers(0, len(token) - 1))
         token[i] = data.draw(st.sampled_from(b"ABCabc019-_.=!"))
-    assert _outcome(wire.verify_fast, bytes(token)) == _outcome(wire.verify, bytes(token))
+    assert _outcome(jws.verify_fast, bytes(token)) == _outcome(jws.verify, bytes(token))

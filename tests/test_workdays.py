@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from broker.workdays import LONDON, add_working_days, is_working_day, next_school_day_start
+from broker.policy.workdays import LONDON, add_working_days, is_working_day, next_school_day_start
 
 
 def _at(text: str) -> dt.datetime:
@@ -56,7 +56,7 @@ def test_operation_encompass_before_the_next_school_day(received: str, due: str)
     ("2026-12-24 16:00", 4, "2026-12-29 12:00"),   # over Christmas
 ])
 def test_working_hours_for_local_rag_timescales(received: str, hours: float, due: str) -> None:
-    from broker.workdays import add_working_hours
+    from broker.policy.workdays import add_working_hours
 
     assert add_working_hours(_at(received), hours) == _at(due)
 
@@ -65,12 +65,11 @@ def test_working_hours_for_local_rag_timescales(received: str, hours: float, due
     ("red", "2026-11-18 14:00"), ("amber", "2026-11-19 23:59:59"), (None, "2026-11-19 23:59:59"),
 ])
 def test_referral_due_by_the_earlier_of_statute_and_local_rag(rating: str | None, due: str) -> None:
-    from broker import deadlines
-    from broker import rulebook as rulebooks
-    from broker.catalogue import Catalogue
+    from broker.policy import rulebook as rulebooks
+    from broker.wire.catalogue import Catalogue
 
     rule = rulebooks.load(rulebooks.DEFAULT_RULEBOOK, Catalogue()).rule_for("referral", "health")
     assert rule is not None and rule.deadline is not None
     payload = {"risk": {"ragRating": rating}} if rating else {}
-    got = deadlines.due_at(rule.deadline, _at("2026-11-18 10:00").timestamp(), payload)
+    got = rule.deadline.due(_at("2026-11-18 10:00").timestamp(), payload)
     assert got == _at(due).timestamp()

@@ -17,7 +17,7 @@ from pathlib import Path
 from adapters.sdk import agency_client
 from broker.config import Settings
 from broker.errors import BrokerError
-from broker.natsserver import running_url
+from broker.transport.natsserver import running_url
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "schemas" / "examples"
 

@@ -1,0 +1,170 @@
+"""The school's Operation Encompass inbox store: notices kept sealed on disk.
+
+The adapter hands each delivery to an :class:`Inbox` (a :class:`~adapters.sinks.Sink`) as the
+still-sealed wire message (:func:`render_sealed`): the SQLite file holds the signed, encrypted
+JWS with a few envelope ids beside it (delivery id, original sender and message id, when it
+came, who acknowledged it and when), never the child's details. The pages
+(:mod:`adapters.school`) open each notice in memory when they show it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import os
+import re
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+
+from adapters.sdk import AgencyClient, Delivery, DeliveryFailed
+from broker.errors import InvalidEnvelope
+
+ENCOMPASS: Final = "encompass-notification"
+SEALED: Final = "application/jose"
+PAGE_SIZE: Final = 50
+_COMPACT: Final = re.compile(rb"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")
+
+
+def render_sealed(delivery: Delivery) -> tuple[bytes, str]:
+    """The Deliverer's ``render`` for the inbox: hand over the wire message still sealed."""
+    return delivery.raw, SEALED
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """One delivery as the inbox keeps it: the sealed wire bytes and ids, no personal data."""
+
+    seq: int
+    delivery: str
+    type: str
+    received_at: str
+    sender: str | None
+    message: str | None
+    raw: bytes
+    acknowledged_at: str | None
+    acknowledged_by: str | None
+    actioned_at: str | None
+    actioned_by: str | None
+
+    def done(self, status: str) -> tuple[str | None, str | None]:
+        """``(at, by)`` of the receipt ``status`` ("accepted" or "actioned"), or Nones."""
+        if status == "accepted":
+            return self.acknowledged_at, self.acknowledged_by
+        return self.actioned_at, self.actioned_by
+
+
+_COLUMNS: Final = ("seq, delivery, type, received_at, sender, message, raw, acknowledged_at, acknowledged_by, "
+                   "actioned_at, actioned_by")
+_DONE_COLUMNS: Final = {"accepted": ("acknowledged_at", "acknowledged_by"), "actioned": ("actioned_at", "actioned_by")}
+
+
+class Inbox:
+    """The school's notices in a small SQLite file (folder 0700, file 0600), one row per delivery id.
+
+    As a :class:`~adapters.sinks.Sink` it takes only sealed wire messages (``application/jose``,
+    see :func:`render_sealed`) and refuses anything else, so a misconfigured ``render`` cannot
+    put a child's details on disk in clear. With ``client`` it also verifies each one (and opens
+    it, in memory only) before keeping it; without, it trusts the Deliverer's verification and
+    reads only the envelope.
+    """
+
+    def __init__(self, path: Path, client: AgencyClient | None = None) -> None:
+        self.client = client
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(path.parent, 0o700)
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))  # SQLite gives its journal the same mode
+        os.chmod(path, 0o600)
+        self.path = path
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("pragma synchronous = full")
+        self._db.execute(
+            "create table if not exists notices ("
+            " seq integer primary key autoincrement, delivery text not null unique, type text not null,"
+            " received_at text not null, sender text, message text, raw blob not null,"
+            " acknowledged_at text, acknowledged_by text, actioned_at text, actioned_by text)")
+        self._db.execute("create index if not exists notices_type on notices (type, seq)")
+
+    @classmethod
+    def for_agency(cls, home: Path, agency: str, client: AgencyClient | None = None) -> Inbox:
+        """The inbox file in the adapter's state folder, ``<home>/adapters/<agency>/inbox.sqlite``."""
+        return cls(home / "adapters" / agency / "inbox.sqlite", client)
+
+    async def deliver(self, delivery_id: str, body: bytes, content_type: str) -> None:
+        """Keep a sealed delivery (a second hand-over of the same id changes nothing)."""
+        if content_type != SEALED or not _COMPACT.match(body):
+            raise DeliveryFailed("the inbox keeps only sealed wire messages (render=render_sealed)", permanent=True,
+                                 attempts=1)
+        if self.client is not None:
+            try:
+                claims: dict[str, Any] | None = self.client.open(body).claims
+            except InvalidEnvelope as exc:
+                raise DeliveryFailed("the delivery failed verification", permanent=True, attempts=1) from exc
+        else:
+            claims = _envelope(body)
+        if claims is None or claims.get("jti") != delivery_id:
+            raise DeliveryFailed("the delivery's envelope cannot be read", permanent=True, attempts=1)
+        origin = claims.get("origin")
+        if not isinstance(origin, dict):
+            origin = {}
+        try:
+            self._db.execute(
+                "insert or ignore into notices (delivery, type, received_at, sender, message, raw)"
+                " values (?, ?, ?, ?, ?, ?)",
+                (delivery_id, str(claims.get("typ", "")), now(), _text(origin.get("iss")), _text(origin.get("jti")),
+                 body))
+        except sqlite3.Error as exc:
+            raise DeliveryFailed(f"cannot write the inbox ({type(exc).__name__})", permanent=False,
+                                 attempts=1) from exc
+
+    def notices(self, *, typ: str = ENCOMPASS, before: int | None = None, limit: int = PAGE_SIZE) -> list[Notice]:
+        """Newest first; ``before``: a ``seq`` from the previous page."""
+        rows = self._db.execute(
+            f"select {_COLUMNS} from notices where type = ? and seq < ? order by seq desc limit ?",  # noqa: S608
+            (typ, before if before is not None else 2**62, limit)).fetchall()
+        return [Notice(*row) for row in rows]
+
+    def notice(self, delivery_id: str) -> Notice | None:
+        row = self._db.execute(f"select {_COLUMNS} from notices where delivery = ?",  # noqa: S608
+                               (delivery_id,)).fetchone()
+        return Notice(*row) if row else None
+
+    def unacknowledged(self, typ: str = ENCOMPASS) -> int:
+        row = self._db.execute("select count(*) from notices where type = ? and acknowledged_at is null",
+                               (typ,)).fetchone()
+        return int(row[0])
+
+    def record(self, delivery_id: str, status: str, by: str, at: str) -> bool:
+        """Record that the ``status`` receipt was sent; False if it was recorded before."""
+        at_column, by_column = _DONE_COLUMNS[status]
+        cursor = self._db.execute(
+            f"update notices set {at_column} = ?, {by_column} = ? where delivery = ? and {at_column} is null",  # noqa: S608
+            (at, by, delivery_id))
+        return cursor.rowcount == 1
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _envelope(body: bytes) -> dict[str, Any] | None:
+    """The envelope claims of a JWS, unverified (the Deliverer verified it before handing it over,
+    and the pages verify it again with :meth:`AgencyClient.open` whenever they open it)."""
+    try:
+        segment = body.split(b".")[1]
+        claims = orjson.loads(base64.urlsafe_b64decode(segment + b"=" * (-len(segment) % 4)))
+    except (ValueError, binascii.Error, orjson.JSONDecodeError):
+        return None
+    return claims if isinstance(claims, dict) and isinstance(claims.get("payload"), str) else None
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+

@@ -1,0 +1,307 @@
+"""The agency SDK: build, sign, seal and publish messages; receive, verify and open deliveries.
+
+An agency system holds one :class:`AgencyClient` per agency identity. Outbound, it validates
+the payload against the same schema the broker uses (so an integrator hears about a bad
+field at once, not from a rejection), seals the payload to the broker and signs the
+envelope. Inbound, it checks the broker's signature, that the delivery is addressed to this
+agency, and opens the payload with this agency's key; it hands each delivery over once,
+even if JetStream delivers it twice, by remembering message ids in a small local store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.errors import APIError
+
+from broker.config import Settings
+from broker.errors import BrokerError, InvalidEnvelope, PublishTimeout, RejectedMessage, UnknownType
+from broker.identity.keys import Identity, load_identity
+from broker.wire import hpke, jws
+from broker.wire.catalogue import Catalogue
+from broker.wire.registry import Registry
+from broker.wire.subjects import DELIVERY, ingress_subject
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A verified, opened message delivered to this agency."""
+
+    claims: dict[str, Any]
+    payload: dict[str, Any]
+    raw: bytes = b""  # the signed, sealed wire message (still encrypted): safe to keep at rest
+
+    @property
+    def id(self) -> str:
+        return str(self.claims["jti"])
+
+    @property
+    def origin(self) -> tuple[str | None, str | None]:
+        """``(original sender, original message id)``: where a reply goes and what it answers."""
+        origin = self.claims.get("origin") or {}
+        return origin.get("iss"), origin.get("jti")
+
+    @property
+    def type(self) -> str:
+        return str(self.claims["typ"])
+
+    def as_json(self) -> dict[str, Any]:
+        envelope = {k: v for k, v in self.claims.items() if k != "payload"}
+        return {"envelope": envelope, "payload": self.payload}
+
+
+@dataclass(frozen=True, slots=True)
+class Handed:
+    """What the adapter remembers of a delivery it handed over (ids and type only, no payload):
+    enough to address a reply to the original sender and to answer the original message."""
+
+    delivery: str
+    type: str
+    sender: str | None
+    message: str | None
+    thread: str | None
+    at: float
+
+
+class SeenStore:
+    """Deliveries already handed to the agency system (idempotent hand-over), with the ids a
+    reply needs. A small SQLite file under the adapter's data directory."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("create table if not exists seen (id text primary key, at real not null)")
+        columns = {row[1] for row in self._db.execute("pragma table_info(seen)")}
+        for column in ("type", "sender", "message", "thread"):  # files from before replies were tracked
+            if column not in columns:
+                self._db.execute(f"alter table seen add column {column} text")
+        self._db.execute("create index if not exists seen_message on seen (message)")
+        self._db.execute("create table if not exists own_receipts (id text primary key, at real not null)")
+
+    def __contains__(self, message_id: object) -> bool:
+        return self._db.execute("select 1 from seen where id = ?", (message_id,)).fetchone() is not None
+
+    def add(self, message_id: str, delivery: Delivery | None = None) -> None:
+        sender, message = delivery.origin if delivery else (None, None)
+        self._db.execute("insert or ignore into seen (id, at, type, sender, message, thread) values (?, ?, ?, ?, ?, ?)",
+                         (message_id, time.time(), delivery.type if delivery else None, sender, message,
+                          delivery.claims.get("thread") if delivery else None))
+
+    def note_own_receipt(self, receipt_id: str) -> None:
+        """A receipt the adapter sent by itself; the broker's 'routed' answer to it is not for the agency."""
+        self._db.execute("insert or ignore into own_receipts values (?, ?)", (receipt_id, time.time()))
+
+    def prune_own_receipts(self, older_than: float) -> int:
+        """The broker answers a receipt within seconds; ids older than that need not be kept."""
+        return self._db.execute("delete from own_receipts where at < ?", (older_than,)).rowcount
+
+    def is_own_receipt(self, receipt_id: object) -> bool:
+        return self._db.execute("select 1 from own_receipts where id = ?", (receipt_id,)).fetchone() is not None
+
+    def handed(self, ref: str) -> Handed | None:
+        """The delivery handed over under ``ref``: its delivery id, or the original message id."""
+        row = self._db.execute("select id, type, sender, message, thread, at from seen where id = ? or message = ? "
+                               "order by at limit 1", (ref, ref)).fetchone()
+        if row is None or row[1] is None:
+            return None
+        return Handed(row[0], row[1], row[2], row[3], row[4], row[5])
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class AgencyClient:
+    def __init__(self, nc: NATS, js: JetStreamContext, registry: Registry, identity: Identity,
+                 catalogue: Catalogue, *, seen: SeenStore | None = None, request_timeout: float = 5.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.nc = nc
+        self.js = js
+        self.registry = registry
+        self.identity = identity
+        self.catalogue = catalogue
+        self.seen = seen
+        self.timeout = request_timeout
+        self.clock = clock
+        self.agency = identity.id
+
+    # -- outbound ---------------------------------------------------------------------
+
+    def build(self, *, typ: str, to: Sequence[str], payload: Mapping[str, Any], sharing: Mapping[str, Any],
+              ver: int = 1, re: str | None = None, thread: str | None = None, jti: str | None = None,
+              validate: bool = True) -> tuple[str, bytes]:
+        """Return ``(message id, wire bytes)`` for a signed, sealed message to the broker."""
+        if validate:
+            mtype = self.catalogue.message_type(typ, ver)
+            if mtype is None:
+                raise UnknownType(f"no schema for {typ} v{ver}", field="/typ")
+            self.catalogue.check_payload(mtype, payload)
+        jti = jti or str(uuid.uuid4())
+        broker_id = self.registry.broker_id
+        kid, suite, public = self.registry.recipient_key(broker_id, self.clock())
+        sealed = hpke.seal_payload(jws.dumps(payload), jti=jti, iss=self.agency, typ=typ, ver=ver,
+                                   recipient=broker_id, kid=kid, suite=suite, public_key=public)
+        claims: dict[str, Any] = {
+            "jti": jti, "iss": self.agency, "iat": int(self.clock()), "typ": typ, "ver": ver, "to": list(to),
+            "sharing": dict(sharing), "enc": {"suite": sealed.suite, "kid": sealed.kid}, "payload": sealed.payload,
+        }
+        if re:
+            claims["re"] = re
+        if thread:
+            claims["thread"] = thread
+        return jti, jws.sign(claims, self.identity.signing_key, self.identity.sig_kid)
+
+    async def publish(self, data: bytes, msg_id: str, *, attempts: int = 5) -> None:
+        """Publish to this agency's ingress subject until JetStream acknowledges it (same id on retry)."""
+        for attempt in range(attempts):
+            try:
+                await self.js.publish(ingress_subject(self.agency), data, timeout=self.timeout,
+                                      headers={"Nats-Msg-Id": msg_id})
+                return
+            except (TimeoutError, NatsTimeoutError, NatsError, APIError) as exc:
+                if isinstance(exc, APIError) and exc.code not in (None, 503):
+                    raise PublishTimeout(f"JetStream refused the message: {exc.description}") from exc
+                await asyncio.sleep(0.2 * (attempt + 1))
+        raise PublishTimeout(f"no acknowledgement from JetStream after {attempts} attempts")
+
+    async def send(self, **kwargs: Any) -> str:
+        jti, data = self.build(**kwargs)
+        await self.publish(data, jti)
+        return jti
+
+    # -- inbound ----------------------------------------------------------------------
+
+    def open(self, data: bytes, *, when: float | None = None) -> Delivery:
+        """Verify and open one delivery. Any failure is :class:`InvalidEnvelope`.
+
+        ``when`` is the time at which the broker's signing key must have been valid (default:
+        now). A store that verified a delivery when it received it passes that time when it
+        opens it again later, so a broker key rotated and expired since does not lock it out."""
+        try:
+            header = jws.read_header(data)
+            signer, key = self.registry.signer(header["kid"], self.clock() if when is None else when)
+            if signer.id != self.registry.broker_id:
+                raise InvalidEnvelope("delivery not signed by the broker")
+            claims = jws.verify(data, key)
+            if claims["iss"] != self.registry.broker_id or claims["to"] != [self.agency]:
+                raise InvalidEnvelope("delivery not addressed to this agency")
+            kem = self.identity.kem_key(claims["enc"]["kid"])
+            if kem is None:
+                raise InvalidEnvelope("delivery sealed to a key this agency does not hold")
+            payload = orjson.loads(hpke.open_payload(claims, self.agency, kem))
+        except (RejectedMessage, orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            raise InvalidEnvelope("delivery cannot be verified or opened") from exc
+        return Delivery(claims, payload, bytes(data))
+
+    @contextlib.asynccontextmanager
+    async def _subscription(self) -> AsyncIterator[JetStreamContext.PullSubscription]:
+        sub = await self.js.pull_subscribe_bind(self.agency, DELIVERY)
+        try:
+            yield sub
+        finally:
+            with contextlib.suppress(NatsError, asyncio.TimeoutError):
+                await sub.unsubscribe()
+
+    async def fetch(self, *, batch: int = 64, idle: float = 1.0) -> AsyncIterator[tuple[Delivery | None, Msg]]:
+        """Yield what is waiting, as ``(delivery, msg)``; ``delivery`` is None for one that fails
+        verification. Returns once a fetch finds nothing for ``idle`` seconds. The caller acks."""
+        async with self._subscription() as sub:
+            while True:
+                try:
+                    msgs = await sub.fetch(batch, timeout=idle)
+                except (TimeoutError, NatsTimeoutError):
+                    return
+                for msg in msgs:
+                    try:
+                        yield self.open(msg.data), msg
+                    except InvalidEnvelope:
+                        yield None, msg
+
+    async def wait_outcome(self, message_id: str, *, timeout: float) -> Delivery:
+        """Wait for the broker's receipt or rejection of ``message_id``; ack it, leave the rest."""
+        held: list[Msg] = []
+        deadline = time.monotonic() + timeout
+        try:
+            async with self._subscription() as sub:
+                while (left := deadline - time.monotonic()) > 0:
+                    try:
+                        msgs = await sub.fetch(16, timeout=min(left, 1.0))
+                    except (TimeoutError, NatsTimeoutError):
+                        continue
+                    for msg in msgs:
+                        try:
+                            delivery = self.open(msg.data)
+                        except InvalidEnvelope:
+                            held.append(msg)
+                            continue
+                        if _is_outcome_of(delivery, message_id):
+                            await msg.ack()
+                            return delivery
+                        held.append(msg)
+        finally:
+            for msg in held:  # give back what was not ours to consume, at once
+                with contextlib.suppress(NatsError):
+                    await msg.nak()
+        raise BrokerError(f"no outcome for {message_id} within {timeout:g}s")
+
+    def reload(self, registry: Registry, identity: Identity) -> None:
+        """Use this registry and key file from now on (after a key rotation; the adapter's SIGHUP).
+        Deliveries sealed to an older key still open while ``identity`` holds it. Refuses, keeping
+        the old ones, an identity of another agency or one whose signing key ``registry`` does not
+        list as valid (the broker would reject everything it signs)."""
+        if identity.id != self.agency:
+            raise BrokerError(f"the key file is for {identity.id}, not {self.agency}")
+        try:
+            signer, _ = registry.signer(identity.sig_kid, self.clock())
+        except RejectedMessage as exc:
+            raise BrokerError("the key file's signing key is not valid in the registry") from exc
+        if signer.id != self.agency:
+            raise BrokerError("the key file's signing key belongs to another agency in the registry")
+        self.registry = registry
+        self.identity = identity
+
+
+def _is_outcome_of(delivery: Delivery, message_id: str) -> bool:
+    """A receipt or rejection about ``message_id`` (a rejection of unreadable bytes has no ``re``
+    and names the NATS message id in its payload instead)."""
+    if delivery.type not in ("receipt", "rejection") or delivery.claims.get("iss") is None:
+        return False
+    return delivery.claims.get("re") == message_id or delivery.payload.get("messageId") == message_id
+
+
+@contextlib.asynccontextmanager
+async def agency_client(settings: Settings, agency: str, *, url: str | None = None,
+                        seen: Path | None = None) -> AsyncIterator[AgencyClient]:
+    """A connected client for ``agency``, for an agency system using the SDK as a library.
+
+    ``settings`` says where the registry, the private key (``<home>/keys/<agency>.key.json``) and
+    NATS are (:meth:`broker.config.Settings.from_env`); ``url`` overrides the NATS address; ``seen``
+    is the file remembering what was handed over (default under ``<home>/adapters/<agency>/``).
+    """
+    from broker.transport.connection import connected, jetstream
+
+    catalogue = Catalogue()
+    registry = Registry.load(settings.registry_path, catalogue)
+    if registry.get(agency) is None:
+        raise BrokerError(f"{agency} is not in the trust registry")
+    identity = load_identity(settings.home, agency)
+    store = SeenStore(seen or settings.home / "adapters" / agency / "seen.sqlite")
+    try:
+        async with connected(settings, url or settings.nats.url or "", name=f"sgb-sdk-{agency}", party=agency) as nc:
+            yield AgencyClient(nc, jetstream(nc, settings), registry, identity, catalogue, seen=store,
+                               request_timeout=settings.nats.request_timeout)
+    finally:
+        store.close()

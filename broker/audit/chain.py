@@ -1,0 +1,327 @@
+"""The tamper-evident audit log: signed, hash-chained blocks of records, one chain per instance.
+
+Every record carries ``n`` (its place in the instance's chain) and ``prev`` (the SHA-256 of the
+record before it, over canonical JSON). Records are written in *blocks* by group commit: the
+records of all messages that finished while the previous block was being stored go into the
+next block, which the broker signs once (a JWS over the whole block, so every record is
+covered by the signature) and appends to ``sg.audit.<instance>`` with
+``Nats-Expected-Last-Subject-Sequence``, so two writers can never fork one chain: the loser
+gets "wrong last sequence", re-reads the head and chains onto it.
+
+Signed *checkpoints* (block count, record count, head hash, time) go to
+``sg.audit.<instance>.checkpoint`` and to the ``SG_AUDIT_HEADS`` bucket at intervals; a
+verifier that has seen a checkpoint can tell when the tail of a chain was cut off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import jwt
+import orjson
+import structlog
+from nats.errors import Error as NatsError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.errors import APIError, NotFoundError
+
+from broker.config import AuditSettings
+from broker.errors import PublishTimeout, TransportError
+from broker.identity.keys import Identity
+from broker.timestamps import iso
+from broker.wire.jws import unverified
+from broker.wire.subjects import AUDIT, AUDIT_HEADS_BUCKET, audit_subject, checkpoint_subject
+
+log = structlog.get_logger("sgb.audit")
+
+GENESIS: Final = "0" * 64
+BLOCK_TYP: Final = "sg-audit-block+jwt"
+CHECKPOINT_TYP: Final = "sg-audit-checkpoint+jwt"
+EXPORT_TYP: Final = "sg-audit-export+jwt"
+_WRONG_LAST_SEQUENCE: Final = 10071
+
+
+def canonical(obj: Any) -> bytes:
+    return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+
+
+def record_hash(record: Mapping[str, Any]) -> str:
+    return hashlib.sha256(canonical(record)).hexdigest()
+
+
+# Where and when a record was written, as opposed to what it records: a message processed again
+# after a crash (at-least-once) records the same decision under the same id with other values here.
+_PLACE: Final = frozenset({"n", "prev", "at", "instance"})
+
+
+def decision_digest(record: Mapping[str, Any]) -> str:
+    """What a record says, without where and when it was written: equal for a repeat."""
+    return hashlib.sha256(canonical({k: v for k, v in record.items() if k not in _PLACE})).hexdigest()
+
+
+# -- signing ------------------------------------------------------------------------------
+
+
+def sign(claims: Mapping[str, Any], identity: Identity, typ: str) -> bytes:
+    return jwt.encode(dict(claims), identity.signing_key, algorithm="EdDSA",
+                      headers={"kid": identity.sig_kid, "typ": typ}).encode("ascii")
+
+
+# -- chain ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """Where a chain stands: blocks and records so far, the last record's hash, and the stream
+    sequence of the last block (0: none yet)."""
+
+    blocks: int = 0
+    count: int = 0
+    hash: str = GENESIS
+    seq: int = 0
+
+
+def chain_records(records: Iterable[Mapping[str, Any]], head: Head) -> tuple[list[dict[str, Any]], str]:
+    chained, h, n = [], head.hash, head.count
+    for record in records:
+        linked = dict(record) | {"n": n, "prev": h}
+        h = record_hash(linked)
+        chained.append(linked)
+        n += 1
+    return chained, h
+
+
+def build_block(records: Sequence[Mapping[str, Any]], head: Head, identity: Identity, instance: str,
+                now: float) -> tuple[bytes, Head]:
+    chained, new_hash = chain_records(records, head)
+    claims = {"typ": "audit-block", "iss": identity.id, "instance": instance, "block": head.blocks,
+              "first": head.count, "count": len(chained), "prev": head.hash, "head": new_hash, "at": iso(now),
+              "records": chained}
+    return sign(claims, identity, BLOCK_TYP), Head(head.blocks + 1, head.count + len(chained), new_hash, head.seq)
+
+
+def build_checkpoint(head: Head, identity: Identity, instance: str, now: float) -> bytes:
+    claims = {"typ": "audit-checkpoint", "iss": identity.id, "instance": instance, "blocks": head.blocks,
+              "count": head.count, "head": head.hash, "seq": head.seq, "at": iso(now)}
+    return sign(claims, identity, CHECKPOINT_TYP)
+
+
+# -- the writer -------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Pending:
+    records: list[dict[str, Any]]
+    done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class AuditWriter:
+    """Appends records to this instance's chain; :meth:`append` returns once they are durable."""
+
+    def __init__(self, js: JetStreamContext, identity: Identity, instance: str, settings: AuditSettings,
+                 *, clock: Callable[[], float] = time.time, on_block: Callable[[], None] | None = None) -> None:
+        self._on_block = on_block
+        self._js = js
+        self._identity = identity
+        self._instance = instance
+        self._subject = audit_subject(instance)
+        self._settings = settings
+        self._clock = clock
+        self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue(maxsize=settings.max_pending + 1)
+        self._task: asyncio.Task[None] | None = None
+        self._closing = asyncio.Event()
+        self.head = Head()
+        self._checkpointed = Head()
+        self._last_checkpoint = 0.0
+        self.blocks_written = 0
+
+    async def __aenter__(self) -> AuditWriter:
+        self.head = await read_head(self._js, self._instance)
+        self._checkpointed = self.head
+        self._last_checkpoint = self._clock()
+        self._task = asyncio.create_task(self._run(), name=f"sgb-audit-{self._instance}")
+        log.info("audit chain opened", instance=self._instance, blocks=self.head.blocks, records=self.head.count)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._closing.set()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.QueueFull):
+                self._queue.put_nowait(None)  # wakes the writer; it finishes what is queued and stops
+            try:
+                await asyncio.wait_for(self._task, self._settings.publish_deadline * (self._settings.attempts + 1))
+            except TimeoutError:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+        with contextlib.suppress(TransportError):
+            await self._checkpoint(force=False)
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def append(self, records: list[dict[str, Any]]) -> None:
+        """Queue records for the next block and wait until JetStream has stored it."""
+        if not records:
+            return
+        if self._task is None or self._task.done():
+            raise TransportError("the audit writer is not running")
+        pending = _Pending(records)
+        deadline = self._settings.publish_deadline * (self._settings.attempts + 1)
+        try:
+            await asyncio.wait_for(self._queue.put(pending), deadline)
+            await asyncio.wait_for(asyncio.shield(pending.done), deadline)
+        except TimeoutError as exc:
+            raise PublishTimeout("audit records were not stored in time") from exc
+
+    async def _run(self) -> None:
+        while not (self._closing.is_set() and self._queue.empty()):
+            try:
+                first = await asyncio.wait_for(self._queue.get(), self._settings.checkpoint_interval / 2)
+            except TimeoutError:
+                await self._maybe_checkpoint()
+                continue
+            if first is None:
+                continue
+            batch, size = [first], sum(len(canonical(r)) for r in first.records)
+            while not self._queue.empty() and len(batch) < self._settings.block_records:
+                item = self._queue.get_nowait()
+                if item is None:
+                    continue
+                batch.append(item)
+                size += sum(len(canonical(r)) for r in item.records)
+                if size > self._settings.block_bytes:
+                    break
+            try:
+                await self._commit([r for item in batch for r in item.records])
+            except TransportError as exc:
+                for item in batch:
+                    if not item.done.done():
+                        item.done.set_exception(exc)
+            else:
+                for item in batch:
+                    if not item.done.done():
+                        item.done.set_result(None)
+            await self._maybe_checkpoint()
+
+    async def _commit(self, records: list[dict[str, Any]]) -> None:
+        token, new_head = build_block(records, self.head, self._identity, self._instance, self._clock())
+        error = "no acknowledgement"
+        for attempt in range(self._settings.attempts):
+            headers = {"Nats-Expected-Last-Subject-Sequence": str(self.head.seq),
+                       "Nats-Msg-Id": f"audit-{self._instance}-{new_head.blocks}-{new_head.hash[:32]}"}
+            try:
+                ack = await self._js.publish(self._subject, token, timeout=self._settings.publish_deadline,
+                                             headers=headers)
+            except APIError as exc:
+                if exc.err_code != _WRONG_LAST_SEQUENCE:
+                    error = f"{type(exc).__name__} {exc.err_code}"
+                else:  # someone else appended (or our earlier attempt landed): chain onto what is there
+                    stored = await read_head(self._js, self._instance)
+                    if stored.hash == new_head.hash and stored.count == new_head.count:
+                        self.head = stored
+                        self.blocks_written += 1
+                        return
+                    log.warning("audit chain moved under us; re-chaining", instance=self._instance,
+                                stored_blocks=stored.blocks)
+                    self.head = stored
+                    token, new_head = build_block(records, self.head, self._identity, self._instance, self._clock())
+                    continue
+            except (TimeoutError, NatsTimeoutError, NatsError, OSError) as exc:
+                error = type(exc).__name__
+            else:
+                self.head = Head(new_head.blocks, new_head.count, new_head.hash, ack.seq)
+                self.blocks_written += 1
+                if self._on_block is not None:
+                    self._on_block()
+                return
+            await asyncio.sleep(min(0.1 * 2**attempt, 2.0))
+        raise PublishTimeout(f"audit block not stored after {self._settings.attempts} attempts ({error})")
+
+    async def _maybe_checkpoint(self) -> None:
+        try:
+            await self._checkpoint(force=False)
+        except TransportError as exc:
+            log.warning("audit checkpoint not stored; will try again", error=str(exc))
+
+    async def _checkpoint(self, *, force: bool) -> None:
+        now = self._clock()
+        if self.head == self._checkpointed or (not force and now - self._last_checkpoint
+                                                < self._settings.checkpoint_interval and not self._closing.is_set()):
+            return
+        token = build_checkpoint(self.head, self._identity, self._instance, now)
+        try:
+            await self._js.publish(checkpoint_subject(self._instance), token, timeout=self._settings.publish_deadline,
+                                   headers={"Nats-Msg-Id": f"checkpoint-{self._instance}-{self.head.count}"})
+            kv = await self._js.key_value(AUDIT_HEADS_BUCKET)
+            await kv.put(self._instance, token)
+        except (TimeoutError, NatsTimeoutError, NatsError, APIError) as exc:
+            raise TransportError(f"checkpoint not stored: {type(exc).__name__}") from exc
+        self._checkpointed, self._last_checkpoint = self.head, now
+
+    async def checkpoint_now(self) -> None:
+        """Publish a checkpoint of the current head (``sgb audit`` and tests)."""
+        await self._checkpoint(force=True)
+
+
+async def read_head(js: JetStreamContext, instance: str) -> Head:
+    """The head of ``instance``'s chain, from the last block stored on its subject."""
+    try:
+        msg = await js.get_last_msg(AUDIT, audit_subject(instance))
+    except NotFoundError:
+        return Head()
+    except (TimeoutError, NatsTimeoutError, NatsError, APIError) as exc:
+        raise TransportError(f"cannot read the audit chain head: {type(exc).__name__}") from exc
+    _, claims = unverified(msg.data or b"")
+    return Head(int(claims["block"]) + 1, int(claims["first"]) + int(claims["count"]), str(claims["head"]),
+                int(msg.seq or 0))
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    seq: int
+    subject: str
+    data: bytes
+    time: float
+
+
+async def read_stream(js: JetStreamContext, *, stream: str = AUDIT, start: int = 1,
+                      idle: float = 2.0) -> AsyncIterator[Stored]:
+    """Every message in the audit stream from ``start``, in stream order (ordered consumer)."""
+    info = await js.stream_info(stream)
+    last = info.state.last_seq
+    if info.state.messages == 0 or last < start:
+        return
+    config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start)
+    sub = await js.subscribe("sg.audit.>", stream=stream, ordered_consumer=True, config=config)
+    try:
+        while True:
+            try:
+                msg = await asyncio.wait_for(sub.next_msg(timeout=idle), idle + 1)
+            except (TimeoutError, NatsTimeoutError):
+                return  # the stream's own count includes messages it can no longer read
+            meta = msg.metadata
+            yield Stored(meta.sequence.stream, msg.subject, msg.data, meta.timestamp.timestamp())
+            if meta.sequence.stream >= last:
+                return
+    finally:
+        await sub.unsubscribe()
+
+
+def is_checkpoint(subject: str) -> bool:
+    return subject.endswith(".checkpoint")
+
+
+def block_records(data: bytes) -> list[dict[str, Any]]:
+    """The records of a stored block, unverified (for listing; verification is :mod:`auditverify`)."""
+    _, claims = unverified(data)
+    records = claims.get("records")
+    return [r for r in records if isinstance(r, dict)] if isinstance(records, list) else []

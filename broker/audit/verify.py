@@ -1,0 +1,272 @@
+"""Checking the audit log: every block's signature, every record's link, every chain's order
+and completeness against the signed checkpoints a verifier has seen.
+
+What is reported, per instance chain:
+
+``signature``  a block whose signature does not verify, or signed by a key that is not the broker's
+``changed``    a record whose content no longer matches the hash its successor (or the block) holds
+``removed``    records missing from the middle of a chain (a block or a record gone)
+``inserted``   a block or record that does not belong (duplicate, forged, or moved between chains)
+``reordered``  blocks or records stored out of their chain order
+``truncated``  a chain shorter than a signed checkpoint says it was
+``forked``     a checkpoint whose head does not match the record at that place in the chain
+``unreadable`` a stored message that is not an audit block or checkpoint at all
+``conflicting`` a record id written twice with different decisions
+
+A record written twice under its id with the same decision is a *repeat*, not a problem: a
+message processed again after a crash (the pipeline is at-least-once; its outputs have
+deterministic ids) records its decision again, in whichever chain processed it the second time.
+The verifier counts repeats and the distinct records; the index and ``sgb audit list`` keep one.
+
+The same :class:`Verifier` checks the live stream (``sgb audit verify``) and an export file
+offline (``sgb audit verify --export FILE``), with only the broker's public keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from broker.audit.chain import BLOCK_TYP, CHECKPOINT_TYP, GENESIS, decision_digest, record_hash
+from broker.errors import InvalidEnvelope
+from broker.timestamps import at_of
+from broker.wire import _crypto
+from broker.wire.jws import unverified, verify_typed
+from broker.wire.registry import Registry
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    kind: str
+    instance: str
+    detail: str
+    seq: int | None = None   # stream sequence (or export line) where it was seen
+    record: int | None = None
+
+    def __str__(self) -> str:
+        where = f" at stream seq {self.seq}" if self.seq is not None else ""
+        rec = f" record {self.record}" if self.record is not None else ""
+        return f"{self.kind}: chain {self.instance}{rec}{where}: {self.detail}"
+
+
+@dataclass(slots=True)
+class _Block:
+    seq: int
+    block: int
+    first: int
+    count: int
+    prev: str
+    head: str
+    signed: bool
+
+
+@dataclass(slots=True)
+class ChainReport:
+    instance: str
+    blocks: int = 0
+    records: int = 0
+    head: str = GENESIS
+    checkpoint: dict[str, Any] | None = None
+    checkpoint_token: bytes | None = None
+
+
+@dataclass(slots=True)
+class Report:
+    chains: dict[str, ChainReport] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+    blocks: int = 0
+    records: int = 0
+    checkpoints: int = 0
+    repeats: int = 0   # records written again under an id already seen, with the same decision
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok, "blocks": self.blocks, "records": self.records, "checkpoints": self.checkpoints,
+            "repeats": self.repeats, "distinctRecords": self.records - self.repeats,
+            "chains": {c.instance: {"blocks": c.blocks, "records": c.records, "head": c.head} for c in
+                       self.chains.values()},
+            "problems": [{"kind": p.kind, "chain": p.instance, "seq": p.seq, "record": p.record, "detail": p.detail}
+                         for p in self.problems],
+        }
+
+
+def broker_keys(registry: Registry) -> Callable[[str, float], _crypto.VerifyKey | None]:
+    """Key lookup for audit tokens: only the broker's own signing keys, valid at the time signed.
+    Read from the registry at each call, so a reload (a rotated broker key) is seen at once."""
+
+    def lookup(kid: str, when: float) -> _crypto.VerifyKey | None:
+        key = next((k for k in registry.broker.keys if k.kid == kid and k.use == "sig"), None)
+        return _crypto.verify_key_from_bytes(key.x) if key is not None and key.valid_at(when) else None
+
+    return lookup
+
+
+class Verifier:
+    """Feed it stored messages in stream order, then :meth:`finish`."""
+
+    def __init__(self, keys: Callable[[str, float], _crypto.VerifyKey | None],
+                 on_record: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self._keys = keys
+        self._blocks: dict[str, list[_Block]] = {}
+        self._checkpoints: list[tuple[int | None, dict[str, Any], bytes]] = []
+        self._ends: dict[str, dict[int, str]] = {}
+        self._decisions: dict[str, str] = {}  # record id -> the decision first recorded under it
+        self._on_record = on_record
+        self.report = Report()
+
+    def _problem(self, kind: str, instance: str, detail: str, seq: int | None = None,
+                 record: int | None = None) -> None:
+        self.report.problems.append(Problem(kind, instance, detail, seq, record))
+
+    def block(self, seq: int, subject: str, token: bytes) -> None:
+        self.report.blocks += 1
+        try:
+            header, claims = unverified(token)
+            instance = str(claims["instance"])
+            block, first, count = int(claims["block"]), int(claims["first"]), int(claims["count"])
+            prev, head, records = str(claims["prev"]), str(claims["head"]), claims["records"]
+            if not isinstance(records, list):
+                raise TypeError
+        except (InvalidEnvelope, KeyError, TypeError, ValueError):
+            self._problem("unreadable", subject.removeprefix("sg.audit."), "not an audit block", seq)
+            return
+        if header.get("typ") != BLOCK_TYP:
+            self._problem("inserted", instance, "a message that is not an audit block", seq)
+            return
+        signed = True
+        try:
+            verify_typed(token, BLOCK_TYP, self._keys, at_of(claims))
+        except InvalidEnvelope as exc:
+            signed = False
+            self._problem("signature", instance, f"block {block}: {exc}", seq)
+        if not subject.endswith(f".{instance}"):
+            self._problem("inserted", instance, f"block {block} stored on another chain's subject ({subject})", seq)
+            return
+        # record by record: say which record is wrong, whatever the signature says
+        h = prev
+        for i, record in enumerate(records):
+            if not isinstance(record, dict):
+                self._problem("unreadable", instance, f"block {block} item {i} is not a record", seq)
+                break
+            n = record.get("n")
+            if n != first + i:
+                kind = "removed" if isinstance(n, int) and n > first + i else (
+                    "reordered" if isinstance(n, int) and first <= n < first + count else "inserted")
+                self._problem(kind, instance, f"block {block} position {i} holds record {n}", seq, first + i)
+                break
+            if record.get("prev") != h:
+                self._problem("changed", instance, "the record before it no longer matches its hash", seq, n - 1)
+                break
+            h = record_hash(record)
+            if signed:
+                self._once(instance, record, seq)
+                if self._on_record is not None:
+                    self._on_record(record)
+        else:
+            if len(records) != count:
+                self._problem("removed" if len(records) < count else "inserted", instance,
+                              f"block {block} holds {len(records)} records, signed for {count}", seq)
+            elif h != head:
+                self._problem("changed", instance, "the last record of the block no longer matches its hash", seq,
+                              first + count - 1)
+        self.report.records += len(records)
+        self._blocks.setdefault(instance, []).append(_Block(seq, block, first, count, prev, head, signed))
+
+    def _once(self, instance: str, record: dict[str, Any], seq: int) -> None:
+        rid = record.get("id")
+        if not isinstance(rid, str):
+            return
+        decision = decision_digest(record)
+        first = self._decisions.get(rid)
+        if first is None:
+            self._decisions[rid] = decision
+        elif first == decision:
+            self.report.repeats += 1
+        else:
+            self._problem("conflicting", instance, f"record id {rid} was recorded before with another decision",
+                          seq, record.get("n"))
+
+    def checkpoint(self, seq: int | None, token: bytes, *, source: str = "stream") -> None:
+        try:
+            _, claims = unverified(token)
+            instance = str(claims["instance"])
+        except (InvalidEnvelope, KeyError):
+            self._problem("unreadable", "?", f"a {source} checkpoint that cannot be read", seq)
+            return
+        try:
+            claims = verify_typed(token, CHECKPOINT_TYP, self._keys, at_of(claims))
+        except InvalidEnvelope as exc:
+            self._problem("signature", instance, f"{source} checkpoint: {exc}", seq)
+            return
+        self.report.checkpoints += 1
+        self._checkpoints.append((seq, claims, token))
+
+    def finish(self, *, partial: bool = False) -> Report:
+        """``partial``: the blocks are a slice (an export), so a chain may start after genesis."""
+        for instance, blocks in self._blocks.items():
+            self._check_chain(instance, blocks, partial=partial)
+        for seq, cp, token in self._checkpoints:
+            self._check_checkpoint(seq, cp, token, partial=partial)
+        return self.report
+
+    def _check_chain(self, instance: str, blocks: list[_Block], *, partial: bool) -> None:
+        chain = self.report.chains.setdefault(instance, ChainReport(instance))
+        seen: dict[int, _Block] = {}
+        for index, b in enumerate(blocks):
+            if b.block in seen:
+                self._problem("inserted", instance, f"block {b.block} appears twice (first at seq "
+                              f"{seen[b.block].seq})", b.seq)
+                continue
+            if index and b.block < blocks[index - 1].block:
+                self._problem("reordered", instance, f"block {b.block} is stored after block "
+                              f"{blocks[index - 1].block}", b.seq)
+            seen[b.block] = b
+        ordered = sorted(seen.values(), key=lambda b: b.block)
+        if not ordered:
+            return
+        expected_block, expected_first, head = (ordered[0].block, ordered[0].first, ordered[0].prev) if partial \
+            else (0, 0, GENESIS)
+        for b in ordered:
+            if b.block > expected_block:
+                self._problem("removed", instance, f"blocks {expected_block}..{b.block - 1} (records "
+                              f"{expected_first}..{b.first - 1}) are missing", b.seq, expected_first)
+            elif b.prev != head:
+                self._problem("changed" if b.signed else "inserted", instance,
+                              f"block {b.block} does not continue the chain from the block before it", b.seq,
+                              b.first)
+            expected_block, expected_first, head = b.block + 1, b.first + b.count, b.head
+        chain.blocks, chain.records, chain.head = len(ordered), expected_first, head
+        self._ends[instance] = {b.first + b.count: b.head for b in ordered}
+
+    def _check_checkpoint(self, seq: int | None, cp: dict[str, Any], token: bytes, *, partial: bool) -> None:
+        instance, count, head = str(cp["instance"]), int(cp["count"]), str(cp["head"])
+        chain = self.report.chains.setdefault(instance, ChainReport(instance))
+        if chain.checkpoint is None or count >= int(chain.checkpoint["count"]):
+            chain.checkpoint, chain.checkpoint_token = cp, token
+        ends = self._ends.get(instance, {})
+        if count > chain.records:
+            if partial:
+                return  # an export holds a slice: a later checkpoint may be outside it
+            self._problem("truncated", instance, f"a checkpoint signed at {cp['at']} counts {count} records; "
+                          f"the chain holds {chain.records}", seq, chain.records)
+        elif count in ends and ends[count] != head:
+            self._problem("forked", instance, f"the checkpoint signed at {cp['at']} has a different head at "
+                          f"record {count - 1}", seq, count - 1)
+
+
+def verify_messages(keys: Callable[[str, float], _crypto.VerifyKey | None],
+                    messages: Iterable[tuple[int, str, bytes]], witnesses: Iterable[bytes] = ()) -> Report:
+    verifier = Verifier(keys)
+    for seq, subject, data in messages:
+        if subject.endswith(".checkpoint"):
+            verifier.checkpoint(seq, data)
+        else:
+            verifier.block(seq, subject, data)
+    for token in witnesses:
+        verifier.checkpoint(None, token, source="witness")
+    return verifier.finish()

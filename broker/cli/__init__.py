@@ -1,0 +1,1 @@
+"""``sgb``: the command line, one module per command group."""

@@ -1,0 +1,136 @@
+"""Statutory and agreed deadlines, tracked per delivered message.
+
+When a rule carries a deadline, the broker records ``<message id>.<recipient>`` in the KV
+bucket ``SG_DEADLINES`` (in the same acknowledged batch as the delivery); a clock the sender's
+side owes (a rapid review after a serious incident notification) is recorded once under each
+party that may answer it (:func:`open_group`). A reply of an
+expected type from that party, answering that message (``re``), deletes the entry; a
+``receipt`` does so only with one of the statuses the entry records (``receiptStatus``, from
+the rule when the message was shared, so every instance applies the same rule). A
+scanner in every broker instance finds open entries past due, sends an ``overdue-notice``
+to both sides, records an ``overdue`` audit record, and marks the entry overdue with a
+compare-and-set so that, with several instances, one wins (duplicate notices are also
+absorbed by their deterministic message ids).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Final
+
+import orjson
+import structlog
+from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
+from nats.js.errors import APIError, NotFoundError
+
+from broker.errors import TransportError
+from broker.policy.rulebook import DEFAULT_RECEIPT_STATUS
+from broker.transport.publisher import Outgoing
+
+log = structlog.get_logger("sgb.deadlines")
+BUCKET: Final = "SG_DEADLINES"
+_STREAM: Final = f"KV_{BUCKET}"
+_WRONG_LAST_SEQUENCE: Final = 10071
+
+
+def key(message_id: str, recipient: str) -> str:
+    return f"{message_id}.{recipient}"
+
+
+def open_entry(message_id: str, recipient: str, entry: Mapping[str, Any]) -> Outgoing:
+    """The KV put recording an open deadline, published with the delivery."""
+    k = key(message_id, recipient)
+    return Outgoing(f"$KV.{BUCKET}.{k}", orjson.dumps(dict(entry) | {"state": "open"}), f"deadline-{k}")
+
+
+def open_group(message_id: str, owers: Sequence[str], entry: Mapping[str, Any]) -> list[Outgoing]:
+    """One clock owed by the sender's side (``owers``, the sender first): an entry under each, so a
+    reply from any of them finds it with one read, but only the sender's is scanned for being overdue;
+    the reply closes them all (e.g. a rapid review from any safeguarding partner of the area)."""
+    sender = owers[0]
+    return [open_entry(message_id, ower, dict(entry) | {"expectFrom": ower, "owedBy": list(owers),
+                                                         "primary": ower == sender}) for ower in owers]
+
+
+def answers(entry: Mapping[str, Any], typ: str, payload: Mapping[str, Any]) -> bool:
+    """Whether a reply of type ``typ`` (its opened ``payload``) meets the deadline ``entry``: the
+    entry is open or overdue, the type is expected and, for a receipt, its status is one the
+    entry records. An entry written before statuses were recorded gets the rulebook's default."""
+    if entry.get("state") not in ("open", "overdue") or typ not in entry.get("expect", ()):
+        return False
+    if typ != "receipt":
+        return True
+    return payload.get("status") in (entry.get("receiptStatus") or DEFAULT_RECEIPT_STATUS)
+
+
+def close_entry(message_id: str, recipient: str, reply_id: str) -> Outgoing:
+    """A KV delete closing the deadline once the expected reply arrives."""
+    k = key(message_id, recipient)
+    return Outgoing(f"$KV.{BUCKET}.{k}", b"", f"deadline-met-{reply_id}.{recipient}", headers={"KV-Operation": "DEL"})
+
+
+OverdueHandler = Callable[[Mapping[str, Any]], Awaitable[None]]
+
+
+class Scanner:
+    """Finds passed deadlines. Each instance remembers when each open entry falls due, so a pass
+    costs one stream-info request plus a read of only the new or now-due entries."""
+
+    def __init__(self, js: JetStreamContext, on_overdue: OverdueHandler, *,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._js = js
+        self._on_overdue = on_overdue
+        self._clock = clock
+        self._known: dict[str, tuple[int | None, float | None]] = {}  # subject -> (last seq read, due if open)
+
+    async def run(self, *, interval: float, stop: asyncio.Event) -> None:
+        """Every ``interval`` seconds until ``stop`` is set."""
+        while not stop.is_set():
+            try:
+                await self.scan_once()
+            except (TransportError, NatsError, APIError) as exc:
+                log.warning("deadline scan failed; will retry", error=type(exc).__name__)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+
+    async def scan_once(self) -> int:
+        """One pass with plain requests (no KV watcher: its subscription swallows cancellation in
+        nats-py 2.16, which stalled shutdown)."""
+        try:
+            info = await self._js.stream_info(_STREAM, subjects_filter=f"$KV.{BUCKET}.>")
+        except NotFoundError:
+            return 0
+        subjects = info.state.subjects or {}
+        now, handled = self._clock(), 0
+        for subject in list(self._known):
+            if subject not in subjects:
+                del self._known[subject]
+        for subject in sorted(subjects):
+            known = self._known.get(subject)
+            if known is not None and (known[1] is None or known[1] > now):
+                continue  # closed, or not yet due
+            try:
+                msg = await self._js.get_last_msg(_STREAM, subject)
+            except NotFoundError:
+                continue
+            record = orjson.loads(msg.data) if msg.data and not (msg.headers or {}).get("KV-Operation") else {}
+            if record.get("state") != "open" or record.get("primary") is False:  # closed, or another party's copy
+                self._known[subject] = (msg.seq, None)
+                continue
+            self._known[subject] = (msg.seq, record["due"])
+            if record["due"] > now:
+                continue
+            await self._on_overdue(record)
+            self._known[subject] = (msg.seq, None)
+            try:  # compare-and-set: with several instances, one marks it
+                await self._js.publish(subject, orjson.dumps(record | {"state": "overdue"}),
+                                       headers={"Nats-Expected-Last-Subject-Sequence": str(msg.seq)})
+                handled += 1
+            except APIError as exc:
+                if exc.err_code != _WRONG_LAST_SEQUENCE:
+                    raise
+        return handled

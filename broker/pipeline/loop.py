@@ -1,0 +1,288 @@
+"""The broker's work loop over the durable pull consumer on ``SG_INGRESS``.
+
+Batched fetches keep the consumer fed; a semaphore bounds messages in flight; each message
+is handled in its own task so that crypto for one overlaps with JetStream round trips for
+others. The ingress message is acked only after JetStream has acknowledged every
+delivery, receipt, rejection and audit record it produced (invariant 2); on an
+infrastructure failure it is nak'ed with a delay and comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import structlog
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from broker.audit.chain import AuditWriter
+from broker.config import PipelineSettings
+from broker.errors import InternalFailure, RejectedMessage, TransportError
+from broker.pipeline import deadlines
+from broker.pipeline.intake import Authenticated, Intake
+from broker.pipeline.metrics import Metrics
+from broker.pipeline.outcomes import AuditEntry, Ingress, Outcomes, Output
+from broker.policy.engine import Decision, Policy
+from broker.transport.publisher import Outgoing, Publisher
+from broker.transport.replay import ReplayGuard
+from broker.wire.ids import derived_id
+from broker.wire.subjects import BROKER_CONSUMER, DEADLINES_BUCKET, INGRESS
+
+log = structlog.get_logger("sgb.pipeline")
+
+_INTERNAL_GIVE_UP = 5  # deliveries of a message that keeps hitting a bug before it is rejected
+
+
+@dataclass
+class Counters:
+    """Plain counters for the summary line at shutdown; ``/metrics`` has the full set."""
+
+    received: int = 0
+    shared: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    retried: int = 0
+    overdue: int = 0
+
+
+class Pipeline:
+    def __init__(self, js: JetStreamContext, intake: Intake, policy: Policy, outcomes: Outcomes,
+                 audit: AuditWriter, settings: PipelineSettings, *, request_timeout: float,
+                 metrics: Metrics | None = None) -> None:
+        self._js = js
+        self._intake = intake
+        self._policy = policy
+        self._outcomes = outcomes
+        self._audit = audit
+        self._settings = settings
+        self._publisher = Publisher(js, deadline=settings.publish_deadline, attempts=settings.publish_attempts)
+        self._replay = ReplayGuard(js, timeout=request_timeout)
+        self._slots = asyncio.Semaphore(settings.max_in_flight)
+        self._tasks: dict[asyncio.Task[None], Msg] = {}  # in flight, with the message each holds
+        self._stopping = asyncio.Event()
+        self.metrics = metrics or Metrics()
+        self.metrics.in_flight.set_function(lambda: len(self._tasks))
+        self._paused = asyncio.Event()
+        self.counters = Counters()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    @property
+    def paused(self) -> bool:
+        return self._paused.is_set()
+
+    def pause(self, on: bool) -> None:
+        """Maintenance mode: take no new messages (in-flight ones finish); they wait in the stream."""
+        if on:
+            self._paused.set()
+        else:
+            self._paused.clear()
+        self.metrics.maintenance.set(1 if on else 0)
+        log.warning("maintenance mode " + ("on: taking no new work" if on else "off: taking work again"))
+
+    async def run(self) -> None:
+        """Fetch and dispatch until :meth:`stop`; then let in-flight work finish, within a deadline."""
+        sub = await self._js.pull_subscribe_bind(BROKER_CONSUMER, INGRESS)
+        try:
+            while not self._stopping.is_set():
+                if self._paused.is_set():
+                    await asyncio.sleep(min(self._settings.fetch_timeout, 0.5))
+                    continue
+                free = self._settings.max_in_flight - len(self._tasks)
+                if free <= 0:
+                    await self._wait_for_slot()
+                    continue
+                try:
+                    msgs = await sub.fetch(min(self._settings.fetch_batch, free), timeout=self._settings.fetch_timeout)
+                except (TimeoutError, NatsTimeoutError):
+                    continue
+                except NatsError as exc:
+                    log.warning("fetch failed; retrying", error=type(exc).__name__)
+                    await asyncio.sleep(0.5)
+                    continue
+                if self._paused.is_set():  # paused while that fetch was waiting: give them back untouched
+                    for msg in msgs:
+                        with contextlib.suppress(NatsError):
+                            await msg.nak()
+                    continue
+                for msg in msgs:
+                    task = asyncio.create_task(self._handle(msg))
+                    self._tasks[task] = msg
+                    task.add_done_callback(self._forget)
+        finally:
+            await self._drain()
+            await self._hand_back_prefetched(sub)
+            with contextlib.suppress(NatsError, asyncio.TimeoutError):
+                await sub.unsubscribe()
+
+    async def _hand_back_prefetched(self, sub: Any) -> None:
+        """A pull request can deliver more messages than the fetch that made it returned; they wait
+        in the subscription's queue. Nak them at shutdown, or they would sit out ack_wait. (nats-py
+        has no public call for this queue; if it moves, ack_wait still brings them back.)"""
+        queue = getattr(getattr(sub, "_sub", None), "_pending_queue", None)
+        if not isinstance(queue, asyncio.Queue):
+            return
+        count = 0
+        while not queue.empty():
+            msg = queue.get_nowait()
+            with contextlib.suppress(NatsError, asyncio.TimeoutError, AttributeError):
+                await asyncio.wait_for(msg.nak(), self._settings.fetch_timeout + 1)
+                count += 1
+        if count:
+            log.info("prefetched messages handed back", count=count)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._tasks.pop(task, None)
+
+    async def _wait_for_slot(self) -> None:
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=self._settings.fetch_timeout,
+                               return_when=asyncio.FIRST_COMPLETED)
+
+    async def _drain(self) -> None:
+        if not self._tasks:
+            return
+        held = dict(self._tasks)
+        done, pending = await asyncio.wait(set(held), timeout=self._settings.drain_timeout)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        for task in pending:  # hand each back now (a task cancelled before it ran could not do it itself)
+            with contextlib.suppress(NatsError, asyncio.TimeoutError):
+                await asyncio.wait_for(held[task].nak(), self._settings.fetch_timeout + 1)
+        log.info("pipeline drained", finished=len(done), handed_back=len(pending))
+
+    async def _handle(self, msg: Msg) -> None:
+        meta = msg.metadata
+        seq = meta.sequence.stream
+        stored_at = meta.timestamp.timestamp()
+        agency = msg.subject.removeprefix("sg.in.")
+        msg_id = (msg.headers or {}).get("Nats-Msg-Id") or derived_id("ingress", seq, stored_at)
+        ingress = Ingress(agency, seq, stored_at, msg_id)
+        bound = structlog.contextvars.bound_contextvars(msg_id=msg_id, sender=agency, seq=seq)
+        started = time.perf_counter()
+        with bound:
+            try:
+                outputs, outcome = await self._process(ingress, msg.data, meta.num_delivered)
+                stored = time.perf_counter()
+                await self.store(outputs)
+                await msg.ack()
+                done = time.perf_counter()
+                self.metrics.stage_seconds.labels("store").observe(done - stored)
+                self.metrics.stage_seconds.labels("total").observe(done - started)
+            except TransportError as exc:
+                self.counters.retried += 1
+                self.metrics.retried.inc()
+                log.warning("transport failure; message will be redelivered", stage="publish", error=str(exc))
+                with contextlib.suppress(NatsError):
+                    await msg.nak(delay=min(2.0 * meta.num_delivered, 30.0))
+                return
+            self._record(outcome)
+            log.info("message processed", stage="done", outcome=outcome)
+
+    async def store(self, outputs: list[Output]) -> None:
+        """Deliveries and audit records together; both must be stored before the ingress ack."""
+        messages = [o for o in outputs if isinstance(o, Outgoing)]
+        records = [o.record for o in outputs if isinstance(o, AuditEntry)]
+        await asyncio.gather(self._publisher.publish_all(messages), self._audit.append(records))
+
+    async def _process(self, ingress: Ingress, data: bytes, num_delivered: int) -> tuple[list[Output], str]:
+        auth: Authenticated | None = None
+        stage = self.metrics.stage_seconds
+        try:
+            try:
+                t0 = time.perf_counter()
+                auth = self._intake.authenticate(ingress.subject_agency, data, ingress.stored_at)
+                structlog.contextvars.bind_contextvars(message=auth.claims["jti"], type=auth.claims["typ"])
+                await self._replay.claim(auth.claims["jti"], ingress.seq)
+                t1 = time.perf_counter()
+                opened = self._intake.open(auth)
+                t2 = time.perf_counter()
+                decision = self._policy.decide(auth.sender, opened.recipients, opened.mtype,
+                                               auth.claims["sharing"], opened.payload, received=ingress.stored_at)
+                closes = await self._answers_deadline(auth.claims, opened.payload)
+                outputs = self._outcomes.accepted(ingress, opened, decision, closes=closes)
+                stage.labels("authenticate").observe(t1 - t0)
+                stage.labels("open").observe(t2 - t1)
+                stage.labels("decide").observe(time.perf_counter() - t2)
+                self._count_decision(auth.claims["typ"], decision)
+                return outputs, "shared"
+            except RejectedMessage as rejection:
+                log.info("message rejected", stage="decide", code=rejection.code, field=rejection.field,
+                         rule=rejection.rule)
+                return self._outcomes.rejected(ingress, rejection, auth.claims if auth else None), rejection.code
+        except TransportError:
+            raise
+        except Exception as exc:  # a bug must neither crash the broker nor lose the message
+            log.exception("unexpected error while processing", stage="process", deliveries=num_delivered)
+            if num_delivered < _INTERNAL_GIVE_UP:
+                raise TransportError(f"internal error ({type(exc).__name__}); will retry") from exc
+            error = InternalFailure("the broker could not process this message; send it again", rule="internal")
+            return self._outcomes.rejected(ingress, error, auth.claims if auth else None), error.code
+
+    async def _answers_deadline(self, claims: dict[str, Any], payload: Mapping[str, Any]) -> tuple[str, ...]:
+        """The parties whose open deadline on ``re`` this message meets (none if it meets none): its
+        sender, or every party that owed the same clock (for a receipt, only with a status the
+        deadline counts, read from the opened payload)."""
+        if not claims.get("re"):
+            return ()
+        try:
+            entry = await self._js.get_last_msg(f"KV_{DEADLINES_BUCKET}",
+                                                f"$KV.{DEADLINES_BUCKET}.{claims['re']}.{claims['iss']}")
+        except NotFoundError:
+            return ()
+        except NatsError as exc:
+            raise TransportError(f"deadline store unavailable: {type(exc).__name__}") from exc
+        if not entry.data:
+            return ()
+        record = orjson.loads(entry.data)
+        if not deadlines.answers(record, claims["typ"], payload):
+            return ()
+        return tuple(record.get("owedBy") or (claims["iss"],))
+
+    async def on_overdue(self, entry: Mapping[str, Any]) -> None:
+        await self.store(self._outcomes.overdue(entry))
+        self.counters.overdue += 1
+        self.metrics.overdue.inc()
+        log.info("deadline passed; both sides told", stage="overdue", message=entry["message"],
+                 recipient=entry["recipient"], rule=entry["rule"])
+
+    def _count_decision(self, typ: str, decision: Decision) -> None:
+        m = self.metrics
+        m.accepted.labels(typ).inc()
+        for rd in decision.recipients:
+            if rd.share:
+                m.delivered.labels(typ).inc()
+                m.withheld.inc(len(rd.withheld))
+            else:
+                m.refused.labels(rd.code or "refused").inc()
+        for flag in decision.flags:
+            m.flagged.labels(flag).inc()
+        if "late" in decision.flags:
+            m.late.labels(typ).inc()
+
+    def _record(self, outcome: str) -> None:
+        self.counters.received += 1
+        self.metrics.received.inc()
+        if outcome == "shared":
+            self.counters.shared += 1
+        else:
+            self.counters.rejected[outcome] = self.counters.rejected.get(outcome, 0) + 1
+            self.metrics.rejected.labels(outcome).inc()
+
+
+def summary(counters: Counters) -> dict[str, Any]:
+    return {"received": counters.received, "shared": counters.shared, "rejected": dict(counters.rejected)}

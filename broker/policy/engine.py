@@ -1,0 +1,329 @@
+"""Step 4, the decision: may this sender share this message with each recipient, on what basis,
+and which fields may each recipient see?
+
+:class:`Policy` is the seam; :class:`RulebookPolicy` applies the partnership's rulebook
+(``broker/policy/rulebook.yaml``): routing by agency kind, the lawful basis and its conditions (Art 6,
+Art 9, Art 10, DPA 2018 Part 3), consent and transparency, necessary-and-proportionate field
+allow-lists per recipient kind, protected identities and the sender's own clocks. It refuses the
+whole message (raising a :class:`~broker.errors.RejectedMessage` naming the field and the rule,
+never a value) when the message itself is unlawful or no recipient may receive it, and narrows
+``to`` (never widens it) when only some may. Every decision names the rules that made it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+import orjson
+
+from broker.errors import NoLawfulBasis, NotPermitted
+from broker.policy import pointer
+from broker.policy import rulebook as rulebooks
+from broker.policy.rulebook import DeadlineSpec, LateAfter, Rule, Rulebook
+from broker.policy.workdays import due_after, parse_date
+from broker.wire.catalogue import Catalogue, MessageType
+from broker.wire.registry import Agency
+
+WITHOUT_CONSENT: Final = frozenset({"NOT_SOUGHT", "REFUSED_OVERRIDDEN"})
+# The sharing block's basis and condition fields.
+_CONDITION_FIELDS: Final = ("lawfulBasis", "specialCategoryCondition", "criminalOffenceCondition",
+                            "lawEnforcementBasis")
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientDecision:
+    recipient: str
+    share: bool
+    rules: tuple[str, ...]
+    code: str | None = None
+    reason: str | None = None
+    fields: tuple[str, ...] | None = None  # names passed on (``member`` or ``member/sub``); None = all
+    withheld: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    recipients: tuple[RecipientDecision, ...]
+    rules: tuple[str, ...] = ()
+    flags: tuple[str, ...] = field(default=())  # reasons for IG review
+    deadline: DeadlineSpec | None = None
+    deadline_rule: str | None = None
+    not_shared_reason: str | None = None  # a decision not to share: the practitioner's reason code
+    notes: tuple[str, ...] = ()  # what a clock or a required recipient that raised a flag says
+
+    @property
+    def shared(self) -> tuple[RecipientDecision, ...]:
+        return tuple(r for r in self.recipients if r.share)
+
+    @property
+    def refused(self) -> tuple[RecipientDecision, ...]:
+        return tuple(r for r in self.recipients if not r.share)
+
+
+class Policy(Protocol):
+    def decide(self, sender: Agency, recipients: tuple[Agency, ...], mtype: MessageType,
+               sharing: Mapping[str, Any], payload: Mapping[str, Any], *, received: float | None = None) -> Decision:
+        """Decide per recipient; raise a :class:`~broker.errors.RejectedMessage` to refuse all.
+        ``received``: when the broker received the message (clocks owed by the sender are judged then)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Vocabulary:
+    """The attributes of the vocabulary's codes that the rules read."""
+
+    restricted: frozenset[str]  # Art 6 bases public authorities may not use for their tasks
+    consent_based: frozenset[str]  # codes that are consent, in each list
+    without_consent: frozenset[str]  # conditions met only when processing is without consent (para 18 family)
+    gateway_not_from: Mapping[str, frozenset[str]]  # gateway -> sender kinds it does not cover
+
+    @classmethod
+    def load(cls) -> Vocabulary:
+        lists = orjson.loads((resources.files("schemas") / "vocabulary.v2.json").read_bytes())["lists"]
+        entries = [e for lst in lists.values() for e in lst]
+        return cls(
+            restricted=frozenset(e["code"] for e in lists["lawfulBasis"] if e.get("notForPublicAuthorities")),
+            consent_based=frozenset(e["code"] for e in entries if e.get("consentBased")),
+            without_consent=frozenset(e["code"] for e in entries if e.get("withoutConsent")),
+            gateway_not_from={e["code"]: frozenset(e["notFromKinds"]) for e in lists["statutoryGateway"]
+                              if "notFromKinds" in e},
+        )
+
+
+class RulebookPolicy:
+    def __init__(self, rulebook: Rulebook, clock: Callable[[], float] = time.time) -> None:
+        self.rulebook = rulebook
+        self.vocabulary = Vocabulary.load()
+        self._clock = clock
+
+    def decide(self, sender: Agency, recipients: tuple[Agency, ...], mtype: MessageType,
+               sharing: Mapping[str, Any], payload: Mapping[str, Any], *, received: float | None = None) -> Decision:
+        rule = self.rulebook.rule_for(mtype.name, sender.kind)
+        if rule is None:
+            raise NotPermitted(f"no rule lets a {sender.kind} agency send {mtype.name} messages",
+                               field="/typ", rule=f"route.{mtype.name}")
+        if mtype.record_only:
+            reason = payload.get("reason")
+            return Decision(tuple(RecipientDecision(a.id, False, (rule.id,), code="not-shared",
+                                                    reason="a practitioner decided not to share")
+                                  for a in recipients), (rule.id,),
+                            not_shared_reason=reason if isinstance(reason, str) else None)
+        if rule.partners_only and not sender.safeguarding_partner:
+            raise NotPermitted(f"only a safeguarding partner of the area sends {mtype.name} messages",
+                               field="/iss", rule=rule.id)
+        applied = [rule.id]
+        flags: list[str] = []
+        notes: list[str] = []
+        if mtype.personal_data:
+            applied += self._lawful_basis(rule, sender, mtype, sharing, payload)
+            applied += self._consent(sender, sharing, flags)
+        if "adviceSought" in sharing:
+            flags.append("advice-sought")
+            applied.append("advice.sought")
+        late = rule.late_after
+        if late is not None:
+            verdict = _is_late(late, payload, received if received is not None else self._clock())
+            if verdict is not False:  # late, or not judged because the payload does not say when it started
+                flags.append("late" if verdict else "clock-unjudged")
+                notes.append(late.says)
+                applied.append(rule.id)
+        decisions = tuple(self._for_recipient(rule, agency, sharing, payload, tuple(applied)) for agency in recipients)
+        if not any(d.share for d in decisions):
+            raise NotPermitted(f"no recipient may receive {mtype.name} from a {sender.kind} agency",
+                               field="/to", rule=rule.id)
+        shared_kinds = {a.kind for a, d in zip(recipients, decisions, strict=True) if d.share}
+        for need in rule.must_notify:
+            if not need.kinds <= shared_kinds and all(c.holds(payload) for c in need.when):
+                flags.append("recipient-missing")
+                notes.append(need.says)
+                applied.append(rule.id)
+        return Decision(decisions, tuple(dict.fromkeys(applied)), tuple(dict.fromkeys(flags)), rule.deadline,
+                        rule.id if rule.deadline else None, notes=tuple(dict.fromkeys(notes)))
+
+    # -- lawful basis -------------------------------------------------------------------
+
+    def _lawful_basis(self, rule: Rule, sender: Agency, mtype: MessageType, sharing: Mapping[str, Any],
+                      payload: Mapping[str, Any]) -> list[str]:
+        police_part3 = sender.kind == "police" and "lawEnforcementBasis" in sharing
+        basis = sharing.get("lawfulBasis")
+        if basis is None and not police_part3:
+            raise NoLawfulBasis("a UK GDPR Art 6 basis (or, for police, a DPA 2018 Part 3 basis) is required",
+                                field="/sharing/lawfulBasis", rule="basis.present")
+        applied = ["basis.present"]
+        if basis is not None:
+            if basis in self.vocabulary.restricted and sender.public_authority:
+                raise NoLawfulBasis("a public authority may not rely on (recognised) legitimate interests "
+                                    "for its tasks", field="/sharing/lawfulBasis", rule="basis.public-authority")
+            applied.append("basis.public-authority")
+        accepted_by_field = (rule.lawful_bases, rule.special_conditions, rule.offence_conditions,
+                             rule.law_enforcement_bases)
+        for name, accepted in zip(_CONDITION_FIELDS, accepted_by_field, strict=True):
+            code = sharing.get(name)
+            if code is not None and accepted and code not in accepted:
+                raise NoLawfulBasis(f"this {name} is not one the agreement accepts for {rule.type}",
+                                    field=f"/sharing/{name}", rule=rule.id)
+        if self._carries_offence_data(mtype.name, payload):
+            if police_part3:
+                applied.append("basis.law-enforcement")  # DPA 2018 Part 3: a Sch 8 condition
+            elif "criminalOffenceCondition" in sharing:
+                applied.append("basis.criminal-offence")  # UK GDPR Art 10 with a DPA 2018 Sch 1 condition
+            elif sender.kind == "police":
+                raise NoLawfulBasis("the payload carries criminal offence data: police need a DPA 2018 Sch 8 "
+                                    "condition, or an Art 10 condition when sharing under UK GDPR",
+                                    field="/sharing/lawEnforcementBasis", rule="basis.law-enforcement")
+            else:
+                raise NoLawfulBasis("the payload carries criminal offence data; an Art 10 condition is required",
+                                    field="/sharing/criminalOffenceCondition", rule="basis.criminal-offence")
+        if mtype.special_category and not police_part3:
+            if "specialCategoryCondition" not in sharing:
+                raise NoLawfulBasis("special category data need an Art 9 condition",
+                                    field="/sharing/specialCategoryCondition", rule="basis.special-category")
+            applied.append("basis.special-category")
+        gateways = tuple(sharing.get("statutoryGateways", ()))
+        for i, gateway in enumerate(gateways):
+            if sender.kind in self.vocabulary.gateway_not_from.get(gateway, ()):
+                raise NoLawfulBasis(f"this gateway does not cover disclosures by a {sender.kind} agency",
+                                    field=f"/sharing/statutoryGateways/{i}", rule="basis.gateway-available")
+        if rule.gateways and not set(gateways) & rule.gateways:
+            raise NoLawfulBasis("a statutory gateway for this share is required",
+                                field="/sharing/statutoryGateways", rule=rule.id)
+        return applied
+
+    def _carries_offence_data(self, type_name: str, payload: Mapping[str, Any]) -> bool:
+        """Whether the rulebook counts this payload as criminal offence data (which field made it so
+        is not said: even that would tell what the message is about)."""
+        conditions = self.rulebook.offence_data.get(type_name)
+        if conditions is None:
+            return False
+        return not conditions or pointer.first_holding(conditions, payload) is not None
+
+    # -- consent and transparency -------------------------------------------------------
+
+    def _consent(self, sender: Agency, sharing: Mapping[str, Any], flags: list[str]) -> list[str]:
+        emergency = sharing.get("urgency") == "EMERGENCY"
+        applied: list[str] = []
+        status = sharing.get("consentStatus")
+
+        def contradiction(reason: str, field: str, rule: str) -> None:
+            """Refused; or, in an emergency, shared and flagged (never held back for a consent record)."""
+            if not emergency:
+                raise NoLawfulBasis(reason, field=field, rule=rule)
+            flags.append("emergency-consent-contradiction")
+            applied.extend((rule, "urgent.never-held"))
+
+        for name in _CONDITION_FIELDS:
+            code = sharing.get(name)
+            if code in self.vocabulary.consent_based:
+                if status != "GIVEN":
+                    contradiction(f"{name} is consent, so consentStatus must be GIVEN", "/sharing/consentStatus",
+                                  "consent.basis-needs-consent")
+                else:
+                    applied.append("consent.basis-needs-consent")
+                if name == "lawfulBasis" and sender.public_authority:
+                    flags.append("consent-as-basis")
+                    applied.append("consent.not-the-basis")
+            elif code in self.vocabulary.without_consent and status == "GIVEN":
+                flags.append("without-consent-condition-with-consent")
+                applied.append("consent.condition-without-consent")
+        if status == "GIVEN" and "nonConsentReason" in sharing:
+            contradiction("consent was given, so there is no reason for sharing without it",
+                          "/sharing/nonConsentReason", "consent.consistent")
+        if status == "NOT_APPLICABLE":
+            if not emergency:
+                raise NoLawfulBasis("consent is applicable to a message carrying personal data: say whether it "
+                                    "was given, refused or not sought", field="/sharing/consentStatus",
+                                    rule="consent.not-applicable")
+            flags.append("emergency-consent-unrecorded")
+            applied += ["consent.not-applicable", "urgent.never-held"]
+        if status in WITHOUT_CONSENT:
+            applied.append("consent.reason")
+            if "nonConsentReason" not in sharing:
+                if not emergency:
+                    raise NoLawfulBasis("sharing without consent needs a recorded reason",
+                                        field="/sharing/nonConsentReason", rule="consent.reason")
+                flags.append("emergency-without-consent-reason")
+                applied.append("urgent.never-held")
+            if status == "REFUSED_OVERRIDDEN":
+                flags.append("consent-overridden")
+                applied.append("consent.override-review")
+            elif status == "NOT_SOUGHT":
+                flags.append("shared-without-consent")
+        if "subjectInformed" not in sharing:
+            if not emergency:
+                raise NoLawfulBasis("whether the family was informed, or why not, must be recorded",
+                                    field="/sharing/subjectInformed", rule="transparency.informed")
+            flags.append("emergency-family-informed-unrecorded")
+            applied.append("urgent.never-held")
+        applied.append("transparency.informed")
+        return applied
+
+    # -- per recipient ------------------------------------------------------------------
+
+    def _for_recipient(self, rule: Rule, agency: Agency, sharing: Mapping[str, Any], payload: Mapping[str, Any],
+                       applied: tuple[str, ...]) -> RecipientDecision:
+        allowed = rule.to.get(agency.kind)
+        if allowed is None:
+            return RecipientDecision(agency.id, False, (rule.id,), code=NotPermitted.code,
+                                     reason=f"{rule.type} may not be sent to a {agency.kind} agency")
+        if not all(c.holds(payload) for c in allowed.when):
+            return RecipientDecision(agency.id, False, (rule.id, "necessity.per-recipient"), code=NotPermitted.code,
+                                     reason=f"a {agency.kind} agency does not need this {rule.type}")
+        keep: tuple[str, ...]
+        withheld: tuple[str, ...]
+        if allowed.fields is None:
+            keep, withheld = tuple(sorted(payload)), ()
+        else:
+            keep, withheld = pointer.narrow(payload, allowed.fields)
+        rules = list(applied)
+        if withheld:
+            rules.append("necessity.per-recipient")
+        for identity, protection in rule.protect.items():
+            if agency.kind in protection.from_kinds and _is_protected(identity, sharing, payload):
+                hidden = {name for name in keep if name.split("/", 1)[0] in protection.fields}
+                if hidden:
+                    keep = tuple(name for name in keep if name not in hidden)
+                    withheld = tuple(sorted({*withheld, *hidden}))
+                    rules.append("identity.protect")
+        return RecipientDecision(agency.id, True, tuple(dict.fromkeys(rules)),
+                                 fields=keep if withheld else None, withheld=withheld)
+
+
+def _is_late(late: LateAfter, payload: Mapping[str, Any], received: float) -> bool | None:
+    """Whether the sender's own clock had run out when the message arrived; None if the payload
+    does not say when it started."""
+    start = parse_date(next(pointer.values(payload, late.field), None))
+    if start is None:
+        return None
+    due = due_after(start, working_days=late.working_days, school_day_start=late.school_day_start)
+    return due is not None and received > due.timestamp()
+
+
+def _is_protected(identity: str, sharing: Mapping[str, Any], payload: Mapping[str, Any]) -> bool:
+    if identity in sharing.get("protectedIdentities", ()):
+        return True
+    referrer = payload.get("referrer")
+    return identity == "referrer" and isinstance(referrer, Mapping) and bool(referrer.get("atRiskIfIdentified"))
+
+
+class ReloadablePolicy:
+    """The policy in force, replaceable at run time. A rulebook that fails to load is refused
+    and the one in force stays (the caller logs the problem)."""
+
+    def __init__(self, path: Path, catalogue: Catalogue) -> None:
+        self.path = path
+        self._catalogue = catalogue
+        self.current = RulebookPolicy(rulebooks.load(path, catalogue))
+
+    def reload(self) -> Rulebook:
+        """Load the rulebook again; raises :class:`~broker.errors.ConfigError` and keeps the old one on error."""
+        self.current = RulebookPolicy(rulebooks.load(self.path, self._catalogue))
+        return self.current.rulebook
+
+    def decide(self, sender: Agency, recipients: tuple[Agency, ...], mtype: MessageType,
+               sharing: Mapping[str, Any], payload: Mapping[str, Any], *, received: float | None = None) -> Decision:
+        return self.current.decide(sender, recipients, mtype, sharing, payload, received=received)

@@ -1,0 +1,50 @@
+"""Replay detection: each message id is accepted from one stored message only.
+
+A KV bucket (``SG_SEEN``) maps a message id to the ingress stream sequence that first
+carried it, created with an expected-last-subject-sequence of 0 so that only one writer
+wins. A redelivery of the same stored message (after a broker crash) finds its own
+sequence and proceeds; any other copy is a replay. Entries expire after ``seen_ttl``,
+which exceeds the freshness window, so an older copy is refused as stale instead.
+"""
+
+from __future__ import annotations
+
+from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
+from nats.js.errors import APIError, NotFoundError
+
+from broker.errors import Replayed, TransportError
+from broker.wire.subjects import SEEN_BUCKET
+
+_STREAM = f"KV_{SEEN_BUCKET}"
+_WRONG_LAST_SEQUENCE = 10071
+
+
+class ReplayGuard:
+    def __init__(self, js: JetStreamContext, *, timeout: float) -> None:
+        self._js = js
+        self._timeout = timeout
+
+    async def claim(self, message_id: str, ingress_seq: int) -> None:
+        """Record ``message_id`` as carried by ``ingress_seq``; raise :class:`Replayed` if another
+        stored message already claimed it."""
+        subject = f"$KV.{SEEN_BUCKET}.{message_id}"
+        mine = str(ingress_seq).encode()
+        try:
+            await self._js.publish(
+                subject, mine, timeout=self._timeout, headers={"Nats-Expected-Last-Subject-Sequence": "0"}
+            )
+            return
+        except APIError as exc:
+            if exc.err_code != _WRONG_LAST_SEQUENCE:
+                raise TransportError(f"replay store refused the claim: {exc.description}") from exc
+        except NatsError as exc:
+            raise TransportError(f"replay store unavailable: {type(exc).__name__}") from exc
+        try:
+            held = await self._js.get_last_msg(_STREAM, subject)
+        except NotFoundError:  # expired between the two calls: claim again next delivery
+            raise TransportError("replay store entry vanished; will retry") from None
+        except NatsError as exc:
+            raise TransportError(f"replay store unavailable: {type(exc).__name__}") from exc
+        if held.data != mine:
+            raise Replayed("this message id was already received", field="/jti", rule="unique-message-id")

@@ -1,0 +1,126 @@
+"""The broker's HTTP face: the probes, the audit API and the IG pages, in one aiohttp app.
+
+:func:`audit_service` runs what the API and the pages stand on next to a broker: the SQLite
+index following ``SG_AUDIT``, and a periodic verification of every chain for the badge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from broker.audit.index import AuditIndex, Indexer
+from broker.audit.verify import broker_keys
+from broker.http.tokens import TokenVerifier
+from broker.pipeline.service import Broker
+from broker.timestamps import iso
+from broker.transport.natsserver import EmbeddedServer
+from broker.web import api, igpages
+from broker.web.context import BROKER_KEY, NATS_SERVER_KEY, SERVICE, AuditService
+from broker.wire.subjects import AUDIT, DELIVERY
+
+log = structlog.get_logger("sgb.http")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Alive, unless the embedded NATS this process supervises cannot be brought back: then a
+    supervisor (systemd, an orchestrator) should restart the whole service."""
+    server = request.app.get(NATS_SERVER_KEY)
+    if server is not None and not server.healthy:
+        return web.json_response({"status": "failing", "detail": "the embedded NATS server cannot be restarted; "
+                                  "see nats-server.log in the NATS directory"}, status=503)
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Every readiness check by name; 503 if any fails (docs/operating.md says what each means)."""
+    from broker.web import readiness
+
+    body, status = readiness.report(await readiness.readiness(request.app[BROKER_KEY], request.app.get(SERVICE)))
+    return web.json_response(body, status=status)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    registry = request.app[BROKER_KEY].metrics.registry
+    return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+@contextlib.asynccontextmanager
+async def audit_service(broker: Broker) -> AsyncIterator[AuditService]:
+    """The index (caught up before this yields), its follower, and the periodic verification."""
+    settings = broker.settings
+    index = AuditIndex(settings.index_path)
+    info = await broker.js.stream_info(AUDIT)
+    await index.open(stream_created=str(info.created))
+    keys = broker_keys(broker.registry)
+    indexer = Indexer(broker.js, index, keys)
+    await indexer.catch_up()
+    stop = asyncio.Event()
+
+    async def follow() -> None:
+        while not stop.is_set():
+            await indexer.run(stop=stop)
+            if not stop.is_set():
+                await asyncio.sleep(0.5)
+
+    async def verify() -> dict[str, object]:
+        return await api.run_verification(broker.js, broker.registry, index)
+
+    def maintenance(on: bool | None) -> bool:
+        if on is not None:
+            broker.pipeline.pause(on)
+        return broker.pipeline.paused
+
+    async def retention() -> dict[str, object]:
+        streams = settings.streams
+        before = iso(time.time() - streams.audit_retention)
+        deliveries = await broker.js.stream_info(DELIVERY)
+        holds = await broker.sweeper.holds.all()
+        return {"deliveryRetentionDays": streams.delivery_retention / 86400,
+                "auditRetentionYears": round(streams.audit_retention / (365 * 86400), 2),
+                "deliveriesWaiting": deliveries.state.messages, "legalHolds": len(holds),
+                "auditRecordsAreDeleted": False} | await index.retention_counts(before)
+
+    async def verify_periodically() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(Exception):
+                await verify()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), settings.api.integrity_interval)
+
+    tasks = [asyncio.create_task(follow(), name="sgb-audit-index"),
+             asyncio.create_task(verify_periodically(), name="sgb-audit-verify")]
+    try:
+        yield AuditService(index=index, tokens=TokenVerifier(broker.registry, settings.api),
+                               subjects=broker.subjects, append=broker.audit.append, instance=settings.instance,
+                               verify=verify, holds=broker.sweeper.holds, retention=retention,
+                               maintenance=maintenance)
+    finally:
+        stop.set()
+        _, pending = await asyncio.wait(tasks, timeout=5.0)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        index.close()
+
+
+def make_app(broker: Broker, service: AuditService | None = None, *,
+             nats_server: EmbeddedServer | None = None) -> web.Application:
+    app = web.Application(client_max_size=64 * 1024, middlewares=[api.api_middleware, igpages.security_headers])
+    app[BROKER_KEY] = broker
+    if nats_server is not None:
+        app[NATS_SERVER_KEY] = nats_server
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    if service is not None:
+        app[SERVICE] = service
+        api.add_routes(app)
+        igpages.add_routes(app)
+    return app

@@ -1,0 +1,104 @@
+"""Readiness: every check by name, its state (``ok``, ``warn``, ``fail``) and what it means.
+
+``warn`` keeps the broker ready (a key expiring within two weeks); any ``fail`` makes
+``/readyz`` answer 503 so a load balancer or orchestrator stops sending work. What each
+failure means and what to do is in ``docs/operating.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any, Final
+
+from nats.errors import Error as NatsError
+from nats.js.errors import APIError, NotFoundError
+
+from broker.pipeline.service import Broker
+from broker.policy.engine import ReloadablePolicy, RulebookPolicy
+from broker.web.context import AuditService
+from broker.wire.subjects import AUDIT, DELIVERY, INGRESS
+
+KEY_WARNING: Final = 14 * 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    state: str
+    detail: str
+
+    def as_json(self) -> dict[str, str]:
+        return {"state": self.state, "detail": self.detail}
+
+
+def _keys(broker: Broker, now: float) -> Check:
+    own = broker.registry.broker.keys
+    valid = [k for k in own if k.valid_at(now)]
+    if not any(k.use == "sig" for k in valid) or not any(k.use == "enc" for k in valid):
+        return Check("fail", "the broker has no valid signing or encryption key in the registry")
+    if broker.identity.sig_kid not in {k.kid for k in valid}:
+        return Check("fail", "the broker's private signing key is not a valid key in the registry")
+    soon = [key for agency in broker.registry.agencies.values() for key in agency.keys
+            if key.not_after is not None and 0 < key.not_after - now < KEY_WARNING]
+    if soon:
+        return Check("warn", f"{len(soon)} registry keys expire within 14 days")
+    return Check("ok", f"{len(valid)} broker keys valid")
+
+
+async def _streams(broker: Broker, timeout: float) -> Check:
+    missing = []
+    for name in (INGRESS, DELIVERY, AUDIT):
+        try:
+            await asyncio.wait_for(broker.js.stream_info(name), timeout)
+        except NotFoundError:
+            missing.append(name)
+        except (NatsError, APIError, TimeoutError):
+            return Check("fail", "JetStream does not answer")
+    if missing:
+        return Check("fail", f"missing: {', '.join(missing)}")
+    return Check("ok", "SG_INGRESS, SG_DELIVERY, SG_AUDIT")
+
+
+def _rulebook(broker: Broker) -> Check:
+    policy = broker.policy
+    current = policy.current if isinstance(policy, ReloadablePolicy) else policy
+    if isinstance(current, RulebookPolicy):
+        book = current.rulebook
+        return Check("ok", f"edition {book.edition}, {len(book.rules)} rules")
+    return Check("ok", "a policy is loaded")
+
+
+async def _index(service: AuditService | None) -> Check:
+    if service is None:
+        return Check("ok", "not served by this process")
+    try:
+        await asyncio.wait_for(service.index.set_meta("probe", time.time()), 2.0)
+    except (OSError, TimeoutError, Exception) as exc:  # sqlite3.Error and friends: any failure is "not writable"
+        return Check("fail", f"the audit index cannot be written ({type(exc).__name__})")
+    return Check("ok", "writable")
+
+
+async def readiness(broker: Broker, service: AuditService | None) -> dict[str, Check]:
+    now = time.time()
+    backlog = broker.metrics.backlog._value.get()
+    limit = broker.settings.pipeline.ready_backlog
+    return {
+        "nats": Check("ok", "connected") if broker.nc.is_connected else Check("fail", "not connected to NATS"),
+        "streams": await _streams(broker, min(broker.settings.nats.request_timeout, 2.0)),
+        "keys": _keys(broker, now),
+        "rulebook": _rulebook(broker),
+        "pipeline": Check("fail", "the pipeline stopped") if broker.task.done() else Check("ok", "running"),
+        "audit-writer": Check("ok", f"{broker.audit.head.count} records in this instance's chain")
+        if broker.audit.running else Check("fail", "the audit writer stopped"),
+        "audit-index": await _index(service),
+        "backlog": Check("ok" if backlog < limit else "fail", f"{int(backlog)} waiting (limit {limit})"),
+        "maintenance": Check("fail", "maintenance mode: taking no new work") if broker.pipeline.paused
+        else Check("ok", "off"),
+    }
+
+
+def report(checks: dict[str, Check]) -> tuple[dict[str, Any], int]:
+    ready = all(c.state != "fail" for c in checks.values())
+    body = {"status": "ready" if ready else "not-ready", "checks": {k: v.as_json() for k, v in checks.items()}}
+    return body, 200 if ready else 503
