@@ -18,7 +18,10 @@ from broker.http.tokens import mint
 from broker.identity.keys import load_identity
 from broker.pipeline.service import Broker
 from broker.transport.connection import connected, jetstream
-from broker.web import api
+from broker.web import api, records
+from broker.web.context import AuditService
+from broker.web.params import MAX_LIMIT
+from broker.web.vocabulary import EVENTS
 from broker.wire.registry import Registry
 from tests.conftest import ClientFactory
 from tests.helpers import drain, example, referral, sharing
@@ -157,6 +160,10 @@ async def test_every_endpoint_and_role(client: Client, settings: Settings, agenc
                 assert (await r.json())["code"] == "forbidden"
             r = await client.request(method, url, json=data)
             assert r.status == 401 and r.headers["WWW-Authenticate"].startswith("Bearer")
+    # every event recorded by the broker and by these officers' actions is one the API and the pages offer
+    r = await client.get(f"/api/v1/records?limit={MAX_LIMIT}", headers=auth(settings, "auditor"))
+    events = {x["event"] for x in (await r.json())["items"]}
+    assert {"received", "shared", "reviewed", "subject-search", "exported", "hold-placed"} <= events <= set(EVENTS)
 
 
 @pytest.mark.parametrize("case", ["expired", "wrong-audience", "wrong-issuer", "alg-none", "wrong-key", "hs256",
@@ -282,9 +289,11 @@ async def test_a_decision_not_to_share_keeps_its_reason_and_rule(client: Client,
 
 def test_every_reason_not_to_share_has_a_label() -> None:
     from broker.web import notshared
+    from broker.web.vocabulary import schema_enum
 
-    assert set(notshared._WORDS) == set(notshared.schema_codes())  # a new code in the schema needs its words
-    assert list(notshared.LABELS) == list(notshared.schema_codes())
+    codes = schema_enum("decision-not-to-share.v1.json", "reason")
+    assert set(notshared._WORDS) == set(codes)  # a new code in the schema needs its words
+    assert list(notshared.LABELS) == list(codes)
     assert notshared.label("NOT_PROPORTIONATE") == "Not proportionate"
     assert notshared.label("SOME_LATER_CODE") == "Some later code" and notshared.label(None) == ""
 
@@ -317,7 +326,7 @@ async def test_subject_search_finds_one_child_and_is_audited(client: Client, set
 
 async def test_subject_index_key_rotation_keeps_old_records_findable(client: Client, settings: Settings,
                                                                     agency: ClientFactory, broker: Broker,
-                                                                    service: api.AuditService) -> None:
+                                                                    service: AuditService) -> None:
     from broker.identity.blindindex import load_subject_index, rotate_subject_key
 
     before = await send_referrals(agency)
@@ -376,7 +385,7 @@ async def test_csv_export_streams_the_filtered_records(client: Client, settings:
     rows = list(csv.DictReader(io.StringIO(await r.text())))
     assert {row["message"] for row in rows} == set(ids) and all(row["decision"] == "share" for row in rows)
     assert rows[0]["lawfulBasis"] == "UKGDPR_6_1_E"
-    assert api._csv_row({"sender": "=HYPERLINK(1)"})[api.CSV_COLUMNS.index("sender")].startswith("'=")
+    assert records._csv_row({"sender": "=HYPERLINK(1)"})[records.CSV_COLUMNS.index("sender")].startswith("'=")
 
 
 async def test_integrity_status_and_verification(client: Client, settings: Settings, agency: ClientFactory) -> None:
@@ -391,7 +400,7 @@ async def test_integrity_status_and_verification(client: Client, settings: Setti
     assert any(row["key"] == "police-met" and row["count"] >= 1 for row in volumes["rows"])
 
 
-async def test_internal_errors_never_leak(client: Client, settings: Settings, service: api.AuditService,
+async def test_internal_errors_never_leak(client: Client, settings: Settings, service: AuditService,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     async def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("secret internals /var/lib/sgb")
@@ -406,7 +415,7 @@ async def test_internal_errors_never_leak(client: Client, settings: Settings, se
 
 
 async def test_reindex_rebuilds_the_same_index(client: Client, settings: Settings, agency: ClientFactory,
-                                               service: api.AuditService) -> None:
+                                               service: AuditService) -> None:
     from tests.test_cli import sgb
 
     ids = await send_referrals(agency, count=2)

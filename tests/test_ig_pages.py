@@ -16,8 +16,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from broker.audit.query import RecordQuery
 from broker.config import Settings
-from broker.web import api
+from broker.web.context import AuditService
 from tests.conftest import ClientFactory
 from tests.test_api import (
     NHS,
@@ -99,12 +100,12 @@ async def test_the_log_and_the_trail_say_why_a_decision_was_not_to_share(client:
         assert NOT_SHARED_WORDS not in text and "Okafor" not in text
 
 
-async def test_pages_render_quickly_on_a_large_log(client: Client, settings: Settings, service: api.AuditService,
+async def test_pages_render_quickly_on_a_large_log(client: Client, settings: Settings, service: AuditService,
                                                    agency: ClientFactory) -> None:
     """Functional check that the pages page through a big index (the timing is in ``make bench``)."""
     (message,) = await send_referrals(agency)
     await until_indexed(client, settings, message)
-    record = (await service.index.records(api.RecordQuery(equals={"event": "shared"}, limit=1))).items[0]
+    record = (await service.index.records(RecordQuery(equals={"event": "shared"}, limit=1))).items[0]
     batch = [(10_000 + i, [record | {"id": f"synthetic-{i}", "message": f"m-{i}", "n": 10_000 + i}])
              for i in range(5000)]
     await service.index.apply(batch, [], await service.index.last_seq())
@@ -203,13 +204,23 @@ async def test_keyboard_only_navigation(browser_page: Any, live_url: str, settin
 
 
 def test_web_app_has_no_route_without_an_owner() -> None:
-    """Every /ig/ route is either the sign-in or guarded by a role (a new page cannot forget to be)."""
+    """Every /ig/ route is either the sign-in or guarded by the roles it is for (a new page cannot
+    forget to be, nor widen who sees it)."""
     app = web.Application()
     from broker.web import igpages
 
     igpages.add_routes(app)
-    open_paths = {"/ig", "/ig/", "/ig/login", "/ig/logout", "/ig/ig.css"}
+    open_paths = {"/ig", "/ig/", "/ig/login", "/ig/logout", "/ig/ig.css"}  # "/ig/" is the log's, for readers
+    readers, officers, everyone = {"ig-officer", "auditor"}, {"ig-officer"}, {"ig-officer", "auditor", "operator"}
+    expected = {("GET", "/ig/export.csv"): readers, ("GET", "/ig/messages/{message}"): readers,
+                ("GET", "/ig/reviews"): readers, ("POST", "/ig/reviews"): officers,
+                ("GET", "/ig/subject"): officers, ("POST", "/ig/subject"): officers,
+                ("GET", "/ig/rulebook"): readers, ("GET", "/ig/charts"): everyone,
+                ("GET", "/ig/integrity"): everyone, ("POST", "/ig/integrity"): everyone}
+    guarded = {}
     for route in app.router.routes():
         path = route.resource.canonical if route.resource else ""
         if path not in open_paths:
-            assert route.handler.__name__ == "guarded", path
+            method = "GET" if route.method == "HEAD" else route.method
+            guarded[(method, path)] = set(getattr(route.handler, "roles", ()))
+    assert guarded == expected

@@ -28,7 +28,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 from nats.aio.client import Client as NATS
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -48,6 +48,8 @@ from adapters.school.inbox import Inbox, render_sealed
 from adapters.sdk import AgencyClient, SeenStore, Sink
 from broker.config import Settings
 from broker.errors import ConfigError
+from broker.http import probes
+from broker.http.probes import Check
 from broker.identity.keys import check_key_file, load_identity
 from broker.transport.connection import connected, jetstream
 from broker.wire.catalogue import Catalogue
@@ -69,9 +71,6 @@ class Adapter:
     metrics: CollectorRegistry
     inbound_secret: bytes | None
     inbox_pages: web.Application | None = None  # the school's Operation Encompass inbox, mounted at /inbox/
-
-
-APP_KEY: Final = web.AppKey("adapter", Adapter)
 
 
 class _RefusedCollector(Collector):
@@ -241,35 +240,25 @@ def reload_keys(adapter: Adapter, settings: Settings) -> None:
              decryption_keys=len(identity.kem))
 
 
-async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+# The adapter's loops (by task name): each is a readiness check, failing once the loop has stopped.
+_LOOPS: Final = {"sgb-adapter-deliverer": ("deliverer", "the hand-over loop"),
+                 "sgb-adapter-folder": ("drop-folder", "watching the inbound drop folder")}
 
 
-async def readyz(request: web.Request) -> web.Response:
-    adapter = request.app[APP_KEY]
-    checks = {
-        "nats": {"state": "ok" if adapter.nc.is_connected else "fail", "detail": "connection to NATS"},
-        "deliverer": {"state": "fail" if adapter.tasks[0].done() else "ok", "detail": "hand-over loop"},
-    }
-    if len(adapter.tasks) > 1:
-        checks["drop-folder"] = {"state": "fail" if adapter.tasks[1].done() else "ok",
-                                 "detail": "watching the inbound drop folder"}
-    ready = all(c["state"] == "ok" for c in checks.values())
-    return web.json_response({"status": "ready" if ready else "not-ready", "checks": checks},
-                             status=200 if ready else 503)
-
-
-async def metrics(request: web.Request) -> web.Response:
-    return web.Response(body=generate_latest(request.app[APP_KEY].metrics),
-                        headers={"Content-Type": CONTENT_TYPE_LATEST})
+async def readiness(adapter: Adapter) -> dict[str, Check]:
+    """The adapter's readiness checks, by name: NATS, and each of its loops still running."""
+    checks = {"nats": Check("ok", "connected") if adapter.nc.is_connected else Check("fail", "not connected to NATS")}
+    for task in adapter.tasks:
+        name, what = _LOOPS.get(task.get_name(), (task.get_name(), task.get_name()))
+        checks[name] = Check("fail", f"stopped: {what}") if task.done() else Check("ok", what)
+    return checks
 
 
 def make_app(adapter: Adapter) -> web.Application:
-    app = web.Application(client_max_size=adapter.settings.max_document_bytes)
-    app[APP_KEY] = adapter
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
+    """The probes (:func:`broker.http.probes.make_app`), the records endpoint when the agency system
+    sends records over HTTP, and a school's inbox at ``/inbox/``."""
+    app = probes.make_app(metrics=adapter.metrics, readiness=lambda: readiness(adapter),
+                          client_max_size=adapter.settings.max_document_bytes)
     if adapter.inbound_secret is not None:
         inbound_http.add_routes(app, adapter.submitter, adapter.profile.formats, adapter.inbound_secret,
                                 max_bytes=adapter.settings.max_document_bytes)

@@ -2,9 +2,10 @@
 
 EdDSA only (``alg: none`` and HMAC confusion are refused by the pinned algorithm list); the
 key is chosen by ``kid`` among the signing keys the trust registry lists for the token
-issuer; ``exp``, ``iat``, ``aud``, ``iss`` and ``sub`` are required; ``roles`` must name
-known roles. ``sgb token --role ROLE [--audience AUD]`` mints short-lived development tokens
-with the development issuer's key.
+issuer; ``exp``, ``iat``, ``aud``, ``iss`` and ``sub`` are required; ``aud`` must name this
+service (and, for a verifier with ``sole_audience``, this service alone: a school's inbox takes
+no token that opens anything else too); ``roles`` must name known roles. ``sgb token --role
+ROLE [--audience AUD]`` mints short-lived development tokens with the development issuer's key.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from broker.wire import _crypto
 from broker.wire.registry import Registry
 
 # ``dsl``: a school's designated safeguarding lead, for that school's Operation Encompass inbox
-# (adapters/school.py, audience ``sgb-inbox-<school>``). No API route or IG page accepts it.
+# (adapters/school/inbox.py, audience ``sgb-inbox-<school>``). No API route or IG page accepts it.
 ROLES: Final = ("ig-officer", "auditor", "operator", "dsl")
 ALGORITHMS: Final = ["EdDSA"]
 
@@ -49,11 +50,17 @@ class Principal:
 
 
 class TokenVerifier:
-    def __init__(self, registry: Registry, settings: ApiSettings) -> None:
+    def __init__(self, registry: Registry, settings: ApiSettings, *, sole_audience: bool = False) -> None:
         if registry.get(settings.issuer) is None:
             raise BrokerError(f"the API token issuer {settings.issuer} is not in the trust registry")
         self._registry = registry  # read at each check: a reload (a rotated issuer key) is seen at once
         self._settings = settings
+        self.sole_audience = sole_audience
+
+    @property
+    def audience(self) -> str:
+        """The service this verifier takes tokens for."""
+        return self._settings.audience
 
     def verify(self, token: str, *, now: float | None = None) -> Principal:
         now = time.time() if now is None else now
@@ -82,6 +89,8 @@ class TokenVerifier:
             raise AuthError("the bearer token's algorithm is not accepted") from exc
         except jwt.InvalidTokenError as exc:
             raise AuthError(f"the bearer token is not valid ({type(exc).__name__})") from exc
+        if self.sole_audience and claims["aud"] not in (self.audience, [self.audience]):
+            raise AuthError("the bearer token is for other services too, not for this one alone")
         if float(claims["exp"]) - float(claims["iat"]) > self._settings.max_lifetime:
             raise AuthError("the bearer token lives longer than this server accepts")
         roles = claims.get("roles")

@@ -1,2 +1,3 @@
-"""The broker's HTTP application: probes and metrics, the audit API and its OpenAPI document, and
-the IG officers' pages."""
+"""The broker's HTTP application (:mod:`~broker.web.app`, on :func:`broker.http.probes.make_app`):
+the audit API (records, reviews, operations, integrity) and its OpenAPI document, and the IG
+officers' pages."""

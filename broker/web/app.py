@@ -13,42 +13,30 @@ from collections.abc import AsyncIterator
 
 import structlog
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from broker.audit.index import AuditIndex, Indexer
 from broker.audit.verify import broker_keys
+from broker.http import probes
+from broker.http.probes import Check
 from broker.http.tokens import TokenVerifier
 from broker.pipeline.service import Broker
 from broker.timestamps import iso
 from broker.transport.natsserver import EmbeddedServer
-from broker.web import api, igpages
-from broker.web.context import BROKER_KEY, NATS_SERVER_KEY, SERVICE, AuditService
+from broker.web import api, igpages, readiness
+from broker.web.context import BROKER_KEY, SERVICE, AuditService
+from broker.web.integrity import run_verification
+from broker.web.problems import api_middleware
 from broker.wire.subjects import AUDIT, DELIVERY
 
 log = structlog.get_logger("sgb.http")
 
 
-async def healthz(request: web.Request) -> web.Response:
+def liveness(server: EmbeddedServer | None) -> Check:
     """Alive, unless the embedded NATS this process supervises cannot be brought back: then a
     supervisor (systemd, an orchestrator) should restart the whole service."""
-    server = request.app.get(NATS_SERVER_KEY)
     if server is not None and not server.healthy:
-        return web.json_response({"status": "failing", "detail": "the embedded NATS server cannot be restarted; "
-                                  "see nats-server.log in the NATS directory"}, status=503)
-    return web.json_response({"status": "ok"})
-
-
-async def readyz(request: web.Request) -> web.Response:
-    """Every readiness check by name; 503 if any fails (docs/operating.md says what each means)."""
-    from broker.web import readiness
-
-    body, status = readiness.report(await readiness.readiness(request.app[BROKER_KEY], request.app.get(SERVICE)))
-    return web.json_response(body, status=status)
-
-
-async def metrics(request: web.Request) -> web.Response:
-    registry = request.app[BROKER_KEY].metrics.registry
-    return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return Check("fail", "the embedded NATS server cannot be restarted; see nats-server.log in the NATS directory")
+    return Check("ok", "alive")
 
 
 @contextlib.asynccontextmanager
@@ -70,7 +58,7 @@ async def audit_service(broker: Broker) -> AsyncIterator[AuditService]:
                 await asyncio.sleep(0.5)
 
     async def verify() -> dict[str, object]:
-        return await api.run_verification(broker.js, broker.registry, index)
+        return await run_verification(broker.js, broker.registry, index)
 
     def maintenance(on: bool | None) -> bool:
         if on is not None:
@@ -112,13 +100,12 @@ async def audit_service(broker: Broker) -> AsyncIterator[AuditService]:
 
 def make_app(broker: Broker, service: AuditService | None = None, *,
              nats_server: EmbeddedServer | None = None) -> web.Application:
-    app = web.Application(client_max_size=64 * 1024, middlewares=[api.api_middleware, igpages.security_headers])
+    """The probes (:func:`broker.http.probes.make_app`: the broker's readiness checks, its metrics,
+    and liveness from the supervised NATS), and with ``service`` the audit API and the IG pages."""
+    app = probes.make_app(metrics=broker.metrics.registry, readiness=lambda: readiness.readiness(broker, service),
+                          liveness=lambda: liveness(nats_server),
+                          middlewares=[api_middleware, igpages.security_headers])
     app[BROKER_KEY] = broker
-    if nats_server is not None:
-        app[NATS_SERVER_KEY] = nats_server
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
     if service is not None:
         app[SERVICE] = service
         api.add_routes(app)

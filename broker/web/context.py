@@ -1,6 +1,5 @@
-"""What the web application's handlers find on the app: the running broker, what the audit API
-stands on, and the supervised NATS server. One place, so the modules that use them do not import
-each other."""
+"""What the web application's handlers find on the app: the running broker and what the audit API
+stands on. One place, so the modules that use them do not import each other."""
 
 from __future__ import annotations
 
@@ -15,7 +14,6 @@ from broker.http.tokens import TokenVerifier
 from broker.identity.blindindex import SubjectIndex
 from broker.pipeline.retention import Holds
 from broker.pipeline.service import Broker
-from broker.transport.natsserver import EmbeddedServer
 
 
 @dataclass
@@ -34,9 +32,5 @@ class AuditService:
 
 
 SERVICE: Final = web.AppKey("audit_service", AuditService)
-
-
 BROKER_KEY: Final = web.AppKey("broker", Broker)
 
-
-NATS_SERVER_KEY: Final = web.AppKey("nats-server", EmbeddedServer)

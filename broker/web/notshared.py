@@ -8,10 +8,9 @@ are never recorded or shown.
 
 from __future__ import annotations
 
-from importlib import resources
 from typing import Final
 
-import orjson
+from broker.web.vocabulary import NOT_SHARED_REASONS
 
 # One label per code of the schema's ``reason`` enum (a test holds the two together).
 _WORDS: Final = {
@@ -25,18 +24,12 @@ _WORDS: Final = {
 }
 
 
-def schema_codes() -> tuple[str, ...]:
-    """The reason codes the message schema allows, in its order."""
-    doc = orjson.loads((resources.files("schemas") / "decision-not-to-share.v1.json").read_bytes())
-    return tuple(doc["properties"]["reason"]["enum"])
-
-
 def _plain(code: str) -> str:
     return code.replace("_", " ").capitalize()
 
 
 # code -> label, for every code of the schema (a code the labels miss reads as plain words)
-LABELS: Final[dict[str, str]] = {code: _WORDS.get(code) or _plain(code) for code in schema_codes()}
+LABELS: Final[dict[str, str]] = {code: _WORDS.get(code) or _plain(code) for code in NOT_SHARED_REASONS}
 
 
 def label(code: object) -> str:

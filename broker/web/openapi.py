@@ -1,14 +1,28 @@
-"""The OpenAPI 3.1 description of ``/api/v1`` (served at ``/api/openapi.json``)."""
+"""The OpenAPI 3.1 description of ``/api/v1`` (served at ``/api/openapi.json``).
+
+Every enum in it comes from where the word is defined (:mod:`broker.web.vocabulary` says where),
+never from a copy; the filters of the records are the audit index's (:data:`broker.audit.query.FILTERS`).
+"""
 
 from __future__ import annotations
 
 from typing import Any, Final
 
 from broker.audit.index import REVIEW_OUTCOMES
-from broker.web import notshared
-
-# the statuses of schemas/receipt.v1.json
-RECEIPT_STATUSES: Final = ("routed", "delivered", "accepted", "actioned", "recorded", "not-delivered")
+from broker.audit.query import FILTERS
+from broker.pipeline.retention import HOLD_REASONS
+from broker.web import notshared, traceability
+from broker.web.params import MAX_LIMIT
+from broker.web.trailview import STANDINGS
+from broker.web.vocabulary import (
+    DECISIONS,
+    EVENTS,
+    INTEGRITY_STATES,
+    NOT_SHARED_REASONS,
+    RECEIPT_STATUSES,
+    REVIEW_STATES,
+    VOLUMES_BY,
+)
 
 _PROBLEM = {"$ref": "#/components/responses/Problem"}
 _ERRORS = {"400": _PROBLEM, "401": _PROBLEM, "403": _PROBLEM, "500": _PROBLEM, "503": _PROBLEM}
@@ -19,18 +33,27 @@ def _q(name: str, description: str, schema: dict[str, Any] | None = None) -> dic
             "schema": schema or {"type": "string"}}
 
 
+def _enum(values: Any) -> dict[str, Any]:
+    return {"enum": list(values)}
+
+
 _WHEN: Final = {"type": "string", "anyOf": [{"format": "date"}, {"format": "date-time"}]}
+# what each filter of the audit index means (a filter the index adds is documented as a plain string)
+_FILTER_DOCS: Final[dict[str, tuple[str, dict[str, Any] | None]]] = {
+    "agency": ("sending agency id", None), "recipient": ("recipient agency id", None),
+    "type": ("message type", None), "event": ("what the record is of", _enum(EVENTS)),
+    "decision": ("the decision recorded", _enum(DECISIONS)),
+    "lawfulBasis": ("UK GDPR / DPA 2018 basis code", None), "consentStatus": ("consent status code", None),
+    "message": ("message id", None), "code": ("rejection code", None),
+    "notSharedReason": ("decisions not to share with this reason code", _enum(NOT_SHARED_REASONS)),
+}
 _FILTERS = [
-    _q("agency", "sending agency id"), _q("recipient", "recipient agency id"), _q("type", "message type"),
-    _q("event", "received, shared, refused, not-shared, rejected, overdue, reviewed, subject-search, exported"),
-    _q("decision", "share, refuse, not-share, reject"), _q("lawfulBasis", "UK GDPR / DPA 2018 basis code"),
-    _q("consentStatus", "consent status code"), _q("message", "message id"), _q("code", "rejection code"),
-    _q("notSharedReason", "decisions not to share with this reason code", {"enum": list(notshared.LABELS)}),
+    *(_q(name, *_FILTER_DOCS.get(name, (name, None))) for name in FILTERS),
     _q("flagged", "only records flagged (or not) for IG review", {"type": "boolean"}),
     _q("since", "from this date or time (UTC), inclusive", _WHEN),
     _q("until", "before this date or time (UTC)", _WHEN),
 ]
-_PAGING = [_q("limit", "page size", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}),
+_PAGING = [_q("limit", "page size", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 50}),
            _q("cursor", "the `next` value of the previous page")]
 
 
@@ -45,7 +68,7 @@ def _op(summary: str, roles: str, responses: dict[str, Any], **extra: Any) -> di
             "responses": responses, **extra}
 
 
-_REASON: Final = {"enum": list(notshared.LABELS), "description": "on a decision not to share: the "
+_REASON: Final = {"enum": list(NOT_SHARED_REASONS), "description": "on a decision not to share: the "
                    "practitioner's reason code (schemas/decision-not-to-share.v1.json); never their own words"}
 _REASON_LABELS: Final = {"type": "object", "description": "each reason code not to share and its label",
                          "properties": {code: {"const": label} for code, label in notshared.LABELS.items()}}
@@ -57,7 +80,7 @@ _COVERAGE: Final = {
                                                       "file": {"type": "string"}}},
         "scenarios": {"type": "object", "description": "the scenario file beside the rulebook; when missing or "
                       "invalid, no item counts as tested", "properties": {
-            "state": {"enum": ["played", "missing", "invalid"]}, "file": {"type": "string"},
+            "state": _enum(traceability.SCENARIO_STATES), "file": {"type": "string"},
             "count": {"type": "integer"}, "failing": {"type": "integer"}, "detail": {"type": ["string", "null"]}}},
         "computedAt": {"type": "string", "format": "date-time"},
         "total": {"type": "integer", "description": "items traced"},
@@ -69,7 +92,7 @@ _COVERAGE: Final = {
         "failing": {"type": "array", "items": {"type": "object", "properties": {
             "scenario": {"type": "string"}, "rule": {"type": ["string", "null"]}, "problems": _STRINGS}}}}},
     "CoverageRow": {"type": "object", "required": ["kind", "id", "label", "rules", "scenarios", "gap"], "properties": {
-        "kind": {"enum": ["golden-rule", "clock", "code"]}, "id": {"type": "string"},
+        "kind": _enum(kind for kind, _ in traceability.KINDS), "id": {"type": "string"},
         "label": {"type": "string"}, "source": {"type": "string", "description": "citation or edition"},
         "note": {"type": "string"}, "rules": _STRINGS, "scenarios": {**_STRINGS, "description": "passing only"},
         "gap": {"oneOf": [{"enum": ["no rule", "no scenario"]}, {"type": "null"}]},
@@ -79,9 +102,6 @@ _MESSAGE = {"name": "message", "in": "path", "required": True, "schema": {"type"
 
 
 def document() -> dict[str, Any]:
-    from broker.pipeline.retention import HOLD_REASONS
-    from broker.web.trailview import STANDINGS
-
     return {
         "openapi": "3.1.0",
         "info": {"title": "Safeguarding Broker audit API", "version": "1.0.0",
@@ -107,7 +127,7 @@ def document() -> dict[str, Any]:
                     "schema": {"$ref": "#/components/schemas/SubjectSearch"}}}})},
             "/api/v1/reviews": {
                 "get": _op("Items awaiting (or done) IG review", "ig-officer, auditor", _ok("ReviewPage", "items"),
-                           parameters=[_q("state", "open or done", {"enum": ["open", "done"]}), *_PAGING]),
+                           parameters=[_q("state", " or ".join(REVIEW_STATES), _enum(REVIEW_STATES)), *_PAGING]),
                 "post": _op("Record a review outcome (an audit record in its turn)", "ig-officer",
                             {"201": {"description": "the audit record of the review", "content": {
                                 "application/json": {"schema": {"$ref": "#/components/schemas/Record"}}}},
@@ -122,7 +142,7 @@ def document() -> dict[str, Any]:
             "/api/v1/volumes": {"get": _op(
                 "Decisions per day by lawful basis, agency or decision", "ig-officer, auditor, operator",
                 _ok("Volumes", "counts"), parameters=[
-                    _q("by", "grouping", {"enum": ["lawfulBasis", "agency", "decision"]}),
+                    _q("by", "grouping", _enum(VOLUMES_BY)),
                     _q("since", "from (default 30 days ago)", _WHEN), _q("until", "until (default tomorrow)", _WHEN)])},
             "/api/v1/holds": {"get": _op("Legal holds in force", "ig-officer, auditor", _ok("Holds", "holds"))},
             "/api/v1/holds/{message}": {
@@ -240,7 +260,7 @@ def document() -> dict[str, Any]:
                     "reference": {"type": "string", "maxLength": 40, "pattern": "^[A-Za-z0-9/-]+$",
                                   "description": "a case or ticket number; never a name"}}},
                 "Integrity": {"type": "object", "required": ["state"], "properties": {
-                    "state": {"enum": ["verified", "tampered", "unavailable", "never-verified"]},
+                    "state": _enum(INTEGRITY_STATES),
                     "at": {"type": "string"}, "records": {"type": "integer"},
                     "problems": {"type": "array", "items": {"type": "object"}}}},
                 "HoldRequest": {"type": "object", "required": ["reason"], "properties": {

@@ -1,4 +1,4 @@
-"""Readiness: every check by name, its state (``ok``, ``warn``, ``fail``) and what it means.
+"""The broker's readiness checks, by name (:mod:`broker.http.probes` serves them at ``/readyz``).
 
 ``warn`` keeps the broker ready (a key expiring within two weeks); any ``fail`` makes
 ``/readyz`` answer 503 so a load balancer or orchestrator stops sending work. What each
@@ -9,27 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
 from nats.errors import Error as NatsError
 from nats.js.errors import APIError, NotFoundError
 
+from broker.http.probes import Check
 from broker.pipeline.service import Broker
 from broker.policy.engine import ReloadablePolicy, RulebookPolicy
 from broker.web.context import AuditService
 from broker.wire.subjects import AUDIT, DELIVERY, INGRESS
 
 KEY_WARNING: Final = 14 * 86400.0
-
-
-@dataclass(frozen=True, slots=True)
-class Check:
-    state: str
-    detail: str
-
-    def as_json(self) -> dict[str, str]:
-        return {"state": self.state, "detail": self.detail}
 
 
 def _keys(broker: Broker, now: float) -> Check:
@@ -80,6 +71,7 @@ async def _index(service: AuditService | None) -> Check:
 
 
 async def readiness(broker: Broker, service: AuditService | None) -> dict[str, Check]:
+    """Every check of this broker instance (and of the audit index, when this process serves it)."""
     now = time.time()
     backlog = broker.metrics.backlog._value.get()
     limit = broker.settings.pipeline.ready_backlog
@@ -97,8 +89,3 @@ async def readiness(broker: Broker, service: AuditService | None) -> dict[str, C
         else Check("ok", "off"),
     }
 
-
-def report(checks: dict[str, Check]) -> tuple[dict[str, Any], int]:
-    ready = all(c.state != "fail" for c in checks.values())
-    body = {"status": "ready" if ready else "not-ready", "checks": {k: v.as_json() for k, v in checks.items()}}
-    return body, 200 if ready else 503

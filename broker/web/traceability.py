@@ -31,6 +31,8 @@ from broker.wire.catalogue import Catalogue
 log = structlog.get_logger("sgb.traceability")
 
 KINDS: Final = (("golden-rule", "Golden rules"), ("clock", "Clocks"), ("code", "Lawful-basis codes"))
+SCENARIO_STATES: Final = ("played", "missing", "invalid")  # what became of the scenario file
+_PLAYED, _MISSING, _INVALID = SCENARIO_STATES
 
 
 def rulebook_in_force(policy: object) -> Rulebook | None:
@@ -50,11 +52,11 @@ def _stamp(path: Path) -> tuple[int, int] | None:
 def _scenarios(path: Path) -> tuple[ScenarioBook, str, str | None]:
     """The scenario book and its state: played, missing or invalid (with what is wrong)."""
     if not path.exists():
-        return _none(path), "missing", None
+        return _none(path), _MISSING, None
     try:
-        return scenarios.load(path), "played", None
+        return scenarios.load(path), _PLAYED, None
     except ConfigError as exc:
-        return _none(path), "invalid", _detail(exc, path)
+        return _none(path), _INVALID, _detail(exc, path)
 
 
 def _none(path: Path) -> ScenarioBook:
@@ -71,7 +73,7 @@ def build(book: Rulebook, catalogue: Catalogue, scenario_path: Path) -> dict[str
     try:
         report = coverage.report(book, played, catalogue)
     except ConfigError as exc:  # a scenario the broker cannot build at all (e.g. an unknown message type)
-        played, state, detail = _none(scenario_path), "invalid", _detail(exc, scenario_path)
+        played, state, detail = _none(scenario_path), _INVALID, _detail(exc, scenario_path)
         report = coverage.report(book, played, catalogue)
     by_name = {s.name: s for s in played.scenarios}
     rows = [r.as_json() for r in report.rows]
