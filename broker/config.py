@@ -1,16 +1,24 @@
 """Settings as frozen value objects, read from the environment once.
 
 Every timeout, bound and limit of the broker is here with a safe default, so that nothing
-further down reads ``os.environ`` or invents a number of its own.
+further down reads ``os.environ`` or invents a number of its own. :func:`convert` is the one
+way a setting's value becomes its field's type, for the broker's sections, the ``SGB_*``
+variables and an adapter's ``[adapter]`` table alike (:mod:`adapters.runtime.settings`): a
+whole number is whole (``1.5`` is refused, never rounded), a number is finite, a string is a
+string, and every problem is named with where it came from.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 import os
 import re
 import socket
 import tomllib
-from collections.abc import Mapping
+import types
+import typing
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -100,6 +108,9 @@ class Settings:
     pipeline: PipelineSettings = PipelineSettings()
     audit: AuditSettings = AuditSettings()
     api: ApiSettings = ApiSettings()
+    # the settings file's [adapter] table, as read: `sgb adapter` converts it (adapters.runtime.settings)
+    adapter_section: Mapping[str, Any] = field(default_factory=lambda: types.MappingProxyType({}), compare=False,
+                                               repr=False)
 
     @property
     def index_path(self) -> Path:
@@ -128,11 +139,15 @@ class Settings:
         sections: dict[str, Any] = {"nats": NatsSettings(), "streams": StreamSettings(),
                                     "pipeline": PipelineSettings(), "audit": AuditSettings(), "api": ApiSettings()}
         top: dict[str, Any] = {}
+        adapter: dict[str, Any] = {}
         for key, value in doc.items():
             if key in sections and isinstance(value, dict):
                 sections[key] = _apply(sections[key], value, key, problems)
-            elif key == "adapter":
-                continue  # the [adapter] table is read by `sgb adapter run` (adapters/service.py)
+            elif key == "adapter":  # kept for `sgb adapter`, which converts it (adapters.runtime.settings)
+                if isinstance(value, dict):
+                    adapter = value
+                else:
+                    problems.append("[adapter] in the settings file must be a table")
             elif key in ("home", "instance", "registry", "rulebook"):
                 if isinstance(value, str):
                     top[key] = value
@@ -170,7 +185,8 @@ class Settings:
             raise ConfigError("; ".join(problems))
         rulebook = env.get("SGB_RULEBOOK") or top.get("rulebook")
         return cls(home=home_path, registry_path=registry, instance=instance,
-                   rulebook_path=Path(rulebook) if rulebook else None, **sections)
+                   rulebook_path=Path(rulebook) if rulebook else None, adapter_section=types.MappingProxyType(adapter),
+                   **sections)
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -194,31 +210,93 @@ def _scaled(value: str | None, factor: float, problems: list[str]) -> float | No
 
 
 def _apply(section: Any, values: Mapping[str, Any], where: str, problems: list[str]) -> Any:
-    """``section`` with ``values`` applied, each converted to the type of the field's default."""
-    known = {f.name: f for f in fields(section)}
-    changes: dict[str, Any] = {}
-    for key, value in values.items():
-        if key not in known:
-            problems.append(f"unknown setting {key!r} in [{where}] (known: {', '.join(sorted(known))})")
+    """``section`` with ``values`` applied, each converted to its field's type."""
+    return replace(section, **convert(type(section), values, where, problems))
+
+
+def convert(cls: type, values: Mapping[str, Any], where: str, problems: list[str], *,
+            aliases: Mapping[str, str] | None = None, fixed: Collection[str] = (),
+            positive: Collection[str] = ()) -> dict[str, Any]:
+    """``values`` converted to the types of the fields of the dataclass ``cls``, for ``cls(**...)``.
+
+    A field's type decides: ``int`` takes a whole number (a TOML integer, ``2.0`` or the text
+    ``"2"``), ``float`` any finite number or its text, ``str`` a string, ``Path`` a string (``~``
+    expanded), ``bool`` true or false, a ``Mapping`` a table. ``aliases`` maps other names to
+    fields; ``fixed`` fields are not settings (they are unknown here); ``positive`` ones must be
+    more than 0. Each problem is appended to ``problems``, saying ``[where]`` and the name given.
+    """
+    kinds = _kinds(cls)
+    known = {name: kind for name, kind in kinds.items() if name not in fixed}
+    out: dict[str, Any] = {}
+    for given, value in values.items():
+        key = (aliases or {}).get(given, given)
+        kind = known.get(key)
+        if kind is None:
+            problems.append(f"unknown setting {given!r} in [{where}] (known: {', '.join(sorted(known))})")
             continue
-        default = getattr(type(section)(), key)
         try:
-            if isinstance(default, bool) or isinstance(value, bool):
-                raise ValueError
-            if isinstance(default, float):
-                changes[key] = float(value)
-            elif isinstance(default, int):
-                if isinstance(value, float) and not value.is_integer():
-                    raise ValueError
-                changes[key] = int(value)
-            elif key.endswith(("_path", "_seed")):
-                changes[key] = Path(str(value))
-            else:
-                changes[key] = str(value)
-        except (TypeError, ValueError):
-            kind = "a number" if isinstance(default, (int, float)) else "a string"
-            problems.append(f"[{where}] {key} must be {kind}")
-    return replace(section, **changes)
+            out[key] = _converted(kind, value)
+        except ValueError as exc:
+            problems.append(f"[{where}] {given} must be {exc}")
+            continue
+        if key in positive and not out[key] > 0:
+            problems.append(f"[{where}] {given} must be more than 0")
+    return out
+
+
+@functools.cache
+def _kinds(cls: type) -> dict[str, type]:
+    """Each field's type, ``X | None`` read as ``X`` and ``Mapping[...]`` as ``Mapping``."""
+    hints = typing.get_type_hints(cls)
+    kinds: dict[str, type] = {}
+    for f in fields(cls):
+        hint = hints[f.name]
+        if typing.get_origin(hint) in (typing.Union, types.UnionType):
+            hint = next(a for a in typing.get_args(hint) if a is not type(None))
+        kinds[f.name] = typing.get_origin(hint) or hint
+    return kinds
+
+
+def _converted(kind: type, value: Any) -> Any:
+    """``value`` as ``kind``; ValueError says what it must be."""
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise ValueError("true or false")
+    if kind in (int, float):
+        number = _number(value)
+        if kind is float:
+            return float(number)
+        if isinstance(number, float) and not number.is_integer():
+            raise ValueError("a number (a whole one)")
+        return int(number)
+    if kind is Mapping:
+        if not isinstance(value, Mapping):
+            raise ValueError("a table")
+        return value
+    if not isinstance(value, str):
+        raise ValueError("a string")
+    return Path(value).expanduser() if kind is Path else value
+
+
+def _number(value: Any) -> int | float:
+    if isinstance(value, bool):
+        raise ValueError("a number")
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return int(text)
+        except ValueError:
+            pass
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError("a number") from None
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError("a number")
+    return value
 
 
 def default_instance_id() -> str:

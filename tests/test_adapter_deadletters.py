@@ -16,7 +16,7 @@ import pytest
 from adapters.runtime.deadletters import DISCARDED, REFUSED, RETRIES_EXHAUSTED
 from adapters.runtime.service import AdapterSettings, running_adapter
 from broker.config import Settings
-from broker.identity.keys import write_private
+from broker.files import write_private
 from broker.pipeline.service import Broker
 from tests.conftest import ClientFactory
 from tests.helpers import eventually, referral, sharing

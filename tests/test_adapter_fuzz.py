@@ -38,7 +38,7 @@ from adapters.runtime.service import Adapter, AdapterSettings, make_app, running
 from adapters.runtime.sinks import signed_headers
 from adapters.sdk import Delivery
 from broker.config import Settings
-from broker.identity.keys import write_private
+from broker.files import write_private
 from tests.fuzzing import (
     CONSENT_KEYS,
     FACTS,
@@ -284,13 +284,14 @@ def case_events() -> st.SearchStrategy[dict[str, Any]]:
     return st.tuples(kinds, FACTS).map(fix)
 
 
-def handed(seen: Any) -> None:
+async def handed(seen: Any) -> None:
     """What the case system was handed before, so that its replies have something to answer."""
     for delivery, typ, sender, message in (
             (REFERRAL_DELIVERY, "referral", "police-met", "0b6f3c2e-8d1a-4c5e-9f7b-2a3d4e5f6a7b"),
             (REQUEST_DELIVERY, "information-request", "health-camden", "1c2d3e4f-5a6b-4c7d-8e9f-0a1b2c3d4e5f")):
-        seen.add(delivery, Delivery({"jti": delivery, "iss": "sg-broker", "typ": typ, "ver": 1, "to": ["la-camden"],
-                                     "origin": {"iss": sender, "jti": message, "digest": "x" * 43}}, {}))
+        await seen.add(delivery, Delivery({"jti": delivery, "iss": "sg-broker", "typ": typ, "ver": 1,
+                                           "to": ["la-camden"],
+                                           "origin": {"iss": sender, "jti": message, "digest": "x" * 43}}, {}))
 
 
 async def test_case_events_through_the_endpoint_and_the_drop_folder(
@@ -301,7 +302,7 @@ async def test_case_events_through_the_endpoint_and_the_drop_folder(
     tally = Tally()
     async with adapter(settings, tmp_path, "la-camden", aiohttp_client) as (running, client):
         assert running.client.seen is not None
-        handed(running.client.seen)
+        await handed(running.client.seen)
         answers = [await post(client, "case-events", body_of(d)) for d, *_ in all_cases]
         folder = tmp_path / "la-in"
         intake = FolderIntake(folder, running.submitter, running.profile.formats, max_bytes=4 << 20, poll=0,

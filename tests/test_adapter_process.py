@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from adapters.runtime.sinks import DELIVERY_HEADER, verify_webhook
-from broker.identity.keys import write_private
+from broker.files import write_private
 from broker.pipeline.service import Broker
 from broker.transport.topology import agency_consumer
 from broker.wire.subjects import DELIVERY

@@ -19,7 +19,8 @@ from adapters.formats.fhir import CONSENT_EXTENSION
 from adapters.runtime.service import AdapterSettings, make_app, reload_keys, running_adapter
 from adapters.runtime.sinks import signed_headers
 from broker.errors import KeyStoreError
-from broker.identity.keys import identity_path, write_private
+from broker.files import write_private
+from broker.identity.keys import identity_path
 from broker.identity.rotation import rotate_keys
 from broker.pipeline.deadlines import BUCKET
 from broker.pipeline.service import Broker

@@ -163,10 +163,10 @@ async def _run(settings: Settings, url: str, registry: Registry, nodes: list[Nod
                 try:
                     async for delivery, msg in la.fetch(batch=256, idle=2.0):
                         assert delivery is not None
-                        if delivery.id in seen:  # as an adapter does: hand over once per delivery id
+                        if await seen.has(delivery.id):  # as an adapter does: hand over once per delivery id
                             wire_duplicates.append(delivery.id)
                         else:
-                            seen.add(delivery.id)
+                            await seen.add(delivery.id)
                             origin = delivery.claims["origin"]["jti"]
                             received[origin] = received.get(origin, 0) + 1
                         await msg.ack_sync()

@@ -175,7 +175,7 @@ async def test_killed_after_hand_over_before_ack_hands_over_once(broker: Broker,
                 assert delivery is not None
                 await sink.deliver(delivery.id, b"{}", "application/json")
                 assert la.seen is not None
-                la.seen.add(delivery.id)
+                await la.seen.add(delivery.id)
                 await msg.nak()  # never acked: as if the process died here
                 break
             second = Deliverer(la, sink, DeadLetters(tmp_path / "dead"), idle=0.3)

@@ -30,7 +30,7 @@ from adapters.runtime.sinks import signed_headers
 from broker.audit.reading import read_audit
 from broker.config import Settings
 from broker.errors import ConfigError
-from broker.identity.keys import write_private
+from broker.files import write_private
 from broker.pipeline.service import Broker
 from broker.transport.connection import connected, jetstream
 from broker.transport.topology import ensure_topology
@@ -337,14 +337,15 @@ async def test_a_file_the_adapter_cannot_take_waits_then_is_set_aside(police: tu
     assert not running.tasks[0].done()
 
 
-def test_the_submission_store_forgets_after_its_horizon(tmp_path: Path) -> None:
+async def test_the_submission_store_forgets_after_its_horizon(tmp_path: Path) -> None:
     store = SubmissionStore(tmp_path / "submissions.sqlite")
     try:
-        store.begin("k1", "d1", ["m1", "m2"])
-        store.mark_sent(["m1", "m2"])
-        assert store.known("k1") == ("d1", ["m1", "m2"]) and store.sent_among(["m1", "m2", "m3"]) == {"m1", "m2"}
-        assert store.prune(time.time() - 3600) == 0  # nothing is that old yet
-        assert store.prune(time.time() + 1) == 1
-        assert store.known("k1") is None and store.sent_among(["m1", "m2"]) == set()
+        await store.begin("k1", "d1", ["m1", "m2"])
+        await store.mark_sent(["m1", "m2"])
+        assert await store.known("k1") == ("d1", ["m1", "m2"])
+        assert await store.sent_among(["m1", "m2", "m3"]) == {"m1", "m2"}
+        assert await store.prune(time.time() - 3600) == 0  # nothing is that old yet
+        assert await store.prune(time.time() + 1) == 1
+        assert await store.known("k1") is None and await store.sent_among(["m1", "m2"]) == set()
     finally:
         store.close()

@@ -64,9 +64,14 @@ def _delivery(delivery_id: str, typ: str, sender: str, message: str, thread: str
 @pytest.fixture
 def seen(tmp_path: Path) -> Iterator[SeenStore]:
     store = SeenStore(tmp_path / "seen.sqlite")
-    store.add(REFERRAL_DELIVERY, _delivery(REFERRAL_DELIVERY, "referral", "police-met", REFERRAL, "MPS-2026-7781"))
-    store.add(REQUEST_DELIVERY, _delivery(REQUEST_DELIVERY, "information-request", "health-camden", REQUEST))
-    store.add(RECEIPT_DELIVERY, _delivery(RECEIPT_DELIVERY, "receipt", "police-met", REFERRAL))
+
+    async def handed() -> None:
+        await store.add(REFERRAL_DELIVERY, _delivery(REFERRAL_DELIVERY, "referral", "police-met", REFERRAL,
+                                                     "MPS-2026-7781"))
+        await store.add(REQUEST_DELIVERY, _delivery(REQUEST_DELIVERY, "information-request", "health-camden", REQUEST))
+        await store.add(RECEIPT_DELIVERY, _delivery(RECEIPT_DELIVERY, "receipt", "police-met", REFERRAL))
+
+    asyncio.run(handed())
     yield store
     store.close()
 
@@ -305,10 +310,11 @@ def test_a_single_event_is_named_from_the_root_and_a_bad_document_is_refused(con
         assert bad.value.field == field
 
 
-def test_a_handed_delivery_without_its_origin_cannot_be_answered(context: MapContext, seen: SeenStore) -> None:
+async def test_a_handed_delivery_without_its_origin_cannot_be_answered(context: MapContext,
+                                                                       seen: SeenStore) -> None:
     """A delivery remembered without a sender (an old store) gives no one to reply to."""
     bare = "2b3c4d5e-6f70-4812-9a3b-4c5d6e7f8091"
-    seen.add(bare, Delivery({"jti": bare, "typ": "referral"}, {}))
+    await seen.add(bare, Delivery({"jti": bare, "typ": "referral"}, {}))
     with pytest.raises(Unmappable) as caught:
         _map([EVENTS[0] | {"inReplyTo": bare}], context)
     assert caught.value.field == "/0/inReplyTo"

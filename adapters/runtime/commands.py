@@ -21,9 +21,7 @@ heavy modules load when a command runs.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -102,17 +100,11 @@ async def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _adapter_settings(args: argparse.Namespace) -> AdapterSettings:
+def _adapter_settings(settings: Settings, args: argparse.Namespace) -> AdapterSettings:
     from adapters.runtime.settings import AdapterSettings
-    from broker.config import read_toml
-    from broker.errors import BrokerError
 
-    file = args.config or os.environ.get("SGB_CONFIG")
-    section = read_toml(Path(file)).get("adapter", {}) if file else {}
-    if not isinstance(section, dict):
-        raise BrokerError("[adapter] in the settings file must be a table")
-    return AdapterSettings.from_sources(args.agency, section, webhook=args.webhook,
-                                        webhook_secret_file=args.webhook_secret_file, drop_folder=args.drop_folder)
+    return AdapterSettings.load(settings, args.agency, webhook=args.webhook,
+                                webhook_secret_file=args.webhook_secret_file, drop_folder=args.drop_folder)
 
 
 async def cmd_retry(settings: Settings, args: argparse.Namespace) -> int:
@@ -125,7 +117,7 @@ async def cmd_retry(settings: Settings, args: argparse.Namespace) -> int:
         print("0 dead letters")
         return 0
     chosen = _chosen(dead, args)
-    adapter = _adapter_settings(args)
+    adapter = _adapter_settings(settings, args)
     async with nats_location(settings) as url, handing_over(settings, adapter, url) as out:
         results = await retry(out.deliverer.dead, [letter.key for letter in chosen], out.deliverer.resend)
     for result in results:

@@ -31,7 +31,7 @@ import structlog
 
 from adapters.sdk import DeliveryFailed
 from broker.errors import InvalidEnvelope
-from broker.identity.keys import write_private
+from broker.files import append_private, private_folder, write_private
 from broker.wire.jws import unverified
 
 log = structlog.get_logger("sgb.adapter")
@@ -90,7 +90,7 @@ class DeadLetters:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_folder(folder)
 
     @staticmethod
     def safe(key: str) -> str:
@@ -141,11 +141,7 @@ class DeadLetters:
         """Remove a letter for good, keeping its ids, code and who discarded it in ``discarded.jsonl``."""
         record = {k: v for k, v in letter.as_json().items() if k != "reason"} | {
             "discarded": _iso(), "by": by or _user()}
-        fd = os.open(self.folder / DISCARDED, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        with os.fdopen(fd, "ab") as out:
-            out.write(orjson.dumps(record) + b"\n")
-            out.flush()
-            os.fsync(out.fileno())
+        append_private(self.folder / DISCARDED, orjson.dumps(record) + b"\n")
         self.remove(letter.key)
         log.warning("dead letter discarded", key=letter.key, delivery=letter.delivery, type=letter.type,
                     sender=letter.sender, message=letter.message, code=letter.code, by=record["by"])

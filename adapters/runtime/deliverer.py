@@ -111,11 +111,11 @@ class Deliverer:
             await msg.ack_sync()
             return
         with structlog.contextvars.bound_contextvars(delivery=delivery.id, type=delivery.type, stage="hand-over"):
-            if self._about_own_receipt(delivery):
+            if await self._about_own_receipt(delivery):
                 log.debug("the broker routed this adapter's own receipt; nothing for the agency system")
                 await msg.ack_sync()
                 return
-            if delivery.id in seen:
+            if await seen.has(delivery.id):
                 self.counts.redelivered += 1
                 log.info("already handed over; acknowledging the redelivery")
                 await self._tell_sender(delivery, "delivered", None)  # in case the first life died before it
@@ -126,7 +126,7 @@ class Deliverer:
     async def _hand_over(self, delivery: Delivery, msg: Msg) -> None:
         now = self.clock()
         if now < self._paused_until:  # the agency system is failing: do not try this one now
-            failing = self.ledger.failed(delivery.id, now, self._why_paused, attempted=False)
+            failing = await self.ledger.failed(delivery.id, now, self._why_paused, attempted=False)
             await self._again_or_give_up(delivery, msg, failing, now)
             return
         try:
@@ -144,12 +144,12 @@ class Deliverer:
             self._failing += 1
             self._paused_until = now + self.retry.pause(self._failing, self.jitter())
             self._why_paused = exc.reason
-            await self._again_or_give_up(delivery, msg, self.ledger.failed(delivery.id, now, exc.reason), now)
+            await self._again_or_give_up(delivery, msg, await self.ledger.failed(delivery.id, now, exc.reason), now)
             return
         self._failing, self._paused_until = 0, 0.0
         assert self.client.seen is not None
-        self.client.seen.add(delivery.id, delivery)
-        self.ledger.forget(delivery.id)
+        await self.client.seen.add(delivery.id, delivery)
+        await self.ledger.forget(delivery.id)
         await self._tell_sender(delivery, "delivered", None)  # before the ack: a crash between sends it again
         await msg.ack_sync()
         self.counts.delivered += 1
@@ -173,7 +173,7 @@ class Deliverer:
     async def _give_up(self, delivery: Delivery, msg: Msg, code: str, reason: str, attempts: int,
                        first: float | None) -> None:
         self._dead(delivery.id, msg.data, code, reason, attempts, first)
-        self.ledger.forget(delivery.id)
+        await self.ledger.forget(delivery.id)
         await self._tell_sender(delivery, "not-delivered", reason)
         await msg.ack_sync()
 
@@ -184,11 +184,11 @@ class Deliverer:
         :class:`~broker.errors.InvalidEnvelope` or :class:`~adapters.sinks.DeliveryFailed`."""
         delivery = self.client.open(data, when=when)
         assert self.client.seen is not None
-        if delivery.id in self.client.seen:
+        if await self.client.seen.has(delivery.id):
             return "already-delivered"
         await self.sink.deliver(delivery.id, *self._render(delivery))
-        self.client.seen.add(delivery.id, delivery)
-        self.ledger.forget(delivery.id)
+        await self.client.seen.add(delivery.id, delivery)
+        await self.ledger.forget(delivery.id)
         await self._tell_sender(delivery, "delivered", None)
         self.counts.delivered += 1
         return "delivered"
@@ -203,10 +203,10 @@ class Deliverer:
             return False
         return claims.get("to") == [self.client.agency] and self.client.identity.kem_key(str(kid)) is None
 
-    def _about_own_receipt(self, delivery: Delivery) -> bool:
+    async def _about_own_receipt(self, delivery: Delivery) -> bool:
         assert self.client.seen is not None
         return (delivery.type == "receipt" and delivery.payload.get("status") == "routed"
-                and self.client.seen.is_own_receipt(delivery.claims.get("re")))
+                and await self.client.seen.is_own_receipt(delivery.claims.get("re")))
 
     def _render(self, delivery: Delivery) -> tuple[bytes, str]:
         """The agency's native form; a delivery it cannot take is dead-lettered, not retried for ever."""
@@ -232,7 +232,7 @@ class Deliverer:
             body["note"] = note[:200]
         receipt = receipt_id(delivery.id, status)
         assert self.client.seen is not None
-        self.client.seen.note_own_receipt(receipt)
+        await self.client.seen.note_own_receipt(receipt)
         with contextlib.suppress(BrokerError):  # a receipt that cannot be sent must not undo the hand-over
             await self.client.send(typ="receipt", to=[sender], payload=body, sharing=RECEIPT_SHARING, re=message,
                                    jti=receipt)

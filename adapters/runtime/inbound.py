@@ -33,6 +33,7 @@ from adapters.formats import consent
 from adapters.formats.mapping import MapContext, Mapper, Outbound, Unmappable, checked
 from adapters.sdk import RECEIPT_SHARING, AgencyClient
 from broker.errors import RejectedMessage, TooLarge, TransportError
+from broker.store import Migration, Store
 from broker.transport.publisher import Outgoing, Publisher
 from broker.wire.catalogue import Catalogue
 from broker.wire.ids import ADMIN_TYPES
@@ -66,60 +67,72 @@ class Submitted:
                 "repeated": self.repeated}
 
 
+_MIGRATIONS: Final[tuple[Migration, ...]] = ("""
+    create table if not exists submissions (key text primary key, digest text not null, at real not null,
+                                            messages text not null);
+    create table if not exists sent (message text primary key, at real not null);
+""",)
+
+
 class SubmissionStore:
     """Which submissions were taken (a hash of the key → document digest, message ids) and which
-    of their messages JetStream has acknowledged. Hashes and ids only: no record content."""
+    of their messages JetStream has acknowledged. Hashes and ids only: no record content.
+
+    A :class:`broker.store.Store` with ``synchronous=NORMAL``: a power cut may forget the last
+    moments' records, and then a resubmission inside JetStream's duplicate window is still
+    absorbed there."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._db = sqlite3.connect(path, isolation_level=None)
-        # WAL without a sync per commit: a power cut may forget the last moments' records, and then
-        # a resubmission inside JetStream's duplicate window is still absorbed there.
-        self._db.execute("pragma journal_mode=wal")
-        self._db.execute("pragma synchronous=normal")
-        self._db.executescript("""
-            create table if not exists submissions (key text primary key, digest text not null, at real not null,
-                                                    messages text not null);
-            create table if not exists sent (message text primary key, at real not null);
-        """)
+        self._store = Store(path, _MIGRATIONS, name="submissions")
 
-    def known(self, key: str) -> tuple[str, list[str]] | None:
+    async def known(self, key: str) -> tuple[str, list[str]] | None:
         """``(document digest, message ids)`` of an earlier submission under ``key``."""
-        row = self._db.execute("select digest, messages from submissions where key = ?", (key,)).fetchone()
+        row = await self._store.read(
+            lambda db: db.execute("select digest, messages from submissions where key = ?", (key,)).fetchone())
         return None if row is None else (str(row[0]), list(orjson.loads(row[1])))
 
-    def begin(self, key: str, digest: str, messages: list[str]) -> None:
-        self._db.execute("insert or ignore into submissions values (?, ?, ?, ?)",
-                         (key, digest, time.time(), orjson.dumps(messages).decode()))
+    async def begin(self, key: str, digest: str, messages: list[str]) -> None:
+        row = (key, digest, time.time(), orjson.dumps(messages).decode())
+        await self._store.write(lambda db: db.execute("insert or ignore into submissions values (?, ?, ?, ?)", row))
 
-    def prune(self, older_than: float) -> int:
+    async def prune(self, older_than: float) -> int:
         """Forget submissions (and their sent marks) older than ``older_than``: a document sent
         again after that is sent again."""
-        with self._db:
-            self._db.execute("begin")
-            old = [orjson.loads(r[0]) for r in self._db.execute("select messages from submissions where at < ?",
-                                                                 (older_than,))]
-            self._db.executemany("delete from sent where message = ?", [(m,) for ms in old for m in ms])
-            return self._db.execute("delete from submissions where at < ?", (older_than,)).rowcount
+        def prune(db: sqlite3.Connection) -> int:
+            with db:
+                db.execute("begin")
+                old = [orjson.loads(r[0]) for r in db.execute("select messages from submissions where at < ?",
+                                                              (older_than,))]
+                db.executemany("delete from sent where message = ?", [(m,) for ms in old for m in ms])
+                return db.execute("delete from submissions where at < ?", (older_than,)).rowcount
 
-    def sent_among(self, messages: list[str]) -> set[str]:
-        found: set[str] = set()
-        for i in range(0, len(messages), 500):  # SQLite's parameter limit
-            chunk = messages[i:i + 500]
-            marks = ",".join("?" * len(chunk))
-            found.update(r[0] for r in self._db.execute(
-                f"select message from sent where message in ({marks})", chunk))  # noqa: S608 - placeholders only
-        return found
+        return await self._store.write(prune)
 
-    def mark_sent(self, messages: list[str]) -> None:
+    async def sent_among(self, messages: list[str]) -> set[str]:
+        def among(db: sqlite3.Connection) -> set[str]:
+            found: set[str] = set()
+            for i in range(0, len(messages), 500):  # SQLite's parameter limit
+                chunk = messages[i:i + 500]
+                marks = ",".join("?" * len(chunk))
+                found.update(r[0] for r in db.execute(
+                    f"select message from sent where message in ({marks})", chunk))  # noqa: S608 - placeholders only
+            return found
+
+        return await self._store.read(among)
+
+    async def mark_sent(self, messages: list[str]) -> None:
         """One transaction for the lot (one sync to disk, not one per message)."""
         now = time.time()
-        with self._db:
-            self._db.execute("begin")
-            self._db.executemany("insert or ignore into sent values (?, ?)", [(m, now) for m in messages])
+
+        def mark(db: sqlite3.Connection) -> None:
+            with db:
+                db.execute("begin")
+                db.executemany("insert or ignore into sent values (?, ?)", [(m, now) for m in messages])
+
+        await self._store.write(mark)
 
     def close(self) -> None:
-        self._db.close()
+        self._store.close()
 
 
 @dataclass
@@ -171,7 +184,7 @@ class Submitter:
         digest = hashlib.sha256(body).hexdigest()
         key = key or f"sha256:{digest}"
         ref = hashlib.sha256(key.encode()).hexdigest()[:32]  # stored and logged: a key may be an agency's own id
-        known = self.store.known(ref)
+        known = await self.store.known(ref)
         if known is not None and known[0] != digest:
             raise KeyReused("this idempotency key was used for a different document", field="Idempotency-Key")
         # Mapping, checking, signing and sealing are CPU work: off the event loop, so hand-overs,
@@ -181,12 +194,12 @@ class Submitter:
         if known is not None and known[1] != ids:
             raise KeyReused("this document now makes different messages than when it was first sent (the "
                             "registry or the mapping changed); send it under a new key", field="Idempotency-Key")
-        self.store.begin(ref, digest, ids)
-        already = self.store.sent_among(ids)
+        await self.store.begin(ref, digest, ids)
+        already = await self.store.sent_among(ids)
         unsent = [Outgoing(ingress_subject(self.client.agency), data, jti) for jti, data in built
                   if jti not in already]
         await self._publisher.publish_all(unsent)  # pipelined; PublishTimeout: the caller sends it all again
-        self.store.mark_sent([item.msg_id for item in unsent])
+        await self.store.mark_sent([item.msg_id for item in unsent])
         published = len(unsent)
         self.counts.messages += published
         types = tuple(m.typ for m in outbound)

@@ -32,7 +32,7 @@ import structlog
 from adapters.formats.mapping import Mapper
 from adapters.runtime.inbound import Submitter
 from broker.errors import InternalFailure, RejectedMessage, TooLarge, TransportError
-from broker.identity.keys import write_private
+from broker.files import write_private
 from broker.timestamps import iso
 
 log = structlog.get_logger("sgb.adapter")

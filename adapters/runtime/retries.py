@@ -13,7 +13,7 @@ failing, the deliverer pauses for an exponentially growing, fully jittered delay
 not one request per waiting delivery. The first success ends the pause.
 
 :class:`RetryLedger` remembers, per delivery id, when its hand-over first failed (a small SQLite
-file beside the adapter's other state, so the window survives a restart); ids and times only.
+store beside the adapter's other state, so the window survives a restart); ids and times only.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
+
+from broker.store import Migration, Store
 
 BACKOFF_BASE: Final = 0.5
 
@@ -48,35 +50,54 @@ class Failing:
     reason: str
 
 
+_MIGRATIONS: Final[tuple[Migration, ...]] = (
+    "create table if not exists retrying (id text primary key, first real not null, attempts integer not null, "
+    "reason text not null);",
+)
+
+
 class RetryLedger:
-    """Deliveries whose hand-over failed and that are being retried (``path`` None: in memory)."""
+    """Deliveries whose hand-over failed and that are being retried (``path`` None: in memory).
+    A :class:`broker.store.Store`; how many are waiting is kept in hand for the metrics, counted
+    again by every write (the service prunes a kept ledger when it starts)."""
 
     def __init__(self, path: Path | None) -> None:
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._db = sqlite3.connect(":memory:" if path is None else path, isolation_level=None,
-                                   check_same_thread=False)
-        self._db.execute("create table if not exists retrying (id text primary key, first real not null, "
-                         "attempts integer not null, reason text not null)")
+        self._store = Store(path, _MIGRATIONS, name="retry-ledger")
+        self._count = 0
 
-    def failed(self, delivery_id: str, now: float, reason: str, *, attempted: bool = True) -> Failing:
+    async def failed(self, delivery_id: str, now: float, reason: str, *, attempted: bool = True) -> Failing:
         """Note a failed (or, with ``attempted`` false, a put-off) hand-over; the window starts at the first."""
-        self._db.execute("insert into retrying values (?, ?, ?, ?) on conflict (id) do update set "
-                         "attempts = attempts + excluded.attempts, reason = excluded.reason",
-                         (delivery_id, now, int(attempted), reason))
-        row = self._db.execute("select first, attempts, reason from retrying where id = ?", (delivery_id,)).fetchone()
-        return Failing(float(row[0]), int(row[1]), str(row[2]))
+        def note(db: sqlite3.Connection) -> tuple[Failing, int]:
+            db.execute("insert into retrying values (?, ?, ?, ?) on conflict (id) do update set "
+                       "attempts = attempts + excluded.attempts, reason = excluded.reason",
+                       (delivery_id, now, int(attempted), reason))
+            row = db.execute("select first, attempts, reason from retrying where id = ?", (delivery_id,)).fetchone()
+            return Failing(float(row[0]), int(row[1]), str(row[2])), _count(db)
 
-    def forget(self, delivery_id: str) -> None:
-        self._db.execute("delete from retrying where id = ?", (delivery_id,))
+        failing, self._count = await self._store.write(note)
+        return failing
+
+    async def forget(self, delivery_id: str) -> None:
+        def drop(db: sqlite3.Connection) -> int:
+            db.execute("delete from retrying where id = ?", (delivery_id,))
+            return _count(db)
+
+        self._count = await self._store.write(drop)
 
     def __len__(self) -> int:
-        return int(self._db.execute("select count(*) from retrying").fetchone()[0])
+        return self._count
 
-    def prune(self, older_than: float) -> int:
+    async def prune(self, older_than: float) -> int:
         """Forget deliveries first failing before ``older_than`` (long gone: expired by the broker)."""
-        return self._db.execute("delete from retrying where first < ?", (older_than,)).rowcount
+        def drop(db: sqlite3.Connection) -> tuple[int, int]:
+            return db.execute("delete from retrying where first < ?", (older_than,)).rowcount, _count(db)
+
+        pruned, self._count = await self._store.write(drop)
+        return pruned
 
     def close(self) -> None:
-        self._db.close()
+        self._store.close()
 
+
+def _count(db: sqlite3.Connection) -> int:
+    return int(db.execute("select count(*) from retrying").fetchone()[0])

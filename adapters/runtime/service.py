@@ -163,7 +163,7 @@ async def handing_over(settings: Settings, adapter: AdapterSettings, url: str, *
         stack.callback(seen.close)
         ledger = RetryLedger(state / "retrying.sqlite")
         stack.callback(ledger.close)
-        ledger.prune(time.time() - adapter.retry_for - 31 * 86400)  # deliveries the broker has expired since
+        await ledger.prune(time.time() - adapter.retry_for - 31 * 86400)  # deliveries the broker has expired since
         nc = await stack.enter_async_context(
             connected(settings, url, name=f"sgb-adapter-{adapter.agency}", party=adapter.agency))
         client = AgencyClient(nc, jetstream(nc, settings), registry, identity, catalogue, seen=seen,
@@ -193,10 +193,10 @@ async def running_adapter(settings: Settings, adapter: AdapterSettings, url: str
             pages = inbox_app(out.inbox, client, inbox_verifier(out.registry, settings.api, adapter.agency))
         submitter = Submitter(client, context, adapter.sharing, out.state,
                               max_message_bytes=settings.pipeline.max_message_bytes)
-        now = time.time()  # bounded stores: what nothing will ask about again
-        out.seen.prune_own_receipts(now - 7 * 86400)
-        submitter.store.prune(now - adapter.remember_submissions_days * 86400)
         stack.callback(submitter.close)
+        now = time.time()  # bounded stores: what nothing will ask about again
+        await out.seen.prune_own_receipts(now - 7 * 86400)
+        await submitter.store.prune(now - adapter.remember_submissions_days * 86400)
         stop = asyncio.Event()
         tasks = [asyncio.create_task(deliverer.run(stop), name="sgb-adapter-deliverer")]
         if adapter.inbound_folder:

@@ -4,9 +4,8 @@ fix, and says which)."""
 
 from __future__ import annotations
 
-import stat
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -14,7 +13,9 @@ import structlog
 
 from adapters.formats.consent import CASE_FACTS
 from adapters.runtime.retries import BACKOFF_BASE, RetryPolicy
+from broker.config import Settings, convert
 from broker.errors import ConfigError
+from broker.files import read_private
 from broker.wire.catalogue import Catalogue
 
 log = structlog.get_logger("sgb.adapter")
@@ -44,40 +45,26 @@ class AdapterSettings:
     @classmethod
     def from_sources(cls, agency: str, section: Mapping[str, Any], **options: Any) -> AdapterSettings:
         """The ``[adapter]`` table of the settings file, then the command line's ``options``
-        (None means not given). Raises :class:`ConfigError` naming every problem."""
-        known = {f.name: f for f in fields(cls)} | {"webhook": None}
-        problems = [f"unknown adapter setting {key!r}" for key in section
-                    if (key not in known or key == "agency") and key not in _RETIRED]
+        (None means not given), each converted as the broker's settings are
+        (:func:`broker.config.convert`). Raises :class:`ConfigError` naming every problem."""
         for key in sorted(_RETIRED.keys() & section.keys()):
             log.warning("adapter setting no longer used; remove it", setting=key, instead=_RETIRED[key])
-        values: dict[str, Any] = {}
-        for key, value in {**section, **{k: v for k, v in options.items() if v is not None}}.items():
-            key = "webhook_url" if key == "webhook" else key
-            if key not in known or key == "agency":
-                continue
-            default = getattr(cls(agency=agency), key)
-            if key == "sharing":
-                if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
-                    problems.append("[adapter.sharing] holds one table per message type")
-                    continue
-                values[key] = value
-            elif key.endswith(("_file", "_folder")):
-                values[key] = Path(str(value)).expanduser()
-            elif isinstance(default, (int, float)) and not isinstance(value, bool):
-                try:
-                    values[key] = type(default)(value)
-                except (TypeError, ValueError):
-                    problems.append(f"adapter setting {key} must be a number")
-            elif isinstance(value, str):
-                values[key] = value
-            else:
-                problems.append(f"adapter setting {key} must be a string")
-        for key in ("timeout", "retry_for", "backoff_max", "max_document_bytes", "poll"):
-            if key in values and not values[key] > 0:
-                problems.append(f"adapter setting {key} must be more than 0")
+        problems: list[str] = []
+        rules: dict[str, Any] = {"aliases": {"webhook": "webhook_url"}, "fixed": ("agency",), "positive": _POSITIVE}
+        values = convert(cls, {k: v for k, v in section.items() if k not in _RETIRED}, "adapter", problems, **rules)
+        values |= convert(cls, {k: v for k, v in options.items() if v is not None}, "command line", problems, **rules)
+        sharing = values.get("sharing", {})
+        if not all(isinstance(block, Mapping) for block in sharing.values()):
+            problems.append("[adapter.sharing] holds one table per message type")
         if problems:
             raise ConfigError("; ".join(problems))
         return cls(agency=agency, **values)
+
+    @classmethod
+    def load(cls, settings: Settings, agency: str, **options: Any) -> AdapterSettings:
+        """``agency``'s adapter settings: the ``[adapter]`` table of the settings file the broker's
+        settings came from (``--config`` / ``SGB_CONFIG``), then the command line's ``options``."""
+        return cls.from_sources(agency, settings.adapter_section, **options)
 
     @property
     def retry(self) -> RetryPolicy:
@@ -95,15 +82,14 @@ class AdapterSettings:
 
 # Settings an older configuration may still have, and what replaced them (a warning, not a refusal).
 _RETIRED: Final = {"attempts": "retry_for (seconds a delivery is retried from its first failure)"}
+_POSITIVE: Final = ("timeout", "retry_for", "backoff_max", "max_document_bytes", "poll")
 MIN_SECRET_BYTES: Final = 16
 
 
 def read_secret(path: Path) -> bytes:
     """A shared HMAC secret from a file only its owner may read, long enough to mean something."""
     try:
-        if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise ConfigError(f"{path} is readable by others; chmod 600 it")
-        secret = path.read_bytes().strip()
+        secret = read_private(path, error=ConfigError).strip()
     except FileNotFoundError as exc:
         raise ConfigError(f"no secret file at {path}") from exc
     if len(secret) < MIN_SECRET_BYTES:

@@ -30,7 +30,7 @@ from typing import Final
 import aiohttp
 
 from adapters.sdk.handover import DeliveryFailed
-from broker.identity.keys import write_private
+from broker.files import private_folder, write_private
 
 SIGNATURE_HEADER: Final = "X-SGB-Signature"
 TIMESTAMP_HEADER: Final = "X-SGB-Timestamp"
@@ -108,7 +108,7 @@ class DropFolderSink:
     def __init__(self, folder: Path, *, extension: str = "json") -> None:
         self._folder = folder
         self._extension = extension
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_folder(folder)
 
     def path_for(self, delivery_id: str) -> Path:
         if not delivery_id or any(c in delivery_id for c in "/\\\0") or delivery_id.startswith("."):

@@ -9,20 +9,18 @@ came, who acknowledged it and when), never the child's details. The pages
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
-import os
 import re
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-import orjson
-
 from adapters.sdk import AgencyClient, Delivery, DeliveryFailed
 from broker.errors import InvalidEnvelope
+from broker.files import private_folder
+from broker.store import Migration, Store, StoreError
+from broker.wire.jws import unverified
 
 ENCOMPASS: Final = "encompass-notification"
 SEALED: Final = "application/jose"
@@ -61,10 +59,19 @@ class Notice:
 _COLUMNS: Final = ("seq, delivery, type, received_at, sender, message, raw, acknowledged_at, acknowledged_by, "
                    "actioned_at, actioned_by")
 _DONE_COLUMNS: Final = {"accepted": ("acknowledged_at", "acknowledged_by"), "actioned": ("actioned_at", "actioned_by")}
+# Versions of the inbox file (broker.store); a file from before versions is at 0 with exactly these.
+_MIGRATIONS: Final[tuple[Migration, ...]] = ("""
+    create table if not exists notices (
+      seq integer primary key autoincrement, delivery text not null unique, type text not null,
+      received_at text not null, sender text, message text, raw blob not null,
+      acknowledged_at text, acknowledged_by text, actioned_at text, actioned_by text);
+    create index if not exists notices_type on notices (type, seq);
+""",)
 
 
 class Inbox:
-    """The school's notices in a small SQLite file (folder 0700, file 0600), one row per delivery id.
+    """The school's notices in a small SQLite store (:class:`broker.store.Store`: folder 0700,
+    file 0600, WAL, migrated), one row per delivery id.
 
     As a :class:`~adapters.sinks.Sink` it takes only sealed wire messages (``application/jose``,
     see :func:`render_sealed`) and refuses anything else, so a misconfigured ``render`` cannot
@@ -75,19 +82,10 @@ class Inbox:
 
     def __init__(self, path: Path, client: AgencyClient | None = None) -> None:
         self.client = client
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(path.parent, 0o700)
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))  # SQLite gives its journal the same mode
-        os.chmod(path, 0o600)
         self.path = path
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("pragma synchronous = full")
-        self._db.execute(
-            "create table if not exists notices ("
-            " seq integer primary key autoincrement, delivery text not null unique, type text not null,"
-            " received_at text not null, sender text, message text, raw blob not null,"
-            " acknowledged_at text, acknowledged_by text, actioned_at text, actioned_by text)")
-        self._db.execute("create index if not exists notices_type on notices (type, seq)")
+        private_folder(path.parent)
+        # every commit synced: a notice the adapter acknowledged to JetStream must be on disk
+        self._store = Store(path, _MIGRATIONS, name="inbox", synchronous="FULL")
 
     @classmethod
     def for_agency(cls, home: Path, agency: str, client: AgencyClient | None = None) -> Inbox:
@@ -111,54 +109,56 @@ class Inbox:
         origin = claims.get("origin")
         if not isinstance(origin, dict):
             origin = {}
+        row = (delivery_id, str(claims.get("typ", "")), now(), _text(origin.get("iss")), _text(origin.get("jti")),
+               body)
         try:
-            self._db.execute(
+            await self._store.write(lambda db: db.execute(
                 "insert or ignore into notices (delivery, type, received_at, sender, message, raw)"
-                " values (?, ?, ?, ?, ?, ?)",
-                (delivery_id, str(claims.get("typ", "")), now(), _text(origin.get("iss")), _text(origin.get("jti")),
-                 body))
-        except sqlite3.Error as exc:
+                " values (?, ?, ?, ?, ?, ?)", row))
+        except (sqlite3.Error, StoreError) as exc:
             raise DeliveryFailed(f"cannot write the inbox ({type(exc).__name__})", permanent=False,
                                  attempts=1) from exc
 
+    # The pages' questions (adapters.school.inbox). They wait for the store's thread; a page is
+    # one indexed query of at most PAGE_SIZE rows.
+
     def notices(self, *, typ: str = ENCOMPASS, before: int | None = None, limit: int = PAGE_SIZE) -> list[Notice]:
         """Newest first; ``before``: a ``seq`` from the previous page."""
-        rows = self._db.execute(
+        rows = self._store.read_blocking(lambda db: db.execute(
             f"select {_COLUMNS} from notices where type = ? and seq < ? order by seq desc limit ?",  # noqa: S608
-            (typ, before if before is not None else 2**62, limit)).fetchall()
+            (typ, before if before is not None else 2**62, limit)).fetchall())
         return [Notice(*row) for row in rows]
 
     def notice(self, delivery_id: str) -> Notice | None:
-        row = self._db.execute(f"select {_COLUMNS} from notices where delivery = ?",  # noqa: S608
-                               (delivery_id,)).fetchone()
+        row = self._store.read_blocking(lambda db: db.execute(
+            f"select {_COLUMNS} from notices where delivery = ?", (delivery_id,)).fetchone())  # noqa: S608
         return Notice(*row) if row else None
 
     def unacknowledged(self, typ: str = ENCOMPASS) -> int:
-        row = self._db.execute("select count(*) from notices where type = ? and acknowledged_at is null",
-                               (typ,)).fetchone()
+        row = self._store.read_blocking(lambda db: db.execute(
+            "select count(*) from notices where type = ? and acknowledged_at is null", (typ,)).fetchone())
         return int(row[0])
 
     def record(self, delivery_id: str, status: str, by: str, at: str) -> bool:
         """Record that the ``status`` receipt was sent; False if it was recorded before."""
         at_column, by_column = _DONE_COLUMNS[status]
-        cursor = self._db.execute(
+        cursor = self._store.write_blocking(lambda db: db.execute(
             f"update notices set {at_column} = ?, {by_column} = ? where delivery = ? and {at_column} is null",  # noqa: S608
-            (at, by, delivery_id))
+            (at, by, delivery_id)))
         return cursor.rowcount == 1
 
     def close(self) -> None:
-        self._db.close()
+        self._store.close()
 
 
 def _envelope(body: bytes) -> dict[str, Any] | None:
     """The envelope claims of a JWS, unverified (the Deliverer verified it before handing it over,
     and the pages verify it again with :meth:`AgencyClient.open` whenever they open it)."""
     try:
-        segment = body.split(b".")[1]
-        claims = orjson.loads(base64.urlsafe_b64decode(segment + b"=" * (-len(segment) % 4)))
-    except (ValueError, binascii.Error, orjson.JSONDecodeError):
+        _, claims = unverified(body)
+    except InvalidEnvelope:
         return None
-    return claims if isinstance(claims, dict) and isinstance(claims.get("payload"), str) else None
+    return claims if isinstance(claims.get("payload"), str) else None
 
 
 def _text(value: object) -> str | None:

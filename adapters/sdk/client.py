@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import orjson
 from nats.aio.client import Client as NATS
@@ -31,6 +30,7 @@ from nats.js.errors import APIError
 from broker.config import Settings
 from broker.errors import BrokerError, InvalidEnvelope, PublishTimeout, RejectedMessage, UnknownType
 from broker.identity.keys import Identity, load_identity
+from broker.store import Migration, Store, add_columns
 from broker.wire import hpke, jws
 from broker.wire.catalogue import Catalogue
 from broker.wire.registry import Registry
@@ -77,51 +77,69 @@ class Handed:
     at: float
 
 
+# Versions of the seen store (broker.store). Files from before versions are at 0 with some of these.
+_SEEN_MIGRATIONS: Final[tuple[Migration, ...]] = (
+    "create table if not exists seen (id text primary key, at real not null);",
+    add_columns("seen", ("type text", "sender text", "message text", "thread text")),  # the ids a reply needs
+    "create index if not exists seen_message on seen (message);"
+    "create table if not exists own_receipts (id text primary key, at real not null);",
+)
+
+
 class SeenStore:
     """Deliveries already handed to the agency system (idempotent hand-over), with the ids a
-    reply needs. A small SQLite file under the adapter's data directory."""
+    reply needs. A small SQLite file under the adapter's data directory (:class:`broker.store.Store`:
+    private, migrated, worked off the event loop).
+
+    Coroutines await :meth:`has`, :meth:`add` and the receipt methods; :meth:`handed` is for the
+    mappers, which run in a worker thread."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("create table if not exists seen (id text primary key, at real not null)")
-        columns = {row[1] for row in self._db.execute("pragma table_info(seen)")}
-        for column in ("type", "sender", "message", "thread"):  # files from before replies were tracked
-            if column not in columns:
-                self._db.execute(f"alter table seen add column {column} text")
-        self._db.execute("create index if not exists seen_message on seen (message)")
-        self._db.execute("create table if not exists own_receipts (id text primary key, at real not null)")
+        self._store = Store(path, _SEEN_MIGRATIONS, name="seen")
 
-    def __contains__(self, message_id: object) -> bool:
-        return self._db.execute("select 1 from seen where id = ?", (message_id,)).fetchone() is not None
+    async def has(self, message_id: str) -> bool:
+        """Whether ``message_id`` was handed over before."""
+        return await self._store.read(
+            lambda db: db.execute("select 1 from seen where id = ?", (message_id,)).fetchone() is not None)
 
-    def add(self, message_id: str, delivery: Delivery | None = None) -> None:
+    async def add(self, message_id: str, delivery: Delivery | None = None) -> None:
+        """Remember that ``message_id`` was handed over (with ``delivery``'s ids, for replies)."""
         sender, message = delivery.origin if delivery else (None, None)
-        self._db.execute("insert or ignore into seen (id, at, type, sender, message, thread) values (?, ?, ?, ?, ?, ?)",
-                         (message_id, time.time(), delivery.type if delivery else None, sender, message,
-                          delivery.claims.get("thread") if delivery else None))
+        row = (message_id, time.time(), delivery.type if delivery else None, sender, message,
+               delivery.claims.get("thread") if delivery else None)
+        await self._store.write(lambda db: db.execute(
+            "insert or ignore into seen (id, at, type, sender, message, thread) values (?, ?, ?, ?, ?, ?)", row))
 
-    def note_own_receipt(self, receipt_id: str) -> None:
+    async def note_own_receipt(self, receipt_id: str) -> None:
         """A receipt the adapter sent by itself; the broker's 'routed' answer to it is not for the agency."""
-        self._db.execute("insert or ignore into own_receipts values (?, ?)", (receipt_id, time.time()))
+        now = time.time()
+        await self._store.write(lambda db: db.execute("insert or ignore into own_receipts values (?, ?)",
+                                                      (receipt_id, now)))
 
-    def prune_own_receipts(self, older_than: float) -> int:
+    async def prune_own_receipts(self, older_than: float) -> int:
         """The broker answers a receipt within seconds; ids older than that need not be kept."""
-        return self._db.execute("delete from own_receipts where at < ?", (older_than,)).rowcount
+        return await self._store.write(
+            lambda db: db.execute("delete from own_receipts where at < ?", (older_than,)).rowcount)
 
-    def is_own_receipt(self, receipt_id: object) -> bool:
-        return self._db.execute("select 1 from own_receipts where id = ?", (receipt_id,)).fetchone() is not None
+    async def is_own_receipt(self, receipt_id: object) -> bool:
+        """Whether ``receipt_id`` is a receipt the adapter sent by itself (:meth:`note_own_receipt`)."""
+        return await self._store.read(
+            lambda db: db.execute("select 1 from own_receipts where id = ?", (receipt_id,)).fetchone() is not None)
 
     def handed(self, ref: str) -> Handed | None:
-        """The delivery handed over under ``ref``: its delivery id, or the original message id."""
-        row = self._db.execute("select id, type, sender, message, thread, at from seen where id = ? or message = ? "
-                               "order by at limit 1", (ref, ref)).fetchone()
+        """The delivery handed over under ``ref``: its delivery id, or the original message id.
+        Synchronous, for the mappers' :class:`~adapters.formats.mapping.MapContext` (they run in a
+        worker thread); never call it from a coroutine."""
+        row = self._store.read_blocking(lambda db: db.execute(
+            "select id, type, sender, message, thread, at from seen where id = ? or message = ? order by at limit 1",
+            (ref, ref)).fetchone())
         if row is None or row[1] is None:
             return None
         return Handed(row[0], row[1], row[2], row[3], row[4], row[5])
 
     def close(self) -> None:
-        self._db.close()
+        """Finish what was asked and close the file."""
+        self._store.close()
 
 
 class AgencyClient:

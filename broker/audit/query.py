@@ -1,7 +1,7 @@
 """The questions the API and the IG pages ask the audit index: filters, pages and cursors.
 
 :class:`RecordQuery` is what a caller may ask for; :func:`records` turns it into one SQL query
-over the ``records`` table of :mod:`broker.auditindex` (newest first, keyset-paginated by
+over the ``records`` table of :mod:`broker.audit.index` (newest first, keyset-paginated by
 ``(at, id)``). Every filter is a fixed SQL condition with one bound value: nothing a caller
 sends becomes SQL text.
 """
@@ -90,4 +90,25 @@ def records(conn: sqlite3.Connection, q: RecordQuery) -> Page:
     rows = conn.execute(sql, args).fetchall()
     items = [orjson.loads(r["body"]) for r in rows[: q.limit]]
     nxt = encode_cursor(rows[q.limit - 1]["at"], rows[q.limit - 1]["id"]) if len(rows) > q.limit else None
+    return Page(items, nxt)
+
+
+def review_row(row: sqlite3.Row) -> dict[str, Any]:
+    item = {k: row[k] for k in row.keys()}  # noqa: SIM118 - sqlite3.Row is not a mapping
+    item["reasons"] = orjson.loads(item["reasons"])
+    return item
+
+
+def reviews(conn: sqlite3.Connection, state: str, limit: int, cursor: str | None) -> Page:
+    """The IG review queue, open or reviewed, oldest first, keyset-paginated by ``(at, item)``."""
+    where = ["outcome IS NULL" if state == "open" else "outcome IS NOT NULL"]
+    args: list[Any] = []
+    if cursor:
+        at, ident = decode_cursor(cursor)
+        where.append("(at > ? OR (at = ? AND item > ?))")
+        args.extend([at, at, ident])
+    rows = conn.execute(f"SELECT * FROM reviews WHERE {' AND '.join(where)} ORDER BY at, item LIMIT ?",  # noqa: S608
+                        [*args, limit + 1]).fetchall()
+    items = [review_row(r) for r in rows[:limit]]
+    nxt = encode_cursor(rows[limit - 1]["at"], rows[limit - 1]["item"]) if len(rows) > limit else None
     return Page(items, nxt)

@@ -30,7 +30,8 @@ from typing import Any, Final
 import orjson
 
 from broker.errors import ConfigError, KeyStoreError
-from broker.identity.keys import load_secret, write_private
+from broker.files import write_private
+from broker.identity.keys import load_secret
 from broker.wire import _crypto
 
 KEYRING: Final = "subject-index.keyring.json"

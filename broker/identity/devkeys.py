@@ -16,9 +16,10 @@ from typing import Any
 import orjson
 
 from broker.errors import ConfigError
+from broker.files import write_private
 from broker.identity import natsauth
 from broker.identity.blindindex import rotate_subject_key
-from broker.identity.keys import BROKER_ID, identity_path, new_party, write_private
+from broker.identity.keys import BROKER_ID, identity_path, new_party
 from broker.wire import _crypto
 
 TOKEN_ISSUER_ID = "dev-token-issuer"  # noqa: S105 - an agency id, not a secret

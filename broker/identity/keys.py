@@ -1,4 +1,5 @@
-"""Private keys under the data directory (``<home>/keys``, mode 0700; files 0600).
+"""Private keys under the data directory (``<home>/keys``, mode 0700; files 0600, written and
+checked by :mod:`broker.files`).
 
 ``sgb keys init`` makes a development registry and an identity per demo agency. Production
 identities come from the agency's own key ceremony; only their public halves go into the
@@ -10,9 +11,7 @@ kept sealed to them still opens (``keys/README.md``, ``docs/operating.md``).
 
 from __future__ import annotations
 
-import os
 import secrets
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import orjson
 
 from broker.errors import KeyStoreError
+from broker.files import read_private
 from broker.wire import _crypto
 from broker.wire.registry import Agency
 
@@ -50,42 +50,6 @@ class Identity:
         self.signing_key, self.sig_kid = other.signing_key, other.sig_kid
 
 
-def write_private(path: Path, data: bytes) -> None:
-    """Write a file only its owner can read, atomically (temp file, fsync, rename, fsync of the
-    folder): a reader never sees half of it, and a crash leaves the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(path.parent, 0o700)
-    _write_atomic(path, data, 0o600)
-
-
-def write_public(path: Path, data: bytes) -> None:
-    """Write a public file (the registry) atomically, as :func:`write_private` does, keeping its
-    mode (0644 for a new file)."""
-    try:
-        mode = stat.S_IMODE(path.stat().st_mode)
-    except FileNotFoundError:
-        mode = 0o644
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path, data, mode)
-
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fchmod(fd, mode)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
-
-
 def identity_path(home: Path, party: str) -> Path:
     return home / "keys" / f"{party}.key.json"
 
@@ -93,10 +57,7 @@ def identity_path(home: Path, party: str) -> Path:
 def identity_doc(home: Path, party: str) -> dict[str, Any]:
     path = identity_path(home, party)
     try:
-        mode = path.stat().st_mode
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise KeyStoreError(f"{path} is readable by others; chmod 600 it")
-        doc = orjson.loads(path.read_bytes())
+        doc = orjson.loads(read_private(path))
     except FileNotFoundError as exc:
         raise KeyStoreError(f"no private key for {party} at {path}; run `sgb keys init`") from exc
     except orjson.JSONDecodeError as exc:
@@ -154,9 +115,7 @@ def new_party(party: str, suite: _crypto.SuiteName | None, today: str) -> tuple[
 def load_secret(home: Path, name: str) -> bytes:
     path = home / "keys" / name
     try:
-        if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise KeyStoreError(f"{path} is readable by others; chmod 600 it")
-        return path.read_bytes()
+        return read_private(path)
     except FileNotFoundError as exc:
         raise KeyStoreError(f"no {name} under {home / 'keys'}; run `sgb keys init`") from exc
 

@@ -23,7 +23,7 @@ from typing import Final
 import nkeys
 
 from broker.errors import KeyStoreError
-from broker.identity.keys import write_private
+from broker.files import write_private
 from broker.wire.subjects import AUDIT, AUDIT_HEADS_BUCKET, DELIVERY, ingress_subject
 
 AUTH_FILE: Final = "authorization.conf"

@@ -16,7 +16,8 @@ from typing import Any, Final
 import orjson
 
 from broker.errors import ConfigError, KeyStoreError
-from broker.identity.keys import identity_doc, identity_from_doc, identity_path, new_party, write_private, write_public
+from broker.files import write_private, write_public
+from broker.identity.keys import identity_doc, identity_from_doc, identity_path, new_party
 from broker.timestamps import iso
 from broker.wire import _crypto
 from broker.wire.catalogue import Catalogue

@@ -42,9 +42,9 @@ async def main(agency: str, local_authority: str) -> int:
             if delivery is None:  # failed verification: never hand it to the agency system
                 await msg.term()
                 continue
-            if client.seen is not None and delivery.id not in client.seen:
+            if client.seen is not None and not await client.seen.has(delivery.id):
                 print(json.dumps({"delivery": delivery.id, "type": delivery.type}))  # hand it to your system here
-                client.seen.add(delivery.id, delivery)
+                await client.seen.add(delivery.id, delivery)
             await msg.ack_sync()  # only after your system has it
     return 0
 
