@@ -27,9 +27,11 @@ browser:
 	      echo "could not install Chromium: the browser tests will fail"; \
 	  else echo "no Chromium: the browser tests will be skipped (apt-get install chromium)"; fi; }
 
-# The suite runs after the static checks: a broken layer or a type error fails fast.
+# The suite runs after the static checks: a broken layer or a type error fails fast. Four workers on
+# two cores: the tests mostly wait on their own nats-server, broker and subprocesses, not the CPU.
+TEST_WORKERS ?= 4
 test: lint browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 bench: $(STAMP)
 	$(PY) -m bench

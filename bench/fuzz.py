@@ -30,7 +30,7 @@ import orjson
 from nats.js.errors import NotFoundError
 
 from adapters.sdk import AgencyClient
-from bench.__main__ import _start_brokers, _stop, environment
+from bench.common import environment, start_brokers, stop_brokers
 from bench.fuzz_inputs import Inputs, example
 from broker import logs
 from broker.audit.reading import read_audit
@@ -81,7 +81,7 @@ async def run(inputs: int, seed: int, window: int) -> dict[str, Any]:
         maker = Inputs(Kit(police, la), random.Random(seed))
         port = _free_port()
         http = f"http://127.0.0.1:{port}"
-        procs = await _start_brokers(home, url, 1, "--http", f"127.0.0.1:{port}")
+        procs = await start_brokers(home, url, 1, "--http", f"127.0.0.1:{port}")
         ready: collections.Counter[int] = collections.Counter()
         stop = asyncio.Event()
         try:
@@ -98,7 +98,7 @@ async def run(inputs: int, seed: int, window: int) -> dict[str, Any]:
             result = await _check(js, http, police, la, inputs, elapsed, published - started)
         finally:
             stop.set()
-            await _stop(procs)
+            await stop_brokers(procs)
     return {**result, "inputs": inputs, "seed": seed, "window": window, "made": dict(maker.made),
             "readyz": {str(k): v for k, v in ready.items()}}
 

@@ -86,6 +86,7 @@ class PipelineSettings:
     fetch_timeout: float = 1.0
     max_in_flight: int = 512
     ack_wait: float = 30.0
+    delivery_ack_wait: float = 60.0   # an agency's durable: how soon a delivery whose adapter died comes back
     publish_deadline: float = 5.0
     publish_attempts: int = 6
     max_message_bytes: int = 512 * 1024

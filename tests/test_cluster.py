@@ -36,6 +36,7 @@ from tests.helpers import referral, sharing
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 MESSAGES = 2000
+DELIVERY_ACK_WAIT = 10.0  # a delivery whose fetch died with its node comes back this soon (60 s by default)
 
 
 def _free_ports(n: int) -> list[int]:
@@ -91,7 +92,8 @@ async def cluster(root: Path) -> AsyncIterator[list[Node]]:
 
 async def _broker_process(home: Path, url: str, instance: str, *, replicas: int) -> asyncio.subprocess.Process:
     config = home / f"{instance}.toml"
-    config.write_text(f"[streams]\nreplicas = {replicas}\n[nats]\nrequest_timeout = 5.0\n")
+    config.write_text(f"[streams]\nreplicas = {replicas}\n[nats]\nrequest_timeout = 5.0\n"
+                      f"[pipeline]\ndelivery_ack_wait = {DELIVERY_ACK_WAIT}\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("SGB_")} | {
         "SGB_HOME": str(home), "SGB_NATS_URL": url, "SGB_INSTANCE": instance, "SGB_ACK_WAIT": "5",
         "SGB_CONFIG": str(config)}
@@ -115,7 +117,8 @@ async def test_two_brokers_on_a_cluster_survive_a_leader_and_a_broker_dying(home
         url = ",".join(n.url for n in nodes)
         settings = make_settings(home, url)
         settings = replace(settings, streams=replace(settings.streams, replicas=3),
-                           nats=replace(settings.nats, request_timeout=5.0))
+                           nats=replace(settings.nats, request_timeout=5.0),
+                           pipeline=replace(settings.pipeline, delivery_ack_wait=DELIVERY_ACK_WAIT))
         registry = Registry.load(settings.registry_path, Catalogue())
         for attempt in range(60):  # the cluster elects its meta leader
             try:
@@ -192,7 +195,7 @@ async def _run(settings: Settings, url: str, registry: Registry, nodes: list[Nod
             sent.append(jti)
         published = asyncio.get_running_loop().time()
         await asyncio.wait_for(collector, 180)
-        # a delivery whose fetch died with its node comes back after the agency durable's ack_wait (60 s)
+        # a delivery whose fetch died with its node comes back after the agency durable's ack_wait
         handed = asyncio.get_running_loop().time() - published
         print(f"published in {published - started:.1f} s; all handed over {handed:.1f} s later")
         assert set(received) == set(sent)  # none lost

@@ -205,21 +205,25 @@ async def test_adapter_service_runs_as_a_process(broker: Broker, agency: ClientF
     try:
         police = await agency("police-met")
         message = await police.send(typ="referral", to=["la-camden"], payload=referral(), sharing=sharing())
-        referrals: list[bytes] = []
-        for _ in range(200):
+
+        async def written() -> bytes | None:
             texts = [p.read_bytes() for p in folder.glob("*.json")] if folder.exists() else []
             referrals = [t for t in texts if b'"typ":"referral"' in t]
-            if referrals:
-                break
-            await asyncio.sleep(0.05)
-        (written,) = referrals
-        assert message.encode() in written  # the origin names the police message
+            return referrals[0] if referrals else None
+
+        assert message.encode() in await eventually(written, what="the referral in the drop folder")
+
         async with aiohttp.ClientSession() as http:
             async with http.get(f"http://127.0.0.1:{port}/readyz") as r:
                 assert r.status == 200
-            async with http.get(f"http://127.0.0.1:{port}/metrics") as r:
-                values = dict(line.split() for line in (await r.text()).splitlines() if line.startswith("sgb_"))
-        assert float(values["sgb_adapter_handed_over"]) >= 1 and float(values["sgb_adapter_dead_letters"]) == 0
+
+            async def counted() -> dict[str, str] | None:  # the file is written before the count moves
+                async with http.get(f"http://127.0.0.1:{port}/metrics") as r:
+                    values = dict(line.split() for line in (await r.text()).splitlines() if line.startswith("sgb_"))
+                return values if float(values["sgb_adapter_handed_over"]) >= 1 else None
+
+            values = await eventually(counted, what="the hand-over counted")
+        assert float(values["sgb_adapter_dead_letters"]) == 0
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = await asyncio.wait_for(proc.communicate(), 30)

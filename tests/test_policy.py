@@ -98,14 +98,13 @@ def test_a_scenario_that_stops_holding_is_reported() -> None:
        kind=st.sampled_from(["school", "voluntary-sector", "probation", "police"]))
 def test_no_field_outside_the_allow_list_reaches_a_recipient(extra: dict[str, int], kind: str) -> None:
     """Whatever the payload holds, a recipient gets only its allow-list."""
-    book = rulebooks.load(rulebooks.DEFAULT_RULEBOOK, Catalogue())
-    policy = RulebookPolicy(book)
-    mtype = Catalogue().message_type("referral-outcome", 1)
+    policy = RulebookPolicy(BOOK)
+    mtype = CATALOGUE.message_type("referral-outcome", 1)
     assert mtype is not None
     payload = example("referral-outcome.example.json") | extra
     decision = policy.decide(_agency("local-authority"), (_agency(kind),), mtype, BASE_SHARING, payload)
     (rd,) = decision.shared
-    allowed = book.rule_for("referral-outcome", "local-authority").to[kind].fields  # type: ignore[union-attr]
+    allowed = BOOK.rule_for("referral-outcome", "local-authority").to[kind].fields  # type: ignore[union-attr]
     received = set(payload) if rd.fields is None else set(rd.fields)
     if allowed is not None:
         assert received <= set(allowed)

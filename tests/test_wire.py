@@ -4,7 +4,11 @@ mutation of a signed message is refused."""
 from __future__ import annotations
 
 import base64
+import json
+import math
 import uuid
+from collections.abc import Callable
+from typing import Any, Final
 
 import jwt
 import pytest
@@ -13,7 +17,7 @@ from hypothesis import strategies as st
 
 from broker.errors import BadSignature, InvalidEnvelope, Malformed
 from broker.identity.keys import Identity
-from broker.wire import _crypto, hpke, jws
+from broker.wire import _crypto, hpke, jws, strictjson
 
 SUITES = st.sampled_from(_crypto.SUITES)
 IDS = st.from_regex(r"[a-z0-9][a-z0-9-]{0,20}", fullmatch=True)
@@ -132,24 +136,194 @@ def test_identity_kem_lookup() -> None:
     assert ident.kem_key("enc-2") is None
 
 
-def _outcome(fn: object, token: bytes) -> str:
+_ORACLE_OPTIONS: Final[dict[str, Any]] = {
+    "verify_signature": True, "verify_exp": False, "verify_nbf": False, "verify_iat": False,
+    "verify_aud": False, "verify_iss": False, "verify_sub": False, "verify_jti": False,
+    "require": list(jws.REQUIRED_CLAIMS),
+}
+
+
+def pyjwt_verify(token: bytes, key: _crypto.VerifyKey, typ: str = jws.JWS_TYP) -> dict[str, Any]:
+    """The oracle: PyJWT's own decode, with what the wire asks beyond it, in the reader's order:
+    three segments, each in canonical base64url (PyJWT takes any padding-free spelling); a strict
+    JSON header holding EdDSA, ``typ``, a ``kid`` and nothing else; after PyJWT's signature and
+    required claims, strict JSON claims (PyJWT keeps the last of a duplicate member)."""
+    segments = token.split(b".")
+    if len(segments) != 3 or not segments[0] or not segments[1]:
+        raise Malformed("not compact")
+    raw = []
+    for segment in segments:
+        try:
+            decoded = base64.urlsafe_b64decode(segment + b"=" * (-len(segment) % 4))
+        except ValueError as exc:
+            raise Malformed("not base64url") from exc
+        if base64.urlsafe_b64encode(decoded).rstrip(b"=") != segment:
+            raise Malformed("not canonical")
+        raw.append(decoded)
     try:
-        jws.read_header(token)
-        fn(token, _SK.public_key())  # type: ignore[operator]
+        header = strictjson.loads(raw[0])
+    except strictjson.StrictJSONError as exc:
+        raise Malformed("header not strict JSON") from exc
+    if not isinstance(header, dict):
+        raise Malformed("header not an object")
+    if header.get("alg") != "EdDSA":
+        raise BadSignature("alg")
+    if header.get("typ") != typ or not isinstance(header.get("kid"), str) or set(header) - {"alg", "typ", "kid"}:
+        raise Malformed("header")
+    try:
+        claims = jwt.decode(token, key, algorithms=["EdDSA"], options=_ORACLE_OPTIONS)  # type: ignore[arg-type]
+    except jwt.InvalidSignatureError as exc:
+        raise BadSignature("signature") from exc
+    except jwt.InvalidTokenError as exc:
+        raise Malformed("PyJWT cannot read it") from exc
+    try:
+        strictjson.loads(raw[1])
+    except strictjson.StrictJSONError as exc:
+        raise Malformed("claims not strict JSON") from exc
+    return claims
+
+
+def _outcome(verify: Callable[[bytes, _crypto.VerifyKey], dict[str, Any]], token: bytes) -> tuple[str, Any]:
+    try:
+        return "ok", verify(token, _SK.public_key())
     except (Malformed, BadSignature) as exc:
-        return type(exc).__name__
-    return "ok"
+        return type(exc).__name__, None
+
+
+def _respelled(segment: bytes, last: int) -> bytes:
+    """``segment`` with its last character replaced by ``last`` (an alphabet index): often the
+    same bytes with unused bits set, the spelling the reader must refuse."""
+    alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    return segment[:-1] + alphabet[last : last + 1] if segment else segment
 
 
 @settings(max_examples=400, deadline=None)
 @given(data=st.data())
-def test_fast_verify_agrees_with_pyjwt(data: st.DataObject) -> None:
-    """The broker's hot-path verifier accepts and refuses exactly what PyJWT does."""
+def test_the_reader_agrees_with_pyjwt(data: st.DataObject) -> None:
+    """The one reader accepts and refuses exactly what PyJWT does with the wire's strictness added,
+    with the same outcome: a required claim dropped, bytes changed anywhere, a segment respelled."""
     claims = _full_claims()
     if data.draw(st.booleans()):
         del claims[data.draw(st.sampled_from(sorted(claims)))]
     token = bytearray(jws.sign(claims, _SK, "kid-1"))
     for _ in range(data.draw(st.integers(0, 2))):
         i = data.draw(st.integers(0, len(token) - 1))
-        token[i] = data.draw(st.sampled_from(b"ABCabc019-_.=!"))
-    assert _outcome(jws.verify_fast, bytes(token)) == _outcome(jws.verify, bytes(token))
+        token[i] = data.draw(st.sampled_from(b"ABCabc019-_.=!+/ \xff"))
+    if data.draw(st.booleans()):
+        segments = bytes(token).split(b".")
+        i = data.draw(st.integers(0, len(segments) - 1))
+        segments[i] = _respelled(segments[i], data.draw(st.integers(0, 63)))
+        token = bytearray(b".".join(segments))
+    assert _outcome(jws.verify, bytes(token)) == _outcome(pyjwt_verify, bytes(token))
+
+
+def test_a_respelled_segment_is_refused_whatever_the_key() -> None:
+    """Unused bits set in the last character: the same bytes, another spelling; one message has one."""
+    head, body, sig = jws.sign(_full_claims(), _SK, "kid-1").split(b".")
+    for i, segment in enumerate((head, body, sig)):
+        for last in range(64):
+            spelled = _respelled(segment, last)
+            if spelled == segment or _segments(spelled) != _segments(segment):
+                continue
+            parts = [head, body, sig]
+            parts[i] = spelled
+            with pytest.raises(Malformed):
+                jws.verify(b".".join(parts), _SK.public_key())
+            break
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.lists(st.sampled_from(b"AQgwBRhx09-_+/= \n.\xff"), max_size=11).map(bytes))
+def test_the_canonical_spelling_is_the_one_spelling_again(text: bytes) -> None:
+    """A segment is read exactly when decoding it and spelling it again gives it back."""
+    try:
+        again = base64.urlsafe_b64encode(base64.urlsafe_b64decode(text + b"=" * (-len(text) % 4))).rstrip(b"=")
+    except ValueError:
+        again = None
+    assert jws.canonical_b64u(text.decode("latin-1")) == (again == text)
+
+
+def test_the_broker_s_own_tokens_are_read_by_the_same_reader() -> None:
+    """Audit blocks and checkpoints: the same strictness, the key chosen by kid at the time signed."""
+    key = _SK.public_key()
+    token = jwt.encode({"records": [], "n": 1}, _SK, algorithm="EdDSA", headers={"kid": "k", "typ": "t+jwt"}).encode()
+    assert jws.verify_typed(token, "t+jwt", lambda kid, when: key if kid == "k" else None, 0.0) == {
+        "records": [], "n": 1}
+    assert jws.unverified(token) == ({"alg": "EdDSA", "kid": "k", "typ": "t+jwt"}, {"records": [], "n": 1})
+    with pytest.raises(InvalidEnvelope, match="not an other"):
+        jws.verify_typed(token, "other", lambda kid, when: key, 0.0)
+    with pytest.raises(InvalidEnvelope, match="not the broker's"):
+        jws.verify_typed(token, "t+jwt", lambda kid, when: None, 0.0)
+    head, body, sig = token.split(b".")
+    for unreadable in (token + b"\n", head + b"." + body + b"=." + sig, head + b"." + body,
+                       head + b"." + base64.urlsafe_b64encode(b'{"n":1,"n":2}').rstrip(b"=") + b"." + sig):
+        with pytest.raises(InvalidEnvelope):
+            jws.unverified(unreadable)
+        with pytest.raises(InvalidEnvelope):
+            jws.verify_typed(unreadable, "t+jwt", lambda kid, when: key, 0.0)
+
+
+# -- strict JSON: the quick checks against the obvious, slow reading -----------------------------
+
+
+def _slow_strict(data: bytes) -> object:
+    """Strict JSON spelled the obvious way: a hook per object for duplicates, a walk for the depth,
+    writing it out again for NaN and half surrogate pairs."""
+
+    def pairs(items: list[tuple[str, object]]) -> dict[str, object]:
+        obj = dict(items)
+        if len(obj) != len(items):
+            raise ValueError("a duplicate member name")
+        return obj
+
+    def no_constant(name: str) -> float:
+        raise ValueError(name)
+
+    def finite(text: str) -> float:
+        if math.isinf(value := float(text)):
+            raise ValueError(text)
+        return value
+
+    doc = json.loads(data.decode("utf-8"), object_pairs_hook=pairs, parse_constant=no_constant, parse_float=finite)
+    if strictjson.depth(doc) > strictjson.MAX_DEPTH:
+        raise ValueError("too deep")
+    json.dumps(doc, allow_nan=False, ensure_ascii=False).encode("utf-8")
+    return doc
+
+
+_NAMES = st.sampled_from(["a", "b", "a:b", "{", "]", "\\u003a", "\\u003A", "x\\\"y", "\\\\", "é", "", "\\ud800"])
+_SCALARS = st.one_of(
+    st.sampled_from(["1", "-0", "1.5", "1e400", "NaN", "true", "null", '"s:t"', '"\\u003a"', '"\\ud800"',
+                     '"}]"', '"\\\\"', '"\\\""', "123456789012345678901234", "-9223372036854775809"]),
+    st.integers(-(2**70), 2**70).map(str))
+_SPACE = st.sampled_from(["", " ", "\n "])
+
+
+def _json_texts() -> st.SearchStrategy[str]:
+    def containers(children: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+        members = st.lists(st.tuples(_NAMES, _SPACE, children), max_size=4).map(
+            lambda kv: "{" + ",".join(f'"{k}":{w}{v}' for k, w, v in kv) + "}")
+        items = st.lists(children, max_size=4).map(lambda xs: "[" + ",".join(xs) + "]")
+        return st.one_of(members, items)
+
+    nested = st.tuples(st.integers(28, 36), st.sampled_from("[{")).map(
+        lambda n_open: "".join(("[" if o == "[" else '{"d":') for o in n_open[1] * n_open[0])
+        + "1" + "".join(("]" if o == "[" else "}") for o in n_open[1] * n_open[0]))
+    return st.one_of(st.recursive(_SCALARS, containers, max_leaves=25), nested)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=_json_texts())
+def test_strict_json_agrees_with_the_slow_reading(text: str) -> None:
+    """The colon count for duplicates and the bracket passes for depth decide as a hook per object
+    and a walk would."""
+    data = text.encode("utf-8", "surrogatepass")
+    try:
+        expected: tuple[str, object] = ("ok", _slow_strict(data))
+    except (ValueError, RecursionError):
+        expected = ("refused", None)
+    try:
+        got: tuple[str, object] = ("ok", strictjson.loads(data))
+    except strictjson.StrictJSONError:
+        got = ("refused", None)
+    assert got == expected

@@ -28,13 +28,13 @@ from typing import Any, Final
 import orjson
 import structlog
 from nats.aio.msg import Msg
-from nats.errors import Error as NatsError
 
 from adapters.runtime.deadletters import REFUSED, RETRIES_EXHAUSTED, UNRENDERABLE, UNVERIFIABLE, DeadLetters
 from adapters.runtime.retries import Failing, RetryLedger, RetryPolicy
 from adapters.sdk import AgencyClient, Delivery, DeliveryFailed, Sink
 from adapters.sdk.receipts import RECEIPT_SHARING, receipt_id
 from broker.errors import BrokerError, InvalidEnvelope
+from broker.transport.errors import NATS_FAILURES, describe
 from broker.wire.ids import ADMIN_TYPES
 from broker.wire.jws import unverified
 
@@ -88,8 +88,8 @@ class Deliverer:
                     await self.handle(msg)
                     if stop.is_set():
                         break
-            except NatsError as exc:
-                log.warning("fetch failed; trying again", error=type(exc).__name__)
+            except NATS_FAILURES as exc:
+                log.warning("fetch failed; trying again", error=describe(exc))
                 await asyncio.sleep(self.idle)
 
     async def handle(self, msg: Msg) -> None:

@@ -6,6 +6,9 @@ field at once, not from a rejection), seals the payload to the broker and signs 
 envelope. Inbound, it checks the broker's signature, that the delivery is addressed to this
 agency, and opens the payload with this agency's key; it hands each delivery over once,
 even if JetStream delivers it twice, by remembering message ids in a small local store.
+
+Deliveries are read by the broker's own strict reader (:mod:`broker.wire.jws`: canonical
+base64url, strict JSON, EdDSA only), so the SDK accepts exactly what the broker would.
 """
 
 from __future__ import annotations
@@ -19,11 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-import orjson
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.errors import Error as NatsError
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.errors import APIError
 
@@ -31,7 +31,8 @@ from broker.config import Settings
 from broker.errors import BrokerError, InvalidEnvelope, PublishTimeout, RejectedMessage, UnknownType
 from broker.identity.keys import Identity, load_identity
 from broker.store import Migration, Store, add_columns
-from broker.wire import hpke, jws
+from broker.transport.errors import NATS_FAILURES, describe, quietly
+from broker.wire import hpke, jws, strictjson
 from broker.wire.catalogue import Catalogue
 from broker.wire.registry import Registry
 from broker.wire.subjects import DELIVERY, ingress_subject
@@ -47,6 +48,7 @@ class Delivery:
 
     @property
     def id(self) -> str:
+        """The delivery's own message id (the key of an idempotent hand-over and of its receipts)."""
         return str(self.claims["jti"])
 
     @property
@@ -57,9 +59,12 @@ class Delivery:
 
     @property
     def type(self) -> str:
+        """The message type, e.g. ``referral`` (the catalogue's name)."""
         return str(self.claims["typ"])
 
     def as_json(self) -> dict[str, Any]:
+        """What an agency system is handed: the envelope (without the sealed payload) and the
+        opened payload, as one JSON object."""
         envelope = {k: v for k, v in self.claims.items() if k != "payload"}
         return {"envelope": envelope, "payload": self.payload}
 
@@ -143,6 +148,11 @@ class SeenStore:
 
 
 class AgencyClient:
+    """One agency's connection to the broker: :meth:`send` (or :meth:`build` and :meth:`publish`)
+    to share, :meth:`fetch` and :meth:`open` to receive, :meth:`wait_outcome` for the broker's
+    answer. Holds the agency's keys, the trust registry and the schema catalogue; the NATS
+    connection and the seen store belong to whoever made it (:func:`agency_client` makes all)."""
+
     def __init__(self, nc: NATS, js: JetStreamContext, registry: Registry, identity: Identity,
                  catalogue: Catalogue, *, seen: SeenStore | None = None, request_timeout: float = 5.0,
                  clock: Callable[[], float] = time.time) -> None:
@@ -183,19 +193,27 @@ class AgencyClient:
         return jti, jws.sign(claims, self.identity.signing_key, self.identity.sig_kid)
 
     async def publish(self, data: bytes, msg_id: str, *, attempts: int = 5) -> None:
-        """Publish to this agency's ingress subject until JetStream acknowledges it (same id on retry)."""
+        """Publish to this agency's ingress subject until JetStream acknowledges it (same id on
+        retry, so JetStream keeps one); :class:`PublishTimeout` when it never does, or refuses it."""
+        error = "no acknowledgement"
         for attempt in range(attempts):
             try:
                 await self.js.publish(ingress_subject(self.agency), data, timeout=self.timeout,
                                       headers={"Nats-Msg-Id": msg_id})
                 return
-            except (TimeoutError, NatsTimeoutError, NatsError, APIError) as exc:
-                if isinstance(exc, APIError) and exc.code not in (None, 503):
+            except APIError as exc:
+                if exc.code not in (None, 503):  # an answer, not a hiccup: trying again will not help
                     raise PublishTimeout(f"JetStream refused the message: {exc.description}") from exc
-                await asyncio.sleep(0.2 * (attempt + 1))
-        raise PublishTimeout(f"no acknowledgement from JetStream after {attempts} attempts")
+                error = describe(exc)
+            except NATS_FAILURES as exc:
+                error = describe(exc)
+            await asyncio.sleep(0.2 * (attempt + 1))
+        raise PublishTimeout(f"no acknowledgement from JetStream after {attempts} attempts ({error})")
 
     async def send(self, **kwargs: Any) -> str:
+        """Build, sign, seal and publish one message (``kwargs`` as for :meth:`build`); return its
+        message id once JetStream has stored it. The broker's answer comes later, as a delivery:
+        a ``receipt`` (``routed``) or a ``rejection`` (:meth:`wait_outcome` waits for it)."""
         jti, data = self.build(**kwargs)
         await self.publish(data, jti)
         return jti
@@ -209,19 +227,21 @@ class AgencyClient:
         now). A store that verified a delivery when it received it passes that time when it
         opens it again later, so a broker key rotated and expired since does not lock it out."""
         try:
-            header = jws.read_header(data)
-            signer, key = self.registry.signer(header["kid"], self.clock() if when is None else when)
+            signed = jws.read(data)
+            signer, key = self.registry.signer(signed.kid, self.clock() if when is None else when)
             if signer.id != self.registry.broker_id:
                 raise InvalidEnvelope("delivery not signed by the broker")
-            claims = jws.verify(data, key)
+            claims = signed.verify(key)
             if claims["iss"] != self.registry.broker_id or claims["to"] != [self.agency]:
                 raise InvalidEnvelope("delivery not addressed to this agency")
             kem = self.identity.kem_key(claims["enc"]["kid"])
             if kem is None:
                 raise InvalidEnvelope("delivery sealed to a key this agency does not hold")
-            payload = orjson.loads(hpke.open_payload(claims, self.agency, kem))
-        except (RejectedMessage, orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            payload = strictjson.loads(hpke.open_payload(claims, self.agency, kem))
+        except (RejectedMessage, strictjson.StrictJSONError, KeyError, TypeError) as exc:
             raise InvalidEnvelope("delivery cannot be verified or opened") from exc
+        if not isinstance(payload, dict):
+            raise InvalidEnvelope("delivery cannot be verified or opened")
         return Delivery(claims, payload, bytes(data))
 
     @contextlib.asynccontextmanager
@@ -230,7 +250,7 @@ class AgencyClient:
         try:
             yield sub
         finally:
-            with contextlib.suppress(NatsError, asyncio.TimeoutError):
+            with quietly():
                 await sub.unsubscribe()
 
     async def fetch(self, *, batch: int = 64, idle: float = 1.0) -> AsyncIterator[tuple[Delivery | None, Msg]]:
@@ -240,7 +260,7 @@ class AgencyClient:
             while True:
                 try:
                     msgs = await sub.fetch(batch, timeout=idle)
-                except (TimeoutError, NatsTimeoutError):
+                except TimeoutError:  # nothing more
                     return
                 for msg in msgs:
                     try:
@@ -257,7 +277,7 @@ class AgencyClient:
                 while (left := deadline - time.monotonic()) > 0:
                     try:
                         msgs = await sub.fetch(16, timeout=min(left, 1.0))
-                    except (TimeoutError, NatsTimeoutError):
+                    except TimeoutError:  # nothing yet
                         continue
                     for msg in msgs:
                         try:
@@ -271,7 +291,7 @@ class AgencyClient:
                         held.append(msg)
         finally:
             for msg in held:  # give back what was not ours to consume, at once
-                with contextlib.suppress(NatsError):
+                with quietly():
                     await msg.nak()
         raise BrokerError(f"no outcome for {message_id} within {timeout:g}s")
 

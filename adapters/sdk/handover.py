@@ -19,5 +19,9 @@ class DeliveryFailed(BrokerError):
 
 
 class Sink(Protocol):
+    """Where deliveries go into the agency's own system (a webhook, a drop folder, the school's
+    inbox). The adapter acknowledges JetStream only after :meth:`deliver` returns, so a sink that
+    fails loses nothing: the delivery is tried again, then dead-lettered."""
+
     async def deliver(self, delivery_id: str, body: bytes, content_type: str) -> None:
         """Return once the agency system has accepted it; raise :class:`DeliveryFailed` otherwise."""

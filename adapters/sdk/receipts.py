@@ -9,7 +9,8 @@ from typing import Final
 
 _RECEIPTS: Final = uuid.UUID("3d1f0c9a-5b7e-4e2a-9c61-8f4b2d7a0e53")
 
-
+# The sharing block of every receipt: administration of the service, no personal data, decided by
+# the adapter itself (a receipt says what happened to a delivery, never what it held).
 RECEIPT_SHARING: Final = {
     "vocabulary": "sgb-lawful-basis/1", "purpose": "SERVICE_ADMINISTRATION", "lawfulBasis": "UKGDPR_6_1_E",
     "consentStatus": "NOT_APPLICABLE", "urgency": "ROUTINE",

@@ -26,8 +26,6 @@ from typing import Any, Final
 import jwt
 import orjson
 import structlog
-from nats.errors import Error as NatsError
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError, NotFoundError
@@ -36,6 +34,7 @@ from broker.config import AuditSettings
 from broker.errors import PublishTimeout, TransportError
 from broker.identity.keys import Identity
 from broker.timestamps import iso
+from broker.transport.errors import NATS_FAILURES, describe, nats_failures, quietly
 from broker.wire.jws import unverified
 from broker.wire.subjects import AUDIT, AUDIT_HEADS_BUCKET, audit_subject, checkpoint_subject
 
@@ -235,8 +234,8 @@ class AuditWriter:
                     self.head = stored
                     token, new_head = build_block(records, self.head, self._identity, self._instance, self._clock())
                     continue
-            except (TimeoutError, NatsTimeoutError, NatsError, OSError) as exc:
-                error = type(exc).__name__
+            except NATS_FAILURES as exc:  # publish again; PublishTimeout when attempts run out
+                error = describe(exc)
             else:
                 self.head = Head(new_head.blocks, new_head.count, new_head.hash, ack.seq)
                 self.blocks_written += 1
@@ -258,13 +257,11 @@ class AuditWriter:
                                                 < self._settings.checkpoint_interval and not self._closing.is_set()):
             return
         token = build_checkpoint(self.head, self._identity, self._instance, now)
-        try:
+        with nats_failures("checkpoint not stored"):
             await self._js.publish(checkpoint_subject(self._instance), token, timeout=self._settings.publish_deadline,
                                    headers={"Nats-Msg-Id": f"checkpoint-{self._instance}-{self.head.count}"})
             kv = await self._js.key_value(AUDIT_HEADS_BUCKET)
             await kv.put(self._instance, token)
-        except (TimeoutError, NatsTimeoutError, NatsError, APIError) as exc:
-            raise TransportError(f"checkpoint not stored: {type(exc).__name__}") from exc
         self._checkpointed, self._last_checkpoint = self.head, now
 
     async def checkpoint_now(self) -> None:
@@ -274,12 +271,11 @@ class AuditWriter:
 
 async def read_head(js: JetStreamContext, instance: str) -> Head:
     """The head of ``instance``'s chain, from the last block stored on its subject."""
-    try:
-        msg = await js.get_last_msg(AUDIT, audit_subject(instance))
-    except NotFoundError:
-        return Head()
-    except (TimeoutError, NatsTimeoutError, NatsError, APIError) as exc:
-        raise TransportError(f"cannot read the audit chain head: {type(exc).__name__}") from exc
+    with nats_failures("cannot read the audit chain head"):
+        try:
+            msg = await js.get_last_msg(AUDIT, audit_subject(instance))
+        except NotFoundError:
+            return Head()
     _, claims = unverified(msg.data or b"")
     return Head(int(claims["block"]) + 1, int(claims["first"]) + int(claims["count"]), str(claims["head"]),
                 int(msg.seq or 0))
@@ -296,24 +292,30 @@ class Stored:
 async def read_stream(js: JetStreamContext, *, stream: str = AUDIT, start: int = 1,
                       idle: float = 2.0) -> AsyncIterator[Stored]:
     """Every message in the audit stream from ``start``, in stream order (ordered consumer)."""
-    info = await js.stream_info(stream)
-    last = info.state.last_seq
-    if info.state.messages == 0 or last < start:
-        return
-    config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start)
-    sub = await js.subscribe("sg.audit.>", stream=stream, ordered_consumer=True, config=config)
+    with nats_failures("cannot read the audit stream"):
+        try:
+            info = await js.stream_info(stream)
+        except NotFoundError as exc:
+            raise TransportError(f"there is no {stream} stream here") from exc
+        last = info.state.last_seq
+        if info.state.messages == 0 or last < start:
+            return
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start)
+        sub = await js.subscribe("sg.audit.>", stream=stream, ordered_consumer=True, config=config)
     try:
         while True:
-            try:
-                msg = await asyncio.wait_for(sub.next_msg(timeout=idle), idle + 1)
-            except (TimeoutError, NatsTimeoutError):
-                return  # the stream's own count includes messages it can no longer read
+            with nats_failures("cannot read the audit stream"):
+                try:
+                    msg = await asyncio.wait_for(sub.next_msg(timeout=idle), idle + 1)
+                except TimeoutError:
+                    return  # the stream's own count includes messages it can no longer read
             meta = msg.metadata
             yield Stored(meta.sequence.stream, msg.subject, msg.data, meta.timestamp.timestamp())
             if meta.sequence.stream >= last:
                 return
     finally:
-        await sub.unsubscribe()
+        with quietly():
+            await sub.unsubscribe()
 
 
 def is_checkpoint(subject: str) -> bool:

@@ -29,10 +29,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from broker.audit.chain import BLOCK_TYP, CHECKPOINT_TYP, GENESIS, decision_digest, record_hash
-from broker.errors import InvalidEnvelope
+from broker.errors import InvalidEnvelope, Malformed
 from broker.timestamps import at_of
-from broker.wire import _crypto
-from broker.wire.jws import unverified, verify_typed
+from broker.wire import _crypto, jws
 from broker.wire.registry import Registry
 
 
@@ -125,22 +124,23 @@ class Verifier:
 
     def block(self, seq: int, subject: str, token: bytes) -> None:
         self.report.blocks += 1
-        try:
-            header, claims = unverified(token)
+        try:  # read once: the signature is checked below, the records whatever it says
+            signed_token = jws.parse(token)
+            claims = signed_token.claims()
             instance = str(claims["instance"])
             block, first, count = int(claims["block"]), int(claims["first"]), int(claims["count"])
             prev, head, records = str(claims["prev"]), str(claims["head"]), claims["records"]
             if not isinstance(records, list):
                 raise TypeError
-        except (InvalidEnvelope, KeyError, TypeError, ValueError):
+        except (Malformed, KeyError, TypeError, ValueError):
             self._problem("unreadable", subject.removeprefix("sg.audit."), "not an audit block", seq)
             return
-        if header.get("typ") != BLOCK_TYP:
+        if signed_token.header.get("typ") != BLOCK_TYP:
             self._problem("inserted", instance, "a message that is not an audit block", seq)
             return
         signed = True
         try:
-            verify_typed(token, BLOCK_TYP, self._keys, at_of(claims))
+            signed_token.verified_by(self._keys, at_of(claims), BLOCK_TYP)
         except InvalidEnvelope as exc:
             signed = False
             self._problem("signature", instance, f"block {block}: {exc}", seq)
@@ -193,13 +193,14 @@ class Verifier:
 
     def checkpoint(self, seq: int | None, token: bytes, *, source: str = "stream") -> None:
         try:
-            _, claims = unverified(token)
+            signed = jws.parse(token)
+            claims = signed.claims()
             instance = str(claims["instance"])
-        except (InvalidEnvelope, KeyError):
+        except (Malformed, KeyError):
             self._problem("unreadable", "?", f"a {source} checkpoint that cannot be read", seq)
             return
         try:
-            claims = verify_typed(token, CHECKPOINT_TYP, self._keys, at_of(claims))
+            signed.verified_by(self._keys, at_of(claims), CHECKPOINT_TYP)
         except InvalidEnvelope as exc:
             self._problem("signature", instance, f"{source} checkpoint: {exc}", seq)
             return

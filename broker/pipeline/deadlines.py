@@ -23,12 +23,12 @@ from typing import Any, Final
 
 import orjson
 import structlog
-from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, NotFoundError
 
 from broker.errors import TransportError
 from broker.policy.rulebook import DEFAULT_RECEIPT_STATUS
+from broker.transport.errors import nats_failures
 from broker.transport.publisher import Outgoing
 
 log = structlog.get_logger("sgb.deadlines")
@@ -92,14 +92,18 @@ class Scanner:
         while not stop.is_set():
             try:
                 await self.scan_once()
-            except (TransportError, NatsError, APIError) as exc:
-                log.warning("deadline scan failed; will retry", error=type(exc).__name__)
+            except TransportError as exc:
+                log.warning("deadline scan failed; will retry", error=str(exc))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
 
     async def scan_once(self) -> int:
         """One pass with plain requests (no KV watcher: its subscription swallows cancellation in
         nats-py 2.16, which stalled shutdown)."""
+        with nats_failures("the deadline store"):
+            return await self._scan()
+
+    async def _scan(self) -> int:
         try:
             info = await self._js.stream_info(_STREAM, subjects_filter=f"$KV.{BUCKET}.>")
         except NotFoundError:

@@ -86,11 +86,11 @@ class Intake:
         if len(token) > self.settings.max_message_bytes:
             raise TooLarge(f"message exceeds {self.settings.max_message_bytes} bytes", field="/",
                            rule="max-message-bytes")
-        header = jws.read_header(token)
-        signer, key = self.registry.signer(header["kid"], stored_at)
+        signed = jws.read(token)
+        signer, key = self.registry.signer(signed.kid, stored_at)
         if signer.id != subject_agency:
             raise SenderMismatch("the signing key does not belong to the agency that published", field="/header/kid")
-        claims = jws.verify_fast(token, key)
+        claims = signed.verify(key)
         issue = self.catalogue.first_issue(self._envelope, claims)
         if issue is not None:
             raise Malformed(f"envelope '{issue.keyword}' check failed", field=issue.pointer or "/",

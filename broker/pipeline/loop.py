@@ -3,8 +3,18 @@
 Batched fetches keep the consumer fed; a semaphore bounds messages in flight; each message
 is handled in its own task so that crypto for one overlaps with JetStream round trips for
 others. The ingress message is acked only after JetStream has acknowledged every
-delivery, receipt, rejection and audit record it produced (invariant 2); on an
-infrastructure failure it is nak'ed with a delay and comes back.
+delivery, receipt, rejection and audit record it produced (invariant 2).
+
+What goes wrong is told apart (:meth:`Pipeline._handle`):
+
+- the message's own fault (:class:`~broker.errors.RejectedMessage`): a rejection to its sender,
+  stored, then the ack; never retried;
+- NATS unavailable or too slow (:class:`~broker.errors.TransportError`, from the one boundary in
+  :mod:`broker.transport.errors`): nak'ed with a growing delay and redelivered, for as long as it takes;
+- a bug of the broker's own (anything else): logged with its traceback as a bug, counted in
+  ``sgb_internal_errors_total`` (never as a transport failure) and nak'ed with a delay, so the
+  message is not lost and a fixed broker takes it; from its fifth delivery it is refused as
+  ``internal`` ("send it again"), so one poisonous message does not come back for ever.
 """
 
 from __future__ import annotations
@@ -19,8 +29,6 @@ from typing import Any
 import orjson
 import structlog
 from nats.aio.msg import Msg
-from nats.errors import Error as NatsError
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
@@ -32,6 +40,7 @@ from broker.pipeline.intake import Authenticated, Intake
 from broker.pipeline.metrics import Metrics
 from broker.pipeline.outcomes import AuditEntry, Ingress, Outcomes, Output
 from broker.policy.engine import Decision, Policy
+from broker.transport.errors import NATS_FAILURES, describe, nats_failures, quietly
 from broker.transport.publisher import Outgoing, Publisher
 from broker.transport.replay import ReplayGuard
 from broker.wire.ids import derived_id
@@ -40,6 +49,7 @@ from broker.wire.subjects import BROKER_CONSUMER, DEADLINES_BUCKET, INGRESS
 log = structlog.get_logger("sgb.pipeline")
 
 _INTERNAL_GIVE_UP = 5  # deliveries of a message that keeps hitting a bug before it is rejected
+_NAK_DELAY_MAX = 30.0
 
 
 @dataclass
@@ -50,6 +60,7 @@ class Counters:
     shared: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
     retried: int = 0
+    internal: int = 0
     overdue: int = 0
 
 
@@ -107,15 +118,15 @@ class Pipeline:
                     continue
                 try:
                     msgs = await sub.fetch(min(self._settings.fetch_batch, free), timeout=self._settings.fetch_timeout)
-                except (TimeoutError, NatsTimeoutError):
+                except TimeoutError:  # nothing waiting
                     continue
-                except NatsError as exc:
-                    log.warning("fetch failed; retrying", error=type(exc).__name__)
+                except NATS_FAILURES as exc:
+                    log.warning("fetch failed; retrying", error=describe(exc))
                     await asyncio.sleep(0.5)
                     continue
                 if self._paused.is_set():  # paused while that fetch was waiting: give them back untouched
                     for msg in msgs:
-                        with contextlib.suppress(NatsError):
+                        with quietly():
                             await msg.nak()
                     continue
                 for msg in msgs:
@@ -125,7 +136,7 @@ class Pipeline:
         finally:
             await self._drain()
             await self._hand_back_prefetched(sub)
-            with contextlib.suppress(NatsError, asyncio.TimeoutError):
+            with quietly():
                 await sub.unsubscribe()
 
     async def _hand_back_prefetched(self, sub: Any) -> None:
@@ -138,7 +149,7 @@ class Pipeline:
         count = 0
         while not queue.empty():
             msg = queue.get_nowait()
-            with contextlib.suppress(NatsError, asyncio.TimeoutError, AttributeError):
+            with quietly(), contextlib.suppress(AttributeError):
                 await asyncio.wait_for(msg.nak(), self._settings.fetch_timeout + 1)
                 count += 1
         if count:
@@ -161,7 +172,7 @@ class Pipeline:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
         for task in pending:  # hand each back now (a task cancelled before it ran could not do it itself)
-            with contextlib.suppress(NatsError, asyncio.TimeoutError):
+            with quietly():
                 await asyncio.wait_for(held[task].nak(), self._settings.fetch_timeout + 1)
         log.info("pipeline drained", finished=len(done), handed_back=len(pending))
 
@@ -179,7 +190,8 @@ class Pipeline:
                 outputs, outcome = await self._process(ingress, msg.data, meta.num_delivered)
                 stored = time.perf_counter()
                 await self.store(outputs)
-                await msg.ack()
+                with nats_failures("the ack"):
+                    await msg.ack()
                 done = time.perf_counter()
                 self.metrics.stage_seconds.labels("store").observe(done - stored)
                 self.metrics.stage_seconds.labels("total").observe(done - started)
@@ -187,11 +199,23 @@ class Pipeline:
                 self.counters.retried += 1
                 self.metrics.retried.inc()
                 log.warning("transport failure; message will be redelivered", stage="publish", error=str(exc))
-                with contextlib.suppress(NatsError):
-                    await msg.nak(delay=min(2.0 * meta.num_delivered, 30.0))
+                await self._hand_back(msg, meta.num_delivered)
+                return
+            except Exception:  # a bug must neither crash the broker nor lose the message: see the module
+                self.counters.internal += 1
+                self.metrics.internal.inc()
+                log.exception("internal error (a bug); message will be redelivered", stage="process",
+                              deliveries=meta.num_delivered)
+                await self._hand_back(msg, meta.num_delivered)
                 return
             self._record(outcome)
             log.info("message processed", stage="done", outcome=outcome)
+
+    async def _hand_back(self, msg: Msg, num_delivered: int) -> None:
+        """Nak for redelivery after a delay that grows with each delivery (if even the nak fails,
+        JetStream redelivers after ``ack_wait``)."""
+        with quietly():
+            await msg.nak(delay=min(2.0 * num_delivered, _NAK_DELAY_MAX))
 
     async def store(self, outputs: list[Output]) -> None:
         """Deliveries and audit records together; both must be stored before the ingress ack."""
@@ -226,10 +250,13 @@ class Pipeline:
                 return self._outcomes.rejected(ingress, rejection, auth.claims if auth else None), rejection.code
         except TransportError:
             raise
-        except Exception as exc:  # a bug must neither crash the broker nor lose the message
-            log.exception("unexpected error while processing", stage="process", deliveries=num_delivered)
+        except Exception:
             if num_delivered < _INTERNAL_GIVE_UP:
-                raise TransportError(f"internal error ({type(exc).__name__}); will retry") from exc
+                raise  # a bug, as it is: :meth:`_handle` logs it and hands the message back
+            log.exception("internal error (a bug) at every delivery; refused as internal", stage="process",
+                          deliveries=num_delivered)
+            self.counters.internal += 1
+            self.metrics.internal.inc()
             error = InternalFailure("the broker could not process this message; send it again", rule="internal")
             return self._outcomes.rejected(ingress, error, auth.claims if auth else None), error.code
 
@@ -239,13 +266,12 @@ class Pipeline:
         deadline counts, read from the opened payload)."""
         if not claims.get("re"):
             return ()
-        try:
-            entry = await self._js.get_last_msg(f"KV_{DEADLINES_BUCKET}",
-                                                f"$KV.{DEADLINES_BUCKET}.{claims['re']}.{claims['iss']}")
-        except NotFoundError:
-            return ()
-        except NatsError as exc:
-            raise TransportError(f"deadline store unavailable: {type(exc).__name__}") from exc
+        with nats_failures("the deadline store"):
+            try:
+                entry = await self._js.get_last_msg(f"KV_{DEADLINES_BUCKET}",
+                                                    f"$KV.{DEADLINES_BUCKET}.{claims['re']}.{claims['iss']}")
+            except NotFoundError:
+                return ()
         if not entry.data:
             return ()
         record = orjson.loads(entry.data)

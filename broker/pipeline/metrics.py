@@ -40,6 +40,8 @@ class Metrics:
                                registry=r)
         self.retried = Counter("sgb_messages_retried", "Messages nak'ed for redelivery after a transport failure",
                                registry=r)
+        self.internal = Counter("sgb_internal_errors", "Messages that met a bug of the broker's own (nak'ed, and "
+                                "refused as internal from their fifth delivery)", registry=r)
         self.audit_blocks = Counter("sgb_audit_blocks_written", "Signed audit blocks appended", registry=r)
         self.reconnects = Counter("sgb_nats_reconnects", "Reconnections to NATS", registry=r)
         self.stage_seconds = Histogram("sgb_pipeline_stage_seconds", "Time spent per pipeline stage", ["stage"],

@@ -24,14 +24,13 @@ from typing import Any, Final
 
 import orjson
 import structlog
-from nats.errors import Error as NatsError
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, KeyNotFoundError, NotFoundError
 
 from broker.errors import InvalidEnvelope, TransportError
 from broker.pipeline.outcomes import AuditEntry, Outcomes, Output
 from broker.timestamps import iso
+from broker.transport.errors import nats_failures
 from broker.transport.publisher import Outgoing
 from broker.transport.topology import kv_latest
 from broker.wire import jws
@@ -57,24 +56,25 @@ class Holds:
         self._js = js
 
     async def get(self, message: str) -> dict[str, Any] | None:
-        try:
-            kv = await self._js.key_value(HOLDS_BUCKET)
-            entry = await kv.get(message)
-        except (KeyNotFoundError, NotFoundError):
-            return None
-        except (NatsError, APIError, TimeoutError) as exc:
-            raise TransportError(f"legal holds unavailable: {type(exc).__name__}") from exc
+        with nats_failures("legal holds"):
+            try:
+                kv = await self._js.key_value(HOLDS_BUCKET)
+                entry = await kv.get(message)
+            except (KeyNotFoundError, NotFoundError):
+                return None
         return orjson.loads(entry.value) if entry.value else None
 
     async def place(self, message: str, hold: dict[str, Any]) -> None:
-        kv = await self._js.key_value(HOLDS_BUCKET)
-        await kv.put(message, orjson.dumps(hold))
+        with nats_failures("legal holds"):
+            kv = await self._js.key_value(HOLDS_BUCKET)
+            await kv.put(message, orjson.dumps(hold))
 
     async def release(self, message: str) -> bool:
         if await self.get(message) is None:
             return False
-        kv = await self._js.key_value(HOLDS_BUCKET)
-        await kv.delete(message)
+        with nats_failures("legal holds"):
+            kv = await self._js.key_value(HOLDS_BUCKET)
+            await kv.delete(message)
         return True
 
     async def all(self) -> dict[str, dict[str, Any]]:
@@ -113,7 +113,7 @@ class Sweeper:
         cutoff = self._clock() - self._retention
         found: list[Expired] = []
         seq = 1
-        try:
+        with nats_failures("cannot read deliveries"):
             seq = max((await self._js.stream_info(DELIVERY)).state.first_seq, 1)
             while len(found) < self._max:
                 try:
@@ -130,8 +130,6 @@ class Sweeper:
                 found.append(Expired(int(msg.seq or seq), (msg.subject or "").removeprefix("sg.out."), claims,
                                      stored_at))
                 seq = int(msg.seq or seq) + 1
-        except (NatsError, APIError, NatsTimeoutError, TimeoutError) as exc:
-            raise TransportError(f"cannot read deliveries: {type(exc).__name__}") from exc
         return found
 
     async def sweep(self) -> int:
@@ -144,12 +142,12 @@ class Sweeper:
                 self.held += 1
                 continue
             await self._store(self._notice(item, message, origin))
-            with contextlib.suppress(NotFoundError):  # another instance may have got there first
-                try:
+            with nats_failures("cannot remove an expired delivery"), contextlib.suppress(NotFoundError):
+                try:  # another instance may have got there first
                     await self._js.delete_msg(DELIVERY, item.seq)
                 except APIError as exc:
                     if exc.err_code != 10037:  # no message found
-                        raise TransportError(f"cannot remove an expired delivery: {exc.description}") from exc
+                        raise
             expired += 1
             if self._on_expired is not None:
                 self._on_expired()

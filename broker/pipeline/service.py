@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import structlog
 from nats.aio.client import Client as NATS
-from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 
 from broker.audit.chain import AuditWriter
@@ -31,6 +30,7 @@ from broker.pipeline.retention import Sweeper
 from broker.policy import rulebook as rulebooks
 from broker.policy.engine import Policy, ReloadablePolicy
 from broker.transport.connection import connected, jetstream
+from broker.transport.errors import quietly
 from broker.transport.topology import ensure_topology
 from broker.wire.catalogue import Catalogue
 from broker.wire.registry import Registry, addressable
@@ -180,7 +180,7 @@ async def _pipeline(settings: Settings, js: JetStreamContext, registry: Registry
 async def _watch_backlog(js: JetStreamContext, metrics: Metrics, stop: asyncio.Event, interval: float) -> None:
     """Keep the backlog gauge (ingress messages not yet taken by any broker) current."""
     while not stop.is_set():
-        with contextlib.suppress(NatsError, TimeoutError):
+        with quietly():  # the next look, in ``interval``
             info = await js.consumer_info(INGRESS, BROKER_CONSUMER)
             metrics.backlog.set(info.num_pending + info.num_ack_pending)
         with contextlib.suppress(TimeoutError):

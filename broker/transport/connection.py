@@ -13,13 +13,12 @@ from collections.abc import AsyncIterator, Callable
 import nats
 import structlog
 from nats.aio.client import Client as NATS
-from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 
 from broker.config import Settings
-from broker.errors import TransportError
 from broker.identity import natsauth
 from broker.identity.keys import BROKER_ID
+from broker.transport.errors import nats_failures, quietly
 from broker.transport.natsserver import EmbeddedServer
 
 log = structlog.get_logger("sgb.nats")
@@ -133,17 +132,15 @@ async def connected(settings: Settings, url: str, *, name: str, party: str | Non
         options["inbox_prefix"] = natsauth.inbox_prefix(party)
     if settings.nats.user:
         options |= {"user": settings.nats.user, "password": settings.nats.password}
-    try:  # nats-py retries a refused connection for ever; the first connection has a deadline
-        servers = [u.strip() for u in url.split(",") if u.strip()]  # SGB_NATS_URL may list a cluster's nodes
+    servers = [u.strip() for u in url.split(",") if u.strip()]  # SGB_NATS_URL may list a cluster's nodes
+    # nats-py retries a refused connection for ever; the first connection has a deadline
+    with nats_failures(f"cannot connect to NATS at {url} (check the address and this party's credentials)"):
         nc = await asyncio.wait_for(nats.connect(servers, **options), settings.nats.connect_timeout * 3)
-    except (NatsError, OSError, TimeoutError) as exc:
-        raise TransportError(f"cannot connect to NATS at {url}: {type(exc).__name__} (check the address and "
-                             "this party's credentials)") from exc
     holder.append(nc)
     try:
         yield nc
     finally:
-        with contextlib.suppress(NatsError, asyncio.TimeoutError):
+        with quietly():
             await asyncio.wait_for(nc.drain(), settings.nats.request_timeout)
         if not nc.is_closed:
             await nc.close()

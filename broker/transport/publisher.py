@@ -15,11 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
-from nats.js.errors import APIError
 
 from broker.errors import PublishTimeout
+from broker.transport.errors import NATS_FAILURES, describe
 
 log = structlog.get_logger("sgb.publish")
 
@@ -51,8 +50,8 @@ class Publisher:
                         headers={"Nats-Msg-Id": item.msg_id, **item.headers},
                     )
                     futures.append((item, fut))
-            except (NatsError, APIError, OSError) as exc:
-                last_error = type(exc).__name__
+            except NATS_FAILURES as exc:  # publish again below; PublishTimeout when attempts run out
+                last_error = describe(exc)
             if futures:
                 await asyncio.wait([f for _, f in futures], timeout=self._deadline)
             retry = []

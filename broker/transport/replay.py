@@ -9,11 +9,11 @@ which exceeds the freshness window, so an older copy is refused as stale instead
 
 from __future__ import annotations
 
-from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, NotFoundError
 
 from broker.errors import Replayed, TransportError
+from broker.transport.errors import nats_failures
 from broker.wire.subjects import SEEN_BUCKET
 
 _STREAM = f"KV_{SEEN_BUCKET}"
@@ -30,21 +30,18 @@ class ReplayGuard:
         stored message already claimed it."""
         subject = f"$KV.{SEEN_BUCKET}.{message_id}"
         mine = str(ingress_seq).encode()
-        try:
-            await self._js.publish(
-                subject, mine, timeout=self._timeout, headers={"Nats-Expected-Last-Subject-Sequence": "0"}
-            )
-            return
-        except APIError as exc:
-            if exc.err_code != _WRONG_LAST_SEQUENCE:
-                raise TransportError(f"replay store refused the claim: {exc.description}") from exc
-        except NatsError as exc:
-            raise TransportError(f"replay store unavailable: {type(exc).__name__}") from exc
-        try:
-            held = await self._js.get_last_msg(_STREAM, subject)
-        except NotFoundError:  # expired between the two calls: claim again next delivery
-            raise TransportError("replay store entry vanished; will retry") from None
-        except NatsError as exc:
-            raise TransportError(f"replay store unavailable: {type(exc).__name__}") from exc
+        with nats_failures("the replay store"):
+            try:
+                await self._js.publish(
+                    subject, mine, timeout=self._timeout, headers={"Nats-Expected-Last-Subject-Sequence": "0"}
+                )
+                return
+            except APIError as exc:
+                if exc.err_code != _WRONG_LAST_SEQUENCE:
+                    raise
+            try:  # claimed before: by this stored message (a redelivery) or by another (a replay)
+                held = await self._js.get_last_msg(_STREAM, subject)
+            except NotFoundError:  # expired between the two calls: claim again next delivery
+                raise TransportError("the replay store: the entry vanished; will retry") from None
         if held.data != mine:
             raise Replayed("this message id was already received", field="/jti", rule="unique-message-id")

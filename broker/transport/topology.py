@@ -20,14 +20,11 @@ All use file storage and a duplicate window, so that a re-publish under the same
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
 
 import structlog
-from nats.errors import Error as NatsError
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -39,10 +36,11 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import APIError, BadRequestError, NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError
 
 from broker.config import PipelineSettings, StreamSettings
 from broker.errors import TransportError
+from broker.transport.errors import nats_failures, quietly
 from broker.wire.subjects import (
     AUDIT,
     AUDIT_HEADS_BUCKET,
@@ -79,11 +77,11 @@ def stream_configs(s: StreamSettings) -> list[StreamConfig]:
     ]
 
 
-def agency_consumer(agency: str) -> ConsumerConfig:
+def agency_consumer(agency: str, ack_wait: float = 60.0) -> ConsumerConfig:
     """The durable an agency's adapter pulls from. The broker creates it; adapters may not."""
     return ConsumerConfig(
         durable_name=agency, filter_subject=delivery_subject(agency), ack_policy=AckPolicy.EXPLICIT,
-        deliver_policy=DeliverPolicy.ALL, ack_wait=60, max_deliver=-1, max_ack_pending=1000,
+        deliver_policy=DeliverPolicy.ALL, ack_wait=ack_wait, max_deliver=-1, max_ack_pending=1000,
     )
 
 
@@ -99,7 +97,7 @@ async def _retry(call: Any, *args: Any, attempts: int = 5) -> Any:
     for attempt in range(attempts):
         try:
             return await call(*args)
-        except (TimeoutError, NatsTimeoutError):
+        except TimeoutError:
             if attempt == attempts - 1:
                 raise
             await asyncio.sleep(0.5 * (attempt + 1))
@@ -135,7 +133,7 @@ async def ensure_topology(
     js: JetStreamContext, streams: StreamSettings, pipeline: PipelineSettings, agencies: Iterable[str]
 ) -> None:
     """Create or update every stream, the KV bucket, and the consumers (idempotent)."""
-    try:
+    with nats_failures("cannot set up JetStream"):
         for config in stream_configs(streams):
             await ensure_stream(js, config)
         for bucket in (
@@ -149,37 +147,34 @@ async def ensure_topology(
             await _ensure_bucket(js, bucket)
         await _retry(js.add_consumer, INGRESS, broker_consumer(pipeline))
         for agency in agencies:
-            await _retry(js.add_consumer, DELIVERY, agency_consumer(agency))
-    except (TimeoutError, APIError, NotFoundError, NatsTimeoutError) as exc:
-        raise TransportError(f"cannot set up JetStream: {exc}") from exc
+            await _retry(js.add_consumer, DELIVERY, agency_consumer(agency, pipeline.delivery_ack_wait))
 
 
 async def kv_latest(js: JetStreamContext, bucket: str, *, idle: float = 2.0) -> dict[str, bytes]:
     """Every live key of a bucket and its value, read through an ordered consumer (nats-py's KV
     key watcher can swallow task cancellation, which stalls shutdown)."""
     stream = f"KV_{bucket}"
-    try:
-        info = await js.stream_info(stream)
-    except NotFoundError:
-        return {}
-    except (NatsError, APIError, TimeoutError) as exc:
-        raise TransportError(f"cannot read {bucket}: {type(exc).__name__}") from exc
-    if not info.state.messages:
-        return {}
-    sub = await js.subscribe(f"$KV.{bucket}.>", stream=stream, ordered_consumer=True,
-                             deliver_policy=DeliverPolicy.LAST_PER_SUBJECT)
-    found: dict[str, bytes] = {}
-    try:
-        while True:
-            try:
-                msg = await asyncio.wait_for(sub.next_msg(timeout=idle), idle + 1)
-            except (TimeoutError, NatsTimeoutError):
-                return found
-            key = msg.subject.removeprefix(f"$KV.{bucket}.")
-            if msg.data and (msg.headers or {}).get("KV-Operation") not in ("DEL", "PURGE"):
-                found[key] = msg.data
-            if msg.metadata.num_pending == 0:
-                return found
-    finally:
-        with contextlib.suppress(NatsError, TimeoutError):
-            await sub.unsubscribe()
+    with nats_failures(f"cannot read {bucket}"):
+        try:
+            info = await js.stream_info(stream)
+        except NotFoundError:
+            return {}
+        if not info.state.messages:
+            return {}
+        sub = await js.subscribe(f"$KV.{bucket}.>", stream=stream, ordered_consumer=True,
+                                 deliver_policy=DeliverPolicy.LAST_PER_SUBJECT)
+        found: dict[str, bytes] = {}
+        try:
+            while True:
+                try:
+                    msg = await asyncio.wait_for(sub.next_msg(timeout=idle), idle + 1)
+                except TimeoutError:
+                    return found
+                key = msg.subject.removeprefix(f"$KV.{bucket}.")
+                if msg.data and (msg.headers or {}).get("KV-Operation") not in ("DEL", "PURGE"):
+                    found[key] = msg.data
+                if msg.metadata.num_pending == 0:
+                    return found
+        finally:
+            with quietly():
+                await sub.unsubscribe()

@@ -1,13 +1,24 @@
 """The wire contract: a JWS compact serialisation (EdDSA, ``typ: sg+jwt``, ``kid``) whose
-claims are the envelope, with the payload HPKE-sealed to one recipient.
+claims are the envelope, with the payload HPKE-sealed to one recipient; and the one reader of it.
 
 The HPKE ``info`` binds each ciphertext to the message id, sender, type, version and
 recipient, so a payload cannot be lifted into another envelope.
+
+Every signed token the project reads goes through :func:`parse`: messages in the broker's
+pipeline, deliveries in the SDK and the adapters, the audit chain's blocks and checkpoints and
+its export manifests. It is strict: three segments, each base64url in its one canonical spelling
+(no padding, no stray characters, no unused bits set), so one message has one byte form; the
+header and the claims are strict JSON (:mod:`broker.wire.strictjson`: a duplicate member name,
+NaN or nesting past 32 levels is refused); only EdDSA, verified with ``cryptography`` directly.
+PyJWT signs; ``tests/test_wire.py`` checks that this reader accepts and refuses exactly what
+PyJWT does, plus the canonical spelling and the strict JSON, which PyJWT does not check. (PyJWT
+2.15 also checks a token's alphabet in a per-character Python loop that costs more than the
+signature on a 5 KB message.)
 """
 
 from __future__ import annotations
 
-import re
+import binascii
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
@@ -20,122 +31,30 @@ from broker.wire import _crypto, strictjson
 ALGORITHM: Final = "EdDSA"
 JWS_TYP: Final = "sg+jwt"
 REQUIRED_CLAIMS: Final = ("jti", "iss", "iat", "typ", "ver", "to", "sharing", "enc", "payload")
-_COMPACT = re.compile(rb"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$")
-_DECODE_OPTIONS: Final[dict[str, Any]] = {
-    "verify_signature": True,
-    "verify_exp": False,
-    "verify_nbf": False,
-    "verify_iat": False,  # freshness is judged against the store's timestamp, see intake
-    "verify_aud": False,
-    "verify_iss": False,
-    "require": list(REQUIRED_CLAIMS),
-}
+_HEADER_PARAMETERS: Final = frozenset({"alg", "typ", "kid"})
+_ALPHABET: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_TO_STANDARD: Final = bytes.maketrans(b"-_", b"+/")
+# a segment 2 (or 3) characters into its last group of 4 leaves 4 (or 2) bits of its last character unused
+_LAST_WITHOUT_UNUSED_BITS: Final = {2: frozenset(_ALPHABET[::16]), 3: frozenset(_ALPHABET[::4])}
+
+KeyLookup = Callable[[str, float], "_crypto.VerifyKey | None"]
 
 
 def canonical_b64u(text: Any) -> bool:
-    """Whether ``text`` is base64url in its one canonical spelling (no padding, no unused bits set)."""
-    try:
-        return isinstance(text, str) and _crypto.b64u(_crypto.unb64u(text)) == text
-    except ValueError:
+    """Whether ``text`` is base64url in its one canonical spelling (no padding, no unused bits set),
+    as every segment of a token must be."""
+    if not isinstance(text, str) or not text.isascii():
         return False
+    try:
+        _segment(text.encode("ascii"))
+    except Malformed:
+        return False
+    return True
 
 
 def sign(claims: Mapping[str, Any], key: _crypto.SigningKey, kid: str) -> bytes:
     token = jwt.encode(dict(claims), key, algorithm=ALGORITHM, headers={"kid": kid, "typ": JWS_TYP})
     return token.encode("ascii")
-
-
-def read_header(token: bytes) -> dict[str, Any]:
-    """Parse the protected header without trusting it. Raises :class:`Malformed` or
-    :class:`BadSignature` (for any algorithm but EdDSA)."""
-    if not _COMPACT.match(token):
-        raise Malformed("not a JWS compact serialisation", field="/")
-    # Only the small header segment is decoded here: PyJWT's own header reader checks the
-    # alphabet of the whole token character by character, which costs more than the signature.
-    try:
-        header = strictjson.loads(_segment(token[: token.index(b".")]))
-    except Malformed as exc:
-        raise Malformed("the JWS header cannot be read", field="/header") from exc
-    except strictjson.StrictJSONError as exc:
-        raise Malformed(f"the JWS header is not strict JSON: {exc.reason}", field=f"/header{exc.where}",
-                        rule="strict-json") from exc
-    if not isinstance(header, dict):
-        raise Malformed("the JWS header is not a JSON object", field="/header")
-    if header.get("alg") != ALGORITHM:
-        raise BadSignature("only EdDSA signatures are accepted", field="/header/alg", rule="alg-pinned")
-    if header.get("typ") != JWS_TYP:
-        raise Malformed(f"header typ must be {JWS_TYP}", field="/header/typ")
-    if not isinstance(header.get("kid"), str):
-        raise Malformed("header kid is missing", field="/header/kid")
-    if set(header) - {"alg", "typ", "kid"}:
-        raise Malformed("unexpected header parameters", field="/header", rule="no-extra-header")
-    return header
-
-
-def verify(token: bytes, key: _crypto.VerifyKey) -> dict[str, Any]:
-    """Verify the signature (EdDSA only) and return the claims, with PyJWT. The caller checks the rest."""
-    try:
-        claims = jwt.decode(token, key, algorithms=[ALGORITHM], options=_DECODE_OPTIONS)  # type: ignore[arg-type]
-    except jwt.InvalidSignatureError as exc:
-        raise BadSignature("the signature does not verify", field="/signature") from exc
-    except jwt.InvalidAlgorithmError as exc:
-        raise BadSignature("only EdDSA signatures are accepted", field="/header/alg", rule="alg-pinned") from exc
-    except jwt.MissingRequiredClaimError as exc:
-        raise Malformed("a required envelope claim is missing", field=f"/{exc.claim}") from exc
-    except jwt.InvalidTokenError as exc:
-        raise Malformed("the envelope cannot be read", field="/") from exc
-    if not isinstance(claims, dict):
-        raise Malformed("the envelope is not a JSON object", field="/")
-    _claims_json(_segment(token.split(b".")[1]))  # PyJWT keeps the last of a duplicate member: refuse it
-    return claims
-
-
-def _claims_json(raw: bytes) -> Any:
-    try:
-        return strictjson.loads(raw)
-    except strictjson.StrictJSONError as exc:
-        raise Malformed(f"the envelope is not strict JSON: {exc.reason}", field=exc.where or "/",
-                        rule="strict-json") from exc
-
-
-def _segment(part: bytes) -> bytes:
-    """Strict base64url: the alphabet is checked by ``_COMPACT``; here the spelling must be canonical
-    (no unused trailing bits), so one message has one byte form."""
-    try:
-        raw = _crypto.unb64u(part.decode("ascii"))
-    except ValueError as exc:
-        raise Malformed("a JWS segment is not base64url", field="/") from exc
-    if _crypto.b64u(raw).encode("ascii") != part:
-        raise Malformed("a JWS segment is not canonical base64url", field="/")
-    return raw
-
-
-def verify_fast(token: bytes, key: _crypto.VerifyKey) -> dict[str, Any]:
-    """The broker's hot-path equivalent of :func:`verify`, with the same outcomes.
-
-    PyJWT 2.15 checks the base64url alphabet of a token in a per-character Python loop, which
-    costs about 0.4 ms for a 5 KB message: more than the signature itself. Here the alphabet
-    is checked by one regex and the signature by ``cryptography`` directly; the header must
-    already have passed :func:`read_header` (EdDSA pinned). ``tests/test_wire.py`` checks that
-    both functions accept and refuse the same tokens.
-    """
-    if not _COMPACT.match(token):
-        raise Malformed("not a JWS compact serialisation", field="/")
-    signing_input, _, sig = token.rpartition(b".")
-    body = signing_input.partition(b".")[2]
-    raw_body = _segment(body)  # canonical spelling is checked before the signature, as PyJWT does
-    signature = _segment(sig)
-    try:
-        _crypto.verify_signature(key, signature, signing_input)
-    except InvalidEnvelope as exc:
-        raise BadSignature("the signature does not verify", field="/signature") from exc
-    claims = _claims_json(raw_body)
-    if not isinstance(claims, dict):
-        raise Malformed("the envelope is not a JSON object", field="/")
-    for claim in REQUIRED_CLAIMS:
-        if claims.get(claim) is None:
-            raise Malformed("a required envelope claim is missing", field=f"/{claim}")
-    return claims
 
 
 def digest(token: bytes) -> str:
@@ -147,42 +66,156 @@ def dumps(obj: Any) -> bytes:
     return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
 
 
-def _parts(token: bytes) -> tuple[dict[str, Any], dict[str, Any], bytes, bytes]:
-    """Header, claims, signing input and signature of a compact JWS, nothing checked yet."""
+class Signed:
+    """A compact JWS read strictly (:func:`parse`); nothing in it is trusted yet. :meth:`expect`
+    checks its header, :meth:`verify` its signature, returning the claims. Errors are the wire's:
+    :class:`Malformed` or :class:`BadSignature`, naming a place, never a value."""
+
+    __slots__ = ("_body", "_signature", "header", "signing_input")
+
+    def __init__(self, header: dict[str, Any], signing_input: bytes, body: bytes, signature: bytes) -> None:
+        self.header = header
+        self.signing_input = signing_input
+        self._body = body
+        self._signature = signature
+
+    @property
+    def kid(self) -> str:
+        """The signer's key id, to look the key up by (untrusted until :meth:`verify`)."""
+        return str(self.header.get("kid"))
+
+    def expect(self, typ: str = JWS_TYP) -> Signed:
+        """Check the header: EdDSA only (else :class:`BadSignature`), ``typ``, a ``kid``, nothing else."""
+        header = self.header
+        if header.get("alg") != ALGORITHM:
+            raise BadSignature("only EdDSA signatures are accepted", field="/header/alg", rule="alg-pinned")
+        if header.get("typ") != typ:
+            raise Malformed(f"header typ must be {typ}", field="/header/typ")
+        if not isinstance(header.get("kid"), str):
+            raise Malformed("header kid is missing", field="/header/kid")
+        if header.keys() - _HEADER_PARAMETERS:
+            raise Malformed("unexpected header parameters", field="/header", rule="no-extra-header")
+        return self
+
+    def claims(self) -> dict[str, Any]:
+        """The claims, read strictly but not verified (to list, or to say what was changed)."""
+        return _claims(self._body)
+
+    def check_signature(self, key: _crypto.VerifyKey) -> None:
+        """The Ed25519 signature over the header and claims as sent (whatever the header says:
+        :meth:`expect` pins EdDSA first)."""
+        try:
+            _crypto.verify_signature(key, self._signature, self.signing_input)
+        except InvalidEnvelope as exc:
+            raise BadSignature("the signature does not verify", field="/signature") from exc
+
+    def verify(self, key: _crypto.VerifyKey, *, typ: str = JWS_TYP,
+               required: tuple[str, ...] = REQUIRED_CLAIMS) -> dict[str, Any]:
+        """The claims, once the header passes :meth:`expect`, the signature verifies with ``key``
+        and every ``required`` claim is present and not null (as PyJWT's ``require``, which reads
+        the claims after the signature)."""
+        self.expect(typ)
+        self.check_signature(key)
+        claims = _claims(self._body)
+        for claim in required:
+            if claims.get(claim) is None:
+                raise Malformed("a required envelope claim is missing", field=f"/{claim}")
+        return claims
+
+    def verified_by(self, keys: KeyLookup, when: float, typ: str) -> None:
+        """For the broker's own tokens (audit blocks, checkpoints, export manifests): a ``typ``
+        token signed with the key ``keys`` gives for its ``kid`` at ``when``; else :class:`InvalidEnvelope`."""
+        try:
+            self.expect(typ)
+        except (Malformed, BadSignature) as exc:
+            raise InvalidEnvelope(f"not an {typ} token") from exc
+        key = keys(self.kid, when)
+        if key is None:
+            raise InvalidEnvelope("signed with a key that is not the broker's")
+        try:
+            self.check_signature(key)
+        except BadSignature as exc:
+            raise InvalidEnvelope("signature does not verify") from exc
+
+
+def parse(token: bytes) -> Signed:
+    """The one reader: three segments, each canonical base64url (all checked before anything is
+    trusted, as PyJWT decodes all three before it looks at the key), the header a strict JSON
+    object. Its values are checked by :meth:`Signed.expect`, the rest by :meth:`Signed.verify`."""
+    head, dot, rest = token.partition(b".")
+    body, dot2, signature = rest.partition(b".")
+    if not (dot and dot2 and head and body) or b"." in signature:
+        raise Malformed("not a JWS compact serialisation", field="/")
     try:
-        signing_input, _, sig = token.strip().rpartition(b".")
-        head, _, body = signing_input.partition(b".")
-        header = orjson.loads(_crypto.unb64u(head.decode("ascii")))
-        claims = orjson.loads(_crypto.unb64u(body.decode("ascii")))
-        signature = _crypto.unb64u(sig.decode("ascii"))
-    except (ValueError, UnicodeDecodeError, orjson.JSONDecodeError) as exc:
-        raise InvalidEnvelope("not a readable JWS") from exc
-    if not isinstance(header, dict) or not isinstance(claims, dict):
-        raise InvalidEnvelope("not a readable JWS")
-    return header, claims, signing_input, signature
+        header = strictjson.loads(_segment(head))
+    except Malformed as exc:
+        raise Malformed("the JWS header cannot be read", field="/header") from exc
+    except strictjson.StrictJSONError as exc:
+        raise Malformed(f"the JWS header is not strict JSON: {exc.reason}", field=f"/header{exc.where}",
+                        rule="strict-json") from exc
+    if not isinstance(header, dict):
+        raise Malformed("the JWS header is not a JSON object", field="/header")
+    return Signed(header, token[: len(head) + 1 + len(body)], _segment(body), _segment(signature))
+
+
+def read(token: bytes, typ: str = JWS_TYP) -> Signed:
+    """:func:`parse` and :meth:`Signed.expect`: a token whose key can now be looked up by ``kid``."""
+    return parse(token).expect(typ)
+
+
+def read_header(token: bytes) -> dict[str, Any]:
+    """The protected header of a wire message, checked but not trusted (see :func:`read`)."""
+    return read(token).header
+
+
+def verify(token: bytes, key: _crypto.VerifyKey) -> dict[str, Any]:
+    """The claims of a wire message signed with ``key`` (when the key is known beforehand)."""
+    return parse(token).verify(key)
 
 
 def unverified(token: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Header and claims without checking the signature (to say *what* was changed)."""
-    header, claims, _, _ = _parts(token)
-    return header, claims
-
-
-KeyLookup = Callable[[str, float], "_crypto.VerifyKey | None"]
+    """Header and claims, strictly read, without checking the signature (to list stored messages,
+    or to say *what* was changed); anything unreadable is :class:`InvalidEnvelope`."""
+    try:
+        signed = parse(token)
+        return signed.header, signed.claims()
+    except Malformed as exc:
+        raise InvalidEnvelope("not a readable JWS") from exc
 
 
 def verify_typed(token: bytes, typ: str, keys: KeyLookup, when: float) -> dict[str, Any]:
-    """EdDSA only, the key chosen by ``kid`` among the broker's registry keys valid at ``when``.
-    (Verified with ``cryptography`` directly, as :func:`verify_fast` does: PyJWT's
-    per-character alphabet check costs more than the signature on blocks of hundreds of records.)"""
-    header, claims, signing_input, signature = _parts(token)
-    if header.get("typ") != typ or header.get("alg") != "EdDSA":
-        raise InvalidEnvelope(f"not an {typ} token")
-    key = keys(str(header.get("kid")), when)
-    if key is None:
-        raise InvalidEnvelope("signed with a key that is not the broker's")
+    """The claims of one of the broker's own ``typ`` tokens (see :meth:`Signed.verified_by`)."""
     try:
-        _crypto.verify_signature(key, signature, signing_input)
-    except InvalidEnvelope as exc:
-        raise InvalidEnvelope("signature does not verify") from exc
+        signed = parse(token)
+        claims = signed.claims()
+    except Malformed as exc:
+        raise InvalidEnvelope("not a readable JWS") from exc
+    signed.verified_by(keys, when, typ)
+    return claims
+
+
+def _segment(part: bytes) -> bytes:
+    """Strict base64url in its one canonical spelling: the alphabet alone (no padding, white space,
+    ``+`` or ``/``, nothing else: the decoder's strict mode), and no unused bits set in the last
+    character (the same bytes spelled otherwise). As fast as a lenient decode on an audit block."""
+    if b"=" in part or b"+" in part or b"/" in part:
+        raise Malformed("a JWS segment is not canonical base64url", field="/")
+    try:
+        raw = binascii.a2b_base64(part.translate(_TO_STANDARD) + b"=" * (-len(part) % 4), strict_mode=True)
+    except binascii.Error as exc:
+        raise Malformed("a JWS segment is not base64url", field="/") from exc
+    tail = len(part) % 4
+    if tail and part[-1] not in _LAST_WITHOUT_UNUSED_BITS[tail]:
+        raise Malformed("a JWS segment is not canonical base64url", field="/")
+    return raw
+
+
+def _claims(raw: bytes) -> dict[str, Any]:
+    try:
+        claims = strictjson.loads(raw)
+    except strictjson.StrictJSONError as exc:
+        raise Malformed(f"the envelope is not strict JSON: {exc.reason}", field=exc.where or "/",
+                        rule="strict-json") from exc
+    if not isinstance(claims, dict):
+        raise Malformed("the envelope is not a JSON object", field="/")
     return claims
