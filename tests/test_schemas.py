@@ -39,7 +39,12 @@ def test_each_message_type_has_payload_and_sharing_examples(catalogue: Catalogue
     assert {t for t, _ in catalogue.types} == {
         "referral", "referral-outcome", "information-request", "information-response", "receipt", "rejection",
         "overdue-notice", "encompass-notification", "strategy-discussion", "child-protection-status", "lado-referral",
-        "serious-incident-notification", "decision-not-to-share", "rapid-review"}
+        "serious-incident-notification", "decision-not-to-share", "rapid-review",
+        # the multi-agency processes of Working Together (issue 14)
+        "cp-conference-invitation", "cp-conference-report", "cp-conference-outcome", "core-group-meeting",
+        "assessment-outcome", "child-death-notification", "early-help-assessment", "early-help-request",
+        "early-help-step-up", "early-help-step-down", "contextual-concern", "private-fostering-notification",
+        "children-missing-education", "cme-response", "mash-screening", "lcspr-decision", "lcspr-publication"}
     for name, _ in catalogue.types:
         assert (EXAMPLES / f"{name}.example.json").exists()
         assert (EXAMPLES / f"{name}.sharing.example.json").exists()

@@ -41,6 +41,10 @@ DEMO_AGENCIES: tuple[tuple[str, str, str, _crypto.SuiteName, Mapping[str, Any]],
      {"publicAuthority": True, "organisationType": "inspectorate"}),
     ("dfe-sos", "secretary-of-state", "Secretary of State for Education (DfE)", _crypto.X25519_SUITE,
      {"publicAuthority": True, "organisationType": "government-department"}),
+    ("cdop-ncl", "cdop", "North Central London Child Death Overview Panel", _crypto.X25519_SUITE,
+     {"publicAuthority": True, "organisationType": "child-death-overview-panel", "areas": ["camden"]}),
+    ("csp-camden", "community-safety-partnership", "Safer Camden Community Safety Partnership", _crypto.X25519_SUITE,
+     {"publicAuthority": True, "organisationType": "community-safety-partnership", "areas": ["camden"]}),
 )
 
 

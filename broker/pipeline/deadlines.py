@@ -1,7 +1,8 @@
 """Statutory and agreed deadlines, tracked per delivered message.
 
 When a rule carries a deadline, the broker records ``<message id>.<recipient>`` in the KV
-bucket ``SG_DEADLINES`` (in the same acknowledged batch as the delivery); a clock the sender's
+bucket ``SG_DEADLINES`` (``<message id>.<recipient>.<clock>`` for a rule's second and later
+clocks), in the same acknowledged batch as the delivery; a clock the sender's
 side owes (a rapid review after a serious incident notification) is recorded once under each
 party that may answer it (:func:`open_group`). A reply of an
 expected type from that party, answering that message (``re``), deletes the entry; a
@@ -47,12 +48,12 @@ def open_entry(message_id: str, recipient: str, entry: Mapping[str, Any]) -> Out
     return Outgoing(f"$KV.{BUCKET}.{k}", orjson.dumps(dict(entry) | {"state": "open"}), f"deadline-{k}")
 
 
-def open_group(message_id: str, owers: Sequence[str], entry: Mapping[str, Any]) -> list[Outgoing]:
+def open_group(message_id: str, owers: Sequence[str], entry: Mapping[str, Any], *, suffix: str = "") -> list[Outgoing]:
     """One clock owed by the sender's side (``owers``, the sender first): an entry under each, so a
     reply from any of them finds it with one read, but only the sender's is scanned for being overdue;
     the reply closes them all (e.g. a rapid review from any safeguarding partner of the area)."""
     sender = owers[0]
-    return [open_entry(message_id, ower, dict(entry) | {"expectFrom": ower, "owedBy": list(owers),
+    return [open_entry(message_id, ower + suffix, dict(entry) | {"expectFrom": ower, "owedBy": list(owers),
                                                          "primary": ower == sender}) for ower in owers]
 
 

@@ -106,7 +106,8 @@ class Pipeline:
 
     async def run(self) -> None:
         """Fetch and dispatch until :meth:`stop`; then let in-flight work finish, within a deadline."""
-        sub = await self._js.pull_subscribe_bind(BROKER_CONSUMER, INGRESS)
+        with nats_failures("the ingress consumer"):
+            sub = await self._js.pull_subscribe_bind(BROKER_CONSUMER, INGRESS)
         try:
             while not self._stopping.is_set():
                 if self._paused.is_set():
@@ -261,23 +262,25 @@ class Pipeline:
             return self._outcomes.rejected(ingress, error, auth.claims if auth else None), error.code
 
     async def _answers_deadline(self, claims: dict[str, Any], payload: Mapping[str, Any]) -> tuple[str, ...]:
-        """The parties whose open deadline on ``re`` this message meets (none if it meets none): its
-        sender, or every party that owed the same clock (for a receipt, only with a status the
-        deadline counts, read from the opened payload)."""
+        """The deadline keys (after the message id) this message meets on ``re`` (none if it meets
+        none): its sender's, or every party's that owed the same clock (for a receipt, only with a
+        status the deadline counts, read from the opened payload). A rule's first clock is looked up
+        first; its later clocks only for the types the rulebook says may close them."""
         if not claims.get("re"):
             return ()
-        with nats_failures("the deadline store"):
-            try:
-                entry = await self._js.get_last_msg(f"KV_{DEADLINES_BUCKET}",
-                                                    f"$KV.{DEADLINES_BUCKET}.{claims['re']}.{claims['iss']}")
-            except NotFoundError:
-                return ()
-        if not entry.data:
-            return ()
-        record = orjson.loads(entry.data)
-        if not deadlines.answers(record, claims["typ"], payload):
-            return ()
-        return tuple(record.get("owedBy") or (claims["iss"],))
+        for suffix in ("", *self._policy.clocks_answered_by(claims["typ"])):
+            with nats_failures("the deadline store"):
+                try:
+                    entry = await self._js.get_last_msg(
+                        f"KV_{DEADLINES_BUCKET}", f"$KV.{DEADLINES_BUCKET}.{claims['re']}.{claims['iss']}{suffix}")
+                except NotFoundError:
+                    continue
+            if not entry.data:
+                continue
+            record = orjson.loads(entry.data)
+            if deadlines.answers(record, claims["typ"], payload):
+                return tuple(party + suffix for party in (record.get("owedBy") or (claims["iss"],)))
+        return ()
 
     async def on_overdue(self, entry: Mapping[str, Any]) -> None:
         await self.store(self._outcomes.overdue(entry))

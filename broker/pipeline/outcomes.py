@@ -33,7 +33,7 @@ from broker.wire.subjects import delivery_subject
 
 @dataclass(frozen=True, slots=True)
 class AuditEntry:
-    """One audit record, for the instance's hash chain (:mod:`broker.auditchain`)."""
+    """One audit record, for the instance's hash chain (:mod:`broker.audit.chain`)."""
 
     record: dict[str, Any]
 
@@ -115,7 +115,7 @@ class Outcomes:
             base["subjects"] = subjects
         out: list[Output] = [self._audit(base | {"id": derived_id("audit", jti, "received"), "event": "received",
                                    "to": list(claims["to"])})]
-        replier_entry: dict[str, Any] | None = None
+        owed: dict[int, dict[str, Any]] = {}  # clocks the sender's side owes, by position: one entry each
         for rd in decision.recipients:
             record = base | {"id": derived_id("audit", jti, rd.recipient), "recipient": rd.recipient,
                              "rules": list(rd.rules)}
@@ -137,26 +137,33 @@ class Outcomes:
             out.append(Outgoing(delivery_subject(rd.recipient), token, delivery_id))
             shared = record | {"event": "shared", "decision": "share", "deliveryId": delivery_id,
                                "fields": sorted(payload) if rd.fields is None else list(rd.fields)}
-            spec = decision.deadline
-            due = spec.due(ingress.stored_at, opened.payload) if spec else None
-            if due is not None and spec is not None:
-                shared["due"] = iso(due)
+            for i, spec in enumerate(decision.deadlines):
+                due = spec.due(ingress.stored_at, opened.payload)
+                owes = not spec.from_sender and self._owed_to(spec, rd.recipient)
+                if due is None or not (owes or (spec.from_sender and i not in owed and
+                                                self._owed_to(spec, rd.recipient))):
+                    continue
+                shared.setdefault("due", iso(due))
                 entry: dict[str, Any] = {
                     "message": jti, "type": claims["typ"], "sender": sender, "recipient": rd.recipient, "due": due,
-                    "expect": list(spec.expect), "rule": decision.deadline_rule, "says": spec.says}
+                    "expect": list(spec.expect), "rule": decision.deadline_rule, "says": spec.says,
+                    "clock": spec.clock}
+                if spec.key_suffix:
+                    entry["keySuffix"] = spec.key_suffix
                 if spec.receipt_status:  # recorded, so any instance applies the rule of the share
                     entry["receiptStatus"] = list(spec.receipt_status)
-                if not spec.from_sender:
-                    out.append(deadlines.open_entry(jti, rd.recipient, entry | {"expectFrom": rd.recipient}))
-                elif replier_entry is None and self._owed_to(spec, rd.recipient):
-                    replier_entry = entry  # owed by the sender's side: one clock, to the recipient it is owed to
+                if owes:
+                    out.append(deadlines.open_entry(jti, rd.recipient + spec.key_suffix,
+                                                    entry | {"expectFrom": rd.recipient}))
+                else:
+                    owed[i] = entry  # owed by the sender's side: one clock, to the recipient it is owed to
             if rd.withheld:
                 shared["withheld"] = list(rd.withheld)
             out.append(self._audit(shared))
-        if replier_entry is not None and decision.deadline is not None:
-            owers = (self.registry.partners_of(opened.auth.sender) if decision.deadline.expect_from == "partners"
-                     else (sender,))
-            out += deadlines.open_group(jti, owers, replier_entry)
+        for i, entry in owed.items():
+            spec = decision.deadlines[i]
+            owers = self.registry.partners_of(opened.auth.sender) if spec.expect_from == "partners" else (sender,)
+            out += deadlines.open_group(jti, owers, entry, suffix=spec.key_suffix)
         if closes:
             out += [deadlines.close_entry(claims["re"], replier, jti) for replier in closes]
         receipt = {
@@ -173,7 +180,8 @@ class Outcomes:
         return out
 
     def _owed_to(self, spec: DeadlineSpec, recipient: str) -> bool:
-        """Whether a clock the sender's side owes runs to this recipient (any, unless the rule names a kind)."""
+        """Whether a clock the sender's side owes runs to this recipient, or a clock the recipients owe
+        is owed by this one (any, unless the rule names a kind)."""
         agency = self.registry.get(recipient)
         return spec.owed_to is None or (agency is not None and agency.kind == spec.owed_to)
 
@@ -216,17 +224,17 @@ class Outcomes:
     def overdue(self, entry: Mapping[str, Any]) -> list[Output]:
         """Overdue notices to both sides of a deadline that passed (and to every party that owed it
         with the sender), and an audit record."""
-        message, recipient = entry["message"], entry["recipient"]
+        message, recipient, suffix = entry["message"], entry["recipient"], entry.get("keySuffix", "")
         body = {"messageId": message, "messageType": entry["type"], "recipient": recipient, "due": iso(entry["due"]),
                 "expected": entry["expect"], "at": iso(self.clock()), "rule": entry["rule"], "says": entry["says"]}
         out: list[Output] = []
         for party in dict.fromkeys((entry["sender"], recipient, *entry.get("owedBy", ()))):
-            notice_id = derived_id("overdue", message, recipient, party)
+            notice_id = derived_id("overdue", message, recipient + suffix, party)
             out.append(Outgoing(delivery_subject(party), self.seal(
                 jti=notice_id, typ="overdue-notice", ver=1, recipient=party, plaintext=jws.dumps(body),
                 sharing=ADMIN_SHARING, re=message), notice_id))
         out.append(self._audit({"v": 1, "at": iso(self.clock()), "instance": self.instance, "message": message,
-                                "id": derived_id("audit", message, recipient, "overdue"), "event": "overdue",
+                                "id": derived_id("audit", message, recipient + suffix, "overdue"), "event": "overdue",
                                 "type": entry["type"], "sender": entry["sender"], "recipient": recipient,
                                 "due": iso(entry["due"]), "rules": [entry["rule"]]}))
         return out

@@ -72,14 +72,16 @@ def vocabulary() -> dict[str, Any]:
 
 
 def clocks_of(rule: Rule) -> set[str]:
-    """The clocks a rule runs: its deadline's, the local RAG timescale laid over it, its lateAfter's."""
+    """The clocks a rule runs: its deadlines', the local RAG timescale laid over one, its lateAfter's."""
     found = set()
-    if rule.deadline is not None:
-        found.add(rule.deadline.clock)
-        if rule.deadline.rag_hours:
+    for spec in rule.deadlines:
+        found.add(spec.clock)
+        if spec.rag_hours:
             found.add("rag-rating")
     if rule.late_after is not None:
         found.add(rule.late_after.clock)
+        if rule.late_after.rag_hours:
+            found.add("rag-rating")
     return found
 
 

@@ -25,7 +25,7 @@ from broker.errors import NoLawfulBasis, NotPermitted
 from broker.policy import pointer
 from broker.policy import rulebook as rulebooks
 from broker.policy.rulebook import DeadlineSpec, LateAfter, Rule, Rulebook
-from broker.policy.workdays import due_after, parse_date
+from broker.policy.workdays import add_working_hours, due_after, parse_date
 from broker.wire.catalogue import Catalogue, MessageType
 from broker.wire.registry import Agency
 
@@ -51,10 +51,15 @@ class Decision:
     recipients: tuple[RecipientDecision, ...]
     rules: tuple[str, ...] = ()
     flags: tuple[str, ...] = field(default=())  # reasons for IG review
-    deadline: DeadlineSpec | None = None
+    deadlines: tuple[DeadlineSpec, ...] = ()  # the clocks this message starts (those whose conditions hold)
     deadline_rule: str | None = None
     not_shared_reason: str | None = None  # a decision not to share: the practitioner's reason code
     notes: tuple[str, ...] = ()  # what a clock or a required recipient that raised a flag says
+
+    @property
+    def deadline(self) -> DeadlineSpec | None:
+        """The first clock this message starts (most rules have one)."""
+        return self.deadlines[0] if self.deadlines else None
 
     @property
     def shared(self) -> tuple[RecipientDecision, ...]:
@@ -70,6 +75,10 @@ class Policy(Protocol):
                sharing: Mapping[str, Any], payload: Mapping[str, Any], *, received: float | None = None) -> Decision:
         """Decide per recipient; raise a :class:`~broker.errors.RejectedMessage` to refuse all.
         ``received``: when the broker received the message (clocks owed by the sender are judged then)."""
+        ...
+
+    def clocks_answered_by(self, type_name: str) -> tuple[str, ...]:
+        """Key suffixes of the clocks (after a rule's first) a message of this type may close."""
         ...
 
 
@@ -101,6 +110,9 @@ class RulebookPolicy:
         self.vocabulary = Vocabulary.load()
         self._clock = clock
 
+    def clocks_answered_by(self, type_name: str) -> tuple[str, ...]:
+        return self.rulebook.clocks_answered_by(type_name)
+
     def decide(self, sender: Agency, recipients: tuple[Agency, ...], mtype: MessageType,
                sharing: Mapping[str, Any], payload: Mapping[str, Any], *, received: float | None = None) -> Decision:
         rule = self.rulebook.rule_for(mtype.name, sender.kind)
@@ -122,12 +134,21 @@ class RulebookPolicy:
         if mtype.personal_data:
             applied += self._lawful_basis(rule, sender, mtype, sharing, payload)
             applied += self._consent(sender, sharing, flags)
+            if rule.consent_required:  # early help: the family's agreement, whatever the urgency
+                if sharing.get("consentStatus") != "GIVEN":
+                    raise NoLawfulBasis(f"{mtype.name} is shared only with the family's consent (consentStatus GIVEN); "
+                                        "without it, escalate as a referral", field="/sharing/consentStatus",
+                                        rule=rule.id)
+                applied.append(rule.id)
         if "adviceSought" in sharing:
             flags.append("advice-sought")
             applied.append("advice.sought")
         late = rule.late_after
         if late is not None:
             verdict = _is_late(late, payload, received if received is not None else self._clock())
+            if verdict and late.reason_field and next(pointer.values(payload, late.reason_field), None) is None:
+                raise NotPermitted(f"sent after its clock ran out ({late.says}): say why", field=late.reason_field,
+                                   rule=rule.id)
             if verdict is not False:  # late, or not judged because the payload does not say when it started
                 flags.append("late" if verdict else "clock-unjudged")
                 notes.append(late.says)
@@ -142,8 +163,9 @@ class RulebookPolicy:
                 flags.append("recipient-missing")
                 notes.append(need.says)
                 applied.append(rule.id)
-        return Decision(decisions, tuple(dict.fromkeys(applied)), tuple(dict.fromkeys(flags)), rule.deadline,
-                        rule.id if rule.deadline else None, notes=tuple(dict.fromkeys(notes)))
+        clocks = tuple(d for d in rule.deadlines if d.applies(payload))
+        return Decision(decisions, tuple(dict.fromkeys(applied)), tuple(dict.fromkeys(flags)), clocks,
+                        rule.id if clocks else None, notes=tuple(dict.fromkeys(notes)))
 
     # -- lawful basis -------------------------------------------------------------------
 
@@ -270,6 +292,10 @@ class RulebookPolicy:
         if allowed is None:
             return RecipientDecision(agency.id, False, (rule.id,), code=NotPermitted.code,
                                      reason=f"{rule.type} may not be sent to a {agency.kind} agency")
+        if allowed.organisation_types and agency.organisation_type not in allowed.organisation_types:
+            return RecipientDecision(agency.id, False, (rule.id,), code=NotPermitted.code,
+                                     reason=f"{rule.type} goes only to a {agency.kind} agency that is one of "
+                                            f"{', '.join(sorted(allowed.organisation_types))}")
         if not all(c.holds(payload) for c in allowed.when):
             return RecipientDecision(agency.id, False, (rule.id, "necessity.per-recipient"), code=NotPermitted.code,
                                      reason=f"a {agency.kind} agency does not need this {rule.type}")
@@ -299,7 +325,11 @@ def _is_late(late: LateAfter, payload: Mapping[str, Any], received: float) -> bo
     start = parse_date(next(pointer.values(payload, late.field), None))
     if start is None:
         return None
-    due = due_after(start, working_days=late.working_days, school_day_start=late.school_day_start)
+    rating = next(pointer.values(payload, late.rag_field), None) if late.rag_field else None
+    if late.rag_hours and isinstance(rating, str) and rating in late.rag_hours:
+        return received > add_working_hours(start, late.rag_hours[rating]).timestamp()
+    due = due_after(start, working_days=late.working_days, school_day_start=late.school_day_start,
+                    clock_hours=late.clock_hours)
     return due is not None and received > due.timestamp()
 
 
@@ -327,3 +357,6 @@ class ReloadablePolicy:
     def decide(self, sender: Agency, recipients: tuple[Agency, ...], mtype: MessageType,
                sharing: Mapping[str, Any], payload: Mapping[str, Any], *, received: float | None = None) -> Decision:
         return self.current.decide(sender, recipients, mtype, sharing, payload, received=received)
+
+    def clocks_answered_by(self, type_name: str) -> tuple[str, ...]:
+        return self.current.clocks_answered_by(type_name)

@@ -17,6 +17,7 @@ from typing import Any, Final
 import yaml
 
 from broker.errors import ConfigError
+from broker.policy import pointer
 from broker.policy.pointer import Condition, in_schema
 from broker.policy.workdays import add_working_hours, due_after, parse_date
 from broker.wire.catalogue import Catalogue
@@ -48,13 +49,20 @@ class Protection:
 @dataclass(frozen=True, slots=True)
 class DeadlineSpec:
     """When the recipient must reply, and with which message types (and, for a ``receipt``, which
-    statuses: ``receipt_status``, by default accepted or actioned)."""
+    statuses: ``receipt_status``, by default accepted or actioned). A rule may run several clocks
+    (a conference outcome opens the core group's and the review's); each after the first is kept
+    under its own key (``key_suffix``) so that one reply closes only its own clock."""
 
     expect: tuple[str, ...]
     says: str
     working_days: int | None = None
     school_day_start: str | None = None   # "HH:MM"
+    clock_hours: int | None = None        # hours on the clock, nights and weekends included
+    months: int | None = None             # calendar months
     from_payload: str | None = None       # a top-level date-time field of the payload
+    start_from: str | None = None         # a pointer to the date the clock runs from (default: receipt)
+    when: tuple[Condition, ...] = ()      # the clock runs only when every condition holds on the payload
+    key_suffix: str = ""                  # "" for a rule's first clock, else ".<clock>"
     rag_hours: Mapping[str, float] | None = None  # local MASH timescale by the payload's risk.ragRating
     expect_from: str = "recipient"  # who owes the reply: the recipient, the sender, or the sender's partners
     receipt_status: tuple[str, ...] = ()  # receipt statuses that stop the clock; () unless expect has "receipt"
@@ -65,14 +73,19 @@ class DeadlineSpec:
     def from_sender(self) -> bool:
         return self.expect_from != "recipient"
 
+    def applies(self, payload: Mapping[str, Any]) -> bool:
+        return all(c.holds(payload) for c in self.when)
+
     def due(self, received: float, payload: Mapping[str, Any]) -> float | None:
         """When the reply to a message received at ``received`` (epoch seconds) is due, or None if
         the payload does not give the date the rule asks for."""
         if self.from_payload is not None:
             given = parse_date(payload.get(self.from_payload))
             return given.timestamp() if given else None
-        at = dt.datetime.fromtimestamp(received, dt.UTC)
-        due = due_after(at, working_days=self.working_days, school_day_start=self.school_day_start)
+        started = parse_date(next(pointer.values(payload, self.start_from), None)) if self.start_from else None
+        at = started or dt.datetime.fromtimestamp(received, dt.UTC)  # a missing start date: from receipt
+        due = due_after(at, working_days=self.working_days, school_day_start=self.school_day_start,
+                        clock_hours=self.clock_hours, months=self.months)
         if due is None:
             return None
         risk = payload.get("risk")
@@ -92,6 +105,10 @@ class LateAfter:
     clock: str
     working_days: int | None = None
     school_day_start: str | None = None  # "HH:MM"
+    clock_hours: int | None = None  # hours on the clock, nights and weekends included
+    reason_field: str | None = None  # a late message must say why here (a pointer), or it is refused
+    rag_field: str | None = None  # a pointer to a RAG rating: the local timescale for that rating applies
+    rag_hours: Mapping[str, float] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +118,7 @@ class Recipient:
 
     fields: tuple[str, ...] | None
     when: tuple[Condition, ...] = ()
+    organisation_types: frozenset[str] = frozenset()  # only agencies of these registry types (empty: any)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +139,7 @@ class Rule:
     lawful_bases: frozenset[str]
     gateways: frozenset[str]
     protect: Mapping[str, Protection]
-    deadline: DeadlineSpec | None = None
+    deadlines: tuple[DeadlineSpec, ...] = ()
     late_after: LateAfter | None = None
     special_conditions: frozenset[str] = frozenset()  # acceptable Art 9 conditions (empty: any)
     offence_conditions: frozenset[str] = frozenset()  # acceptable Art 10 conditions (empty: any)
@@ -129,6 +147,11 @@ class Rule:
     golden_rules: tuple[str, ...] = ()
     must_notify: tuple[MustNotify, ...] = ()
     partners_only: bool = False  # only a statutory safeguarding partner may send it
+    consent_required: bool = False  # shared only with the family's consent (consentStatus GIVEN)
+
+    @property
+    def deadline(self) -> DeadlineSpec | None:
+        return self.deadlines[0] if self.deadlines else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +179,12 @@ class Rulebook:
             if rule.type == type_name and sender_kind in rule.senders:
                 return rule
         return None
+
+    def clocks_answered_by(self, type_name: str) -> tuple[str, ...]:
+        """The key suffixes of every clock after a rule's first that a message of ``type_name`` may
+        close: where a reply looks beyond the first clock's key."""
+        return tuple(dict.fromkeys(d.key_suffix for r in self.rules for d in r.deadlines[1:]
+                                   if type_name in d.expect))
 
     def citation(self, rule_id: str) -> tuple[str, ...]:
         if rule_id in self.general:
@@ -185,17 +214,21 @@ def parse(doc: Any, catalogue: Catalogue, *, source: str = "<rulebook>") -> Rule
         if overlap:
             problems.append(f"{where}: another rule already covers {r['type']} from {sorted(overlap)}")
         senders_by_type[r["type"]] |= set(r["from"])
-        deadline = r.get("deadline") or {}
-        if "receiptStatus" in deadline and "receipt" not in deadline["expect"]:
-            problems.append(f"{where}: deadline.receiptStatus applies only when deadline.expect includes receipt")
+        specs = ([r["deadline"]] if "deadline" in r else []) + list(r.get("deadlines", ()))
+        if "deadline" in r and "deadlines" in r:
+            problems.append(f"{where}: give deadline or deadlines, not both")
+        for spec in specs:
+            if "receiptStatus" in spec and "receipt" not in spec["expect"]:
+                problems.append(f"{where}: deadline.receiptStatus applies only when deadline.expect includes receipt")
         rules.append(Rule(
             id=r["id"], says=r["says"], cite=tuple(r["cite"]), type=r["type"], senders=frozenset(r["from"]),
-            to={k: Recipient(None if v["fields"] == "all" else tuple(v["fields"]), _conditions(v.get("when", ())))
+            to={k: Recipient(None if v["fields"] == "all" else tuple(v["fields"]), _conditions(v.get("when", ())),
+                             frozenset(v.get("organisationTypes", ())))
                 for k, v in r["to"].items()},
             lawful_bases=frozenset(r.get("lawfulBasis", ())), gateways=frozenset(r.get("gateways", ())),
             protect={k: Protection(tuple(v["fields"]), frozenset(v["from"])) for k, v in r.get("protect", {}).items()},
-            deadline=_deadline(r.get("deadline"), doc.get("localTimescales", {})),
-            late_after=_late_after(r["lateAfter"]) if "lateAfter" in r else None,
+            deadlines=tuple(_deadline(spec, doc.get("localTimescales", {}), i) for i, spec in enumerate(specs)),
+            late_after=_late_after(r["lateAfter"], doc.get("localTimescales", {})) if "lateAfter" in r else None,
             special_conditions=frozenset(r.get("specialCategoryConditions", ())),
             offence_conditions=frozenset(r.get("criminalOffenceConditions", ())),
             law_enforcement_bases=frozenset(r.get("lawEnforcementBases", ())),
@@ -203,6 +236,7 @@ def parse(doc: Any, catalogue: Catalogue, *, source: str = "<rulebook>") -> Rule
             must_notify=tuple(MustNotify(frozenset(m["kinds"]), _conditions(m["when"]), m["says"])
                               for m in r.get("mustNotify", ())),
             partners_only=r.get("fromPartnersOnly", False),
+            consent_required=r.get("consentRequired", False),
         ))
         problems += _unknown_pointers(catalogue, r["type"], where, _pointers(r))
     offences = doc["criminalOffenceData"]
@@ -230,8 +264,10 @@ def _pointers(rule: Mapping[str, Any]) -> list[str]:
     """Every payload pointer a rule names."""
     found = [c["field"] for v in rule["to"].values() for c in v.get("when", ())]
     found += [c["field"] for m in rule.get("mustNotify", ()) for c in m["when"]]
-    if "lateAfter" in rule:
-        found.append(rule["lateAfter"]["field"])
+    late = rule.get("lateAfter", {})
+    found += [late[k] for k in ("field", "reasonField", "ragField") if k in late]
+    for spec in ([rule["deadline"]] if "deadline" in rule else []) + list(rule.get("deadlines", ())):
+        found += [c["field"] for c in spec.get("when", ())] + ([spec["startFrom"]] if "startFrom" in spec else [])
     return found
 
 
@@ -249,23 +285,30 @@ def _conditions(items: Any) -> tuple[Condition, ...]:
     return tuple(Condition(c["field"], frozenset(c["anyOf"]) if "anyOf" in c else None) for c in items)
 
 
-def _late_after(spec: Mapping[str, Any]) -> LateAfter:
-    return LateAfter(field=spec["field"], says=spec["says"], clock=spec["clock"],
-                     working_days=spec.get("workingDays"), school_day_start=spec.get("schoolDayStart"))
-
-
-def _deadline(spec: Mapping[str, Any] | None, local: Mapping[str, Any]) -> DeadlineSpec | None:
-    if spec is None:
+def _rag_hours(spec: Mapping[str, Any], local: Mapping[str, Any]) -> dict[str, float] | None:
+    if spec.get("localTimescale") != "ragRating":
         return None
-    rag = None
-    if spec.get("localTimescale") == "ragRating":
-        rag = {rating: float(v["workingHours"]) for rating, v in local.get("ragRating", {}).items()}
+    return {rating: float(v["workingHours"]) for rating, v in local.get("ragRating", {}).items()}
+
+
+def _late_after(spec: Mapping[str, Any], local: Mapping[str, Any]) -> LateAfter:
+    return LateAfter(field=spec["field"], says=spec["says"], clock=spec["clock"],
+                     working_days=spec.get("workingDays"), school_day_start=spec.get("schoolDayStart"),
+                     clock_hours=spec.get("clockHours"), reason_field=spec.get("reasonField"),
+                     rag_field=spec.get("ragField"),
+                     rag_hours=_rag_hours(spec, local))
+
+
+def _deadline(spec: Mapping[str, Any], local: Mapping[str, Any], index: int) -> DeadlineSpec:
     expect = tuple(spec["expect"])
     statuses = tuple(spec.get("receiptStatus", DEFAULT_RECEIPT_STATUS)) if "receipt" in expect else ()
     return DeadlineSpec(expect=expect, says=spec["says"], working_days=spec.get("workingDays"),
-                        school_day_start=spec.get("schoolDayStart"), from_payload=spec.get("fromPayload"),
-                        rag_hours=rag, expect_from=spec.get("expectFrom", "recipient"), receipt_status=statuses,
-                        clock=spec["clock"], owed_to=spec.get("owedTo"))
+                        school_day_start=spec.get("schoolDayStart"), clock_hours=spec.get("clockHours"),
+                        months=spec.get("months"), from_payload=spec.get("fromPayload"),
+                        start_from=spec.get("startFrom"), when=_conditions(spec.get("when", ())),
+                        key_suffix="" if index == 0 else "." + spec["clock"],
+                        rag_hours=_rag_hours(spec, local), expect_from=spec.get("expectFrom", "recipient"),
+                        receipt_status=statuses, clock=spec["clock"], owed_to=spec.get("owedTo"))
 
 
 def load(path: Path, catalogue: Catalogue) -> Rulebook:

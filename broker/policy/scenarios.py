@@ -209,7 +209,8 @@ def play(policy: RulebookPolicy, catalogue: Catalogue, book: ScenarioBook, s: Sc
 
 
 def _due(book: ScenarioBook, s: Scenario, decision: Decision, e: Expect) -> list[str]:
-    spec = decision.deadline
+    """The due date of the clock the scenario names (of the first clock, if it names none)."""
+    spec = next((d for d in decision.deadlines if d.clock == s.clock), decision.deadline)
     if spec is None:
         return [f"expected a deadline (due {e.due}) but the rule sets none"]
     _, payload = build(book, s)

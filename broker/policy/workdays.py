@@ -8,6 +8,7 @@ message arrives never counts, whether or not it is a working day.
 
 from __future__ import annotations
 
+import calendar
 import datetime as dt
 from functools import lru_cache
 from zoneinfo import ZoneInfo
@@ -72,12 +73,25 @@ def add_working_hours(received: dt.datetime, hours: float, *, opens: dt.time = d
         day, now = next_working_day(day), opens
 
 
-def due_after(start: dt.datetime, *, working_days: int | None = None,
-              school_day_start: str | None = None) -> dt.datetime | None:
+def add_months(start: dt.datetime, months: int) -> dt.datetime:
+    """The same day ``months`` calendar months on (the month's last day where it is shorter: 31 Aug
+    plus 6 months is 28 or 29 Feb), as a review "within 3 months" is counted."""
+    month0 = start.month - 1 + months
+    year, month = start.year + month0 // 12, month0 % 12 + 1
+    return start.replace(year=year, month=month, day=min(start.day, calendar.monthrange(year, month)[1]))
+
+
+def due_after(start: dt.datetime, *, working_days: int | None = None, school_day_start: str | None = None,
+              clock_hours: int | None = None, months: int | None = None) -> dt.datetime | None:
     """When a clock that started at ``start`` runs out: by the end of the ``working_days``-th
-    working day after it, or at the start (``"HH:MM"``) of the next school day. None if neither."""
+    working day after it, at the start (``"HH:MM"``) of the next school day, ``clock_hours`` hours
+    later (nights and weekends count), or ``months`` calendar months later. None if none is given."""
     if working_days is not None:
         return add_working_days(start, working_days)
+    if clock_hours is not None:
+        return start + dt.timedelta(hours=clock_hours)
+    if months is not None:
+        return add_months(start, months)
     if school_day_start is not None:
         hours, minutes = (int(x) for x in school_day_start.split(":"))
         return next_school_day_start(start, dt.time(hours, minutes))
