@@ -29,6 +29,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], commo
     cov.add_argument("--width", type=int, default=3, help="scenarios named per item (default 3)")
     cov.add_argument("--strict", action="store_true", help="exit 1 on any gap too (always on a failing scenario)")
     cov.set_defaults(func=cmd_policy_coverage)
+    types = pol_sub.add_parser("message-types", parents=[common],
+                               help="the catalogue of message types (docs/message-types.md)")
+    types.add_argument("--rulebook", metavar="FILE", help="default: the rulebook in force")
+    types.set_defaults(func=cmd_policy_message_types)
     explain = pol_sub.add_parser("explain", parents=[common],
                                  help="print the decision for each recipient, without sending")
     explain.add_argument("--as", dest="as_", required=True, metavar="AGENCY")
@@ -46,6 +50,17 @@ async def cmd_policy_check(settings: Settings, args: argparse.Namespace) -> int:
     path = Path(args.file) if args.file else (settings.rulebook_path or rulebooks.DEFAULT_RULEBOOK)
     book = rulebooks.load(path, Catalogue())  # ConfigError names each problem; exit 1
     print(f"{path}: valid — edition {book.edition}, {len(book.rules)} rules, {len(book.general)} general rules")
+    return 0
+
+
+async def cmd_policy_message_types(settings: Settings, args: argparse.Namespace) -> int:
+    """Who sends each message type, who receives it, its clocks and its legal source, as Markdown."""
+    from broker.policy import messagetypes
+    from broker.policy import rulebook as rulebooks
+
+    catalogue = Catalogue()
+    path = Path(args.rulebook) if args.rulebook else (settings.rulebook_path or rulebooks.DEFAULT_RULEBOOK)
+    print(messagetypes.render(rulebooks.load(path, catalogue), catalogue), end="")
     return 0
 
 
