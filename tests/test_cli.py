@@ -13,22 +13,11 @@ import pytest
 
 from broker.config import Settings
 from broker.pipeline.service import Broker
+from tests.helpers import eventually
+from tests.support.cli import sgb
 
 pytestmark = pytest.mark.timeout(120)
 EXAMPLES = Path(__file__).resolve().parent.parent / "schemas" / "examples"
-
-
-async def sgb(*args: str, home: Path, url: str | None = None, timeout: float = 60,
-              env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SGB_")} | {"SGB_HOME": str(home)} | (env or {})
-    if url:
-        env["SGB_NATS_URL"] = url
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "broker.cli", *args, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 def _lines(text: str) -> list[dict[str, object]]:
@@ -53,7 +42,7 @@ async def test_keys_init_writes_private_keys_0600(tmp_path: Path) -> None:
     assert all(stat.S_IMODE(p.stat().st_mode) == 0o700 for p in (home / "keys").rglob("*") if p.is_dir())
     auth = (home / "nats" / "authorization.conf").read_text()
     seeds = [p.read_text().strip() for p in (home / "keys" / "nats").glob("*.nk")]
-    assert auth.count("nkey:") == 8 == len(seeds) and not any(seed in auth for seed in seeds)  # public keys only
+    assert auth.count("nkey:") == 10 == len(seeds) and not any(seed in auth for seed in seeds)  # public keys only
     registry = orjson.loads((home / "registry.json").read_bytes())
     assert {a["id"] for a in registry["agencies"]} >= {"police-met", "health-camden", "la-camden", "school-hillside",
                                                        "ofsted", "dfe-sos"}
@@ -137,7 +126,8 @@ async def test_policy_check_and_explain(tmp_path: Path, home: Path) -> None:
     assert rc == 0
     school, police = _lines(out)
     assert school["withheld"] == ["allocatedTeam", "reasons"] and police["withheld"] == []
-    assert school["deadline"] is None  # an outcome answers a referral; nothing is due back
+    # an outcome answers a referral; a decision to assess opens the LA's own 45-working-day clock
+    assert school["deadline"]["expect"] == ["assessment-outcome"] and school["deadline"]["from"] == "sender"
     rc, out, _ = await sgb("policy", "explain", "--as", "police-met", "--type", "referral", "--to", "la-camden",
                            "--sharing", str(EXAMPLES / "referral.sharing.example.json"),
                            str(EXAMPLES / "referral.example.json"), home=home)
@@ -174,14 +164,14 @@ async def test_serve_http_offers_the_api_and_the_pages(tmp_path: Path) -> None:
         rc, token, err = await sgb("token", "--role", "auditor", "--sub", "aud-1", home=home)
         assert rc == 0, err
         async with aiohttp.ClientSession() as http:
-            for _ in range(150):
+            async def ready() -> bool:
                 try:
                     async with http.get(f"{base}/readyz") as r:
-                        if r.status == 200:
-                            break
+                        return r.status == 200
                 except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
+                    return False
+
+            await eventually(ready, what="sgb serve to be ready", timeout=15, every=0.1)
             async with http.get(f"{base}/api/openapi.json") as r:
                 assert r.status == 200 and (await r.json())["openapi"] == "3.1.0"
             async with http.get(f"{base}/api/v1/records", headers={"Authorization": f"Bearer {token.strip()}"}) as r:

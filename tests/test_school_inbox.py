@@ -108,7 +108,7 @@ async def notify(school: School, payload: dict[str, Any] | None = None) -> str:
                                        sharing=sharing("encompass-notification"))
     await run_once(school.deliverer, until=before + 1)  # (the broker's receipts for the school's receipts count too)
     assert school.deliverer.counts.dead_lettered == 0
-    assert message in {n.message for n in school.inbox.notices()}
+    assert message in {n.message for n in await school.inbox.notices()}
     return message
 
 
@@ -176,13 +176,13 @@ async def test_the_dsl_reads_and_acknowledges_a_notice_and_the_police_hear_it_on
     on_disk = b"".join(p.read_bytes() for p in folder.iterdir() if p.is_file())
     for clear in ("Ada", "Okafor-Demo", NHS, "2017-03-14", "A123456789012", *GIVEN, *WITHHELD):
         assert clear.encode() not in on_disk, clear
-    (notice,) = school.inbox.notices()
+    (notice,) = await school.inbox.notices()
     assert (notice.sender, notice.message, notice.acknowledged_at) == (POLICE, message, None)
     opened = school.client.open(notice.raw).payload  # the page can open it; the broker sent the school its fields
     assert opened["child"] == {"name": {"given": "Ada", "family": "Okafor-Demo"}, "dateOfBirth": "2017-03-14"}
     assert "adultsInvolved" not in opened and opened["doNotContactParents"] is True
     await school.inbox.deliver(notice.delivery, notice.raw, SEALED)  # a second hand-over changes nothing
-    assert len(school.inbox.notices()) == 1
+    assert len(await school.inbox.notices()) == 1
 
     http = await aiohttp_client(school.app)
     csrf = await sign_in(http, dsl_token(settings))
@@ -209,7 +209,7 @@ async def test_the_dsl_reads_and_acknowledges_a_notice_and_the_police_hear_it_on
     assert sent == ["accepted"]
     after = await (await http.get(r.headers["Location"])).text()
     assert "The police have been sent a receipt" in after and f"Acknowledged by {STAFF}" in after
-    assert school.inbox.notice(notice.delivery).acknowledged_by == STAFF  # type: ignore[union-attr]
+    assert (await school.inbox.notice(notice.delivery)).acknowledged_by == STAFF  # type: ignore[union-attr]
     assert "Every notice has been acknowledged" in await (await http.get("/inbox/")).text()
 
     receipts = await police_receipts(school.police, message, want=3)  # routed, delivered, accepted
@@ -236,7 +236,7 @@ async def test_the_dsl_reads_and_acknowledges_a_notice_and_the_police_hear_it_on
 async def test_the_older_page_link_takes_only_a_sequence_number(
         school: School, settings: Settings, aiohttp_client: Callable[..., Awaitable[Client]]) -> None:
     await notify(school)
-    (notice,) = school.inbox.notices()
+    (notice,) = await school.inbox.notices()
     http = await aiohttp_client(school.app)
     await sign_in(http, dsl_token(settings))
     r = await http.get("/inbox/", params={"before": str(notice.seq)})
@@ -274,7 +274,7 @@ async def test_only_this_schools_dsl_signs_in_and_every_form_needs_its_csrf_toke
         school: School, settings: Settings, registry: Registry,
         aiohttp_client: Callable[..., Awaitable[Client]]) -> None:
     await notify(school)
-    (notice,) = school.inbox.notices()
+    (notice,) = await school.inbox.notices()
     http = await aiohttp_client(school.app)
     ack = f"/inbox/notices/{notice.delivery}/acknowledge"
 
@@ -313,7 +313,7 @@ async def test_only_this_schools_dsl_signs_in_and_every_form_needs_its_csrf_toke
     assert r.status == 403 and "Form expired" in await r.text()
     r = await http.post(ack, data={"csrf": csrf[::-1]})
     assert r.status == 403
-    assert school.inbox.notice(notice.delivery).acknowledged_at is None  # type: ignore[union-attr]
+    assert (await school.inbox.notice(notice.delivery)).acknowledged_at is None  # type: ignore[union-attr]
     r = await http.post(f"/inbox/notices/{notice.delivery}/actioned", data={"csrf": csrf})
     assert r.status == 409  # support in place only after acknowledging
     r = await http.get("/inbox/notices/no-such-notice")
@@ -355,7 +355,7 @@ async def test_when_the_broker_cannot_be_reached_nothing_is_recorded_and_a_retry
         school: School, settings: Settings, registry: Registry, catalogue: Catalogue,
         aiohttp_client: Callable[..., Awaitable[Client]]) -> None:
     message = await notify(school)
-    (notice,) = school.inbox.notices()
+    (notice,) = await school.inbox.notices()
     verifier = inbox_verifier(registry, settings.api, SCHOOL)
     async with contextlib.AsyncExitStack() as stack:
         nc = await stack.enter_async_context(connected(settings, settings.nats.url or "", name="school-down"))
@@ -370,7 +370,7 @@ async def test_when_the_broker_cannot_be_reached_nothing_is_recorded_and_a_retry
         text = await r.text()
         assert r.status == 503 and "The broker cannot be reached" in text and "nothing was recorded" in text
         assert "Ada" not in text.split("<main")[1].split("</main>")[0].split("Back to")[0]  # no personal data
-        assert school.inbox.notice(notice.delivery).acknowledged_at is None  # type: ignore[union-attr]
+        assert (await school.inbox.notice(notice.delivery)).acknowledged_at is None  # type: ignore[union-attr]
         assert "1 notice not yet acknowledged" in await (await http.get("/inbox/")).text()
 
     # the adapter crashed after a receipt went out but before it was recorded: the retry reuses its id
@@ -382,7 +382,7 @@ async def test_when_the_broker_cannot_be_reached_nothing_is_recorded_and_a_retry
     csrf = await sign_in(http, dsl_token(settings))
     r = await http.post(f"/inbox/notices/{notice.delivery}/acknowledge", data={"csrf": csrf}, allow_redirects=False)
     assert r.status == 303
-    assert school.inbox.notice(notice.delivery).acknowledged_by == STAFF  # type: ignore[union-attr]
+    assert (await school.inbox.notice(notice.delivery)).acknowledged_by == STAFF  # type: ignore[union-attr]
     assert len(accepted(await police_receipts(school.police, message, want=3))) == 1
 
 
@@ -397,17 +397,17 @@ async def test_the_inbox_keeps_only_sealed_verified_messages(school: School, set
         for inbox in (school.inbox, unverifying):
             with pytest.raises(DeliveryFailed):
                 await inbox.deliver("d-1", b"eyJhIjoxfQ.eyJhIjoxfQ.c2ln", SEALED)  # a JWS with no sealed payload
-            assert inbox.notices() == []
+            assert await inbox.notices() == []
     finally:
         unverifying.close()
     await notify(school)
-    (notice,) = school.inbox.notices()
+    (notice,) = await school.inbox.notices()
     head, body, signature = notice.raw.split(b".")
     forged = b".".join((head, body, (b"A" if signature[:1] != b"A" else b"B") + signature[1:]))
     with pytest.raises(DeliveryFailed, match="failed verification"):
         await school.inbox.deliver(notice.delivery + "-x", forged, SEALED)
     kept = b"".join(p.read_bytes() for p in school.inbox.path.parent.glob(f"{school.inbox.path.name}*"))  # and WAL
-    assert len(school.inbox.notices()) == 1 and b"Ada" not in kept
+    assert len(await school.inbox.notices()) == 1 and b"Ada" not in kept
 
 
 # -- key rotations ---------------------------------------------------------------------------------
@@ -420,7 +420,7 @@ async def test_a_kept_notice_still_shows_and_is_acknowledged_after_the_keys_rota
     whose overlap has passed (the notice's signing key has expired) and a rotation and retirement
     of the school's own keys (the key it was sealed to has left the registry) lock nothing out."""
     message = await notify(school)
-    (notice,) = school.inbox.notices()
+    (notice,) = await school.inbox.notices()
     sealed_to = school.client.open(notice.raw).claims["enc"]["kid"]
     signed_by = wire_kid(notice.raw)
     assert len(await police_receipts(school.police, message, want=2)) == 2  # routed, delivered: collected now
@@ -457,7 +457,7 @@ async def test_a_kept_notice_still_shows_and_is_acknowledged_after_the_keys_rota
     r = await http.post(f"/inbox/notices/{notice.delivery}/acknowledge", data={"csrf": csrf}, allow_redirects=False)
     assert r.status == 303, await r.text()
     assert sent == ["accepted"]
-    assert school.inbox.notice(notice.delivery).acknowledged_by == STAFF  # type: ignore[union-attr]
+    assert (await school.inbox.notice(notice.delivery)).acknowledged_by == STAFF  # type: ignore[union-attr]
     (receipt,) = accepted(await police_receipts(school.police, message, want=1))  # signed with the new keys
     assert receipt.origin == (SCHOOL, receipt_id(notice.delivery, "accepted"))
     assert wire_kid(receipt.raw) == broker_keys.sig_kid

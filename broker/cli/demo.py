@@ -5,6 +5,8 @@ social care (one with consent, one without, with the reason recorded). The local
 acknowledges and decides within a working day, asks health for information and health
 answers. A school sends a referral with no lawful basis and sees why it was refused. At the
 end: what was shared with whom, on which basis, what was refused, and where the audit is.
+The second story (:mod:`broker.cli.demo_processes`) follows Ben to a child protection conference
+and its chain of clocks, Cleo from early help to a step-up, and a child death to the review partners.
 
 All names and numbers are fictional.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import shutil
 import time
 from collections.abc import AsyncIterator
@@ -22,12 +25,14 @@ from typing import Any
 from adapters.sdk import AgencyClient, Delivery
 from broker.audit.export import verify_store
 from broker.audit.reading import read_audit
+from broker.cli import demo_processes
 from broker.config import Settings
 from broker.errors import BrokerError
 from broker.identity.devkeys import init_dev_keys
 from broker.identity.keys import load_identity
 from broker.pipeline.service import running_broker
 from broker.transport.connection import connected, embedded, jetstream
+from broker.transport.errors import nats_failures
 from broker.wire.catalogue import Catalogue
 from broker.wire.registry import Registry
 
@@ -101,7 +106,8 @@ async def _inbox_until(client: AgencyClient, want: int, *, typ: str | None = Non
     deadline = time.monotonic() + WAIT
     while len(got) < want and time.monotonic() < deadline:
         async for delivery, msg in client.fetch(idle=0.5):
-            await msg.ack()
+            with nats_failures("acknowledging a delivery"):
+                await msg.ack()
             if delivery is not None and (typ is None or delivery.type == typ):
                 got.append(delivery)
     if len(got) < want:
@@ -133,7 +139,7 @@ async def _clients(settings: Settings, url: str, registry: Registry, catalogue: 
                    ) -> AsyncIterator[dict[str, AgencyClient]]:
     async with contextlib.AsyncExitStack() as stack:
         clients = {}
-        for agency in (POLICE, LA, HEALTH, SCHOOL):
+        for agency in (POLICE, LA, HEALTH, SCHOOL, demo_processes.CDOP):
             nc = await stack.enter_async_context(connected(settings, url, name=f"demo-{agency}", party=agency))
             clients[agency] = AgencyClient(nc, jetstream(nc, settings), registry,
                                            load_identity(settings.home, agency), catalogue)
@@ -216,10 +222,10 @@ def _summary(story: Story, settings: Settings, audit: list[dict[str, Any]]) -> N
     _say("\nSummary")
     _say("  shared:")
     for typ, sender, recipient, basis in story.shared:
-        _say(f"    {typ:<21} {sender:>16} → {recipient:<16} lawful basis {basis}")
+        _say(f"    {typ:<29} {sender:>16} → {recipient:<16} lawful basis {basis}")
     _say("  refused:")
     for typ, sender, code in story.refused:
-        _say(f"    {typ:<21} {sender:>16}   code {code}")
+        _say(f"    {typ:<29} {sender:>16}   code {code}")
     events: dict[str, int] = {}
     for record in audit:
         events[record["event"]] = events.get(record["event"], 0) + 1
@@ -251,6 +257,9 @@ async def run_demo(base: Settings) -> int:
             await stack.enter_async_context(running_broker(settings, url))
             clients = await stack.enter_async_context(_clients(settings, url, registry, catalogue))
             await play(story, clients)
+            async with connected(settings, url, name="demo-clocks") as nc:  # the broker's view of the clocks
+                await demo_processes.play(clients, functools.partial(_send, story), _sharing, _say,
+                                          jetstream(nc, settings))
             async with connected(settings, url, name="demo-audit") as nc:
                 js = jetstream(nc, settings)
                 audit = [r async for r in read_audit(js)]
@@ -264,8 +273,8 @@ async def run_demo(base: Settings) -> int:
     except BrokerError as exc:
         _say(f"\nThe demo did not complete: {exc}")
         return 1
-    expected_shared, expected_refused = 6, 1
-    if len(story.shared) != expected_shared or [r[2] for r in story.refused] != ["no-lawful-basis"]:
+    expected_shared, expected_refused = 6 + demo_processes.SHARES, 1 + demo_processes.REFUSALS
+    if len(story.shared) != expected_shared or [r[2] for r in story.refused] != ["no-lawful-basis"] * expected_refused:
         _say(f"\nThe demo did not complete as expected: {len(story.shared)} shares (want {expected_shared}), "
              f"refusals {story.refused} (want {expected_refused} no-lawful-basis)")
         return 1
