@@ -18,7 +18,7 @@ from broker.wire.registry import Registry
 
 async def adapters_in(home: Path, settings: Settings, registry: Registry, catalogue: Catalogue,
                       seconds: float = 3.0) -> dict[str, Any]:
-    """Documents per second through :class:`adapters.inbound.Submitter` (no broker draining)."""
+    """Documents per second through :class:`adapters.runtime.inbound.Submitter` (no broker draining)."""
     from adapters.formats.health import fhir_bundle
     from adapters.formats.mapping import MapContext, Mapper
     from adapters.formats.police import ppn_csv, ppn_json

@@ -21,6 +21,7 @@
     │   ├── NoLawfulBasis           ``no-lawful-basis``
     │   └── InternalFailure         ``internal``: a fault of ours; send it again
     ├── InvalidEnvelope             a delivery an adapter cannot verify or open (one error, no oracle)
+    ├── StoreError                  a local SQLite store cannot be used (newer file, closed, past its deadline)
     └── TransportError              NATS unavailable or too slow
         └── PublishTimeout          JetStream did not acknowledge within the deadline
 
@@ -135,6 +136,11 @@ class InvalidEnvelope(BrokerError):
 
     Deliberately one class with a generic message, like Fernet's ``InvalidToken``.
     """
+
+
+class StoreError(BrokerError):
+    """A local store (:class:`broker.store.Store`) cannot be used: written by a newer version, closed,
+    or silent past its deadline. SQLite's own errors (``sqlite3.Error``) pass through as they are."""
 
 
 class TransportError(BrokerError):

@@ -17,7 +17,7 @@ school inbox) is a :class:`Store`:
   the writer). A coroutine awaits :meth:`Store.read` / :meth:`Store.write`; synchronous code
   running outside the loop (a mapper in a worker thread, a command, a test) calls
   :meth:`Store.read_blocking` / :meth:`Store.write_blocking`. Every wait has the store's
-  deadline; past it, :class:`StoreError`.
+  deadline; past it, :class:`~broker.errors.StoreError`.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final, Self, TypeVar
 
-from broker.errors import BrokerError
+from broker.errors import StoreError
 from broker.files import create_private
 
 T = TypeVar("T")
@@ -41,10 +41,6 @@ transaction is the migrator's)."""
 
 _SYNCHRONOUS: Final = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
 BUSY_TIMEOUT: Final = 10.0
-
-
-class StoreError(BrokerError):
-    """A local store cannot be used: written by a newer version, closed, or silent past its deadline."""
 
 
 def add_columns(table: str, columns: Sequence[str]) -> Callable[[sqlite3.Connection], None]:

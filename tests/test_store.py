@@ -19,9 +19,9 @@ from adapters.runtime.retries import RetryLedger
 from adapters.school.store import Inbox
 from adapters.sdk import Delivery, SeenStore
 from broker.audit.index import AuditIndex, RecordQuery
-from broker.errors import ConfigError, KeyStoreError
+from broker.errors import ConfigError, KeyStoreError, StoreError
 from broker.files import append_private, check_private, read_private, write_private
-from broker.store import Store, StoreError, add_columns
+from broker.store import Store, add_columns
 
 
 def _mode(path: Path) -> int:
@@ -216,8 +216,8 @@ async def test_the_adapters_other_stores_from_before_versions_open_with_their_ro
                      " ('d-1', 'encompass-notification', '2026-01-02T08:00:00Z', x'00');")
     inbox = Inbox(inbox_path)
     try:
-        assert [n.delivery for n in await asyncio.to_thread(inbox.notices)] == ["d-1"]
-        assert await asyncio.to_thread(inbox.record, "d-1", "accepted", "dsl-1", "2026-01-02T09:00:00Z")
+        assert [n.delivery for n in await inbox.notices()] == ["d-1"]
+        assert await inbox.record("d-1", "accepted", "dsl-1", "2026-01-02T09:00:00Z")
     finally:
         inbox.close()
     for path in (submissions, retrying, inbox_path):

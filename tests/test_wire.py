@@ -68,7 +68,13 @@ def test_sign_verify_round_trip(claims: dict[str, str]) -> None:
     token = jws.sign(claims, _SK, "kid-1")
     assert jws.read_header(token) == {"alg": "EdDSA", "typ": "sg+jwt", "kid": "kid-1"}
     with pytest.raises(Malformed):  # required claims are enforced on verify
-        jws.verify(token, _SK.public_key())
+        _as_used(token, _SK.public_key())
+
+
+def _as_used(token: bytes, key: _crypto.VerifyKey) -> dict[str, Any]:
+    """The reader as the pipeline's intake and the SDK use it: read (the key is then looked up by
+    ``kid``), then verify."""
+    return jws.read(token).verify(key)
 
 
 def _full_claims() -> dict[str, object]:
@@ -93,8 +99,7 @@ def test_any_mutation_of_a_signed_message_is_refused(data: st.DataObject) -> Non
 
 
 def _read_and_verify(token: bytes) -> None:
-    jws.read_header(token)
-    jws.verify(token, _SK.public_key())
+    _as_used(token, _SK.public_key())
 
 
 def _segments(token: bytes) -> list[bytes] | None:
@@ -106,7 +111,7 @@ def _segments(token: bytes) -> list[bytes] | None:
 
 def test_valid_token_verifies() -> None:
     claims = _full_claims()
-    assert jws.verify(jws.sign(claims, _SK, "kid-1"), _SK.public_key()) == claims
+    assert _as_used(jws.sign(claims, _SK, "kid-1"), _SK.public_key()) == claims
 
 
 @pytest.mark.parametrize("alg", ["none", "HS256"])
@@ -126,7 +131,7 @@ def test_algorithm_tricks_are_refused(alg: str) -> None:
 def test_wrong_key_is_refused() -> None:
     token = jws.sign(_full_claims(), _SK, "kid-1")
     with pytest.raises(BadSignature):
-        jws.verify(token, _crypto.new_signing_key().public_key())
+        _as_used(token, _crypto.new_signing_key().public_key())
 
 
 def test_identity_kem_lookup() -> None:
@@ -143,7 +148,8 @@ _ORACLE_OPTIONS: Final[dict[str, Any]] = {
 }
 
 
-def pyjwt_verify(token: bytes, key: _crypto.VerifyKey, typ: str = jws.JWS_TYP) -> dict[str, Any]:
+def pyjwt_verify(token: bytes, key: _crypto.VerifyKey, typ: str = jws.JWS_TYP,
+                 required: tuple[str, ...] = jws.REQUIRED_CLAIMS) -> dict[str, Any]:
     """The oracle: PyJWT's own decode, with what the wire asks beyond it, in the reader's order:
     three segments, each in canonical base64url (PyJWT takes any padding-free spelling); a strict
     JSON header holding EdDSA, ``typ``, a ``kid`` and nothing else; after PyJWT's signature and
@@ -171,7 +177,8 @@ def pyjwt_verify(token: bytes, key: _crypto.VerifyKey, typ: str = jws.JWS_TYP) -
     if header.get("typ") != typ or not isinstance(header.get("kid"), str) or set(header) - {"alg", "typ", "kid"}:
         raise Malformed("header")
     try:
-        claims = jwt.decode(token, key, algorithms=["EdDSA"], options=_ORACLE_OPTIONS)  # type: ignore[arg-type]
+        claims = jwt.decode(token, key, algorithms=["EdDSA"],  # type: ignore[arg-type]
+                            options=_ORACLE_OPTIONS | {"require": list(required)})
     except jwt.InvalidSignatureError as exc:
         raise BadSignature("signature") from exc
     except jwt.InvalidTokenError as exc:
@@ -197,15 +204,9 @@ def _respelled(segment: bytes, last: int) -> bytes:
     return segment[:-1] + alphabet[last : last + 1] if segment else segment
 
 
-@settings(max_examples=400, deadline=None)
-@given(data=st.data())
-def test_the_reader_agrees_with_pyjwt(data: st.DataObject) -> None:
-    """The one reader accepts and refuses exactly what PyJWT does with the wire's strictness added,
-    with the same outcome: a required claim dropped, bytes changed anywhere, a segment respelled."""
-    claims = _full_claims()
-    if data.draw(st.booleans()):
-        del claims[data.draw(st.sampled_from(sorted(claims)))]
-    token = bytearray(jws.sign(claims, _SK, "kid-1"))
+def _mutated(signed: bytes, data: st.DataObject) -> bytes:
+    """``signed`` with up to two bytes changed anywhere, and perhaps a segment respelled."""
+    token = bytearray(signed)
     for _ in range(data.draw(st.integers(0, 2))):
         i = data.draw(st.integers(0, len(token) - 1))
         token[i] = data.draw(st.sampled_from(b"ABCabc019-_.=!+/ \xff"))
@@ -214,7 +215,39 @@ def test_the_reader_agrees_with_pyjwt(data: st.DataObject) -> None:
         i = data.draw(st.integers(0, len(segments) - 1))
         segments[i] = _respelled(segments[i], data.draw(st.integers(0, 63)))
         token = bytearray(b".".join(segments))
-    assert _outcome(jws.verify, bytes(token)) == _outcome(pyjwt_verify, bytes(token))
+    return bytes(token)
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=st.data())
+def test_the_reader_agrees_with_pyjwt(data: st.DataObject) -> None:
+    """The one reader, as the pipeline and the SDK use it, accepts and refuses exactly what PyJWT
+    does with the wire's strictness added, with the same outcome: a required claim dropped, bytes
+    changed anywhere, a segment respelled."""
+    claims = _full_claims()
+    if data.draw(st.booleans()):
+        del claims[data.draw(st.sampled_from(sorted(claims)))]
+    token = _mutated(jws.sign(claims, _SK, "kid-1"), data)
+    assert _outcome(_as_used, token) == _outcome(pyjwt_verify, token)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_the_reader_of_the_broker_s_own_tokens_agrees_with_pyjwt(data: st.DataObject) -> None:
+    """Audit blocks, checkpoints and export manifests (:func:`jws.verify_typed`, the key valid at
+    the token's own ``at``): accepted exactly when PyJWT with the wire's strictness accepts them."""
+    claims = {"typ": "audit-checkpoint", "iss": "broker", "at": "2026-01-05T09:00:00Z", "count": 3}
+    token = _mutated(jws.sign(claims, _SK, "k", "t+jwt"), data)
+    signed_at = 1767603600.0
+    try:
+        ours: Any = jws.verify_typed(token, "t+jwt", lambda kid, when: _SK.public_key() if when == signed_at else None)
+    except InvalidEnvelope:
+        ours = "refused"
+    try:
+        theirs: Any = pyjwt_verify(token, _SK.public_key(), typ="t+jwt", required=())
+    except (Malformed, BadSignature):
+        theirs = "refused"
+    assert ours == theirs
 
 
 def test_a_respelled_segment_is_refused_whatever_the_key() -> None:
@@ -228,7 +261,7 @@ def test_a_respelled_segment_is_refused_whatever_the_key() -> None:
             parts = [head, body, sig]
             parts[i] = spelled
             with pytest.raises(Malformed):
-                jws.verify(b".".join(parts), _SK.public_key())
+                _as_used(b".".join(parts), _SK.public_key())
             break
 
 

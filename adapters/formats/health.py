@@ -4,11 +4,11 @@ Inbound, :func:`fhir_bundle` takes a ``Bundle``: each ``ServiceRequest`` (or ``C
 that answers nothing) about a ``Patient`` becomes a ``referral`` to the local authority, and each
 ``Communication`` whose ``inResponseTo`` names a request this adapter handed over becomes an
 ``information-response`` to whoever asked. Each of them carries the case's consent facts in the
-``sharing-consent`` extension (:mod:`adapters.fhir`); without it the Bundle is refused.
-Outbound, :func:`render_fhir` (:mod:`adapters.health_render`) turns a delivery into what a
+``sharing-consent`` extension (:mod:`adapters.formats.fhir`); without it the Bundle is refused.
+Outbound, :func:`render_fhir` (:mod:`adapters.formats.health_render`) turns a delivery into what a
 health system reads: a child-protection-status is a CP-IS-style ``Flag``; every other type is a
 ``Bundle``; :func:`flag_to_status` reads such a Flag back. Validation is the FHIR library's
-(``fhir.resources``, R4B models; see :mod:`adapters.fhir`).
+(``fhir.resources``, R4B models; see :mod:`adapters.formats.fhir`).
 """
 
 from __future__ import annotations

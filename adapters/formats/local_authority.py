@@ -22,7 +22,7 @@ must have handed that delivery over, and it must be of the type the reply answer
 names the ``worker`` who decided (a role and a staff reference, never a name), which becomes the
 sharing block's ``decidedBy``. Every event but a receipt shares personal data, so it carries the
 case's consent facts (``consent``, ``withoutConsentReason`` unless consent was given,
-``familyInformed``; :mod:`adapters.consent`), unless it is an emergency (``urgency: emergency``),
+``familyInformed``; :mod:`adapters.formats.consent`), unless it is an emergency (``urgency: emergency``),
 which is shared without those it lacks and flagged; the rest of the block is the adapter's configured,
 agency-wide default for the type. The whole document is checked against the native schema, and
 every message made from it against its canonical schema, before anything is returned: one bad

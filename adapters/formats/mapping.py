@@ -35,9 +35,10 @@ class Outbound:
     ``sharing``: laid over the adapter's configured sharing block for ``typ`` (its information-sharing
     agreement's agency-wide default), so a mapper gives only what the record itself says (who
     decided, urgency) and, for a message with personal data, must give the case's consent facts
-    (:mod:`adapters.consent`): the default never supplies them. ``answers``: the id of a delivery (or of the original
-    message) this replies to; the adapter then sets ``re`` and ``thread`` from what it handed over
-    and, if ``to`` is empty, addresses the reply to the original sender.
+    (:mod:`adapters.formats.consent`): the default never supplies them. ``answers``: the id of a
+    delivery (or of the original message) this replies to; the adapter then sets ``re`` and
+    ``thread`` from what it handed over and, if ``to`` is empty, addresses the reply to the
+    original sender.
     """
 
     typ: str

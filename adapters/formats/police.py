@@ -11,7 +11,7 @@ with the field named, and nothing is half-sent.
 Consent is a fact of the case, not of the adapter: each PPN says whether consent to share was
 given, refused and overridden, or not sought (``consent``), why it is shared without it
 (``withoutConsentReason``) and whether the family was told (``familyInformed``); they become the
-sharing block of every message the PPN makes (:mod:`adapters.consent`), and the referral's own
+sharing block of every message the PPN makes (:mod:`adapters.formats.consent`), and the referral's own
 ``consent`` block says the same. ``doNotContactParents`` and ``circumstances`` go to each school.
 
 CSV: one row per child; the incident columns repeat on each row of an incident (and must agree:

@@ -10,7 +10,7 @@ Codes: ``refused`` (the agency system answered with a refusal that will not chan
 agency's format), ``unverifiable`` (not signed by the broker for this agency, or sealed to a key
 it does not hold).
 
-``sgb adapter dead-letters`` (:mod:`adapters.commands`) lists them, retries them once the agency
+``sgb adapter dead-letters`` (:mod:`adapters.runtime.commands`) lists them, retries them once the agency
 system is back (the same delivery id, so a system that stores by it still takes each one once;
 the sender, told ``not-delivered`` before, is told ``delivered``), or discards them: the files
 go, and ``discarded.jsonl`` in the folder keeps the ids, the code, when and by whom (ids only).

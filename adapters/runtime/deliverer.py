@@ -1,14 +1,14 @@
 """The adapter's outbound loop: from the agency's durable on ``SG_DELIVERY`` into its own system.
 
 For each delivery: verify and open it; if its id was handed over before (a redelivery after a
-crash or a lost ack), just ack it; else hand it to the :class:`~adapters.sinks.Sink` and ack
+crash or a lost ack), just ack it; else hand it to the :class:`~adapters.sdk.handover.Sink` and ack
 only once the agency system has accepted it, then tell the sender it was ``delivered``.
 
 When the agency system does not take it, and may later (down, a timeout, a 5xx), the delivery
 goes back to JetStream with a delay and is tried again for ``retry_for`` from its first failure
-(:mod:`adapters.retries`): a restart of the agency's system loses nothing, and the deliveries
+(:mod:`adapters.runtime.retries`): a restart of the agency's system loses nothing, and the deliveries
 behind it are not held up. When the window has passed, or at a refusal that will not change, the
-*sealed* wire message goes to the dead-letter folder (:mod:`adapters.deadletters`: still
+*sealed* wire message goes to the dead-letter folder (:mod:`adapters.runtime.deadletters`: still
 encrypted to this agency, no personal data in clear on disk), the sender is told it was
 ``not-delivered``, and the message is acked so it does not block the queue. A delivery that
 fails verification is dead-lettered the same way.
@@ -33,13 +33,25 @@ from adapters.runtime.deadletters import REFUSED, RETRIES_EXHAUSTED, UNRENDERABL
 from adapters.runtime.retries import Failing, RetryLedger, RetryPolicy
 from adapters.sdk import AgencyClient, Delivery, DeliveryFailed, Sink
 from adapters.sdk.receipts import RECEIPT_SHARING, receipt_id
-from broker.errors import BrokerError, InvalidEnvelope
-from broker.transport.errors import NATS_FAILURES, describe
+from broker.errors import BrokerError, InvalidEnvelope, TransportError
+from broker.transport.errors import nats_failures
 from broker.wire.ids import ADMIN_TYPES
 from broker.wire.jws import unverified
 
 log = structlog.get_logger("sgb.adapter")
 KEY_WAIT: Final = 30.0  # seconds before a delivery sealed to a key not yet here is offered again
+
+
+async def _ack(msg: Msg) -> None:
+    """Acknowledge, and wait for JetStream to confirm it: then the delivery will not come again."""
+    with nats_failures("acknowledging a delivery"):
+        await msg.ack_sync()
+
+
+async def _nak(msg: Msg, delay: float) -> None:
+    """Hand a delivery back to JetStream, to come again after ``delay`` seconds."""
+    with nats_failures("handing a delivery back"):
+        await msg.nak(delay=delay)
 
 
 def canonical_json(delivery: Delivery) -> tuple[bytes, str]:
@@ -88,8 +100,8 @@ class Deliverer:
                     await self.handle(msg)
                     if stop.is_set():
                         break
-            except NATS_FAILURES as exc:
-                log.warning("fetch failed; trying again", error=describe(exc))
+            except TransportError as exc:  # fetching, or an ack or nak: what was not acked comes again
+                log.warning("NATS failed; trying again", error=str(exc))
                 await asyncio.sleep(self.idle)
 
     async def handle(self, msg: Msg) -> None:
@@ -104,22 +116,22 @@ class Deliverer:
                 self.counts.waiting_for_key += 1
                 log.warning("a delivery is sealed to a key this adapter does not hold yet; reload the key file",
                             seq=msg.metadata.sequence.stream)
-                await msg.nak(delay=self.key_wait)
+                await _nak(msg, self.key_wait)
                 return
             self._dead(f"seq-{msg.metadata.sequence.stream}", msg.data, UNVERIFIABLE,
                        "the delivery failed verification", 1)
-            await msg.ack_sync()
+            await _ack(msg)
             return
         with structlog.contextvars.bound_contextvars(delivery=delivery.id, type=delivery.type, stage="hand-over"):
             if await self._about_own_receipt(delivery):
                 log.debug("the broker routed this adapter's own receipt; nothing for the agency system")
-                await msg.ack_sync()
+                await _ack(msg)
                 return
             if await seen.has(delivery.id):
                 self.counts.redelivered += 1
                 log.info("already handed over; acknowledging the redelivery")
                 await self._tell_sender(delivery, "delivered", None)  # in case the first life died before it
-                await msg.ack_sync()
+                await _ack(msg)
                 return
             await self._hand_over(delivery, msg)
 
@@ -151,7 +163,7 @@ class Deliverer:
         await self.client.seen.add(delivery.id, delivery)
         await self.ledger.forget(delivery.id)
         await self._tell_sender(delivery, "delivered", None)  # before the ack: a crash between sends it again
-        await msg.ack_sync()
+        await _ack(msg)
         self.counts.delivered += 1
         log.info("handed over to the agency system")
 
@@ -168,20 +180,20 @@ class Deliverer:
         self.counts.handed_back += 1
         log.info("not taken; handed back to try again", reason=failing.reason, attempts=failing.attempts,
                  retry_in=round(delay, 3), gives_up_in=round(end - now))
-        await msg.nak(delay=delay)
+        await _nak(msg, delay)
 
     async def _give_up(self, delivery: Delivery, msg: Msg, code: str, reason: str, attempts: int,
                        first: float | None) -> None:
         self._dead(delivery.id, msg.data, code, reason, attempts, first)
         await self.ledger.forget(delivery.id)
         await self._tell_sender(delivery, "not-delivered", reason)
-        await msg.ack_sync()
+        await _ack(msg)
 
     async def resend(self, data: bytes, when: float | None = None) -> str:
         """Hand a dead letter over again (``sgb adapter dead-letters retry``): verified and opened
         (``when``: the time it first came, for the broker key's validity), handed over under its own
         delivery id unless that was done before, then the sender told ``delivered``. Raises
-        :class:`~broker.errors.InvalidEnvelope` or :class:`~adapters.sinks.DeliveryFailed`."""
+        :class:`~broker.errors.InvalidEnvelope` or :class:`~adapters.sdk.handover.DeliveryFailed`."""
         delivery = self.client.open(data, when=when)
         assert self.client.seen is not None
         if await self.client.seen.has(delivery.id):

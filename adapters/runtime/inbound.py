@@ -1,7 +1,7 @@
 """Native records into the broker: map the whole document, build every message, then publish.
 
 :class:`Submitter` is what the adapter's HTTP endpoint and drop folder both call. A document is
-mapped whole (a mapper raises :class:`~adapters.mapping.Unmappable` naming the field, and then
+mapped whole (a mapper raises :class:`~adapters.formats.mapping.Unmappable` naming the field, and then
 nothing is sent); each message gets its sharing block (the adapter's configured default for its
 type, with what the record says laid over it), a reply gets ``re``/``thread``/``to`` from what
 the adapter handed over, and every message is signed and sealed *before* the first is published.

@@ -2,7 +2,7 @@
 
 Requests are signed like the adapter's own webhooks, the other way round: HMAC-SHA256 with the
 secret the two share, over ``<X-SGB-Timestamp>.<Idempotency-Key>.<body>`` (header
-``X-SGB-Signature: v1=<hex>``; :func:`adapters.sinks.signed_headers` makes them), refused when
+``X-SGB-Signature: v1=<hex>``; :func:`adapters.runtime.sinks.signed_headers` makes them), refused when
 older than five minutes. The answer is JSON: ``202`` with the message ids (``200`` when the same
 submission was sent before), or a problem (RFC 9457) with a stable ``code`` — ``unauthenticated``,
 ``unknown-format``, ``too-large``, ``unmappable`` (with the ``field``), ``key-reused``,

@@ -1,13 +1,13 @@
 """``sgb adapter run``: an agency's adapter as a long-running service.
 
-Both ways at once, for the agency's kind (:mod:`adapters.profiles`):
+Both ways at once, for the agency's kind (:mod:`adapters.runtime.profiles`):
 
 - **in**: the agency system's records through ``POST /records/{format}`` (HMAC-signed, on the
   adapter's own address) and a watched drop folder, mapped whole, sent to the broker, answered
-  with the message ids (:mod:`adapters.inbound`);
+  with the message ids (:mod:`adapters.runtime.inbound`);
 - **out**: deliveries from the agency's durable handed to the agency system by webhook or drop
   folder in its native format, or kept for the school's Operation Encompass inbox
-  (:mod:`adapters.deliverer`).
+  (:mod:`adapters.runtime.deliverer`).
 
 ``/healthz``, ``/readyz`` and ``/metrics`` on the same address, structured logs, a graceful stop
 on SIGTERM. Settings come from the ``[adapter]`` section of the TOML settings file (the broker's

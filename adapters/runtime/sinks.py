@@ -5,7 +5,7 @@ Webhook requests are signed with HMAC-SHA256 over ``<timestamp>.<delivery id>.<b
 agency system can check they came from its adapter and were not replayed; :func:`verify_webhook`
 is the receiving side. A sink makes one attempt per call, within a timeout, and says whether a
 failure may pass (a timeout, a refused connection, HTTP 408, 425, 429 or 5xx: ``permanent`` false)
-or will not (another 4xx). Trying again later is the deliverer's job (:mod:`adapters.retries`:
+or will not (another 4xx). Trying again later is the deliverer's job (:mod:`adapters.runtime.retries`:
 the delivery goes back to JetStream with a delay, for as long as ``retry_for`` allows), so a
 sink never sleeps and one unreachable system never holds the others' deliveries. Every request
 carries the same delivery id, so a receiver that stores by it takes a delivery once however

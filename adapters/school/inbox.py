@@ -1,7 +1,7 @@
 """A school's Operation Encompass inbox: notices kept sealed, read and acknowledged by the DSL.
 
-The adapter hands each delivery to an :class:`~adapters.school_store.Inbox` still sealed
-(:func:`render_sealed`; :mod:`adapters.school_store` keeps it). The web pages
+The adapter hands each delivery to an :class:`~adapters.school.store.Inbox` still sealed
+(:func:`render_sealed`; :mod:`adapters.school.store` keeps it). The web pages
 (:func:`inbox_app`) open each notice in memory when they show it, checking the broker's
 signature as of when the notice came, so a key rotation since does not lock the school out.
 They show what Operation Encompass gives the school's key adult, and the police's instruction
@@ -40,7 +40,6 @@ from urllib.parse import urlencode
 
 import structlog
 from aiohttp import web
-from nats.errors import Error as NatsError
 
 from adapters.school.store import ENCOMPASS, PAGE_SIZE, SEALED, Inbox, Notice, now, render_sealed
 from adapters.sdk import RECEIPT_SHARING, AgencyClient, Delivery, receipt_id
@@ -183,16 +182,16 @@ async def _list(request: web.Request, who: Principal) -> web.Response:
     state = _state(request)
     before = request.query.get("before", "")
     valid = before.isascii() and before.isdigit() and len(before) <= 18  # a seq from our own link; else page 1
-    notices = state.inbox.notices(before=int(before) if valid else None)
+    notices = await state.inbox.notices(before=int(before) if valid else None)
     older = (_base(request) + "?" + urlencode({"before": notices[-1].seq})) if len(notices) == PAGE_SIZE else None
     return await _page(request, "inbox-list.html", who=who, notices=[_show(state, n) for n in notices],
-                 waiting=state.inbox.unacknowledged(), older=older, when=_when, day=_day, name=_name)
+                 waiting=await state.inbox.unacknowledged(), older=older, when=_when, day=_day, name=_name)
 
 
 @_signed_in
 async def _one(request: web.Request, who: Principal) -> web.Response:
     state = _state(request)
-    notice = state.inbox.notice(request.match_info["delivery"])
+    notice = await state.inbox.notice(request.match_info["delivery"])
     if notice is None or notice.type != ENCOMPASS:
         return await _page(request, "inbox-error.html", status=404, who=who, title="Not found",
                      message="There is no notice with that id in this inbox.")
@@ -205,7 +204,7 @@ def _receipt_action(status: str) -> Page:
         state = _state(request)
         delivery_id = request.match_info["delivery"]
         async with state.lock:  # one receipt at a time: a double click sends one
-            notice = state.inbox.notice(delivery_id)
+            notice = await state.inbox.notice(delivery_id)
             if notice is None or notice.type != ENCOMPASS:
                 return await _page(request, "inbox-error.html", status=404, who=who, title="Not found",
                              message="There is no notice with that id in this inbox.")
@@ -239,13 +238,13 @@ async def _send_receipt(state: _Inbox, notice: Notice, status: str,
     try:
         await state.client.send(typ="receipt", to=[sender], payload=payload, sharing=sharing, re=message,
                                 jti=receipt_id(notice.delivery, status))
-    except (BrokerError, NatsError, TimeoutError) as exc:
+    except BrokerError as exc:  # TransportError, PublishTimeout; or a refusal of the SDK's own
         log.warning("receipt not sent: the broker cannot be reached", delivery=notice.delivery, status=status,
                     error=type(exc).__name__)
         return (503, "The broker cannot be reached",
                 "The police have not been told and nothing was recorded. Try again in a few minutes; "
                 "if it keeps failing, phone the police contact as your local protocol says.")
-    state.inbox.record(notice.delivery, status, who.sub, at)
+    await state.inbox.record(notice.delivery, status, who.sub, at)
     log.info("receipt sent", delivery=notice.delivery, status=status, staff=who.sub)
     return None
 

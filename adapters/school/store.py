@@ -1,6 +1,6 @@
 """The school's Operation Encompass inbox store: notices kept sealed on disk.
 
-The adapter hands each delivery to an :class:`Inbox` (a :class:`~adapters.sinks.Sink`) as the
+The adapter hands each delivery to an :class:`Inbox` (a :class:`~adapters.sdk.handover.Sink`) as the
 still-sealed wire message (:func:`render_sealed`): the SQLite file holds the signed, encrypted
 JWS with a few envelope ids beside it (delivery id, original sender and message id, when it
 came, who acknowledged it and when), never the child's details. The pages
@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any, Final
 
 from adapters.sdk import AgencyClient, Delivery, DeliveryFailed
-from broker.errors import InvalidEnvelope
+from broker.errors import InvalidEnvelope, StoreError
 from broker.files import private_folder
-from broker.store import Migration, Store, StoreError
+from broker.store import Migration, Store
 from broker.wire.jws import unverified
 
 ENCOMPASS: Final = "encompass-notification"
@@ -73,7 +73,7 @@ class Inbox:
     """The school's notices in a small SQLite store (:class:`broker.store.Store`: folder 0700,
     file 0600, WAL, migrated), one row per delivery id.
 
-    As a :class:`~adapters.sinks.Sink` it takes only sealed wire messages (``application/jose``,
+    As a :class:`~adapters.sdk.handover.Sink` it takes only sealed wire messages (``application/jose``,
     see :func:`render_sealed`) and refuses anything else, so a misconfigured ``render`` cannot
     put a child's details on disk in clear. With ``client`` it also verifies each one (and opens
     it, in memory only) before keeping it; without, it trusts the Deliverer's verification and
@@ -119,35 +119,39 @@ class Inbox:
             raise DeliveryFailed(f"cannot write the inbox ({type(exc).__name__})", permanent=False,
                                  attempts=1) from exc
 
-    # The pages' questions (adapters.school.inbox). They wait for the store's thread; a page is
-    # one indexed query of at most PAGE_SIZE rows.
+    # The pages' questions (adapters.school.inbox), awaited off the event loop on the store's
+    # reader; a page is one indexed query of at most PAGE_SIZE rows.
 
-    def notices(self, *, typ: str = ENCOMPASS, before: int | None = None, limit: int = PAGE_SIZE) -> list[Notice]:
+    async def notices(self, *, typ: str = ENCOMPASS, before: int | None = None,
+                      limit: int = PAGE_SIZE) -> list[Notice]:
         """Newest first; ``before``: a ``seq`` from the previous page."""
-        rows = self._store.read_blocking(lambda db: db.execute(
+        rows = await self._store.read(lambda db: db.execute(
             f"select {_COLUMNS} from notices where type = ? and seq < ? order by seq desc limit ?",  # noqa: S608
             (typ, before if before is not None else 2**62, limit)).fetchall())
         return [Notice(*row) for row in rows]
 
-    def notice(self, delivery_id: str) -> Notice | None:
-        row = self._store.read_blocking(lambda db: db.execute(
+    async def notice(self, delivery_id: str) -> Notice | None:
+        """The notice kept under ``delivery_id``, if any."""
+        row = await self._store.read(lambda db: db.execute(
             f"select {_COLUMNS} from notices where delivery = ?", (delivery_id,)).fetchone())  # noqa: S608
         return Notice(*row) if row else None
 
-    def unacknowledged(self, typ: str = ENCOMPASS) -> int:
-        row = self._store.read_blocking(lambda db: db.execute(
+    async def unacknowledged(self, typ: str = ENCOMPASS) -> int:
+        """How many notices no one has acknowledged yet."""
+        row = await self._store.read(lambda db: db.execute(
             "select count(*) from notices where type = ? and acknowledged_at is null", (typ,)).fetchone())
         return int(row[0])
 
-    def record(self, delivery_id: str, status: str, by: str, at: str) -> bool:
+    async def record(self, delivery_id: str, status: str, by: str, at: str) -> bool:
         """Record that the ``status`` receipt was sent; False if it was recorded before."""
         at_column, by_column = _DONE_COLUMNS[status]
-        cursor = self._store.write_blocking(lambda db: db.execute(
+        cursor = await self._store.write(lambda db: db.execute(
             f"update notices set {at_column} = ?, {by_column} = ? where delivery = ? and {at_column} is null",  # noqa: S608
             (at, by, delivery_id)))
         return cursor.rowcount == 1
 
     def close(self) -> None:
+        """Finish what was asked and close the file."""
         self._store.close()
 
 

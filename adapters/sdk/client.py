@@ -31,7 +31,7 @@ from broker.config import Settings
 from broker.errors import BrokerError, InvalidEnvelope, PublishTimeout, RejectedMessage, UnknownType
 from broker.identity.keys import Identity, load_identity
 from broker.store import Migration, Store, add_columns
-from broker.transport.errors import NATS_FAILURES, describe, quietly
+from broker.transport.errors import NATS_FAILURES, describe, nats_failures, quietly
 from broker.wire import hpke, jws, strictjson
 from broker.wire.catalogue import Catalogue
 from broker.wire.registry import Registry
@@ -246,7 +246,8 @@ class AgencyClient:
 
     @contextlib.asynccontextmanager
     async def _subscription(self) -> AsyncIterator[JetStreamContext.PullSubscription]:
-        sub = await self.js.pull_subscribe_bind(self.agency, DELIVERY)
+        with nats_failures("this agency's deliveries"):
+            sub = await self.js.pull_subscribe_bind(self.agency, DELIVERY)
         try:
             yield sub
         finally:
@@ -255,13 +256,15 @@ class AgencyClient:
 
     async def fetch(self, *, batch: int = 64, idle: float = 1.0) -> AsyncIterator[tuple[Delivery | None, Msg]]:
         """Yield what is waiting, as ``(delivery, msg)``; ``delivery`` is None for one that fails
-        verification. Returns once a fetch finds nothing for ``idle`` seconds. The caller acks."""
+        verification. Returns once a fetch finds nothing for ``idle`` seconds; :class:`TransportError`
+        when NATS fails. The caller acks."""
         async with self._subscription() as sub:
             while True:
-                try:
-                    msgs = await sub.fetch(batch, timeout=idle)
-                except TimeoutError:  # nothing more
-                    return
+                with nats_failures("this agency's deliveries"):
+                    try:
+                        msgs = await sub.fetch(batch, timeout=idle)
+                    except TimeoutError:  # nothing more
+                        return
                 for msg in msgs:
                     try:
                         yield self.open(msg.data), msg
@@ -269,16 +272,18 @@ class AgencyClient:
                         yield None, msg
 
     async def wait_outcome(self, message_id: str, *, timeout: float) -> Delivery:
-        """Wait for the broker's receipt or rejection of ``message_id``; ack it, leave the rest."""
+        """Wait for the broker's receipt or rejection of ``message_id``; ack it, leave the rest.
+        :class:`TransportError` when NATS fails, :class:`BrokerError` when no answer comes in time."""
         held: list[Msg] = []
         deadline = time.monotonic() + timeout
         try:
             async with self._subscription() as sub:
                 while (left := deadline - time.monotonic()) > 0:
-                    try:
-                        msgs = await sub.fetch(16, timeout=min(left, 1.0))
-                    except TimeoutError:  # nothing yet
-                        continue
+                    with nats_failures("this agency's deliveries"):
+                        try:
+                            msgs = await sub.fetch(16, timeout=min(left, 1.0))
+                        except TimeoutError:  # nothing yet
+                            continue
                     for msg in msgs:
                         try:
                             delivery = self.open(msg.data)
@@ -286,7 +291,8 @@ class AgencyClient:
                             held.append(msg)
                             continue
                         if _is_outcome_of(delivery, message_id):
-                            await msg.ack()
+                            with nats_failures("acknowledging the outcome"):
+                                await msg.ack()
                             return delivery
                         held.append(msg)
         finally:

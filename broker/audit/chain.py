@@ -23,7 +23,6 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import jwt
 import orjson
 import structlog
 from nats.js import JetStreamContext
@@ -35,7 +34,7 @@ from broker.errors import PublishTimeout, TransportError
 from broker.identity.keys import Identity
 from broker.timestamps import iso
 from broker.transport.errors import NATS_FAILURES, describe, nats_failures, quietly
-from broker.wire.jws import unverified
+from broker.wire import jws
 from broker.wire.subjects import AUDIT, AUDIT_HEADS_BUCKET, audit_subject, checkpoint_subject
 
 log = structlog.get_logger("sgb.audit")
@@ -69,8 +68,8 @@ def decision_digest(record: Mapping[str, Any]) -> str:
 
 
 def sign(claims: Mapping[str, Any], identity: Identity, typ: str) -> bytes:
-    return jwt.encode(dict(claims), identity.signing_key, algorithm="EdDSA",
-                      headers={"kid": identity.sig_kid, "typ": typ}).encode("ascii")
+    """One of the broker's own ``typ`` tokens (a block, a checkpoint, an export manifest)."""
+    return jws.sign(claims, identity.signing_key, identity.sig_kid, typ)
 
 
 # -- chain ----------------------------------------------------------------------------------
@@ -276,7 +275,7 @@ async def read_head(js: JetStreamContext, instance: str) -> Head:
             msg = await js.get_last_msg(AUDIT, audit_subject(instance))
         except NotFoundError:
             return Head()
-    _, claims = unverified(msg.data or b"")
+    _, claims = jws.unverified(msg.data or b"")
     return Head(int(claims["block"]) + 1, int(claims["first"]) + int(claims["count"]), str(claims["head"]),
                 int(msg.seq or 0))
 
@@ -323,7 +322,7 @@ def is_checkpoint(subject: str) -> bool:
 
 
 def block_records(data: bytes) -> list[dict[str, Any]]:
-    """The records of a stored block, unverified (for listing; verification is :mod:`auditverify`)."""
-    _, claims = unverified(data)
+    """The records of a stored block, unverified (for listing; verification is :mod:`broker.audit.verify`)."""
+    _, claims = jws.unverified(data)
     records = claims.get("records")
     return [r for r in records if isinstance(r, dict)] if isinstance(records, list) else []

@@ -9,23 +9,20 @@ signature and record links verify (the full chain check runs separately,
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import structlog
-from nats.errors import Error as NatsError
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from broker.audit.chain import CHECKPOINT_TYP, is_checkpoint
 from broker.audit.verify import Verifier
-from broker.errors import InvalidEnvelope
-from broker.timestamps import at_of
-from broker.wire.jws import unverified, verify_typed
+from broker.errors import InvalidEnvelope, TransportError
+from broker.transport.errors import nats_failures, quietly
+from broker.wire.jws import verify_typed
 from broker.wire.subjects import AUDIT
 
 log = structlog.get_logger("sgb.audit.index")
@@ -65,59 +62,68 @@ class Indexer:
 
     def _checked_checkpoint(self, data: bytes) -> bytes | None:
         try:
-            claims = unverified(data)[1]
-            verify_typed(data, CHECKPOINT_TYP, self._keys, at_of(claims))
-        except (InvalidEnvelope, KeyError):
+            verify_typed(data, CHECKPOINT_TYP, self._keys)
+        except InvalidEnvelope:
             return None
         return data
 
     async def catch_up(self, *, idle: float = 1.0) -> int:
         """Index everything stored so far; return the last sequence indexed."""
-        try:
-            info = await self._js.stream_info(AUDIT)
-        except NotFoundError:
-            return await self._index.last_seq()
+        with nats_failures("the audit stream"):
+            try:
+                info = await self._js.stream_info(AUDIT)
+            except NotFoundError:
+                return await self._index.last_seq()
         target = info.state.last_seq
         await self.run(stop=asyncio.Event(), until=target, idle=idle)
         return target
 
     async def run(self, *, stop: asyncio.Event, until: int | None = None, idle: float = 1.0) -> None:
+        """Index until ``stop`` (or sequence ``until``). A NATS failure ends it, logged: the caller
+        runs it again, from the index's last sequence."""
         start = await self._index.last_seq() + 1
         if until is not None and start > until:
             return
         config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start)
-        sub = await self._js.subscribe("sg.audit.>", stream=AUDIT, ordered_consumer=True, config=config,
-                                       pending_msgs_limit=4096)
         try:
-            while not stop.is_set():
-                batch: list[tuple[int, list[dict[str, Any]]]] = []
-                checkpoints: list[bytes] = []
-                last = 0
-                deadline = time.monotonic() + self._linger
-                while len(batch) + len(checkpoints) < self._batch:
-                    wait = idle if not batch and not checkpoints else max(deadline - time.monotonic(), 0.001)
+            with nats_failures("the audit stream"):
+                sub = await self._js.subscribe("sg.audit.>", stream=AUDIT, ordered_consumer=True, config=config,
+                                               pending_msgs_limit=4096)
+            try:
+                await self._follow(sub, stop, until, idle)
+            finally:
+                with quietly():
+                    await sub.unsubscribe()
+        except TransportError as exc:
+            log.warning("audit indexer lost its consumer; it will restart", error=str(exc))
+
+    async def _follow(self, sub: JetStreamContext.PushSubscription, stop: asyncio.Event, until: int | None,
+                      idle: float) -> None:
+        while not stop.is_set():
+            batch: list[tuple[int, list[dict[str, Any]]]] = []
+            checkpoints: list[bytes] = []
+            last = 0
+            deadline = time.monotonic() + self._linger
+            while len(batch) + len(checkpoints) < self._batch:
+                wait = idle if not batch and not checkpoints else max(deadline - time.monotonic(), 0.001)
+                with nats_failures("the audit stream"):
                     try:
                         msg = await sub.next_msg(timeout=wait)
-                    except (TimeoutError, NatsTimeoutError):
+                    except TimeoutError:  # nothing more for now
                         break
-                    seq = msg.metadata.sequence.stream
-                    last = seq
-                    if is_checkpoint(msg.subject):
-                        token = self._checked_checkpoint(msg.data)
-                        if token is not None:
-                            checkpoints.append(token)
-                    else:
-                        batch.append((seq, self._check(seq, msg.subject, msg.data)))
-                    if until is not None and seq >= until:
-                        break
-                if last:
-                    await self._index.apply(batch, checkpoints, last)
-                if until is not None and (last >= until or (not last and await self._index.last_seq() >= until)):
-                    return
-                if until is not None and not last:
-                    return  # nothing more arrives within idle: the stream is shorter than it said
-        except NatsError as exc:
-            log.warning("audit indexer lost its consumer; it will restart", error=type(exc).__name__)
-        finally:
-            with contextlib.suppress(NatsError, asyncio.TimeoutError):
-                await sub.unsubscribe()
+                seq = msg.metadata.sequence.stream
+                last = seq
+                if is_checkpoint(msg.subject):
+                    token = self._checked_checkpoint(msg.data)
+                    if token is not None:
+                        checkpoints.append(token)
+                else:
+                    batch.append((seq, self._check(seq, msg.subject, msg.data)))
+                if until is not None and seq >= until:
+                    break
+            if last:
+                await self._index.apply(batch, checkpoints, last)
+            if until is not None and (last >= until or (not last and await self._index.last_seq() >= until)):
+                return
+            if until is not None and not last:
+                return  # nothing more arrives within idle: the stream is shorter than it said

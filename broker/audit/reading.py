@@ -1,4 +1,4 @@
-"""Reading audit records back out of ``SG_AUDIT`` (unverified; see :mod:`broker.auditverify`)."""
+"""Reading audit records back out of ``SG_AUDIT`` (unverified; see :mod:`broker.audit.verify`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from broker.audit.chain import block_records, is_checkpoint, read_stream
 
 async def read_audit(js: JetStreamContext, *, idle: float = 2.0) -> AsyncIterator[dict[str, Any]]:
     """Every audit record stored so far, in stream order; a record repeated under its id (a message
-    processed again after a crash) once, as first written (:mod:`broker.auditverify` says why)."""
+    processed again after a crash) once, as first written (:mod:`broker.audit.verify` says why)."""
     seen: set[str] = set()
     async for stored in read_stream(js, idle=idle):
         if not is_checkpoint(stored.subject):

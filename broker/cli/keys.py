@@ -150,10 +150,10 @@ async def _waiting_on_keys(settings: Settings, party: str, sig: set[str], enc: s
     """How many messages still in the streams were signed with one of ``sig`` (ingress from
     ``party``) or sealed to one of ``enc`` (deliveries to it; ingress, for the broker's keys).
     Only the JWS header and envelope are read: the payload stays sealed."""
-    from nats.errors import Error as NatsError
-    from nats.js.errors import APIError, NotFoundError
+    from nats.js.errors import NotFoundError
 
-    from broker.errors import InvalidEnvelope, TransportError
+    from broker.errors import InvalidEnvelope
+    from broker.transport.errors import nats_failures
     from broker.wire.jws import unverified
     from broker.wire.subjects import DELIVERY, INGRESS, delivery_subject, ingress_subject
 
@@ -162,28 +162,27 @@ async def _waiting_on_keys(settings: Settings, party: str, sig: set[str], enc: s
     if not is_broker:
         where.append((DELIVERY, delivery_subject(party)))
     count = 0
-    try:
-        async with nats_location(settings) as url, connected(settings, url, name="sgb-keys-retire") as nc:
-            js = jetstream(nc, settings)
-            for stream, subject in where:
+    async with nats_location(settings) as url, connected(settings, url, name="sgb-keys-retire") as nc:
+        js = jetstream(nc, settings)
+        for stream, subject in where:
+            with nats_failures(f"reading {stream}"):
                 try:
                     seq = max((await js.stream_info(stream)).state.first_seq, 1)
                 except NotFoundError:
                     continue
-                while True:
+            while True:
+                with nats_failures(f"reading {stream}"):
                     try:
                         msg = await js.get_msg(stream, seq, subject=subject, next=True)
                     except NotFoundError:
                         break
-                    seq = int(msg.seq or seq) + 1
-                    try:
-                        header, claims = unverified(msg.data or b"")
-                    except InvalidEnvelope:
-                        continue
-                    enc_kid = claims.get("enc", {}).get("kid") if isinstance(claims.get("enc"), dict) else None
-                    count += header.get("kid") in sig or enc_kid in enc
-    except (NatsError, APIError, TimeoutError) as exc:
-        raise TransportError(f"NATS: {type(exc).__name__}") from exc
+                seq = int(msg.seq or seq) + 1
+                try:
+                    header, claims = unverified(msg.data or b"")
+                except InvalidEnvelope:
+                    continue
+                enc_kid = claims.get("enc", {}).get("kid") if isinstance(claims.get("enc"), dict) else None
+                count += header.get("kid") in sig or enc_kid in enc
     return count
 
 

@@ -14,7 +14,8 @@ from nats.aio.msg import Msg
 
 from broker.cli.common import EXIT_REJECTED, EXIT_TIMEOUT, agency_client, emit, offline_client
 from broker.config import Settings
-from broker.errors import BrokerError, InvalidEnvelope
+from broker.errors import BrokerError, InvalidEnvelope, TransportError
+from broker.transport.errors import nats_failures, quietly
 from broker.wire.jws import unverified
 
 if TYPE_CHECKING:
@@ -76,6 +77,8 @@ async def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
             return 0
         try:
             outcome = await client.wait_outcome(msg_id, timeout=args.timeout)
+        except TransportError:
+            raise
         except BrokerError:
             emit({"messageId": msg_id, "outcome": "timeout",
                  "reason": f"no outcome within {args.timeout:g}s; is `sgb serve` running?"})
@@ -110,7 +113,8 @@ async def cmd_inbox(settings: Settings, args: argparse.Namespace) -> int:
                 taken.append(msg)
                 continue
             if args.ack and await seen.has(delivery.id):
-                await msg.ack()  # a duplicate of what the agency already has
+                with nats_failures("acknowledging a delivery"):
+                    await msg.ack()  # a duplicate of what the agency already has
                 continue
             if args.json:
                 emit(delivery.as_json())
@@ -118,11 +122,13 @@ async def cmd_inbox(settings: Settings, args: argparse.Namespace) -> int:
                 _print_delivery(delivery)
             if args.ack:
                 await seen.add(delivery.id)
-                await msg.ack_sync()
+                with nats_failures("acknowledging a delivery"):
+                    await msg.ack_sync()
             else:
                 taken.append(msg)
-        for msg in taken:
-            await msg.nak()
+        for msg in taken:  # back at once for the next reader (else after the consumer's ack wait)
+            with quietly():
+                await msg.nak()
     return 0
 
 

@@ -1,4 +1,11 @@
-"""Bearer tokens for the API and the IG pages: JWTs verified with PyJWT.
+"""Bearer tokens for the API, the IG pages and a school's inbox: JWTs verified with PyJWT, the one
+reader of this kind of token.
+
+They are not wire tokens: an RFC 7519 access token is worth only its registered claims
+(expiry, audience, issuer, with leeway), which PyJWT checks and the wire's strict reader
+(:mod:`broker.wire.jws`) deliberately does not; and the wire's byte rules (one spelling per
+message, ``typ`` pinned, no other header parameter) are there for messages that are stored,
+digested and replayed, which a short-lived bearer token never is.
 
 EdDSA only (``alg: none`` and HMAC confusion are refused by the pinned algorithm list); the
 key is chosen by ``kid`` among the signing keys the trust registry lists for the token
@@ -63,6 +70,7 @@ class TokenVerifier:
         return self._settings.audience
 
     def verify(self, token: str, *, now: float | None = None) -> Principal:
+        """The principal of a valid token; else :class:`AuthError` saying why (never the token)."""
         now = time.time() if now is None else now
         try:
             header = jwt.get_unverified_header(token)

@@ -14,11 +14,18 @@ bug (a ``KeyError``, a ``TypeError``) or a refusal of the project's own passes t
 is, so it is never mistaken for a transport failure and retried as one. An answer that is not a
 failure (a key not found, a wrong last sequence) is caught inside the block, before it gets here.
 
-Two spellings go with it:
+Three spellings go with it:
 
-- ``except TimeoutError`` alone is a fetch or a wait that found nothing in time;
+- ``except TimeoutError`` alone, inside the block, is a fetch or a wait that found nothing in time;
 - ``with quietly():`` a best-effort call (a nak, an unsubscribe, a drain at shutdown) whose
-  failure changes nothing, because JetStream redelivers what was not acknowledged.
+  failure changes nothing, because JetStream redelivers what was not acknowledged;
+- ``except NATS_FAILURES`` around the one NATS call of a loop that tries it again (the
+  publisher, the audit writer's append, the SDK's publish, the pipeline's fetch), with
+  :func:`describe` of the failure for its log line, or for the
+  :class:`~broker.errors.PublishTimeout` it raises when its attempts run out.
+
+Nothing outside this module names the NATS client's exception classes except the answers caught
+inside a block (``NotFoundError``, an ``APIError`` with its code).
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from broker.http.probes import Check
 from broker.http.tokens import TokenVerifier
 from broker.pipeline.service import Broker
 from broker.timestamps import iso
+from broker.transport.errors import nats_failures
 from broker.transport.natsserver import EmbeddedServer
 from broker.web import api, igpages, readiness
 from broker.web.context import BROKER_KEY, SERVICE, AuditService
@@ -44,7 +45,8 @@ async def audit_service(broker: Broker) -> AsyncIterator[AuditService]:
     """The index (caught up before this yields), its follower, and the periodic verification."""
     settings = broker.settings
     index = AuditIndex(settings.index_path)
-    info = await broker.js.stream_info(AUDIT)
+    with nats_failures("the audit stream"):
+        info = await broker.js.stream_info(AUDIT)
     await index.open(stream_created=str(info.created))
     keys = broker_keys(broker.registry)
     indexer = Indexer(broker.js, index, keys)
@@ -68,7 +70,8 @@ async def audit_service(broker: Broker) -> AsyncIterator[AuditService]:
     async def retention() -> dict[str, object]:
         streams = settings.streams
         before = iso(time.time() - streams.audit_retention)
-        deliveries = await broker.js.stream_info(DELIVERY)
+        with nats_failures("the delivery stream"):
+            deliveries = await broker.js.stream_info(DELIVERY)
         holds = await broker.sweeper.holds.all()
         return {"deliveryRetentionDays": streams.delivery_retention / 86400,
                 "auditRetentionYears": round(streams.audit_retention / (365 * 86400), 2),
@@ -77,8 +80,10 @@ async def audit_service(broker: Broker) -> AsyncIterator[AuditService]:
 
     async def verify_periodically() -> None:
         while not stop.is_set():
-            with contextlib.suppress(Exception):
-                await verify()
+            try:
+                await verify()  # what NATS or the index's store did wrong, it records for the badge
+            except Exception:  # a bug: said as one; the next run tries again
+                log.exception("periodic audit verification failed (a bug)")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), settings.api.integrity_interval)
 

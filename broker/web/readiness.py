@@ -11,12 +11,13 @@ import asyncio
 import time
 from typing import Final
 
-from nats.errors import Error as NatsError
-from nats.js.errors import APIError, NotFoundError
+from nats.js.errors import NotFoundError
 
+from broker.errors import TransportError
 from broker.http.probes import Check
 from broker.pipeline.service import Broker
 from broker.policy.engine import ReloadablePolicy, RulebookPolicy
+from broker.transport.errors import nats_failures
 from broker.web.context import AuditService
 from broker.wire.subjects import AUDIT, DELIVERY, INGRESS
 
@@ -39,13 +40,15 @@ def _keys(broker: Broker, now: float) -> Check:
 
 async def _streams(broker: Broker, timeout: float) -> Check:
     missing = []
-    for name in (INGRESS, DELIVERY, AUDIT):
-        try:
-            await asyncio.wait_for(broker.js.stream_info(name), timeout)
-        except NotFoundError:
-            missing.append(name)
-        except (NatsError, APIError, TimeoutError):
-            return Check("fail", "JetStream does not answer")
+    try:
+        for name in (INGRESS, DELIVERY, AUDIT):
+            with nats_failures("JetStream"):
+                try:
+                    await asyncio.wait_for(broker.js.stream_info(name), timeout)
+                except NotFoundError:
+                    missing.append(name)
+    except TransportError:
+        return Check("fail", "JetStream does not answer")
     if missing:
         return Check("fail", f"missing: {', '.join(missing)}")
     return Check("ok", "SG_INGRESS, SG_DELIVERY, SG_AUDIT")
@@ -65,7 +68,7 @@ async def _index(service: AuditService | None) -> Check:
         return Check("ok", "not served by this process")
     try:
         await asyncio.wait_for(service.index.set_meta("probe", time.time()), 2.0)
-    except (OSError, TimeoutError, Exception) as exc:  # sqlite3.Error and friends: any failure is "not writable"
+    except Exception as exc:  # sqlite3.Error, StoreError, its deadline: any failure is "not writable"
         return Check("fail", f"the audit index cannot be written ({type(exc).__name__})")
     return Check("ok", "writable")
 

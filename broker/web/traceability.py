@@ -1,11 +1,11 @@
 """The rulebook in force traced to the guidance, for ``GET /api/v1/rulebook/coverage`` and the
-IG page ``/ig/rulebook``: the table ``sgb policy coverage`` prints (:mod:`broker.coverage`), with
+IG page ``/ig/rulebook``: the table ``sgb policy coverage`` prints (:mod:`broker.policy.coverage`), with
 each rule's citations from the rulebook in force and the failing scenarios by the item they test.
 
 The report plays every scenario (a few hundred milliseconds), so it is computed once per
 rulebook load, in a worker thread, and kept while the same rulebook (and the same scenario file)
 is in force. The scenario file is ``<rulebook>.scenarios.yaml`` beside the rulebook
-(:func:`broker.scenarios.default_path`); without it every item shows as untested and the view
+(:func:`broker.policy.scenarios.default_path`); without it every item shows as untested and the view
 says why. Nothing here is personal data: codes, rule ids, citations and scenario names.
 """
 

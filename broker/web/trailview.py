@@ -1,7 +1,7 @@
 """What one message's trail says, per recipient: the decision (shared with these fields, refused,
 or not shared and why), what happened after, and where the message stands with each recipient.
 
-Built from the message's audit records alone (:meth:`broker.auditindex.AuditIndex.trail`), for
+Built from the message's audit records alone (:meth:`broker.audit.index.AuditIndex.trail`), for
 ``GET /api/v1/messages/{message}/trail`` and the trail page.
 """
 

@@ -4,16 +4,18 @@ claims are the envelope, with the payload HPKE-sealed to one recipient; and the 
 The HPKE ``info`` binds each ciphertext to the message id, sender, type, version and
 recipient, so a payload cannot be lifted into another envelope.
 
-Every signed token the project reads goes through :func:`parse`: messages in the broker's
-pipeline, deliveries in the SDK and the adapters, the audit chain's blocks and checkpoints and
-its export manifests. It is strict: three segments, each base64url in its one canonical spelling
-(no padding, no stray characters, no unused bits set), so one message has one byte form; the
-header and the claims are strict JSON (:mod:`broker.wire.strictjson`: a duplicate member name,
-NaN or nesting past 32 levels is refused); only EdDSA, verified with ``cryptography`` directly.
-PyJWT signs; ``tests/test_wire.py`` checks that this reader accepts and refuses exactly what
-PyJWT does, plus the canonical spelling and the strict JSON, which PyJWT does not check. (PyJWT
-2.15 also checks a token's alphabet in a per-character Python loop that costs more than the
-signature on a 5 KB message.)
+Every signed token of the wire and the audit log goes through :func:`parse`: messages in the
+broker's pipeline, deliveries in the SDK and the adapters, the audit chain's blocks and
+checkpoints and its export manifests. (An API bearer token is another kind, an RFC 7519 access
+token whose expiry, audience and issuer must be checked: :mod:`broker.http.tokens` reads those.)
+It is strict: three segments, each base64url in its one canonical spelling (no padding, no stray
+characters, no unused bits set), so one message has one byte form; the header and the claims are
+strict JSON (:mod:`broker.wire.strictjson`: a duplicate member name, NaN or nesting past 32
+levels is refused); only EdDSA, verified with ``cryptography`` directly. PyJWT signs;
+``tests/test_wire.py`` checks that this reader, as the pipeline and the SDK use it, accepts and
+refuses exactly what PyJWT does, plus the canonical spelling and the strict JSON, which PyJWT
+does not check. (PyJWT 2.15 also checks a token's alphabet in a per-character Python loop that
+costs more than the signature on a 5 KB message.)
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import jwt
 import orjson
 
 from broker.errors import BadSignature, InvalidEnvelope, Malformed
+from broker.timestamps import at_of
 from broker.wire import _crypto, strictjson
 
 ALGORITHM: Final = "EdDSA"
@@ -52,8 +55,9 @@ def canonical_b64u(text: Any) -> bool:
     return True
 
 
-def sign(claims: Mapping[str, Any], key: _crypto.SigningKey, kid: str) -> bytes:
-    token = jwt.encode(dict(claims), key, algorithm=ALGORITHM, headers={"kid": kid, "typ": JWS_TYP})
+def sign(claims: Mapping[str, Any], key: _crypto.SigningKey, kid: str, typ: str = JWS_TYP) -> bytes:
+    """A compact JWS of ``claims`` (a wire message; or, with its ``typ``, one of the broker's own tokens)."""
+    token = jwt.encode(dict(claims), key, algorithm=ALGORITHM, headers={"kid": kid, "typ": typ})
     return token.encode("ascii")
 
 
@@ -168,11 +172,6 @@ def read_header(token: bytes) -> dict[str, Any]:
     return read(token).header
 
 
-def verify(token: bytes, key: _crypto.VerifyKey) -> dict[str, Any]:
-    """The claims of a wire message signed with ``key`` (when the key is known beforehand)."""
-    return parse(token).verify(key)
-
-
 def unverified(token: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
     """Header and claims, strictly read, without checking the signature (to list stored messages,
     or to say *what* was changed); anything unreadable is :class:`InvalidEnvelope`."""
@@ -183,14 +182,15 @@ def unverified(token: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
         raise InvalidEnvelope("not a readable JWS") from exc
 
 
-def verify_typed(token: bytes, typ: str, keys: KeyLookup, when: float) -> dict[str, Any]:
-    """The claims of one of the broker's own ``typ`` tokens (see :meth:`Signed.verified_by`)."""
+def verify_typed(token: bytes, typ: str, keys: KeyLookup, when: float | None = None) -> dict[str, Any]:
+    """The claims of one of the broker's own ``typ`` tokens (see :meth:`Signed.verified_by`), its key
+    valid ``when`` (None: at the time the token says it was signed, its ``at`` claim)."""
     try:
         signed = parse(token)
         claims = signed.claims()
     except Malformed as exc:
         raise InvalidEnvelope("not a readable JWS") from exc
-    signed.verified_by(keys, when, typ)
+    signed.verified_by(keys, at_of(claims) if when is None else when, typ)
     return claims
 
 
