@@ -173,7 +173,7 @@ async def test_an_assessment_runs_45_working_days_from_the_referral(broker: Brok
     async with connected(settings, settings.nats.url or "", name="audit") as nc:
         records = [r async for r in read_audit(jetstream(nc, settings))]
     (shared,) = [r for r in records if r["message"] == with_reason and r["event"] == "shared"]
-    assert "late" in shared["flags"]
+    assert "late" in shared["flags"] and shared["lateReason"] == "awaiting-information"  # the IG officer sees why
     assert any(r["message"] == jti and r["event"] == "rejected" for r in records)
     assert broker.pipeline.metrics.registry.get_sample_value(
         "sgb_messages_late_total", {"type": "assessment-outcome"}) == 1

@@ -101,6 +101,8 @@ class Outcomes:
         }
         if decision.flags:
             base["flags"] = list(decision.flags)
+        if decision.late_reason:  # why a late message was late: a code, for the IG officer
+            base["lateReason"] = decision.late_reason
         if claims.get("thread"):
             base["thread"] = claims["thread"]
         if claims.get("re"):

@@ -12,6 +12,7 @@ never a value) when the message itself is unlawful or no recipient may receive i
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from broker.wire.catalogue import Catalogue, MessageType
 from broker.wire.registry import Agency
 
 WITHOUT_CONSENT: Final = frozenset({"NOT_SOUGHT", "REFUSED_OVERRIDDEN"})
+_CODE: Final = re.compile(r"[a-z][a-z0-9-]{0,39}")  # a reason code of a schema's list (never free text)
 # The sharing block's basis and condition fields.
 _CONDITION_FIELDS: Final = ("lawfulBasis", "specialCategoryCondition", "criminalOffenceCondition",
                             "lawEnforcementBasis")
@@ -54,6 +56,7 @@ class Decision:
     deadlines: tuple[DeadlineSpec, ...] = ()  # the clocks this message starts (those whose conditions hold)
     deadline_rule: str | None = None
     not_shared_reason: str | None = None  # a decision not to share: the practitioner's reason code
+    late_reason: str | None = None  # a message sent after its clock ran out: the reason code it gives
     notes: tuple[str, ...] = ()  # what a clock or a required recipient that raised a flag says
 
     @property
@@ -144,11 +147,15 @@ class RulebookPolicy:
             flags.append("advice-sought")
             applied.append("advice.sought")
         late = rule.late_after
+        late_reason: str | None = None
         if late is not None:
             verdict = _is_late(late, payload, received if received is not None else self._clock())
-            if verdict and late.reason_field and next(pointer.values(payload, late.reason_field), None) is None:
+            reason = next(pointer.values(payload, late.reason_field), None) if late.reason_field else None
+            if verdict and late.reason_field and reason is None:
                 raise NotPermitted(f"sent after its clock ran out ({late.says}): say why", field=late.reason_field,
                                    rule=rule.id)
+            if verdict and isinstance(reason, str):  # recorded for review only as a code, never as free text
+                late_reason = reason if _CODE.fullmatch(reason) else "given"
             if verdict is not False:  # late, or not judged because the payload does not say when it started
                 flags.append("late" if verdict else "clock-unjudged")
                 notes.append(late.says)
@@ -165,7 +172,7 @@ class RulebookPolicy:
                 applied.append(rule.id)
         clocks = tuple(d for d in rule.deadlines if d.applies(payload))
         return Decision(decisions, tuple(dict.fromkeys(applied)), tuple(dict.fromkeys(flags)), clocks,
-                        rule.id if clocks else None, notes=tuple(dict.fromkeys(notes)))
+                        rule.id if clocks else None, notes=tuple(dict.fromkeys(notes)), late_reason=late_reason)
 
     # -- lawful basis -------------------------------------------------------------------
 

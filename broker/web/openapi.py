@@ -187,6 +187,8 @@ def document() -> dict[str, Any]:
                                "fields": {"type": "array", "items": {"type": "string"}},
                                "withheld": {"type": "array", "items": {"type": "string"}},
                                "flags": {"type": "array", "items": {"type": "string"}},
+                               "lateReason": {"type": "string", "description": "a message sent after its clock "
+                                              "ran out: the reason code it gave"},
                                "sharing": {"type": "object"}, "n": {"type": "integer"},
                                "prev": {"type": "string"}, "instance": {"type": "string"},
                                "re": {"type": "string", "description": "the message this one answers"},
@@ -223,6 +225,7 @@ def document() -> dict[str, Any]:
                         "code": {"type": ["string", "null"]},
                         "notSharedReason": _REASON,
                         "notSharedReasonLabel": {"type": "string", "description": "the reason in words"},
+                        "lateReason": {"type": "string", "description": "sent late: the reason code it gave"},
                         "fields": {"type": "array", "items": {"type": "string"}},
                         "withheld": {"type": "array", "items": {"type": "string"}},
                         "rules": {"type": "array", "items": {"type": "string"}},

@@ -26,7 +26,7 @@ from broker.web.vocabulary import EXPORTED, SUBJECT_SEARCH, VOLUMES_BY
 
 CSV_COLUMNS: Final = ("at", "event", "message", "type", "sender", "recipient", "decision", "lawfulBasis",
                       "consentStatus", "purpose", "urgency", "code", "notSharedReason", "rules", "fields", "withheld",
-                      "flags", "due", "instance", "n", "id")
+                      "flags", "lateReason", "due", "instance", "n", "id")
 
 
 @requires(*READERS)

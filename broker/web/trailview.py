@@ -34,6 +34,8 @@ def summarise(trail: list[dict[str, Any]], message: str) -> dict[str, Any]:
             if r.get("notSharedReason"):  # a decision not to share: the practitioner's reason code
                 entry |= {"notSharedReason": r["notSharedReason"],
                           "notSharedReasonLabel": notshared.label(r["notSharedReason"])}
+            if r.get("lateReason"):  # sent after its clock ran out: the reason code it gave
+                entry["lateReason"] = r["lateReason"]
             if event == "shared":
                 _step(entry, "shared", r.get("at"))
         elif event == "overdue":
