@@ -1,12 +1,13 @@
-"""Fixtures: a real nats-server per test (own port, own store), development keys per test,
-a running broker, and agency clients. No mocks stand in for NATS or crypto."""
+"""Fixtures: a real nats-server per pytest-xdist worker, emptied before each test (or, for a test
+that asks for ``own_nats_url``, one of its own), development keys per test, a running broker, and
+agency clients. No mocks stand in for NATS or crypto."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from broker.web.app import audit_service, make_app
 from broker.web.context import AuditService
 from broker.wire.catalogue import Catalogue
 from broker.wire.registry import Registry, addressable
+from tests.support.nats import SharedServer, emptied, no_clients_left, shared_server
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "schemas" / "examples"
 
@@ -55,10 +57,35 @@ def home(tmp_path: Path, key_template: Path) -> Path:
     return target
 
 
+@pytest.fixture(scope="session")
+def worker_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedServer]:
+    """This worker's nats-server, started once (a sync fixture: no event loop outlives a test)."""
+    with shared_server(tmp_path_factory.mktemp("worker-nats")) as server:
+        yield server
+
+
 @pytest.fixture
-async def nats_url(tmp_path: Path) -> AsyncIterator[str]:
+async def shared_nats_url(worker_nats: SharedServer) -> AsyncIterator[str]:
+    """The worker's server with no stream or bucket in it; after the test, no client left on it."""
+    await emptied(worker_nats)
+    yield worker_nats.url
+    await no_clients_left(worker_nats)
+
+
+@pytest.fixture
+async def own_nats_url(tmp_path: Path) -> AsyncIterator[str]:
+    """A nats-server of the test's own (store under ``tmp_path / "nats"``): for a test that kills,
+    restarts or configures the server, or reads its store. ``settings`` (and so ``broker`` and
+    ``agency``) then use it too."""
     async with embedded_nats(tmp_path / "nats") as url:
         yield url
+
+
+@pytest.fixture
+def nats_url(request: pytest.FixtureRequest) -> str:
+    """The test's NATS: its own server if it asks for ``own_nats_url``, else the worker's, emptied."""
+    name = "own_nats_url" if "own_nats_url" in request.fixturenames else "shared_nats_url"
+    return str(request.getfixturevalue(name))
 
 
 def make_settings(home: Path, url: str, instance: str = "test-1", **pipeline: float) -> Settings:
@@ -78,8 +105,9 @@ def settings(home: Path, nats_url: str) -> Settings:
 
 
 @pytest.fixture
-def registry(settings: Settings, catalogue: Catalogue) -> Registry:
-    return Registry.load(settings.registry_path, catalogue)
+def registry(home: Path, catalogue: Catalogue) -> Registry:
+    """The development trust registry (no server: reading it needs none)."""
+    return Registry.load(home / "registry.json", catalogue)
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -28,15 +29,18 @@ def sharing(typ: str = "referral") -> dict[str, Any]:
     return example(f"{typ}.sharing.example.json")  # type: ignore[no-any-return]
 
 
-async def eventually(probe: Callable[[], Awaitable[T | None]], *, what: str, timeout: float = 10.0,
+async def eventually(probe: Callable[[], Awaitable[T | None] | T | None], *, what: str, timeout: float = 10.0,
                      every: float = 0.05) -> T:
-    """Poll ``probe`` until it returns something other than None (or False), within ``timeout``;
-    fail naming ``what`` otherwise. The one way the tests wait for something to happen."""
+    """Poll ``probe`` (a coroutine function, or a plain function) until it returns something other
+    than None (or False), within ``timeout``; fail naming ``what`` otherwise. The one way the tests
+    wait for something to happen."""
     deadline = time.monotonic() + timeout
     while True:
-        result = await probe()
+        result = probe()
+        if inspect.isawaitable(result):
+            result = await result
         if result is not None and result is not False:
-            return result
+            return result  # type: ignore[return-value]
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(every)
@@ -45,14 +49,14 @@ async def eventually(probe: Callable[[], Awaitable[T | None]], *, what: str, tim
 async def drain(client: AgencyClient, *, want: int, timeout: float = 10.0, ack: bool = True) -> list[Delivery]:
     """Collect at least ``want`` deliveries (acking them), then whatever else arrives within 0.3 s."""
     got: list[Delivery] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    async def enough() -> bool:
         async for delivery, msg in client.fetch(idle=0.3):
             assert delivery is not None, "a delivery failed verification"
             got.append(delivery)
             if ack:
                 await msg.ack_sync()
-        if len(got) >= want:
-            return got
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{client.agency}: wanted {want} deliveries, got {len(got)}")
+        return len(got) >= want
+
+    await eventually(enough, what=f"{client.agency} to receive {want} deliveries", timeout=timeout)
+    return got

@@ -27,9 +27,9 @@ from broker.policy.engine import RulebookPolicy
 from broker.wire.catalogue import Catalogue
 from broker.wire.registry import Registry
 from tests.helpers import example
-from tests.test_health import answer, bundle, referral_bundle, referrer
-from tests.test_local_authority import EVENTS, REFERRAL, REFERRAL_DELIVERY, REQUEST, REQUEST_DELIVERY
-from tests.test_police import PPN
+from tests.support.casesystem import EVENTS, REFERRAL, REFERRAL_DELIVERY, REQUEST, REQUEST_DELIVERY
+from tests.support.fhir import answer, bundle, referral_bundle, referrer
+from tests.support.police import PPN
 
 SHIPPED = sorted((Path(__file__).resolve().parent.parent / "deploy" / "adapters").glob("*.toml"))
 

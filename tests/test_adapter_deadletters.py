@@ -20,7 +20,7 @@ from broker.files import write_private
 from broker.pipeline.service import Broker
 from tests.conftest import ClientFactory
 from tests.helpers import eventually, referral, sharing
-from tests.test_deliverer import SECRET, CaseSystem, free_port, receipts, serve
+from tests.support.casesystem import SECRET, CaseSystem, free_port, receipts, serve
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -55,7 +55,7 @@ from tests.fuzzing import (
     related,
     without_local_constants,
 )
-from tests.test_health import consent_extension, referral_bundle
+from tests.support.fhir import consent_extension, referral_bundle
 
 pytestmark = pytest.mark.timeout(240)
 Client = TestClient  # type: ignore[type-arg]

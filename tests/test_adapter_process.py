@@ -23,7 +23,8 @@ from broker.pipeline.service import Broker
 from broker.transport.topology import agency_consumer
 from broker.wire.subjects import DELIVERY
 from tests.conftest import ClientFactory
-from tests.helpers import referral, sharing
+from tests.helpers import eventually, referral, sharing
+from tests.support.pipeline import queued, settled
 
 pytestmark = pytest.mark.timeout(120)
 SECRET = b"la-case-system-webhook-secret-02"
@@ -82,16 +83,24 @@ async def test_killed_mid_delivery_the_case_system_keeps_it_once(broker: Broker,
         await asyncio.wait_for(first.wait(), 10)
         second = await start_adapter(broker, url, tmp_path / "secret")
         statuses: list[str] = []
-        loop = asyncio.get_running_loop()
-        settle = loop.time() + 30
-        while loop.time() < settle:  # every receipt about the referral, until 2 s after 'delivered'
+
+        async def receipts() -> bool:  # every receipt about the referral police-met has now
             async for delivery, msg in police.fetch(idle=0.5):
                 assert delivery is not None
                 await msg.ack_sync()
                 if delivery.type == "receipt" and delivery.payload["messageId"] == message:
                     statuses.append(delivery.payload["status"])
-                    if delivery.payload["status"] == "delivered":
-                        settle = min(settle, loop.time() + 2)
+            return "delivered" in statuses
+
+        async def all_done() -> bool:  # the adapter has acked all it was given, the broker relayed all it sent
+            info = await broker.js.consumer_info(DELIVERY, "la-camden")
+            return info.num_pending == 0 and info.num_ack_pending == 0
+
+        await eventually(receipts, what="the 'delivered' receipt", timeout=30, every=0)
+        await eventually(all_done, what="the adapter to finish with its queue")
+        await settled(broker.js)
+        await receipts()  # whatever else the broker stored for police-met by now: a second 'delivered' would be here
+        assert await queued(broker.js, "police-met") == 0
         assert sorted(statuses) == ["delivered", "routed"]  # one 'delivered': the first process died first
         (referral_id,) = system.taken  # kept once; and the broker's 'routed' answers to the adapter's own
         # receipts are not handed to the case system

@@ -5,7 +5,6 @@ closes the Operation Encompass deadline; an adapter picks up rotated keys on rel
 
 from __future__ import annotations
 
-import asyncio
 import tomllib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -25,10 +24,10 @@ from broker.identity.rotation import rotate_keys
 from broker.pipeline.deadlines import BUCKET
 from broker.pipeline.service import Broker
 from tests.conftest import ClientFactory
-from tests.helpers import drain, example, sharing
-from tests.test_health import answer, bundle, referral_bundle, referrer
-from tests.test_inbound import PPN, police_adapter, post
-from tests.test_school_inbox import dsl_token, sign_in
+from tests.helpers import drain, eventually, example, sharing
+from tests.support.fhir import answer, bundle, referral_bundle, referrer
+from tests.support.police import PPN, police_adapter, post
+from tests.support.web import dsl_token, sign_in_inbox
 
 pytestmark = pytest.mark.timeout(90)
 Client = TestClient  # type: ignore[type-arg]
@@ -45,14 +44,6 @@ async def deadline_state(broker: Broker, message: str, replier: str) -> str | No
     except NotFoundError:  # never opened, or met and deleted
         return None
     return str(orjson.loads(entry.data)["state"]) if entry.data else None
-
-
-async def until(predicate: Callable[[], Awaitable[bool]], what: str) -> None:
-    for _ in range(150):
-        if await predicate():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def test_health_speaks_fhir_both_ways_through_its_adapter(
@@ -79,12 +70,12 @@ async def test_health_speaks_fhir_both_ways_through_its_adapter(
         async def opened() -> bool:
             return await deadline_state(broker, request, "health-camden") in ("open", "overdue")
 
-        await until(opened, "the request's deadline")
+        await eventually(opened, what="the request's deadline", timeout=15)
 
         async def written() -> bool:
             return any(request.encode() in p.read_bytes() for p in out.glob("*.json"))
 
-        await until(written, "the request in the NHS system's folder")
+        await eventually(written, what="the request in the NHS system's folder", timeout=15)
         (path,) = [p for p in out.glob("*.json") if request.encode() in p.read_bytes()]  # its origin names it
         doc = orjson.loads(path.read_bytes())
         assert doc["resourceType"] == "Bundle" and doc["identifier"]["value"] == path.stem  # the delivery id
@@ -100,7 +91,7 @@ async def test_health_speaks_fhir_both_ways_through_its_adapter(
         async def met() -> bool:
             return await deadline_state(broker, request, "health-camden") is None
 
-        await until(met, "the request's deadline to close")
+        await eventually(met, what="the request's deadline to close", timeout=15)
 
 
 async def test_the_school_adapter_serves_its_inbox_and_the_acknowledgement_meets_the_deadline(
@@ -116,10 +107,10 @@ async def test_the_school_adapter_serves_its_inbox_and_the_acknowledgement_meets
         async def handed() -> bool:
             return school.deliverer.counts.delivered > 0
 
-        await until(handed, "the notice in the inbox")
+        await eventually(handed, what="the notice in the inbox", timeout=15)
         assert await deadline_state(broker, notice, "school-hillside") in ("open", "overdue")  # 'delivered' is not
         # enough: the deliverer's receipt went through the broker before the hand-over count rose
-        await sign_in(client, dsl_token(broker.settings))
+        await sign_in_inbox(client, dsl_token(broker.settings))
         page = await (await client.get("/inbox/")).text()
         delivery = page.split('href="/inbox/notices/')[1].split('"')[0]
         one = await (await client.get(f"/inbox/notices/{delivery}")).text()
@@ -130,7 +121,7 @@ async def test_the_school_adapter_serves_its_inbox_and_the_acknowledgement_meets
         async def met() -> bool:
             return await deadline_state(broker, notice, "school-hillside") is None
 
-        await until(met, "the Encompass deadline to close")
+        await eventually(met, what="the Encompass deadline to close", timeout=15)
 
 
 async def test_an_adapter_signs_with_rotated_keys_after_reload(
@@ -177,7 +168,7 @@ async def test_a_delivery_sealed_to_a_key_not_yet_here_waits_for_it(broker: Brok
         async def waiting() -> bool:
             return la.deliverer.counts.waiting_for_key > 0
 
-        await until(waiting, "the delivery to be offered back")
+        await eventually(waiting, what="the delivery to be offered back", timeout=15)
         assert la.deliverer.counts.dead_lettered == 0 and la.deliverer.counts.delivered == 0
         write_private(key_file, new_keys)  # it arrives; SIGHUP
         reload_keys(la, settings)
@@ -185,5 +176,5 @@ async def test_a_delivery_sealed_to_a_key_not_yet_here_waits_for_it(broker: Brok
         async def handed() -> bool:
             return any(message.encode() in p.read_bytes() for p in (tmp_path / "case").glob("*.json"))
 
-        await until(handed, "the referral in the case system's folder")
+        await eventually(handed, what="the referral in the case system's folder", timeout=15)
         assert la.deliverer.counts.dead_lettered == 0

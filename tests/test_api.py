@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import time
 from typing import Any
@@ -14,7 +13,6 @@ from aiohttp.test_utils import TestClient
 
 from broker.audit.export import verify_store
 from broker.config import Settings
-from broker.http.tokens import mint
 from broker.identity.keys import load_identity
 from broker.pipeline.service import Broker
 from broker.transport.connection import connected, jetstream
@@ -24,84 +22,12 @@ from broker.web.params import MAX_LIMIT
 from broker.web.vocabulary import EVENTS
 from broker.wire.registry import Registry
 from tests.conftest import ClientFactory
-from tests.helpers import drain, example, referral, sharing
+from tests.support.cli import sgb
+from tests.support.sending import NHS, NOT_SHARED_WORDS, send_not_to_share, send_referrals
+from tests.support.web import auth, token, until_indexed, until_recorded
 
 pytestmark = pytest.mark.timeout(90)
 Client = TestClient  # type: ignore[type-arg]
-NHS = "9990001235"  # the referral example's child
-
-
-def token(settings: Settings, *roles: str, sub: str = "ig-jo", **overrides: Any) -> str:
-    identity = load_identity(settings.home, "dev-token-issuer")
-    if not overrides:
-        return mint(identity, sub=sub, roles=list(roles), settings=settings.api)
-    now = time.time()
-    claims = {"iss": settings.api.issuer, "aud": settings.api.audience, "sub": sub, "roles": list(roles),
-              "iat": int(now), "exp": int(now + 600)} | overrides
-    claims = {k: v for k, v in claims.items() if v is not None}
-    return jwt.encode(claims, identity.signing_key, algorithm="EdDSA", headers={"kid": identity.sig_kid})
-
-
-def auth(settings: Settings, *roles: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token(settings, *roles)}"}
-
-
-async def send_referrals(agency: ClientFactory, *, consent: str = "NOT_SOUGHT", count: int = 1,
-                         child: dict[str, Any] | None = None) -> list[str]:
-    police, la = await agency("police-met"), await agency("la-camden")
-    ids = []
-    for _ in range(count):
-        share = sharing() | {"consentStatus": consent}
-        if consent == "GIVEN":  # with consent given, the consent conditions (the safeguarding ones are without it)
-            share = {k: v for k, v in share.items() if k != "nonConsentReason"} | {
-                "lawEnforcementBasis": "DPA_S35_CONSENT", "specialCategoryCondition": "UKGDPR_9_2_A",
-                "criminalOffenceCondition": "DPA_SCH1_CONSENT"}
-        payload = referral()
-        if child:
-            payload["child"] |= child
-        jti = await police.send(typ="referral", to=["la-camden"], payload=payload, sharing=share)
-        await police.wait_outcome(jti, timeout=10)
-        ids.append(jti)
-    await drain(la, want=count)
-    return ids
-
-
-async def send_not_to_share(agency: ClientFactory, reason: str = "NOT_PROPORTIONATE") -> str:
-    """A practitioner's decision not to share (health, about a request from the LA), recorded by the broker."""
-    health = await agency("health-camden")
-    jti = await health.send(typ="decision-not-to-share", to=["la-camden"],
-                            payload=example("decision-not-to-share.example.json") | {"reason": reason},
-                            sharing=sharing("decision-not-to-share"))
-    outcome = await health.wait_outcome(jti, timeout=10)
-    assert outcome.payload["status"] == "recorded", outcome.payload
-    return jti
-
-
-NOT_SHARED_WORDS = example("decision-not-to-share.example.json")["reasons"]  # the practitioner's own words
-
-
-async def until_recorded(client: Client, settings: Settings, message: str, event: str, timeout: float = 3.0
-                         ) -> dict[str, Any]:
-    """The message's record of ``event`` once the index has it."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        r = await client.get(f"/api/v1/records?message={message}&event={event}", headers=auth(settings, "auditor"))
-        items = (await r.json())["items"]
-        if items:
-            return items[0]  # type: ignore[no-any-return]
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"no {event} record of {message} within {timeout} s")
-
-
-async def until_indexed(client: Client, settings: Settings, message: str, timeout: float = 1.0) -> float:
-    """Seconds until the message's records are queryable (the issue asks for under one)."""
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        r = await client.get(f"/api/v1/records?message={message}", headers=auth(settings, "auditor"))
-        if (await r.json())["items"]:
-            return time.monotonic() - started
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"message not indexed within {timeout} s")
 
 
 # -- the document -----------------------------------------------------------------------------
@@ -416,7 +342,6 @@ async def test_internal_errors_never_leak(client: Client, settings: Settings, se
 
 async def test_reindex_rebuilds_the_same_index(client: Client, settings: Settings, agency: ClientFactory,
                                                service: AuditService) -> None:
-    from tests.test_cli import sgb
 
     ids = await send_referrals(agency, count=2)
     await until_indexed(client, settings, ids[-1])

@@ -42,7 +42,7 @@ from broker.wire.registry import Registry
 from broker.wire.subjects import AUDIT, AUDIT_HEADS_BUCKET
 from tests.conftest import ClientFactory
 from tests.helpers import referral, sharing
-from tests.test_cli import sgb
+from tests.support.cli import sgb
 
 pytestmark = pytest.mark.timeout(120)
 MESSAGES = 5

@@ -24,18 +24,21 @@ from adapters.sdk import AgencyClient, SeenStore
 from broker.audit.export import verify_store
 from broker.audit.reading import read_audit
 from broker.config import Settings
+from broker.errors import PublishTimeout, TransportError
 from broker.identity.keys import load_identity
 from broker.transport.connection import connected, jetstream
+from broker.transport.errors import NATS_FAILURES
 from broker.transport.natsserver import nats_server_binary
 from broker.transport.topology import ensure_topology
 from broker.wire.catalogue import Catalogue
 from broker.wire.registry import Registry, addressable
 from broker.wire.subjects import AUDIT, DELIVERY, INGRESS
 from tests.conftest import make_settings
-from tests.helpers import referral, sharing
+from tests.helpers import eventually, referral, sharing
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 MESSAGES = 2000
+TRANSPORT = (TransportError, *NATS_FAILURES)  # what a dying node raises; anything else fails the test
 DELIVERY_ACK_WAIT = 10.0  # a delivery whose fetch died with its node comes back this soon (60 s by default)
 
 
@@ -103,13 +106,11 @@ async def _broker_process(home: Path, url: str, instance: str, *, replicas: int)
 
 
 async def _running(proc: asyncio.subprocess.Process, log: Path) -> None:
-    for _ in range(300):
-        if "broker running" in log.read_text():
-            return
-        if proc.returncode is not None:
-            raise AssertionError(f"the broker exited: {log.read_text()[-1000:]}")
-        await asyncio.sleep(0.1)
-    raise AssertionError("the broker did not start within 30 s")
+    def started() -> bool:
+        assert proc.returncode is None, f"the broker exited: {log.read_text()[-1000:]}"
+        return "broker running" in log.read_text()
+
+    await eventually(started, what=f"the broker to start (see {log})", timeout=30, every=0.1)
 
 
 async def test_two_brokers_on_a_cluster_survive_a_leader_and_a_broker_dying(home: Path, tmp_path: Path) -> None:
@@ -120,16 +121,19 @@ async def test_two_brokers_on_a_cluster_survive_a_leader_and_a_broker_dying(home
                            nats=replace(settings.nats, request_timeout=5.0),
                            pipeline=replace(settings.pipeline, delivery_ack_wait=DELIVERY_ACK_WAIT))
         registry = Registry.load(settings.registry_path, Catalogue())
-        for attempt in range(60):  # the cluster elects its meta leader
+        async def topology() -> bool:  # once the cluster has elected its meta leader
             try:
                 async with connected(settings, url, name="setup") as nc:
                     await ensure_topology(jetstream(nc, settings), settings.streams, settings.pipeline,
                                           addressable(registry))
-                break
-            except Exception:
-                if attempt == 59:
-                    raise
-                await asyncio.sleep(0.5)
+            except TRANSPORT as exc:
+                failures.append(repr(exc))
+                return False
+            return True
+
+        failures: list[str] = []
+        await eventually(topology, what=f"the streams on the cluster (failures: {failures[-3:]})", timeout=30,
+                         every=0.5)
         a = await _broker_process(home, url, "broker-a", replicas=3)
         b = await _broker_process(home, url, "broker-b", replicas=1)  # misconfigured: must not lower replication
         for proc, name in ((a, "broker-a"), (b, "broker-b")):
@@ -144,6 +148,15 @@ async def test_two_brokers_on_a_cluster_survive_a_leader_and_a_broker_dying(home
                         await asyncio.wait_for(proc.wait(), 30)
                     if proc.returncode is None:
                         proc.kill()
+
+
+async def _published(police: AgencyClient, data: bytes, jti: str) -> bool:
+    """Publish once (the SDK retries within its own deadline); False while no node stores it."""
+    try:
+        await police.publish(data, jti)
+    except PublishTimeout:
+        return False
+    return True
 
 
 async def _run(settings: Settings, url: str, registry: Registry, nodes: list[Node],
@@ -173,7 +186,7 @@ async def _run(settings: Settings, url: str, registry: Registry, nodes: list[Nod
                             origin = delivery.claims["origin"]["jti"]
                             received[origin] = received.get(origin, 0) + 1
                         await msg.ack_sync()
-                except Exception:
+                except TRANSPORT:  # a node died under the fetch or the ack: fetch again (an assertion fails the test)
                     await asyncio.sleep(0.2)
 
         collector = asyncio.create_task(collect())
@@ -186,12 +199,8 @@ async def _run(settings: Settings, url: str, registry: Registry, nodes: list[Nod
             if i == MESSAGES // 2:
                 broker_a.kill()  # and one broker instance, mid-stream
             jti, data = police.build(typ="referral", to=["la-camden"], payload=referral(), sharing=sharing())
-            for attempt in range(20):
-                try:
-                    await police.publish(data, jti)
-                    break
-                except Exception:
-                    await asyncio.sleep(0.25 * (attempt + 1))
+            await eventually(lambda data=data, jti=jti: _published(police, data, jti),
+                             what=f"JetStream to store message {i}", timeout=60, every=0.25)
             sent.append(jti)
         published = asyncio.get_running_loop().time()
         await asyncio.wait_for(collector, 180)

@@ -8,7 +8,7 @@ import pytest
 
 from broker.config import Settings
 from broker.errors import ConfigError
-from tests.test_cli import sgb
+from tests.support.cli import sgb
 
 
 def test_file_then_environment(tmp_path: Path) -> None:

@@ -10,71 +10,22 @@ import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from adapters.runtime.deadletters import RETRIES_EXHAUSTED
 from adapters.runtime.deliverer import DeadLetters, Deliverer
 from adapters.runtime.retries import RetryPolicy
-from adapters.runtime.sinks import DELIVERY_HEADER, WebhookSettings, WebhookSink, verify_webhook
-from adapters.sdk import AgencyClient
+from adapters.runtime.sinks import DELIVERY_HEADER, WebhookSettings, WebhookSink
 from broker.pipeline.service import Broker
 from broker.wire.subjects import DELIVERY
 from tests.conftest import ClientFactory
 from tests.helpers import eventually, referral, sharing
+from tests.support.casesystem import SECRET, CaseSystem, free_port, receipts, run_once, serve
 
 pytestmark = pytest.mark.timeout(60)
-SECRET = b"la-case-system-webhook-secret-01"
-
-
-class CaseSystem:
-    """The council's case management system: takes a referral once per delivery id."""
-
-    def __init__(self, status: int = 200) -> None:
-        self.status = status
-        self.taken: dict[str, dict[str, Any]] = {}
-        self.posts = 0
-
-    async def inbound(self, request: web.Request) -> web.Response:
-        self.posts += 1
-        body = await request.read()
-        if not verify_webhook(SECRET, request.headers, body):
-            return web.Response(status=401)
-        if self.status == 200:
-            self.taken.setdefault(request.headers[DELIVERY_HEADER], await request.json())
-        return web.Response(status=self.status)
-
-
-async def receipts(police: AgencyClient, message: str, want: set[str], timeout: float = 10.0) -> set[str]:
-    got: set[str] = set()
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not want <= got and loop.time() < deadline:
-        async for delivery, msg in police.fetch(idle=0.5):
-            assert delivery is not None
-            await msg.ack_sync()
-            if delivery.type == "receipt" and delivery.payload["messageId"] == message:
-                got.add(delivery.payload["status"])
-    return got
-
-
-async def serve(system: CaseSystem, port: int | None = None) -> TestServer:
-    app = web.Application()
-    app.router.add_post("/referrals", system.inbound)
-    server = TestServer(app, host="127.0.0.1", port=port)
-    await server.start_server()
-    return server
-
-
-def free_port() -> int:
-    """A port nobody listens on (yet): connections to it are refused."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.asynccontextmanager
@@ -90,17 +41,6 @@ async def running(deliverer: Deliverer) -> AsyncIterator[Deliverer]:
 
 async def counted(deliverer: Deliverer, name: str, at_least: int) -> bool:
     return getattr(deliverer.counts, name) >= at_least
-
-
-async def run_once(deliverer: Deliverer, *, until: int) -> None:
-    stop = asyncio.Event()
-    task = asyncio.create_task(deliverer.run(stop))
-    for _ in range(200):
-        if deliverer.counts.delivered + deliverer.counts.dead_lettered + deliverer.counts.redelivered >= until:
-            break
-        await asyncio.sleep(0.05)
-    stop.set()
-    await asyncio.wait_for(task, 10)
 
 
 async def test_hand_over_then_the_sender_hears_delivered(broker: Broker, agency: ClientFactory,
@@ -120,14 +60,16 @@ async def test_hand_over_then_the_sender_hears_delivered(broker: Broker, agency:
             # police (one batch), so it is in the LA's queue now: run until the queue is empty...
             stop = asyncio.Event()
             task = asyncio.create_task(deliverer.run(stop))
-            for _ in range(200):
+            async def emptied() -> bool:
                 info = await broker.js.consumer_info(DELIVERY, "la-camden")
                 relayed = broker.pipeline.counters.shared >= 2  # the referral and the adapter's receipt, stored
-                if relayed and info.num_pending == 0 and info.num_ack_pending == 0:
-                    break
-                await asyncio.sleep(0.05)
-            stop.set()
-            await asyncio.wait_for(task, 10)
+                return relayed and info.num_pending == 0 and info.num_ack_pending == 0
+
+            try:
+                await eventually(emptied, what="the LA's queue to be empty")
+            finally:
+                stop.set()
+                await asyncio.wait_for(task, 10)
     finally:
         await server.close()
     assert [d async for d, _ in la.fetch(idle=0.3)] == []  # ...it was taken off the queue...
@@ -189,7 +131,6 @@ async def test_adapter_service_runs_as_a_process(broker: Broker, agency: ClientF
     """``sgb adapter run`` as an operator runs it: a drop folder, its probes and metrics, SIGTERM."""
     import os
     import signal
-    import socket
     import sys
 
     with socket.socket() as s:

@@ -8,7 +8,6 @@ browser fails them.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -20,26 +19,11 @@ from broker.audit.query import RecordQuery
 from broker.config import Settings
 from broker.web.context import AuditService
 from tests.conftest import ClientFactory
-from tests.test_api import (
-    NHS,
-    NOT_SHARED_WORDS,
-    send_not_to_share,
-    send_referrals,
-    token,
-    until_indexed,
-    until_recorded,
-)
+from tests.support.sending import NHS, NOT_SHARED_WORDS, send_not_to_share, send_referrals
+from tests.support.web import shots, sign_in, token, until_indexed, until_recorded
 
 pytestmark = pytest.mark.timeout(120)
 Client = TestClient  # type: ignore[type-arg]
-
-
-async def sign_in(client: Client, settings: Settings, *roles: str) -> str:
-    r = await client.post("/ig/login", data={"token": token(settings, *roles), "next": "/ig/"}, allow_redirects=False)
-    assert r.status == 303 and r.cookies["sgb_session"]["httponly"]
-    assert r.cookies["sgb_session"]["samesite"] == "Strict"
-    page = await (await client.get("/ig/reviews")).text()
-    return page.split('name="csrf" value="')[1].split('"')[0]
 
 
 async def test_pages_need_a_session(client: Client, settings: Settings) -> None:
@@ -121,12 +105,6 @@ async def test_pages_render_quickly_on_a_large_log(client: Client, settings: Set
 
 
 # -- a real browser -------------------------------------------------------------------------------
-
-
-def shots(tmp_path: Path) -> Path:
-    target = Path(os.environ.get("SGB_SCREENSHOTS") or tmp_path / "screenshots")
-    target.mkdir(parents=True, exist_ok=True)
-    return target
 
 
 async def test_an_ig_officer_reviews_a_share_in_the_browser(browser_page: Any, live_url: str, settings: Settings,

@@ -5,14 +5,11 @@ named and no value echoed; retries and restarts send nothing twice."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import copy
 import dataclasses
 import hashlib
 import io
 import time
-import tomllib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -38,24 +35,11 @@ from broker.wire.registry import Registry, addressable
 from broker.wire.subjects import INGRESS
 from tests.conftest import ClientFactory
 from tests.helpers import drain, eventually, example, sharing
-from tests.test_police import CSV, PPN
+from tests.support.police import CSV, POLICE_SHARING, PPN, SECRET, police_adapter, post
 
 pytestmark = pytest.mark.timeout(90)
-SECRET = b"police-rms-to-adapter-secret-0001"
+
 Client = TestClient  # type: ignore[type-arg]
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "adapters"
-# The force's shipped agency-wide defaults: each record's consent facts are laid over them.
-POLICE_SHARING = tomllib.loads((DEPLOY / "police-met.toml").read_text())["adapter"]["sharing"]
-
-
-@contextlib.asynccontextmanager
-async def police_adapter(settings: Settings, tmp_path: Path, **extra: Any) -> AsyncIterator[Adapter]:
-    write_private(tmp_path / "inbound.secret", SECRET)
-    adapter = AdapterSettings(
-        agency="police-met", drop_folder=tmp_path / "police-out", inbound_secret_file=tmp_path / "inbound.secret",
-        local_authority="la-camden", poll=0.1, sharing=POLICE_SHARING, **extra)
-    async with running_adapter(settings, adapter, settings.nats.url or "") as running:
-        yield running
 
 
 @pytest.fixture
@@ -63,10 +47,6 @@ async def police(broker: Broker, tmp_path: Path,
                  aiohttp_client: Callable[..., Awaitable[Client]]) -> AsyncIterator[tuple[Adapter, Client]]:
     async with police_adapter(broker.settings, tmp_path, inbound_folder=tmp_path / "police-in") as running:
         yield running, await aiohttp_client(make_app(running))
-
-
-async def post(client: Client, fmt: str, body: bytes, *, key: str = "", secret: bytes = SECRET) -> Any:
-    return await client.post(f"/records/{fmt}", data=body, headers=signed_headers(secret, body, key=key))
 
 
 async def test_a_ppn_posted_to_the_adapter_reaches_the_la_and_the_school(
@@ -221,10 +201,8 @@ async def test_csv_exports_in_the_drop_folder(police: tuple[Adapter, Client], ag
     la = await agency("la-camden")
     referrals = await drain(la, want=2)
     assert sorted(d.payload["child"]["name"]["given"] for d in referrals) == ["Ada", "Ben"]
-    for _ in range(100):
-        if (folder / "failed" / "export-0003.csv.error.json").exists() and list((folder / "sent").glob("*.json")):
-            break
-        await asyncio.sleep(0.1)
+    await eventually(lambda: (folder / "failed" / "export-0003.csv.error.json").exists()
+                     and bool(list((folder / "sent").glob("*.json"))), what="the exports sent and refused")
     (record,) = (folder / "sent").glob("*.json")  # named by time and a hash of the file's name, not the name
     assert "export" not in record.name
     sent = orjson.loads(record.read_bytes())

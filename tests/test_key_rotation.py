@@ -32,7 +32,7 @@ from broker.wire.jws import unverified
 from broker.wire.registry import Registry
 from broker.wire.subjects import AUDIT
 from tests.conftest import ClientFactory
-from tests.helpers import drain, referral, sharing
+from tests.helpers import drain, eventually, referral, sharing
 
 SGB = Path(sys.executable).parent / "sgb"
 
@@ -58,30 +58,23 @@ def _doc(path: Path) -> Any:
     return orjson.loads(path.read_bytes())
 
 
-async def _until(condition: Any, *, timeout: float = 10.0, what: str = "the condition") -> None:
-    """Poll ``condition()`` every 50 ms until it is true, for at most ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {timeout:g}s")
-        await asyncio.sleep(0.05)
-
-
 async def _audit_signed_with(js: JetStreamContext, kid: str, *, timeout: float = 10.0) -> None:
     """Wait until ``SG_AUDIT`` holds an audit block and a checkpoint signed with ``kid`` (bounded)."""
     found: set[bool] = set()  # is_checkpoint() of the messages signed with kid
-    seq, deadline = 1, time.monotonic() + timeout
-    while found != {True, False}:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no audit block and checkpoint signed with {kid} within {timeout:g}s")
-        try:
-            msg = await js.get_msg(AUDIT, seq, subject="sg.audit.>", next=True)
-        except NotFoundError:
-            await asyncio.sleep(0.05)
-            continue
-        seq = int(msg.seq or seq) + 1
-        if unverified(msg.data or b"")[0].get("kid") == kid:
-            found.add(is_checkpoint(msg.subject or ""))
+    seq = 1
+
+    async def both() -> bool:
+        nonlocal seq
+        while True:  # read on from where the last look stopped
+            try:
+                msg = await js.get_msg(AUDIT, seq, subject="sg.audit.>", next=True)
+            except NotFoundError:
+                return found == {True, False}
+            seq = int(msg.seq or seq) + 1
+            if unverified(msg.data or b"")[0].get("kid") == kid:
+                found.add(is_checkpoint(msg.subject or ""))
+
+    await eventually(both, what=f"an audit block and a checkpoint signed with {kid}", timeout=timeout)
 
 
 async def test_waiting_delivery_opens_after_rotation_and_new_ones_use_the_new_key(
@@ -230,7 +223,7 @@ async def test_a_message_sealed_to_a_retired_broker_key_is_undecryptable(
     done = rotate_keys(settings.home, settings.registry_path, "sg-broker", overlap=1.0)
     _reload(police, registry, settings, catalogue)
     assert broker.reload()
-    await _until(lambda: plan_retirement(settings.registry_path, "sg-broker", now=time.time()).enc,
+    await eventually(lambda: bool(plan_retirement(settings.registry_path, "sg-broker", now=time.time()).enc),
                  what="the end of the overlap")
     retired = retire_keys(settings.home, settings.registry_path, "sg-broker", now=time.time())
     assert retired.enc and set(retired.enc) <= set(load_identity(settings.home, "sg-broker").kem)  # kept
@@ -301,7 +294,7 @@ async def test_cli_rotate_and_retire_waits_for_queued_deliveries(
     entry = next(a for a in _doc(settings.registry_path)["agencies"] if a["id"] == "la-camden")
     assert len(entry["keys"]) == 4 and all("notAfter" in k for k in entry["keys"] if k["kid"] in old_kids)
     assert stat.S_IMODE(identity_path(home, "la-camden").stat().st_mode) == 0o600
-    await _until(lambda: plan_retirement(settings.registry_path, "la-camden", now=time.time()).removed != (),
+    await eventually(lambda: plan_retirement(settings.registry_path, "la-camden", now=time.time()).removed != (),
                  what="the end of the overlap (0.864 s)")
 
     # purging the old decryption key would strand the delivery still waiting sealed to it: refused

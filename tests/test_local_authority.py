@@ -33,15 +33,12 @@ from broker.transport.connection import connected, jetstream
 from broker.wire.catalogue import Catalogue
 from broker.wire.registry import Registry
 from tests.conftest import ClientFactory
-from tests.helpers import example, referral, sharing
+from tests.helpers import eventually, example, referral, sharing
+from tests.support.casesystem import EVENTS, REFERRAL, REFERRAL_DELIVERY, REQUEST, REQUEST_DELIVERY
 
 pytestmark = pytest.mark.timeout(60)
 
-EVENTS: list[dict[str, Any]] = orjson.loads((Path(__file__).parent / "data" / "la-case-events.json").read_bytes())
-REFERRAL_DELIVERY = "5d0c6a2e-1f3b-4c8d-9e7a-0b1c2d3e4f50"  # what the case system got as X-SGB-Delivery-Id
-REFERRAL = "0b6f3c2e-8d1a-4c5e-9f7b-2a3d4e5f6a7b"  # police-met's referral, as the delivery's origin names it
-REQUEST_DELIVERY = "7e8f9a0b-1c2d-4e3f-8a4b-5c6d7e8f9a0b"
-REQUEST = "1c2d3e4f-5a6b-4c7d-8e9f-0a1b2c3d4e5f"  # health-camden's information request
+
 RECEIPT_DELIVERY = "9a8b7c6d-5e4f-4a3b-9c2d-1e0f9a8b7c6d"
 PERSONAL = ("Okafor", "9990005672", "2020-09-02", "2017-03-14", "Demo Street", "LBC-SW-0192")
 
@@ -342,14 +339,6 @@ class CaseSystem:
         return {k: v for k, v in self.taken.items() if v["envelope"]["typ"] == typ}
 
 
-async def _until(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():
-        assert loop.time() < deadline, "timed out"
-        await asyncio.sleep(0.05)
-
-
 async def _deadline_entry(settings: Settings, message: str, recipient: str) -> RawStreamMsg:
     async with connected(settings, settings.nats.url or "", name="kv") as nc:
         return await jetstream(nc, settings).get_last_msg("KV_SG_DEADLINES", f"$KV.SG_DEADLINES.{message}.{recipient}")
@@ -403,12 +392,8 @@ async def _la_adapter(la: AgencyClient, registry: Registry, catalogue: Catalogue
 
 async def _closed(settings: Settings, message: str, recipient: str) -> bool:
     """Whether the deadline entry is deleted (its close is published with the reply's delivery)."""
-    for _ in range(100):
-        entry = await _deadline_entry(settings, message, recipient)
-        if (entry.headers or {}).get("KV-Operation") == "DEL":
-            return True
-        await asyncio.sleep(0.05)
-    return False
+    entry = await _deadline_entry(settings, message, recipient)
+    return (entry.headers or {}).get("KV-Operation") == "DEL"
 
 
 async def test_referral_acknowledged_and_decided_through_the_case_system(
@@ -419,7 +404,7 @@ async def test_referral_acknowledged_and_decided_through_the_case_system(
     async with _la_adapter(la, registry, catalogue, types, tmp_path) as (system, submitter, _):
         referral_id = await police.send(typ="referral", to=["la-camden"], payload=referral(), sharing=sharing(),
                                         thread="MPS-2026-7781")
-        await _until(lambda: bool(system.of_type("referral")))
+        await eventually(lambda: bool(system.of_type("referral")), what="the referral in the case system")
         ((delivery_id, taken),) = system.of_type("referral").items()
         assert taken["envelope"]["origin"]["jti"] == referral_id
         opened = orjson.loads((await _deadline_entry(settings, referral_id, "la-camden")).data or b"{}")
@@ -451,7 +436,7 @@ async def test_referral_acknowledged_and_decided_through_the_case_system(
     assert decided.claims["sharing"]["decidedBy"] == {"role": "Team Manager, Front Door", "staffRef": "LBC-TM-031"}
     assert decided.claims["sharing"]["purpose"] == sharing("referral-outcome")["purpose"]  # the default, overlaid
     assert decided.claims["sharing"]["subjectInformed"] == "TO_BE_INFORMED_LATER"  # the event's own facts
-    assert await _closed(settings, referral_id, "la-camden")
+    await eventually(lambda: _closed(settings, referral_id, "la-camden"), what="the referral's deadline to close")
 
 
 async def test_an_information_request_answered_from_the_case_system(
@@ -465,7 +450,7 @@ async def test_an_information_request_answered_from_the_case_system(
         request = example("information-request.example.json")
         request_id = await health.send(typ="information-request", to=["la-camden"], payload=request,
                                        sharing=sharing("information-request"))
-        await _until(lambda: bool(system.of_type("information-request")))
+        await eventually(lambda: bool(system.of_type("information-request")), what="the request in the case system")
         wrong = [EVENTS[1] | {"inReplyTo": request_id}]
         with pytest.raises(Unmappable) as caught:
             await submitter.submit(orjson.dumps([EVENTS[2] | {"inReplyTo": request_id}, *wrong]), case_events)
@@ -477,4 +462,4 @@ async def test_an_information_request_answered_from_the_case_system(
     assert response.claims["re"] == request_id and response.origin == ("la-camden", answer_id)
     assert response.payload["requestId"] == request_id
     assert response.payload["answers"][1] == {"questionId": "q2", "noInformationHeld": True}
-    assert await _closed(settings, request_id, "la-camden")
+    await eventually(lambda: _closed(settings, request_id, "la-camden"), what="the request's deadline to close")

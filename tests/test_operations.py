@@ -24,8 +24,9 @@ from broker.transport.connection import connected, jetstream
 from broker.wire.catalogue import Catalogue
 from broker.wire.subjects import DELIVERY
 from tests.conftest import ClientFactory
-from tests.helpers import drain, referral, sharing
-from tests.test_api import auth, send_referrals
+from tests.helpers import drain, eventually, referral, sharing
+from tests.support.sending import send_referrals
+from tests.support.web import auth, until_recorded
 
 pytestmark = pytest.mark.timeout(90)
 Client = TestClient  # type: ignore[type-arg]
@@ -79,13 +80,13 @@ async def test_metrics_follow_conventions_and_carry_no_identifiers(client: Clien
     del bad["lawfulBasis"], bad["lawEnforcementBasis"]
     rejected = await police.send(typ="referral", to=["la-camden"], payload=referral(), sharing=bad)
     assert (await police.wait_outcome(rejected, timeout=10)).type == "rejection"
-    for _ in range(50):  # the outcome reaches the sender just before the broker acks and counts
+    async def counted() -> tuple[int, str, str] | None:  # the outcome reaches the sender just before the broker counts
         r = await client.get("/metrics")
         text = await r.text()
-        if "sgb_messages_received_total 3.0" in text:
-            break
-        await asyncio.sleep(0.05)
-    assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain")
+        return (r.status, r.headers["Content-Type"], text) if "sgb_messages_received_total 3.0" in text else None
+
+    status, content_type, text = await eventually(counted, what="the metrics to count three messages", timeout=3)
+    assert status == 200 and content_type.startswith("text/plain")
     families = {f.name: f for f in text_string_to_metric_families(text)}
     value = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
     assert value[("sgb_messages_received_total", ())] == 3
@@ -145,10 +146,11 @@ def _markers(payload: Any, catalogue: Catalogue, typ: str) -> tuple[Any, list[st
     return payload, markers
 
 
-async def test_no_personal_data_outside_the_recipients_hands(broker: Broker, settings: Settings,
+async def test_no_personal_data_outside_the_recipients_hands(own_nats_url: str, broker: Broker, settings: Settings,
                                                              agency: ClientFactory, client: Client,
                                                              capsys: pytest.CaptureFixture[str],
                                                              catalogue: Catalogue) -> None:
+    """Reads the nats-server's store, so on a server of its own."""
     out = io.StringIO()
     logs.configure(level="DEBUG", json=True, stream=out)
     structlog.get_logger("t").info("logging to the capture")
@@ -161,7 +163,7 @@ async def test_no_personal_data_outside_the_recipients_hands(broker: Broker, set
     (delivery,) = await drain(la, want=1)
     received = orjson.dumps(delivery.payload).decode()
     assert all(m in received for m in markers)  # the recipient does get them
-    await asyncio.sleep(0.3)
+    assert (await until_recorded(client, settings, message, "shared", timeout=5))["recipient"] == "la-camden"
     metrics = await (await client.get("/metrics")).text()
     await client.post("/api/v1/integrity/verify", headers=auth(settings, "auditor"))
     places = {
@@ -172,6 +174,8 @@ async def test_no_personal_data_outside_the_recipients_hands(broker: Broker, set
                                if p.is_file()).decode("latin-1"),
     }
     assert "logging to the capture" in places["logs"] and len(places["nats store"]) > 10_000
+    assert message in places["audit index"]  # the index holds this message's records: the scan reads them
+    assert "sgb_messages_received_total" in places["metrics"]
     lines = [orjson.loads(line) for line in out.getvalue().splitlines() if line.startswith("{")]
     about_messages = [line for line in lines if "msg_id" in line]
     assert about_messages and all("stage" in line for line in about_messages)  # every line: id and stage
@@ -198,8 +202,10 @@ async def test_shutdown_finishes_or_hands_back_in_flight_work(settings: Settings
     patient = replace(settings, pipeline=replace(settings.pipeline, ack_wait=300.0))
     hasty = replace(patient, pipeline=replace(patient.pipeline, drain_timeout=0.01))
     async with running_broker(hasty, settings.nats.url or "") as first:
-        while first.pipeline.counters.received < 30:
-            await asyncio.sleep(0.01)
+        async def busy() -> bool:
+            return first.pipeline.counters.received >= 30
+
+        await eventually(busy, what="the first broker to take 30 messages", every=0.01)
     handed_back = 600 - first.pipeline.counters.received
     assert handed_back > 0
     second = replace(patient, instance="test-2")

@@ -16,9 +16,9 @@ from broker.config import Settings
 from broker.pipeline.service import Broker, running_broker
 from broker.timestamps import iso
 from broker.transport.connection import connected, jetstream
-from broker.wire.subjects import DELIVERY
 from tests.conftest import ClientFactory, make_settings
-from tests.helpers import drain, example, referral, sharing
+from tests.helpers import drain, eventually, example, referral, sharing
+from tests.support.pipeline import queued, settled
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -71,8 +71,9 @@ async def test_hybrid_suite_recipient_gets_post_quantum_sealing(broker: Broker, 
     assert delivery.payload == request
 
 
-async def test_policy_narrows_recipients_never_widens(broker: Broker, agency: ClientFactory) -> None:
-    police, la, school = await agency("police-met"), await agency("la-camden"), await agency("school-hillside")
+async def test_policy_narrows_recipients_never_widens(broker: Broker, agency: ClientFactory,
+                                                      settings: Settings) -> None:
+    police, la = await agency("police-met"), await agency("la-camden")
     jti = await police.send(typ="referral", to=["la-camden", "school-hillside"], payload=referral(),
                             sharing=sharing())
     outcome = await police.wait_outcome(jti, timeout=10)
@@ -80,26 +81,26 @@ async def test_policy_narrows_recipients_never_widens(broker: Broker, agency: Cl
     assert outcome.payload["refused"] == [{"recipient": "school-hillside", "code": "not-permitted",
                                            "rule": "referral.to-local-authority"}]
     await drain(la, want=1)
-    assert [d async for d in school.fetch(idle=0.5)] == []
+    # the deliveries are stored with the sender's outcome, before the ingress ack: all there now
+    await settled(broker.js)
+    assert await queued(broker.js, "school-hillside") == 0
 
 
-async def _count(settings: Settings, subject: str) -> int:
+async def _count(settings: Settings, agency: str) -> int:
     async with connected(settings, settings.nats.url or "", name="count") as nc:
-        info = await jetstream(nc, settings).stream_info(DELIVERY, subjects_filter=subject)
-        return (info.state.subjects or {}).get(subject, 0)
+        return await queued(jetstream(nc, settings), agency)
 
 
-async def _wait_count(settings: Settings, subject: str, want: int, timeout: float) -> int:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    n = 0
-    while loop.time() < deadline:
-        n = await _count(settings, subject)
-        if n >= want:
-            await asyncio.sleep(1.0)  # anything extra (a duplicate) would show up now
-            return await _count(settings, subject)
-        await asyncio.sleep(0.2)
-    return n
+async def _final_count(settings: Settings, agency: str, want: int, timeout: float) -> int:
+    """The deliveries in ``agency``'s queue once it holds ``want`` and the broker has finished all
+    its work: a duplicate, stored before the ingress ack like any delivery, would be counted."""
+    async def enough() -> bool:
+        return await _count(settings, agency) >= want
+
+    await eventually(enough, what=f"{want} deliveries to {agency}", timeout=timeout, every=0.2)
+    async with connected(settings, settings.nats.url or "", name="settled") as nc:
+        await settled(jetstream(nc, settings), timeout=timeout)
+    return await _count(settings, agency)
 
 
 async def _serve(settings: Settings, instance: str) -> asyncio.subprocess.Process:
@@ -119,10 +120,10 @@ async def test_broker_killed_mid_stream_loses_nothing_and_duplicates_nothing(
         await police.publish(data, jti)
     first = await _serve(settings, "crash-1")
     try:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 30
-        while (got := await _count(settings, "sg.out.la-camden")) < 1 and loop.time() < deadline:
-            await asyncio.sleep(0.05)
+        async def started() -> int | None:
+            return n if (n := await _count(settings, "la-camden")) >= 1 else None
+
+        got = await eventually(started, what="the first broker's first delivery", timeout=30)
     finally:
         first.send_signal(signal.SIGKILL)
         await first.wait()
@@ -130,8 +131,8 @@ async def test_broker_killed_mid_stream_loses_nothing_and_duplicates_nothing(
     second = await _serve(settings, "crash-2")
     try:
         # After SIGKILL, unacked messages come back once ack_wait (5 s here) passes.
-        delivered = await _wait_count(settings, "sg.out.la-camden", total, timeout=60)
-        receipts = await _wait_count(settings, "sg.out.police-met", total, timeout=10)
+        delivered = await _final_count(settings, "la-camden", total, timeout=60)
+        receipts = await _final_count(settings, "police-met", total, timeout=10)
     finally:
         second.send_signal(signal.SIGTERM)
         await second.wait()
@@ -148,7 +149,7 @@ async def test_two_instances_share_the_work(settings: Settings, topology: None, 
         for _ in range(total):
             jti, data = police.build(typ="referral", to=["la-camden"], payload=referral(), sharing=sharing())
             await police.publish(data, jti)
-        assert await _wait_count(settings, "sg.out.la-camden", total, timeout=30) == total
+        assert await _final_count(settings, "la-camden", total, timeout=30) == total
         assert one.pipeline.counters.shared > 0 and two.pipeline.counters.shared > 0
         assert one.pipeline.counters.shared + two.pipeline.counters.shared == total
 

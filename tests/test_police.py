@@ -19,25 +19,8 @@ from broker.wire.catalogue import Catalogue
 from broker.wire.registry import Registry
 from tests.conftest import ClientFactory
 from tests.helpers import drain, sharing
+from tests.support.police import CSV, PPN
 
-PPN: dict[str, Any] = {
-    "incidentReference": "MPS/2026/7781", "occurredAt": "2026-11-23T23:40:00Z", "location": "Family home",
-    "summary": "Domestic abuse incident; two children in the household", "details": "Officers attended.",
-    "categories": ["domestic-abuse"], "riskLevel": "high",
-    "consent": "not-sought", "withoutConsentReason": "would-increase-risk-of-harm", "familyInformed": "no-unsafe",
-    "parentsInformed": False, "reasonNotInformed": "Informing the parents would increase the risk",
-    "doNotContactParents": True, "circumstances": "Argument between the adults; police called by a neighbour",
-    "advice": "Be alert to tiredness",
-    "officer": {"given": "Sam", "family": "Officer", "collarNumber": "PC1234"},
-    "children": [
-        {"given": "Ada", "family": "Okafor-Demo", "dateOfBirth": "2017-03-14", "nhsNumber": "9990001235",
-         "present": True, "whereChildWas": "Upstairs", "voice": "Said she hid under the bed",
-         "schoolAgencyId": "school-hillside"},
-        {"given": "Ben", "family": "Okafor-Demo", "dateOfBirth": "2024-09-02", "present": False},
-    ],
-    "adults": [{"given": "Kay", "family": "Demo", "role": "alleged-perpetrator", "relationship": "Step-parent"}],
-}
-CSV = (Path(__file__).parent / "data" / "ppn-export.csv").read_text()  # as an RMS exports it
 DOCUMENTED = Path(__file__).resolve().parent.parent / "docs" / "examples" / "ppn.json"  # docs/adapters.md
 
 

@@ -5,7 +5,6 @@ and the audit trail shows where a message stands with each recipient."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import time
 from pathlib import Path
@@ -26,11 +25,10 @@ from broker.policy import rulebook as rulebooks
 from broker.transport.connection import connected, jetstream
 from broker.web import openapi
 from broker.wire.catalogue import Catalogue
-from broker.wire.subjects import BROKER_CONSUMER, INGRESS
 from tests.conftest import ClientFactory
-from tests.helpers import drain, example, referral, sharing
-from tests.test_api import auth
-from tests.test_ig_pages import sign_in
+from tests.helpers import drain, eventually, example, referral, sharing
+from tests.support.pipeline import settled
+from tests.support.web import auth, sign_in
 
 pytestmark = pytest.mark.timeout(60)
 Client = TestClient[web.Request, web.Application]
@@ -47,18 +45,6 @@ async def send_receipt(sender: AgencyClient, to: str, message: str, status: str)
     rid = await sender.send(typ="receipt", to=[to], payload=body, sharing=sharing("receipt"), re=message)
     assert (await sender.wait_outcome(rid, timeout=10)).payload["status"] == "routed"
     return rid
-
-
-async def settled(broker: Broker, timeout: float = 10.0) -> None:
-    """Until the broker has taken, stored and acked everything published to it so far (the
-    deadline store is written in the same acknowledged batch as the deliveries)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        info = await broker.js.consumer_info(INGRESS, BROKER_CONSUMER)
-        if info.num_pending == 0 and info.num_ack_pending == 0:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("the broker did not finish its work in time")
 
 
 async def deadline_entry(broker: Broker, message: str, replier: str) -> dict[str, Any] | None:
@@ -84,11 +70,14 @@ async def audit(settings: Settings) -> list[dict[str, Any]]:
 async def receipts_about(client: AgencyClient, message: str, want: set[str]) -> dict[str, Any]:
     """The receipts ``client`` receives about ``message``, by status, until it has ``want``."""
     got: dict[str, Any] = {}
-    deadline = time.monotonic() + 10
-    while not want <= set(got) and time.monotonic() < deadline:
+
+    async def all_wanted() -> bool:
         for delivery in await drain(client, want=1):
             if delivery.type == "receipt" and delivery.payload["messageId"] == message:
                 got[delivery.payload["status"]] = delivery
+        return want <= set(got)
+
+    await eventually(all_wanted, what=f"receipts {sorted(want)} about {message}", every=0)
     return got
 
 
@@ -104,13 +93,13 @@ async def test_encompass_deadline_stops_only_when_the_school_acknowledges(
                             sharing=sharing("encompass-notification"))
     assert (await police.wait_outcome(jti, timeout=10)).payload["status"] == "routed"
     (notice,) = await drain(school, want=1)
-    await settled(broker)
+    await settled(broker.js)
     opened = await deadline_entry(broker, jti, "school-hillside")
     assert opened is not None and opened["receiptStatus"] == ["accepted", "actioned"]  # the rule, kept with the entry
     assert "designated safeguarding lead" in opened["says"]
 
     await send_receipt(school, "police-met", notice.claims["origin"]["jti"], status)
-    await settled(broker)
+    await settled(broker.js)
     entry = await deadline_entry(broker, jti, "school-hillside")
     assert (entry is None) is stops, entry
     assert await scan_a_month_later(broker) == (0 if stops else 1)
@@ -135,11 +124,11 @@ async def test_lado_deadline_waits_for_the_lados_acknowledgement(broker: Broker,
     await health.wait_outcome(jti, timeout=10)
     await drain(la, want=1)
     await send_receipt(la, "health-camden", jti, "delivered")  # the adapter's automatic receipt
-    await settled(broker)
+    await settled(broker.js)
     entry = await deadline_entry(broker, jti, "la-camden")
     assert entry is not None and entry["state"] == "open" and entry["receiptStatus"] == ["accepted", "actioned"]
     await send_receipt(la, "health-camden", jti, "actioned")
-    await settled(broker)
+    await settled(broker.js)
     assert await deadline_entry(broker, jti, "la-camden") is None
     assert await scan_a_month_later(broker) == 0
     assert not [r for r in await audit(settings) if r["event"] == "overdue"]
@@ -153,11 +142,11 @@ async def test_a_late_acknowledgement_still_stops_an_overdue_deadline(broker: Br
                             sharing=sharing("encompass-notification"))
     await police.wait_outcome(jti, timeout=10)
     await drain(school, want=1)
-    await settled(broker)
+    await settled(broker.js)
     assert await scan_a_month_later(broker) == 1
     assert (await deadline_entry(broker, jti, "school-hillside") or {}).get("state") == "overdue"
     await send_receipt(school, "police-met", jti, "accepted")
-    await settled(broker)
+    await settled(broker.js)
     assert await deadline_entry(broker, jti, "school-hillside") is None
     assert await scan_a_month_later(broker) == 0
     assert len([r for r in await audit(settings) if r["event"] == "overdue"]) == 1
@@ -171,14 +160,14 @@ async def test_referral_deadline_closes_on_the_outcome_not_on_receipts(broker: B
     await drain(la, want=1)
     for status in ("delivered", "accepted", "actioned"):  # receipts are not the decision the rule waits for
         await send_receipt(la, "police-met", jti, status)
-    await settled(broker)
+    await settled(broker.js)
     entry = await deadline_entry(broker, jti, "la-camden")
     assert entry is not None and entry["expect"] == ["referral-outcome"] and "receiptStatus" not in entry
     outcome = example("referral-outcome.example.json") | {"referralId": jti}
     oid = await la.send(typ="referral-outcome", to=["police-met"], payload=outcome,
                         sharing=sharing("referral-outcome"), re=jti)
     await la.wait_outcome(oid, timeout=10)
-    await settled(broker)
+    await settled(broker.js)
     assert await deadline_entry(broker, jti, "la-camden") is None
     assert await scan_a_month_later(broker) == 0
     records = await audit(settings)
@@ -215,15 +204,13 @@ async def test_trail_shows_where_a_referral_stands_with_each_recipient(
 
     async def summary(want: str, replies: int) -> dict[str, Any]:
         """The trail once it is indexed up to ``replies`` receipts, standing at ``want``."""
-        started = time.monotonic()
-        while time.monotonic() - started < 5:
-            r = await client.get(f"/api/v1/messages/{jti}/trail", headers=h)
-            body = await r.json()
+        async def shown() -> dict[str, Any] | None:
+            body = await (await client.get(f"/api/v1/messages/{jti}/trail", headers=h)).json()
             (la_entry,) = body["summary"]["recipients"]
-            if len(body["summary"]["replies"]) == replies and la_entry["standing"] == want:
-                return body  # type: ignore[no-any-return]
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"the trail never showed {want} after {replies} receipts")
+            done = len(body["summary"]["replies"]) == replies and la_entry["standing"] == want
+            return body if done else None  # type: ignore[no-any-return]
+
+        return await eventually(shown, what=f"the trail to show {want} after {replies} receipts", timeout=5)
 
     body = await summary("shared", 0)
     assert [step["status"] for step in body["summary"]["recipients"][0]["progress"]] == ["shared"]
@@ -266,16 +253,14 @@ async def test_trail_shows_not_delivered_and_one_recipient_behind_another(
     await drain(la, want=1)
     await send_receipt(school, "police-met", jti, "accepted")
     await send_receipt(la, "police-met", jti, "not-delivered")
-    await settled(broker)
+    await settled(broker.js)
     h = auth(settings, "ig-officer")
-    started = time.monotonic()
-    while time.monotonic() - started < 5:
+    async def both_indexed() -> dict[str, Any] | None:
         body = await (await client.get(f"/api/v1/messages/{jti}/trail", headers=h)).json()
         standing = {r["recipient"]: r["standing"] for r in body["summary"]["recipients"]}
-        if standing == {"school-hillside": "accepted", "la-camden": "not-delivered"}:
-            break  # both receipts indexed
-        await asyncio.sleep(0.05)
-    assert standing == {"school-hillside": "accepted", "la-camden": "not-delivered"}
+        return body if standing == {"school-hillside": "accepted", "la-camden": "not-delivered"} else None  # type: ignore[no-any-return]
+
+    body = await eventually(both_indexed, what="both receipts in the trail", timeout=5)
     by = {r["recipient"]: r for r in body["summary"]["recipients"]}
     assert by["school-hillside"]["deadlineMet"] and "deadlineMet" not in by["la-camden"]
     assert await deadline_entry(broker, jti, "la-camden") is not None  # not-delivered stops nothing
@@ -319,8 +304,8 @@ def test_rulebook_receipt_status_defaults_and_validation(tmp_path: Any) -> None:
         with pytest.raises(ConfigError, match="receiptStatus") as info:
             rulebooks.load(bad, Catalogue())
         assert "/rules/" in str(info.value), statuses
-    referral_deadline = "expect: [referral-outcome],"
-    bad = _rulebook_with(tmp_path, referral_deadline, "expect: [referral-outcome], receiptStatus: [accepted],")
+    referral_deadline = "ragRating, expect: [referral-outcome],"  # the referral's (a step-up has one too)
+    bad = _rulebook_with(tmp_path, referral_deadline, "ragRating, expect: [referral-outcome], receiptStatus: [accepted],")
     with pytest.raises(ConfigError, match=r"applies only when deadline\.expect includes receipt"):
         rulebooks.load(bad, Catalogue())
 
@@ -337,6 +322,24 @@ def test_answers_reads_the_status_the_entry_records() -> None:
     assert not deadlines.answers({"state": "open", "expect": ["referral-outcome"]}, "receipt", {"status": "actioned"})
 
 
-def test_openapi_knows_every_receipt_status() -> None:
+def test_the_openapi_document_offers_exactly_the_receipt_schemas_statuses() -> None:
+    """Every ``receiptStatus`` the published OpenAPI document describes allows what a receipt may
+    carry (schemas/receipt.v1.json, read here as a file), in its order; and the statuses the
+    rulebook lets stop a clock are among them."""
     schema = orjson.loads((Path(__file__).resolve().parent.parent / "schemas" / "receipt.v1.json").read_bytes())
-    assert list(openapi.RECEIPT_STATUSES) == schema["properties"]["status"]["enum"]
+    statuses = schema["properties"]["status"]["enum"]
+    found: list[object] = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("receiptStatus"), dict):
+                found.append(node["receiptStatus"].get("enum"))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(openapi.document())
+    assert len(found) >= 2 and all(enum == statuses for enum in found), found
+    assert set(rulebooks.RECEIPT_STATUSES) <= set(statuses)

@@ -20,8 +20,7 @@ from broker.policy import scenarios
 from broker.policy.rulebook import DEFAULT_RULEBOOK
 from broker.web import traceability
 from broker.web.app import audit_service, make_app
-from tests.test_api import auth, token
-from tests.test_ig_pages import shots, sign_in
+from tests.support.web import auth, shots, sign_in, token
 
 pytestmark = pytest.mark.timeout(120)
 Client = TestClient  # type: ignore[type-arg]

@@ -7,7 +7,6 @@ only; screenshots to ``$SGB_SCREENSHOTS``, default the test's tmp dir) are cover
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import re
 import stat
@@ -17,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jwt
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -46,15 +44,15 @@ from broker.wire import jws
 from broker.wire.catalogue import Catalogue
 from broker.wire.registry import Registry
 from tests.conftest import ClientFactory
-from tests.helpers import example, sharing
-from tests.test_deliverer import run_once
-from tests.test_ig_pages import shots
+from tests.helpers import eventually, example, sharing
+from tests.support.casesystem import run_once
+from tests.support.pipeline import queued, settled
+from tests.support.web import STAFF, dsl_token, shots, sign_in_inbox
 
 pytestmark = pytest.mark.timeout(90)
 Client = TestClient[web.Request, web.Application]
 SCHOOL, POLICE = "school-hillside", "police-met"
 NHS = "9990001235"
-STAFF = "HPS-DSL-07"
 # what Operation Encompass gives the school's key adult, besides the child's name and date of birth
 GIVEN = ("glass broken", "Said she was scared", "home address", "in the bedroom upstairs", "CAD-4471-22NOV")
 # what the school must never see (the adults' details: the rulebook withholds them, the page shows only its fields)
@@ -66,15 +64,6 @@ def notification() -> dict[str, Any]:
     payload: dict[str, Any] = example("encompass-notification.example.json")
     payload["child"]["nhsNumber"] = NHS
     return payload
-
-
-def dsl_token(settings: Settings, *, sub: str = STAFF, roles: tuple[str, ...] = ("dsl",),
-              audience: str | None = inbox_audience(SCHOOL), ttl: int = 600) -> str:
-    identity = load_identity(settings.home, settings.api.issuer)
-    now = int(time.time())
-    claims = {"iss": settings.api.issuer, "aud": audience or settings.api.audience, "sub": sub, "roles": list(roles),
-              "iat": now, "exp": now + ttl, "jti": f"t-{now}-{sub}"}
-    return jwt.encode(claims, identity.signing_key, algorithm="EdDSA", headers={"kid": identity.sig_kid})
 
 
 @dataclass
@@ -112,38 +101,29 @@ async def notify(school: School, payload: dict[str, Any] | None = None) -> str:
     return message
 
 
-async def police_receipts(police: AgencyClient, message: str, *, want: int, settle: float = 1.0,
-                          timeout: float = 10.0) -> list[Delivery]:
-    """Receipts about ``message`` that police-met receives: at least ``want``, then whatever else
-    arrives within ``settle`` seconds (so a duplicate would be seen)."""
+async def police_receipts(police: AgencyClient, message: str, *, want: int, timeout: float = 10.0) -> list[Delivery]:
+    """Receipts about ``message`` that police-met receives: at least ``want``, then, once the broker
+    has finished everything published to it (so a duplicate would be stored by then), whatever
+    else waits in police-met's queue."""
     got: list[Delivery] = []
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    quiet_until: float | None = None
-    while loop.time() < deadline:
+
+    async def taken() -> bool:
         async for delivery, msg in police.fetch(idle=0.3):
             assert delivery is not None
             await msg.ack_sync()
             if delivery.type == "receipt" and delivery.payload["messageId"] == message:
                 got.append(delivery)
-        if len(got) >= want:
-            quiet_until = quiet_until or loop.time() + settle
-            if loop.time() >= quiet_until:
-                return got
-    raise AssertionError(f"wanted {want} receipts about {message}, got {[d.payload['status'] for d in got]}")
+        return len(got) >= want
+
+    await eventually(taken, what=f"{want} receipts about {message}", timeout=timeout, every=0)
+    await settled(police.js, timeout=timeout)
+    await taken()
+    assert await queued(police.js, "police-met") == 0
+    return got
 
 
 def accepted(receipts: list[Delivery]) -> list[Delivery]:
     return [d for d in receipts if d.payload["status"] == "accepted"]
-
-
-async def sign_in(http: Client, token: str) -> str:
-    r = await http.post("/inbox/login", data={"token": token, "next": "/inbox/"}, allow_redirects=False)
-    assert r.status == 303, await r.text()
-    cookie = r.cookies["sgb_inbox"]
-    assert cookie["httponly"] and cookie["samesite"] == "Strict" and cookie["path"] == "/inbox/"
-    page = await (await http.get("/inbox/")).text()
-    return page.split('name="csrf" value="')[1].split('"')[0]
 
 
 # -- the whole path ---------------------------------------------------------------------------------
@@ -185,7 +165,7 @@ async def test_the_dsl_reads_and_acknowledges_a_notice_and_the_police_hear_it_on
     assert len(await school.inbox.notices()) == 1
 
     http = await aiohttp_client(school.app)
-    csrf = await sign_in(http, dsl_token(settings))
+    csrf = await sign_in_inbox(http, dsl_token(settings))
     r = await http.get("/inbox/")
     page = await r.text()
     assert "default-src 'none'" in r.headers["Content-Security-Policy"]
@@ -238,7 +218,7 @@ async def test_the_older_page_link_takes_only_a_sequence_number(
     await notify(school)
     (notice,) = await school.inbox.notices()
     http = await aiohttp_client(school.app)
-    await sign_in(http, dsl_token(settings))
+    await sign_in_inbox(http, dsl_token(settings))
     r = await http.get("/inbox/", params={"before": str(notice.seq)})
     assert r.status == 200 and "Ada Okafor-Demo" not in await r.text()  # a real link: the page before it
     r = await http.get("/inbox/", params={"before": str(notice.seq + 1)})
@@ -259,7 +239,7 @@ async def test_a_notice_without_the_instruction_says_so_and_shows_what_it_has(
     await notify(school, payload)
     await notify(school, notification() | {"doNotContactParents": False, "policeReference": "CAD-4472-22NOV"})
     http = await aiohttp_client(school.app)
-    await sign_in(http, dsl_token(settings))
+    await sign_in_inbox(http, dsl_token(settings))
     page = await (await http.get("/inbox/")).text()
     assert DO_NOT_CONTACT not in page and "Police instruction" not in page and 'id="dnc-' not in page
     assert page.count("The police have not asked you to avoid it") == 2
@@ -308,7 +288,7 @@ async def test_only_this_schools_dsl_signs_in_and_every_form_needs_its_csrf_toke
                         allow_redirects=False)
     assert r.headers["Location"] == "/inbox/"  # no open redirect
 
-    csrf = await sign_in(http, dsl_token(settings))
+    csrf = await sign_in_inbox(http, dsl_token(settings))
     r = await http.post(ack, data={})
     assert r.status == 403 and "Form expired" in await r.text()
     r = await http.post(ack, data={"csrf": csrf[::-1]})
@@ -365,7 +345,7 @@ async def test_when_the_broker_cannot_be_reached_nothing_is_recorded_and_a_retry
         down = web.Application()
         down.add_subapp("/inbox/", inbox_app(school.inbox, cut_off, verifier))
         http = await aiohttp_client(down)
-        csrf = await sign_in(http, dsl_token(settings))
+        csrf = await sign_in_inbox(http, dsl_token(settings))
         r = await http.post(f"/inbox/notices/{notice.delivery}/acknowledge", data={"csrf": csrf})
         text = await r.text()
         assert r.status == 503 and "The broker cannot be reached" in text and "nothing was recorded" in text
@@ -379,7 +359,7 @@ async def test_when_the_broker_cannot_be_reached_nothing_is_recorded_and_a_retry
                              payload={"messageId": message, "status": "accepted", "at": "2026-11-22T07:50:00Z",
                                       "recipients": [SCHOOL]})
     http = await aiohttp_client(school.app)
-    csrf = await sign_in(http, dsl_token(settings))
+    csrf = await sign_in_inbox(http, dsl_token(settings))
     r = await http.post(f"/inbox/notices/{notice.delivery}/acknowledge", data={"csrf": csrf}, allow_redirects=False)
     assert r.status == 303
     assert (await school.inbox.notice(notice.delivery)).acknowledged_by == STAFF  # type: ignore[union-attr]
@@ -432,10 +412,8 @@ async def test_a_kept_notice_still_shows_and_is_acknowledged_after_the_keys_rota
     registry.replace_with(Registry.load(settings.registry_path, catalogue))  # the adapters' SIGHUP, first
     school.client.reload(registry, load_identity(settings.home, SCHOOL))
     assert broker.reload()
-    deadline = time.monotonic() + 10
-    while time.time() <= max(broker_keys.not_after, school_keys.not_after) + 0.05:  # the overlap passes
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.05)
+    overlap_ends = max(broker_keys.not_after, school_keys.not_after) + 0.05
+    await eventually(lambda: time.time() > overlap_ends, what="the overlap to pass")
     retired = retire_keys(settings.home, settings.registry_path, SCHOOL, now=time.time())
     assert sealed_to in retired.enc and retired.purged == ()
     registry.replace_with(Registry.load(settings.registry_path, catalogue))
@@ -449,7 +427,7 @@ async def test_a_kept_notice_still_shows_and_is_acknowledged_after_the_keys_rota
 
     sent = count_sends(school.client, monkeypatch)
     http = await aiohttp_client(school.app)
-    csrf = await sign_in(http, dsl_token(settings))
+    csrf = await sign_in_inbox(http, dsl_token(settings))
     page = await (await http.get("/inbox/")).text()
     assert "Ada Okafor-Demo" in page and "CAD-4471-22NOV" in page and "1 notice not yet acknowledged" in page
     r = await http.get(f"/inbox/notices/{notice.delivery}")

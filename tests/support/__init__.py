@@ -1,0 +1,1 @@
+"""What several test modules share: the worker's nats-server, signing in, sending, adapters."""

@@ -1,0 +1,21 @@
+"""The ``sgb`` command line run as a real process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+
+async def sgb(*args: str, home: Path, url: str | None = None, timeout: float = 60,
+              env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SGB_")} | {"SGB_HOME": str(home)} | (env or {})
+    if url:
+        env["SGB_NATS_URL"] = url
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "broker.cli", *args, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
