@@ -24,6 +24,7 @@ from broker.transport.connection import connected, jetstream
 from broker.wire.subjects import DEADLINES_BUCKET
 from tests.conftest import ClientFactory
 from tests.helpers import drain, example, sharing
+from tests.support.web import Client, auth, sign_in, until_recorded
 
 pytestmark = pytest.mark.timeout(60)
 CONSENT = {"consentStatus": "GIVEN", "nonConsentReason": None, "subjectInformed": "INFORMED"}
@@ -284,3 +285,21 @@ async def test_a_local_review_decision_is_owed_its_publication_by_every_partner(
     assert all([await _entry(settings, f"{lcspr}.{p}") is None for p in owed])
     got = await _got(await agency("cscpr-panel"), want=2)
     assert {"lcspr-decision", "lcspr-publication"} <= set(got)
+
+
+async def test_the_ig_officer_sees_why_an_assessment_was_late(broker: Broker, agency: ClientFactory,
+                                                              settings: Settings, client: Client) -> None:
+    """The late flag, the reason code (never free text) and the count reach the record, the trail and the page."""
+    la = await agency("la-camden")
+    late = example("assessment-outcome.example.json") | {
+        "referralReceivedAt": _iso(dt.datetime.now(dt.UTC) - dt.timedelta(days=120)),
+        "completedAt": _iso(dt.datetime.now(dt.UTC)), "timescaleExceededReason": "family-not-available"}
+    jti = await _routed(la, "assessment-outcome", ["police-met"], late)
+    record = await until_recorded(client, settings, jti, "shared")
+    assert "late" in record["flags"] and record["lateReason"] == "family-not-available"
+    r = await client.get(f"/api/v1/messages/{jti}/trail", headers=auth(settings, "ig-officer"))
+    (police,) = (await r.json())["summary"]["recipients"]
+    assert police["lateReason"] == "family-not-available"
+    await sign_in(client, settings, "ig-officer")
+    page = await (await client.get(f"/ig/messages/{jti}")).text()
+    assert "Late, because:" in page and "family-not-available" in page
