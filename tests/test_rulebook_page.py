@@ -51,8 +51,8 @@ async def test_coverage_api_traces_the_rulebook_in_force(client: Client, setting
     assert view["rules"]["consent.reason"]["cite"] and view["rules"]["consent.reason"]["says"]
     assert all(rid in view["rules"] for r in view["rows"] for rid in r["rules"])
     death = row(view, "clock", "child-death-notification")
-    assert death["gap"] == "no rule" and death["rules"] == [] and death["failing"] == []
-    assert view["gaps"] == sum(1 for r in view["rows"] if r["gap"]) and view["total"] == len(view["rows"])
+    assert death["gap"] is None and death["rules"] == ["child-death.notification"] and death["scenarios"]
+    assert view["gaps"] == 0 == sum(1 for r in view["rows"] if r["gap"]) and view["total"] == len(view["rows"])
     assert any(r["kind"] == "code" and r["id"] == "UKGDPR_6_1_E" and r["rules"] for r in view["rows"])
     again = await coverage(client, settings, "ig-officer")
     assert again["computedAt"] == view["computedAt"]  # computed once for this rulebook, not per request
@@ -71,12 +71,42 @@ def rulebook_copy(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def rulebook_with_a_gap(rulebook_copy: Path) -> Path:
+    """The copy without the child death notification's own clock (and the scenario that tests it):
+    the guidance's clock ``child-death-notification`` then has no rule."""
+    text = rulebook_copy.read_text(encoding="utf-8")
+    clock = ("    lateAfter: {field: /dateTimeOfDeath, clockHours: 24, clock: child-death-notification,\n"
+             "                says: \"Notify the child death review partners within 24 hours of the death\"}\n")
+    assert text.count(clock) == 1
+    rulebook_copy.write_text(text.replace(clock, ""), encoding="utf-8")
+    cases = SCENARIOS.read_text(encoding="utf-8").split("\n  - name: ")
+    kept = [c for c in cases if not c.startswith("a child's death notified after 24 hours is flagged late")]
+    assert len(kept) == len(cases) - 1
+    scenarios.default_path(rulebook_copy).write_text("\n  - name: ".join(kept), encoding="utf-8")
+    return rulebook_copy
+
+
+@pytest.fixture
 async def own(settings: Settings, topology: None, rulebook_copy: Path,
               aiohttp_client: Callable[..., Awaitable[Client]]) -> AsyncIterator[tuple[Broker, Client]]:
     """A broker on a copy of the rulebook, with no scenario file beside it yet."""
     mine = dataclasses.replace(settings, rulebook_path=rulebook_copy)
     async with running_broker(mine, mine.nats.url or "") as broker, audit_service(broker) as service:
         yield broker, await aiohttp_client(make_app(broker, service))
+
+
+async def test_a_clock_without_a_rule_is_a_gap(rulebook_with_a_gap: Path, own: tuple[Broker, Client],
+                                                settings: Settings) -> None:
+    _, client = own
+    view = await coverage(client, settings)
+    assert view["scenarios"]["state"] == "played" and view["scenarios"]["failing"] == 0
+    death = row(view, "clock", "child-death-notification")
+    assert death["gap"] == "no rule" and death["rules"] == [] and death["failing"] == []
+    assert view["gaps"] == 1
+    await sign_in(client, settings, "auditor")
+    page = await (await client.get("/ig/rulebook")).text()
+    assert f'<h2 id="gaps">{view["total"]} items, {view["gaps"]} gaps</h2>' in page
+    assert 'href="#clock-child-death-notification"' in page
 
 
 async def test_without_scenarios_the_page_says_so(own: tuple[Broker, Client], settings: Settings,
@@ -143,9 +173,12 @@ async def test_the_rulebook_page_is_for_ig_officers_and_auditors(client: Client,
 # -- a real browser -------------------------------------------------------------------------------
 
 
-async def test_an_auditor_reads_the_traceability_table_by_keyboard(browser_page: Any, live_url: str,
-                                                                   settings: Settings, tmp_path: Path) -> None:
+async def test_an_auditor_reads_the_traceability_table_by_keyboard(
+        rulebook_with_a_gap: Path, own: tuple[Broker, Client], browser_page: Any, settings: Settings,
+        tmp_path: Path) -> None:
+    """On a rulebook with one gap (the shipped one has none): the gap list links to its row."""
     page, out = browser_page, shots(tmp_path)
+    live_url = str(own[1].server.make_url("")).rstrip("/")
     await page.goto(f"{live_url}/ig/login")
     await page.get_by_label("Access token").fill(token(settings, "auditor"))
     await page.get_by_role("button", name="Sign in").click()
