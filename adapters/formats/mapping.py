@@ -38,7 +38,9 @@ class Outbound:
     (:mod:`adapters.formats.consent`): the default never supplies them. ``answers``: the id of a
     delivery (or of the original message) this replies to; the adapter then sets ``re`` and
     ``thread`` from what it handed over and, if ``to`` is empty, addresses the reply to the
-    original sender.
+    original sender. ``follows``: the id of a message this agency sent that this one follows up
+    (a conference's outcome after the strategy discussion that opened its clock); the adapter sets
+    ``re`` to it, so the broker closes the clock that message opened on the agency itself.
     """
 
     typ: str
@@ -48,18 +50,32 @@ class Outbound:
     answers: str | None = None
     thread: str | None = None
     jti: str | None = None  # a message id of the mapper's own (e.g. one receipt per delivery and status)
+    follows: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """A message this adapter published for its agency (ids and its type only, never content):
+    ``re`` is the message it answered, if any."""
+
+    message: str
+    type: str
+    thread: str | None = None
+    re: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MapContext:
-    """What a mapper may consult: who we are, the registry, the schemas, adapter options and
-    what this adapter handed over before (to address replies)."""
+    """What a mapper may consult: who we are, the registry, the schemas, adapter options, what
+    this adapter handed over before (to address replies) and what it sent (to follow up the
+    agency's own messages; the :class:`~adapters.runtime.inbound.Submitter` supplies it)."""
 
     agency: str
     registry: Registry
     catalogue: Catalogue
     options: Mapping[str, Any] = field(default_factory=dict)
     handed: Callable[[str], Handed | None] = lambda _id: None
+    sent: Callable[[str], Sent | None] = lambda _id: None
 
 
 class Mapper(Protocol):

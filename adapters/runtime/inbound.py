@@ -17,11 +17,12 @@ is refused (``key-reused``) rather than silently taken for the first.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import sqlite3
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -30,7 +31,7 @@ import orjson
 import structlog
 
 from adapters.formats import consent
-from adapters.formats.mapping import MapContext, Mapper, Outbound, Unmappable, checked
+from adapters.formats.mapping import MapContext, Mapper, Outbound, Sent, Unmappable, checked
 from adapters.sdk import RECEIPT_SHARING, AgencyClient
 from broker.errors import RejectedMessage, TooLarge, TransportError
 from broker.store import Migration, Store
@@ -71,6 +72,10 @@ _MIGRATIONS: Final[tuple[Migration, ...]] = ("""
     create table if not exists submissions (key text primary key, digest text not null, at real not null,
                                             messages text not null);
     create table if not exists sent (message text primary key, at real not null);
+""",)
+_OWN_MIGRATIONS: Final[tuple[Migration, ...]] = ("""
+    create table if not exists own (message text primary key, type text not null, thread text, re text,
+                                    at real not null);
 """,)
 
 
@@ -135,6 +140,37 @@ class SubmissionStore:
         self._store.close()
 
 
+class OwnMessages:
+    """The messages with personal data this adapter sent for its agency: id, type, thread and
+    ``re`` (never content), so that a later record can follow one up (a conference outcome after
+    the strategy discussion whose clock it stops; :attr:`~adapters.formats.mapping.MapContext.sent`).
+    Not pruned with the submissions: a review conference may follow a plan's last one for years."""
+
+    def __init__(self, path: Path) -> None:
+        self._store = Store(path, _OWN_MIGRATIONS, name="own messages")
+
+    async def remember(self, own: Sequence[Sent]) -> None:
+        now = time.time()
+
+        def add(db: sqlite3.Connection) -> None:
+            with db:
+                db.execute("begin")
+                db.executemany("insert or ignore into own values (?, ?, ?, ?, ?)",
+                               [(o.message, o.type, o.thread, o.re, now) for o in own])
+
+        await self._store.write(add)
+
+    def sent(self, message: str) -> Sent | None:
+        """The agency's own message ``message``, if this adapter sent it. Synchronous, for the
+        mappers (they run in a worker thread); never call it from a coroutine."""
+        row = self._store.read_blocking(lambda db: db.execute(
+            "select message, type, thread, re from own where message = ?", (message,)).fetchone())
+        return None if row is None else Sent(row[0], row[1], row[2], row[3])
+
+    def close(self) -> None:
+        self._store.close()
+
+
 @dataclass
 class InboundCounts:
     documents: int = 0                      # documents taken (all their messages published)
@@ -147,9 +183,10 @@ class Submitter:
                  state: Path, *, publish_attempts: int = 3, max_message_bytes: int = 512 * 1024,
                  queue_deadline: float = 30.0) -> None:
         self.client = client
-        self.context = context
         self.sharing = sharing
         self.store = SubmissionStore(state / "submissions.sqlite")
+        self.own = OwnMessages(state / "own.sqlite")
+        self.context = dataclasses.replace(context, sent=self.own.sent)  # what it sent, it knows
         self.counts = InboundCounts()
         self._sharing_validator = client.catalogue.validator("sharing.v1.json")
         self._publisher = Publisher(client.js, deadline=client.timeout, attempts=publish_attempts)
@@ -159,6 +196,7 @@ class Submitter:
 
     def close(self) -> None:
         self.store.close()
+        self.own.close()
 
     async def submit(self, body: bytes, mapper: Mapper, *, key: str | None = None) -> Submitted:
         """Map, build and publish one native document; raises :class:`Unmappable` (nothing sent),
@@ -190,15 +228,16 @@ class Submitter:
         # Mapping, checking, signing and sealing are CPU work: off the event loop, so hand-overs,
         # the inbox and the probes carry on while a large export is mapped.
         outbound, built = await asyncio.to_thread(self._map_and_build, body, mapper, key)
-        ids = [jti for jti, _ in built]
+        ids = [jti for jti, _, _ in built]
         if known is not None and known[1] != ids:
             raise KeyReused("this document now makes different messages than when it was first sent (the "
                             "registry or the mapping changed); send it under a new key", field="Idempotency-Key")
         await self.store.begin(ref, digest, ids)
         already = await self.store.sent_among(ids)
-        unsent = [Outgoing(ingress_subject(self.client.agency), data, jti) for jti, data in built
+        unsent = [Outgoing(ingress_subject(self.client.agency), data, jti) for jti, data, _ in built
                   if jti not in already]
         await self._publisher.publish_all(unsent)  # pipelined; PublishTimeout: the caller sends it all again
+        await self.own.remember([o for _, _, o in built if o is not None])  # all: a retry may follow a crash
         await self.store.mark_sent([item.msg_id for item in unsent])
         published = len(unsent)
         self.counts.messages += published
@@ -207,14 +246,15 @@ class Submitter:
                  types=sorted(set(types)))
         return Submitted(key, tuple(ids), types, repeated=published == 0)
 
-    def _map_and_build(self, body: bytes, mapper: Mapper, key: str) -> tuple[list[Outbound], list[tuple[str, bytes]]]:
+    def _map_and_build(self, body: bytes, mapper: Mapper,
+                       key: str) -> tuple[list[Outbound], list[tuple[str, bytes, Sent | None]]]:
         outbound = mapper(body, self.context)
         if not outbound:
             raise Unmappable("the document holds no record to send", field="/")
         if len(outbound) > MAX_MESSAGES:
             raise Unmappable(f"the document makes more than {MAX_MESSAGES} messages; split it", field="/")
         built = [self._build(m, m.jti or self.message_id(key, i), f"message {i}") for i, m in enumerate(outbound)]
-        for i, (_, data) in enumerate(built):
+        for i, (_, data, _) in enumerate(built):
             if len(data) > self.max_message_bytes:  # the broker would refuse it after the rest had gone
                 raise TooLarge(f"message {i} would be {len(data)} bytes on the wire; the broker takes at most "
                                f"{self.max_message_bytes}: split the record", field=f"message {i}")
@@ -223,8 +263,9 @@ class Submitter:
     def message_id(self, key: str, index: int) -> str:
         return str(uuid.uuid5(_NS, f"{self.client.agency}/{key}/{index}"))
 
-    def _build(self, m: Outbound, jti: str, which: str) -> tuple[str, bytes]:
-        """One signed, sealed message; ``which`` names it in errors (the mapper named record fields)."""
+    def _build(self, m: Outbound, jti: str, which: str) -> tuple[str, bytes, Sent | None]:
+        """One signed, sealed message and, for one with personal data, what to remember of it;
+        ``which`` names it in errors (the mapper named record fields)."""
         default = self.sharing.get(m.typ) or (RECEIPT_SHARING if m.typ in ADMIN_TYPES else None)
         if default is None and m.sharing is None:
             raise Unmappable(f"the adapter has no sharing block configured for {m.typ}", field=which,
@@ -244,7 +285,7 @@ class Submitter:
         if issue is not None:
             raise Unmappable(f"the sharing block for {m.typ} is not valid ('{issue.keyword}' failed)",
                              field=f"{which}/sharing{issue.pointer}", rule="sharing.v1.json")
-        to, re, thread = m.to, None, m.thread
+        to, re, thread = m.to, m.follows, m.thread
         if m.answers is not None:
             handed = self.context.handed(m.answers)
             if handed is None or handed.message is None:
@@ -255,11 +296,12 @@ class Submitter:
         if not to:
             raise Unmappable(f"the {m.typ} has no recipient", field=f"{which}/to")
         try:
-            return self.client.build(typ=m.typ, to=list(to), payload=m.payload, sharing=sharing, re=re,
-                                     thread=thread, jti=jti)
+            jti, data = self.client.build(typ=m.typ, to=list(to), payload=m.payload, sharing=sharing, re=re,
+                                          thread=thread, jti=jti)
         except RejectedMessage as exc:  # the SDK's own schema check: the mapper let something through
             raise Unmappable(f"the {m.typ} is not valid: {exc.reason}", field=f"{which}{exc.field or ''}",
                              rule=exc.rule) from exc
+        return jti, data, None if m.typ in ADMIN_TYPES else Sent(jti, m.typ, thread, re)
 
 
 def canonical(body: bytes, context: MapContext) -> list[Outbound]:
