@@ -305,7 +305,8 @@ def test_rulebook_receipt_status_defaults_and_validation(tmp_path: Any) -> None:
             rulebooks.load(bad, Catalogue())
         assert "/rules/" in str(info.value), statuses
     referral_deadline = "ragRating, expect: [referral-outcome],"  # the referral's (a step-up has one too)
-    bad = _rulebook_with(tmp_path, referral_deadline, "ragRating, expect: [referral-outcome], receiptStatus: [accepted],")
+    bad = _rulebook_with(tmp_path, referral_deadline,
+                         "ragRating, expect: [referral-outcome], receiptStatus: [accepted],")
     with pytest.raises(ConfigError, match=r"applies only when deadline\.expect includes receipt"):
         rulebooks.load(bad, Catalogue())
 
