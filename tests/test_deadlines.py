@@ -3,17 +3,19 @@ and, when they pass, an overdue notice to both sides and an audit record."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
+import time
 from typing import Any
 
 import pytest
 
 from broker.audit.reading import read_audit
 from broker.config import Settings
+from broker.pipeline import deadlines
 from broker.pipeline.service import Broker
 from broker.policy.workdays import LONDON, add_working_days
 from broker.transport.connection import connected, jetstream
+from broker.wire.subjects import DELIVERY
 from tests.conftest import ClientFactory
 from tests.helpers import drain, example, referral, sharing
 
@@ -43,12 +45,20 @@ async def test_referral_deadline_is_one_working_day(broker: Broker, agency: Clie
     assert expected.astimezone(LONDON).time() == dt.time(23, 59, 59)
 
 
+async def _scan_at(broker: Broker, settings: Settings, later: float) -> int:
+    """One pass of a deadline scanner whose clock reads ``later`` (the broker's own runs on real time)."""
+    async with connected(settings, settings.nats.url or "", name="scan") as nc:
+        return await deadlines.Scanner(jetstream(nc, settings), broker.pipeline.on_overdue,
+                                       clock=lambda: later).scan_once()
+
+
 async def test_overdue_request_tells_both_sides(broker: Broker, agency: ClientFactory, settings: Settings) -> None:
     la, health = await agency("la-camden"), await agency("health-camden")
-    jti = await la.send(typ="information-request", to=["health-camden"], payload=_request(1.0),
+    jti = await la.send(typ="information-request", to=["health-camden"], payload=_request(3600.0),
                         sharing=sharing("information-request"))
     assert (await la.wait_outcome(jti, timeout=10)).type == "receipt"
-    await asyncio.sleep(2.0)  # past respondBy; the scanner runs every 0.3 s in tests
+    assert await _scan_at(broker, settings, time.time() + 1800) == 0  # not yet due
+    assert await _scan_at(broker, settings, time.time() + 7200) == 1  # past respondBy
     notices = [d for d in await drain(la, want=1) if d.type == "overdue-notice"]
     health_got = await drain(health, want=2)
     assert [d.type for d in health_got].count("overdue-notice") == 1
@@ -63,7 +73,7 @@ async def test_overdue_request_tells_both_sides(broker: Broker, agency: ClientFa
 
 async def test_expected_reply_stops_the_clock(broker: Broker, agency: ClientFactory, settings: Settings) -> None:
     la, health = await agency("la-camden"), await agency("health-camden")
-    jti = await la.send(typ="information-request", to=["health-camden"], payload=_request(2.0),
+    jti = await la.send(typ="information-request", to=["health-camden"], payload=_request(3600.0),
                         sharing=sharing("information-request"))
     await la.wait_outcome(jti, timeout=10)
     (request,) = await drain(health, want=1)
@@ -71,7 +81,7 @@ async def test_expected_reply_stops_the_clock(broker: Broker, agency: ClientFact
     reply = await health.send(typ="information-response", to=["la-camden"], payload=answer,
                               sharing=sharing("information-response"), re=request.claims["origin"]["jti"])
     assert (await health.wait_outcome(reply, timeout=10)).type == "receipt"
-    await asyncio.sleep(3.0)  # well past respondBy
+    assert await _scan_at(broker, settings, time.time() + 7200) == 0  # well past respondBy: nothing overdue
     assert [d.type for d in await drain(la, want=1)] == ["information-response"]
     assert not [r for r in await _audit(settings) if r["event"] == "overdue"]
     assert broker.pipeline.counters.overdue == 0
@@ -85,7 +95,9 @@ async def test_decision_not_to_share_is_recorded_and_reaches_no_one(broker: Brok
                             sharing=sharing("decision-not-to-share"))
     outcome = await health.wait_outcome(jti, timeout=10)
     assert outcome.payload["status"] == "recorded" and outcome.payload["recipients"] == []
-    assert [d async for d in la.fetch(idle=0.5)] == []
+    # the receipt is stored with whatever else the message produced: so nothing waits for the LA now
+    info = await la.js.consumer_info(DELIVERY, "la-camden")
+    assert info.num_pending == 0 and info.num_ack_pending == 0 and info.delivered.stream_seq == 0
     (record,) = [r for r in await _audit(settings) if r["event"] == "not-shared"]
     assert record["recipient"] == "la-camden" and record["rules"] == ["decision-not-to-share.record"]
     assert record["notSharedReason"] == "NOT_PROPORTIONATE"  # the reason code: a record of why, not personal data
