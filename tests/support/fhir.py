@@ -1,4 +1,5 @@
-"""FHIR R4 documents for the health adapter, built from HL7's published examples (data/fhir)."""
+"""FHIR R4 documents for the health adapter, built from HL7's published examples (data/fhir); the
+consent facts they carry; the mapping context the health adapter maps them in."""
 
 from __future__ import annotations
 
@@ -9,9 +10,21 @@ import orjson
 
 from adapters.formats.fhir import CONSENT_EXTENSION
 from adapters.formats.health import MESSAGE_ID, NHS_NUMBER
+from adapters.formats.mapping import MapContext
+from broker.wire.catalogue import Catalogue
+from broker.wire.registry import Registry
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "fhir"
 NHS = "9990001235"
+# The case's consent facts in the sharing block, as consent_extension() records them by default
+FACTS = {"consentStatus": "NOT_SOUGHT", "nonConsentReason": "WOULD_PREJUDICE_PROTECTION",
+         "subjectInformed": "TO_BE_INFORMED_LATER"}
+
+
+def health_context(key_template: Path, catalogue: Catalogue) -> MapContext:
+    """The development registry without a nats-server: mapping needs neither NATS nor keys."""
+    return MapContext(agency="health-camden", registry=Registry.load(key_template / "registry.json", catalogue),
+                      catalogue=catalogue, options={"local_authority": "la-camden"})
 
 
 def published(name: str) -> dict[str, Any]:
