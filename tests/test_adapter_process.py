@@ -87,7 +87,7 @@ async def test_killed_mid_delivery_the_case_system_keeps_it_once(broker: Broker,
         async def receipts() -> bool:  # every receipt about the referral police-met has now
             async for delivery, msg in police.fetch(idle=0.5):
                 assert delivery is not None
-                await msg.ack_sync()
+                await msg.ack_sync(timeout=10)
                 if delivery.type == "receipt" and delivery.payload["messageId"] == message:
                     statuses.append(delivery.payload["status"])
             return "delivered" in statuses

@@ -185,7 +185,7 @@ async def _run(settings: Settings, url: str, registry: Registry, nodes: list[Nod
                             await seen.add(delivery.id)
                             origin = delivery.claims["origin"]["jti"]
                             received[origin] = received.get(origin, 0) + 1
-                        await msg.ack_sync()
+                        await msg.ack_sync(timeout=10)
                 except TRANSPORT:  # a node died under the fetch or the ack: fetch again (an assertion fails the test)
                     await asyncio.sleep(0.2)
 

@@ -101,7 +101,7 @@ async def _outcomes(kit: Kit, want: int) -> dict[str, list[dict[str, Any]]]:
                 assert delivery.type == "rejection" and delivery.claims["iss"] == "sg-broker"
                 got[delivery.payload["messageId"]].append(delivery.payload | {"_to": client.agency})
                 count += 1
-                await msg.ack_sync()
+                await msg.ack_sync(timeout=10)
         return count >= want
 
     await eventually(more, what=f"{want} rejections", timeout=30)

@@ -74,7 +74,7 @@ async def _collect(client: AgencyClient, done: Callable[[list[Delivery]], bool],
         async for delivery, msg in client.fetch(idle=0.3):
             assert delivery is not None
             got.append(delivery)
-            await msg.ack_sync()
+            await msg.ack_sync(timeout=10)
     return got
 
 

@@ -53,7 +53,7 @@ async def not_delivered(police: AgencyClient, message: str, timeout: float = 6.0
     async def notice() -> dict[str, Any] | None:
         async for delivery, msg in police.fetch(idle=1.0):  # a short pull can lose a message to ack_wait
             assert delivery is not None
-            await msg.ack_sync()
+            await msg.ack_sync(timeout=10)
             if delivery.type == "receipt" and delivery.payload["status"] == "not-delivered":
                 assert delivery.payload["messageId"] == message
                 return delivery.payload

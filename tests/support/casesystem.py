@@ -52,7 +52,7 @@ async def receipts(police: AgencyClient, message: str, want: set[str], timeout: 
     async def all_wanted() -> bool:
         async for delivery, msg in police.fetch(idle=0.5):
             assert delivery is not None
-            await msg.ack_sync()
+            await msg.ack_sync(timeout=10)
             if delivery.type == "receipt" and delivery.payload["messageId"] == message:
                 got.add(delivery.payload["status"])
         return want <= got

@@ -77,7 +77,7 @@ async def police_receipts(police: AgencyClient, message: str, *, want: int, time
     async def taken() -> bool:
         async for delivery, msg in police.fetch(idle=0.3):
             assert delivery is not None
-            await msg.ack_sync()
+            await msg.ack_sync(timeout=10)
             if delivery.type == "receipt" and delivery.payload["messageId"] == message:
                 got.append(delivery)
         return len(got) >= want
