@@ -24,7 +24,7 @@ async def adapters_in(home: Path, settings: Settings, registry: Registry, catalo
     from adapters.formats.police import ppn_csv, ppn_json
     from adapters.runtime.inbound import Submitter
     from adapters.sdk import agency_client
-    from tests.test_health import referral_bundle
+    from tests.support.fhir import referral_bundle
     from tests.test_police import CSV, PPN
 
     shares = {t: orjson.loads((EXAMPLES / f"{t}.sharing.example.json").read_bytes())
