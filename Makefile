@@ -33,8 +33,12 @@ TEST_WORKERS ?= 4
 test: lint browser
 	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
+# Throughput, the latency curve (BENCH_ARGS=--quick for a short run) and the rest; results in
+# bench/results.json, the curve drawn in bench/latency.png (matplotlib, the `bench` extra).
+BENCH_ARGS ?=
 bench: $(STAMP)
-	$(PY) -m bench
+	@$(PY) -c 'import matplotlib' 2>/dev/null || $(PY) -m pip install --quiet --disable-pip-version-check -e '.[bench]'
+	$(PY) -m bench $(BENCH_ARGS)
 
 # Hostile input at scale (CI does not run it): coverage-guided fuzzing of the parsing layer with
 # atheris, then mutated and random messages through a real broker (results in bench/fuzz-results.json).

@@ -25,7 +25,7 @@ async def adapters_in(home: Path, settings: Settings, registry: Registry, catalo
     from adapters.runtime.inbound import Submitter
     from adapters.sdk import agency_client
     from tests.support.fhir import referral_bundle
-    from tests.test_police import CSV, PPN
+    from tests.support.police import CSV, PPN
 
     shares = {t: orjson.loads((EXAMPLES / f"{t}.sharing.example.json").read_bytes())
               for t in ("referral", "encompass-notification")}

@@ -1,5 +1,6 @@
 """What the benchmark's parts share: the padded referral, percentiles, a temporary home with an
-embedded nats-server, and broker processes started and stopped around a run (``bench.fuzz`` too)."""
+embedded nats-server (a fresh one for each part), and broker processes started, measured (RSS) and
+stopped around a run (``bench.fuzz`` too)."""
 
 from __future__ import annotations
 
@@ -43,32 +44,70 @@ def percentiles(samples_ms: list[float]) -> dict[str, float]:
     return {"p50_ms": round(q[49], 2), "p95_ms": round(q[94], 2), "p99_ms": round(q[98], 2)}
 
 
-async def start_brokers(home: Path, url: str, count: int, *args: str) -> list[asyncio.subprocess.Process]:
-    procs = []
-    for i in range(count):
-        instance = f"bench-{i}-{uuid.uuid4().hex[:6]}"
+SERVE = (sys.executable, "-m", "broker.cli", "serve", "--log-level", "ERROR")
+
+
+def serve_commands(workers: int, *args: str) -> list[list[str]]:
+    """The command lines that run ``workers`` broker workers on the one durable consumer: the one
+    place to change once ``sgb serve --workers N`` exists (then ``[[*SERVE, "--workers", str(workers),
+    *args]]``; :func:`broker_rss_mb` already counts a process's children)."""
+    return [[*SERVE, *args] for _ in range(workers)]
+
+
+async def start_brokers(home: Path, url: str, workers: int, *args: str) -> list[asyncio.subprocess.Process]:
+    procs: list[asyncio.subprocess.Process] = []
+    for command in serve_commands(workers, *args):
+        instance = f"bench-{len(procs)}-{uuid.uuid4().hex[:6]}"
         env = os.environ | {"SGB_NATS_URL": url, "SGB_HOME": str(home), "SGB_INSTANCE": instance}
         procs.append(await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "broker.cli", "serve", "--log-level", "ERROR", *args, env=env,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL))
+            *command, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL))
     return procs
 
 
 async def stop_brokers(procs: list[asyncio.subprocess.Process]) -> None:
     for p in procs:
-        p.terminate()
+        if p.returncode is None:
+            p.terminate()
     await asyncio.gather(*(asyncio.wait_for(p.wait(), 30) for p in procs))
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (a ``--workers`` parent and its workers), from /proc."""
+    pids, i = [pid], 0
+    while i < len(pids) and len(pids) < 64:
+        for task in Path(f"/proc/{pids[i]}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                pids.extend(int(c) for c in task.read_text().split())
+        i += 1
+    return pids
+
+
+def broker_rss_mb(procs: list[asyncio.subprocess.Process]) -> list[float]:
+    """VmRSS of every broker process (and child), in MB, from /proc/<pid>/status."""
+    out = []
+    for proc in procs:
+        for pid in _tree(proc.pid):
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        out.append(round(int(line.split()[1]) / 1024, 1))
+    return out
 
 
 @contextlib.asynccontextmanager
 async def environment() -> AsyncIterator[tuple[Path, str, Settings, Registry, Catalogue]]:
-    """A temporary home with development keys and an embedded nats-server (``bench.fuzz`` uses it too)."""
+    """A temporary home with fresh development keys and its own embedded nats-server, removed after
+    (each part of the bench has one; ``bench.fuzz`` too)."""
     with tempfile.TemporaryDirectory(prefix="sgb-bench-") as tmp:
         home, catalogue = Path(tmp), Catalogue()
         init_dev_keys(home, home / "registry.json")
         async with embedded_nats(home / "nats") as url:
-            settings = Settings(home=home, registry_path=home / "registry.json", instance="bench-load",
-                                nats=NatsSettings(url=url, request_timeout=10))
-            yield home, url, settings, Registry.load(home / "registry.json", catalogue), catalogue
+            yield home, url, bench_settings(home, url), Registry.load(home / "registry.json", catalogue), catalogue
+
+
+def bench_settings(home: Path, url: str, instance: str = "bench-load") -> Settings:
+    """The settings the bench's own clients use (the load generator's process too)."""
+    return Settings(home=home, registry_path=home / "registry.json", instance=instance,
+                    nats=NatsSettings(url=url, request_timeout=10))
 
 
