@@ -61,6 +61,11 @@ def _sizes(args: argparse.Namespace) -> dict[str, int]:
     return {"samples": args.samples or 10_000, "relay": 5000, "backlog": 5000, "audit": 100_000}
 
 
+def _load() -> float:
+    """The 1-minute load average: the bench wants the machine to itself (recorded with the results)."""
+    return round(os.getloadavg()[0], 2)
+
+
 def _goals(pipeline: dict[str, Any]) -> dict[str, Any]:
     at_half = [p for p in pipeline["latency"] if p.get("fraction_of_one_broker") == 0.5]
     rss = [mb for values in pipeline["rss_mb"].values() for mb in values]
@@ -82,6 +87,9 @@ async def main(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     logs.configure(level="WARNING")  # the adapters log a line per document at INFO
     sizes = _sizes(args)
+    load = {"start": _load()}
+    if load["start"] > (os.cpu_count() or 1) / 2:
+        print(f"warning: load average {load['start']} before the bench: other work here skews it", flush=True)
     print(f"payload ≈{PAYLOAD_BYTES} B; {os.cpu_count()} cores; fresh nats-server and keys for each part; "
           f"{sizes['samples']} latency samples a point", flush=True)
     relay = await raw_relay(sizes["relay"])
@@ -92,7 +100,9 @@ async def main(args: argparse.Namespace) -> int:
     print(f"(c) full, 1 broker   {one['msgs_per_s']:>7} msg/s  RSS {one['rss_mb']} MB", flush=True)
     two = await full_pipeline(2, sizes["backlog"])
     print(f"(c) full, 2 brokers  {two['msgs_per_s']:>7} msg/s  RSS {two['rss_mb']} MB", flush=True)
+    load["before_latency"] = _load()
     curve = await latency_curve(one["msgs_per_s"], sizes["samples"])
+    load["after_latency"] = _load()
     pipeline: dict[str, Any] = {
         "one_broker": one, "two_brokers": two,
         "one_broker_over_floor": round(one["msgs_per_s"] / min(relay["msgs_per_s"], floor["msgs_per_s"]), 3),
@@ -120,7 +130,8 @@ async def main(args: argparse.Namespace) -> int:
           f"{audit['volumes_90_days_ms']} ms", flush=True)
     results = {
         "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+                    "load_1min": load | {"end": _load()}},
         "payload_bytes": PAYLOAD_BYTES, "quick": args.quick, "samples_per_point": sizes["samples"],
         "raw_relay": relay, "crypto_floor": floor, "full_pipeline": pipeline,
         "audit": audit, "adapters_in": inbound, "reader": reader,
