@@ -1,5 +1,5 @@
-"""Property tests of the wire contract: seal/open and sign/verify round trips, and that any
-mutation of a signed message is refused."""
+"""Property tests of the wire contract: seal/open and sign/verify round trips, that any mutation of
+a signed message is refused, and the signer and the reader against PyJWT's."""
 
 from __future__ import annotations
 
@@ -227,8 +227,38 @@ def test_the_reader_agrees_with_pyjwt(data: st.DataObject) -> None:
     claims = _full_claims()
     if data.draw(st.booleans()):
         del claims[data.draw(st.sampled_from(sorted(claims)))]
-    token = _mutated(jws.sign(claims, _SK, "kid-1"), data)
+    sign = data.draw(st.sampled_from([jws.sign, _pyjwt_sign]))  # ours, or PyJWT's own jwt.encode
+    token = _mutated(sign(claims, _SK, "kid-1"), data)
     assert _outcome(_as_used, token) == _outcome(pyjwt_verify, token)
+
+
+def _pyjwt_sign(claims: dict[str, Any], key: _crypto.SigningKey, kid: str, typ: str = jws.JWS_TYP) -> bytes:
+    return jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": kid, "typ": typ}).encode()
+
+
+_JSON: Final = st.recursive(  # any JSON value the signer takes: non-ASCII text, 64-bit integers
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=16)
+
+
+@settings(max_examples=300, deadline=None)
+@given(claims=st.dictionaries(st.text(max_size=8).map("x".__add__), _JSON, max_size=6), kid=st.text(max_size=9),
+       typ=st.sampled_from([jws.JWS_TYP, "sg-audit-block+jwt"]))
+def test_what_we_sign_is_what_pyjwt_signs(claims: dict[str, Any], kid: str, typ: str) -> None:
+    """The signer against PyJWT's: PyJWT verifies what we sign, we read what PyJWT signs, each to the
+    claims given; the same header (EdDSA, ``kid``, ``typ``; for a printable ASCII kid, as key ids
+    are, the same bytes: PyJWT escapes what is not) and no padding."""
+    ours, theirs = jws.sign(claims, _SK, kid, typ), _pyjwt_sign(claims, _SK, kid, typ)
+    assert b"=" not in ours and jws.parse(ours).header == jws.parse(theirs).header == {
+        "alg": "EdDSA", "kid": kid, "typ": typ}
+    assert ours.split(b".")[0] == theirs.split(b".")[0] or not (kid.isascii() and kid.isprintable())
+    for token in (ours, theirs):
+        assert jwt.decode(token, _SK.public_key(), algorithms=["EdDSA"], options=_ORACLE_OPTIONS | {"require": []}) \
+            == claims == jws.read(token, typ).verify(_SK.public_key(), typ=typ, required=())
+    with pytest.raises(TypeError):  # beyond 64 bits: refused, never written some other way
+        jws.sign(claims | {"big": 2**64}, _SK, kid, typ)
 
 
 @settings(max_examples=300, deadline=None)

@@ -71,6 +71,11 @@ def signing_key_from_bytes(raw: bytes) -> SigningKey:
     return Ed25519PrivateKey.from_private_bytes(raw)
 
 
+def sign_bytes(key: SigningKey, data: bytes) -> bytes:
+    """The Ed25519 signature of ``data`` (a JWS signing input)."""
+    return key.sign(data)
+
+
 def verify_signature(key: VerifyKey, signature: bytes, data: bytes) -> None:
     """Ed25519 verification; raises :class:`InvalidEnvelope` on a bad signature."""
     try:
