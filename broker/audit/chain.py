@@ -86,23 +86,46 @@ class Head:
     seq: int = 0
 
 
-def chain_records(records: Iterable[Mapping[str, Any]], head: Head) -> tuple[list[dict[str, Any]], str]:
-    chained, h, n = [], head.hash, head.count
-    for record in records:
-        linked = dict(record) | {"n": n, "prev": h}
-        h = record_hash(linked)
-        chained.append(linked)
-        n += 1
-    return chained, h
+class _Block:
+    """Records chained onto a head, each serialised once (canonical JSON): the bytes it is hashed by
+    are the bytes the block carries and signs, and their length is what the writer's size limit
+    counts. (A verifier reads the records and hashes them again, so the member order inside a
+    stored record does not matter to it; these are sorted, as hashed.)"""
+
+    __slots__ = ("hash", "head", "parts", "size")
+
+    def __init__(self, head: Head) -> None:
+        self.head = head
+        self.hash = head.hash
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def add(self, records: Iterable[Mapping[str, Any]]) -> None:
+        parts, h, n = self.parts, self.hash, self.head.count + len(self.parts)
+        for record in records:
+            data = canonical({**record, "n": n, "prev": h})
+            h = hashlib.sha256(data).hexdigest()
+            parts.append(data)
+            self.size += len(data)
+            n += 1
+        self.hash = h
+
+    def sign(self, identity: Identity, instance: str, now: float) -> tuple[bytes, Head]:
+        head = self.head
+        claims = {"typ": "audit-block", "iss": identity.id, "instance": instance, "block": head.blocks,
+                  "first": head.count, "count": len(self.parts), "prev": head.hash, "head": self.hash,
+                  "at": iso(now)}
+        body = b"".join((orjson.dumps(claims)[:-1], b',"records":[', b",".join(self.parts), b"]}"))
+        token = jws.sign_serialised(body, identity.signing_key, identity.sig_kid, BLOCK_TYP)
+        return token, Head(head.blocks + 1, head.count + len(self.parts), self.hash, head.seq)
 
 
 def build_block(records: Sequence[Mapping[str, Any]], head: Head, identity: Identity, instance: str,
                 now: float) -> tuple[bytes, Head]:
-    chained, new_hash = chain_records(records, head)
-    claims = {"typ": "audit-block", "iss": identity.id, "instance": instance, "block": head.blocks,
-              "first": head.count, "count": len(chained), "prev": head.hash, "head": new_hash, "at": iso(now),
-              "records": chained}
-    return sign(claims, identity, BLOCK_TYP), Head(head.blocks + 1, head.count + len(chained), new_hash, head.seq)
+    """The signed block of ``records`` chained onto ``head``, and the head after it."""
+    block = _Block(head)
+    block.add(records)
+    return block.sign(identity, instance, now)
 
 
 def build_checkpoint(head: Head, identity: Identity, instance: str, now: float) -> bytes:
@@ -175,8 +198,12 @@ class AuditWriter:
         pending = _Pending(records)
         deadline = self._settings.publish_deadline * (self._settings.attempts + 1)
         try:
-            await asyncio.wait_for(self._queue.put(pending), deadline)
-            await asyncio.wait_for(asyncio.shield(pending.done), deadline)
+            if self._queue.full():  # else put_nowait: no timer and no task for the common case
+                await asyncio.wait_for(self._queue.put(pending), deadline)
+            else:
+                self._queue.put_nowait(pending)
+            async with asyncio.timeout(deadline):
+                await asyncio.shield(pending.done)
         except TimeoutError as exc:
             raise PublishTimeout("audit records were not stored in time") from exc
 
@@ -189,17 +216,18 @@ class AuditWriter:
                 continue
             if first is None:
                 continue
-            batch, size = [first], sum(len(canonical(r)) for r in first.records)
+            batch, block = [first], _Block(self.head)
+            block.add(first.records)
             while not self._queue.empty() and len(batch) < self._settings.block_records:
                 item = self._queue.get_nowait()
                 if item is None:
                     continue
                 batch.append(item)
-                size += sum(len(canonical(r)) for r in item.records)
-                if size > self._settings.block_bytes:
+                block.add(item.records)
+                if block.size > self._settings.block_bytes:
                     break
             try:
-                await self._commit([r for item in batch for r in item.records])
+                await self._commit([r for item in batch for r in item.records], block)
             except TransportError as exc:
                 for item in batch:
                     if not item.done.done():
@@ -210,8 +238,10 @@ class AuditWriter:
                         item.done.set_result(None)
             await self._maybe_checkpoint()
 
-    async def _commit(self, records: list[dict[str, Any]]) -> None:
-        token, new_head = build_block(records, self.head, self._identity, self._instance, self._clock())
+    async def _commit(self, records: list[dict[str, Any]], block: _Block) -> None:
+        """Append ``block`` (``records`` chained onto :attr:`head`); chained again onto the stored
+        head if another writer appended first."""
+        token, new_head = block.sign(self._identity, self._instance, self._clock())
         error = "no acknowledgement"
         for attempt in range(self._settings.attempts):
             headers = {"Nats-Expected-Last-Subject-Sequence": str(self.head.seq),

@@ -5,6 +5,11 @@ that recipient, signed by the broker, with ``origin``), a ``receipt`` to the sen
 audit records. For a refused one: a signed ``rejection`` to the sender and an audit record.
 Ids are derived deterministically from the ingress message, so re-processing after a crash
 republishes under the same ``Nats-Msg-Id`` and JetStream drops the copy.
+
+What one message's outputs share is worked out once for all of them: one clock reading (the
+deliveries' ``iat``, the records' and the receipt's ``at``, the recipient keys valid then), each
+clock's due date, and each recipient's public key, made from the registry's bytes once per key
+(:meth:`Outcomes.recipient_key`) rather than for every message.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from broker.timestamps import iso
 from broker.transport.publisher import Outgoing
 from broker.wire import _crypto, hpke, jws
 from broker.wire.ids import ADMIN_SHARING, derived_id
-from broker.wire.registry import Registry
+from broker.wire.registry import PublicKey, Registry
 from broker.wire.subjects import delivery_subject
 
 
@@ -60,14 +65,28 @@ class Outcomes:
         self.instance = instance
         self.subjects = subjects
         self.clock = clock
+        # by registry key (its bytes and validity, so a reloaded registry's keys are new entries)
+        self._recipient_keys: dict[PublicKey, tuple[str, _crypto.SuiteName, _crypto.KemPublicKey]] = {}
 
     # -- sealing ----------------------------------------------------------------------
 
+    def recipient_key(self, recipient: str, now: float) -> tuple[str, _crypto.SuiteName, _crypto.KemPublicKey]:
+        """:meth:`Registry.recipient_key`, its key object made once per registry key: choosing the
+        key valid ``now`` is cheap, making an ML-KEM public key from its bytes is not."""
+        key = self.registry.agencies[recipient].enc_key(now)
+        found = self._recipient_keys.get(key)
+        if found is None:
+            if len(self._recipient_keys) >= 1024:  # retired keys of many reloads: start again
+                self._recipient_keys.clear()
+            found = self._recipient_keys[key] = self.registry.recipient_key(recipient, now)
+        return found
+
     def seal(self, *, jti: str, typ: str, ver: int, recipient: str, plaintext: bytes,
              sharing: Mapping[str, Any], re: str | None = None, thread: str | None = None,
-             origin: Mapping[str, str] | None = None) -> bytes:
-        now = self.clock()
-        kid, suite, public = self.registry.recipient_key(recipient, now)
+             origin: Mapping[str, str] | None = None, now: float | None = None) -> bytes:
+        """A delivery of ``plaintext`` sealed to ``recipient``; ``now`` the message's one clock reading."""
+        now = self.clock() if now is None else now
+        kid, suite, public = self.recipient_key(recipient, now)
         sealed = hpke.seal_payload(plaintext, jti=jti, iss=self.registry.broker_id, typ=typ, ver=ver,
                                    recipient=recipient, kid=kid, suite=suite, public_key=public)
         claims: dict[str, Any] = {
@@ -93,9 +112,11 @@ class Outcomes:
         the trail shows where that message stands."""
         claims = opened.auth.claims
         jti, sender = claims["jti"], opened.auth.sender.id
+        now = self.clock()
+        at = iso(now)
         origin = {"iss": sender, "jti": jti, "digest": jws.digest(opened.auth.token)}
         digest = _crypto.keyed_digest(self.audit_key, opened.plaintext)
-        base = self._audit_base(ingress, jti) | {
+        base = self._audit_base(ingress, jti, at) | {
             "type": claims["typ"], "version": claims["ver"], "sender": sender,
             "sharing": claims["sharing"], "payloadDigest": digest, "rules": list(decision.rules),
         }
@@ -118,6 +139,7 @@ class Outcomes:
         out: list[Output] = [self._audit(base | {"id": derived_id("audit", jti, "received"), "event": "received",
                                    "to": list(claims["to"])})]
         owed: dict[int, dict[str, Any]] = {}  # clocks the sender's side owes, by position: one entry each
+        dues: dict[int, tuple[float | None, str | None]] = {}  # each clock's due date, for every recipient
         for rd in decision.recipients:
             record = base | {"id": derived_id("audit", jti, rd.recipient), "recipient": rd.recipient,
                              "rules": list(rd.rules)}
@@ -135,17 +157,19 @@ class Outcomes:
             delivery_id = derived_id("delivery", jti, rd.recipient)
             token = self.seal(jti=delivery_id, typ=claims["typ"], ver=claims["ver"], recipient=rd.recipient,
                               plaintext=plaintext, sharing=claims["sharing"], re=claims.get("re"),
-                              thread=claims.get("thread"), origin=origin)
+                              thread=claims.get("thread"), origin=origin, now=now)
             out.append(Outgoing(delivery_subject(rd.recipient), token, delivery_id))
             shared = record | {"event": "shared", "decision": "share", "deliveryId": delivery_id,
                                "fields": sorted(payload) if rd.fields is None else list(rd.fields)}
             for i, spec in enumerate(decision.deadlines):
-                due = spec.due(ingress.stored_at, opened.payload)
+                if i not in dues:
+                    dues[i] = _due(spec.due(ingress.stored_at, opened.payload))
+                due, due_at = dues[i]
                 owes = not spec.from_sender and self._owed_to(spec, rd.recipient)
                 if due is None or not (owes or (spec.from_sender and i not in owed and
                                                 self._owed_to(spec, rd.recipient))):
                     continue
-                shared.setdefault("due", iso(due))
+                shared.setdefault("due", due_at)
                 entry: dict[str, Any] = {
                     "message": jti, "type": claims["typ"], "sender": sender, "recipient": rd.recipient, "due": due,
                     "expect": list(spec.expect), "rule": decision.deadline_rule, "says": spec.says,
@@ -169,7 +193,7 @@ class Outcomes:
         if closes:
             out += [deadlines.close_entry(claims["re"], replier, jti) for replier in closes]
         receipt = {
-            "messageId": jti, "status": "recorded" if opened.mtype.record_only else "routed", "at": iso(self.clock()),
+            "messageId": jti, "status": "recorded" if opened.mtype.record_only else "routed", "at": at,
             "recipients": [r.recipient for r in decision.shared],
         }
         if decision.refused and not opened.mtype.record_only:
@@ -178,7 +202,7 @@ class Outcomes:
         receipt_id = derived_id("receipt", jti)
         out.append(Outgoing(delivery_subject(sender), self.seal(
             jti=receipt_id, typ="receipt", ver=1, recipient=sender, plaintext=jws.dumps(receipt),
-            sharing=ADMIN_SHARING, re=jti), receipt_id))
+            sharing=ADMIN_SHARING, re=jti, now=now), receipt_id))
         return out
 
     def _owed_to(self, spec: DeadlineSpec, recipient: str) -> bool:
@@ -193,7 +217,9 @@ class Outcomes:
         """A signed rejection to the publishing agency, and an audit record. ``claims`` are given
         only once the signature was verified, so nothing unauthenticated is echoed."""
         message_id = claims["jti"] if claims else ingress.msg_id
-        record = self._audit_base(ingress, message_id) | {
+        now = self.clock()
+        at = iso(now)
+        record = self._audit_base(ingress, message_id, at) | {
             "id": derived_id("audit", "rejected", ingress.seq, ingress.stored_at), "event": "rejected",
             "sender": ingress.subject_agency, "decision": "reject", "code": error.code, "reason": error.reason,
         }
@@ -208,7 +234,7 @@ class Outcomes:
             return out  # nobody to tell: no such agency (only possible without NATS permissions)
         body: dict[str, Any] = {
             "messageId": message_id[:128], "code": error.code, "reason": error.reason[:500],
-            "at": iso(self.clock()), "retryable": error.retryable,
+            "at": at, "retryable": error.retryable,
         }
         if error.field:
             body["field"] = error.field[:200]
@@ -218,7 +244,7 @@ class Outcomes:
         re = message_id if _is_uuid(message_id) else None
         out.append(Outgoing(delivery_subject(ingress.subject_agency), self.seal(
             jti=rejection_id, typ="rejection", ver=1, recipient=ingress.subject_agency,
-            plaintext=jws.dumps(body), sharing=ADMIN_SHARING, re=re), rejection_id))
+            plaintext=jws.dumps(body), sharing=ADMIN_SHARING, re=re, now=now), rejection_id))
         return out
 
     # -- overdue ----------------------------------------------------------------------
@@ -227,28 +253,35 @@ class Outcomes:
         """Overdue notices to both sides of a deadline that passed (and to every party that owed it
         with the sender), and an audit record."""
         message, recipient, suffix = entry["message"], entry["recipient"], entry.get("keySuffix", "")
-        body = {"messageId": message, "messageType": entry["type"], "recipient": recipient, "due": iso(entry["due"]),
-                "expected": entry["expect"], "at": iso(self.clock()), "rule": entry["rule"], "says": entry["says"]}
+        now = self.clock()
+        at, due = iso(now), iso(entry["due"])
+        body = {"messageId": message, "messageType": entry["type"], "recipient": recipient, "due": due,
+                "expected": entry["expect"], "at": at, "rule": entry["rule"], "says": entry["says"]}
         out: list[Output] = []
         for party in dict.fromkeys((entry["sender"], recipient, *entry.get("owedBy", ()))):
             notice_id = derived_id("overdue", message, recipient + suffix, party)
             out.append(Outgoing(delivery_subject(party), self.seal(
                 jti=notice_id, typ="overdue-notice", ver=1, recipient=party, plaintext=jws.dumps(body),
-                sharing=ADMIN_SHARING, re=message), notice_id))
-        out.append(self._audit({"v": 1, "at": iso(self.clock()), "instance": self.instance, "message": message,
+                sharing=ADMIN_SHARING, re=message, now=now), notice_id))
+        out.append(self._audit({"v": 1, "at": at, "instance": self.instance, "message": message,
                                 "id": derived_id("audit", message, recipient + suffix, "overdue"), "event": "overdue",
                                 "type": entry["type"], "sender": entry["sender"], "recipient": recipient,
-                                "due": iso(entry["due"]), "rules": [entry["rule"]]}))
+                                "due": due, "rules": [entry["rule"]]}))
         return out
 
     # -- audit ------------------------------------------------------------------------
 
-    def _audit_base(self, ingress: Ingress, message_id: str) -> dict[str, Any]:
-        return {"v": 1, "at": iso(self.clock()), "instance": self.instance, "message": message_id,
+    def _audit_base(self, ingress: Ingress, message_id: str, at: str) -> dict[str, Any]:
+        return {"v": 1, "at": at, "instance": self.instance, "message": message_id,
                 "ingressSeq": ingress.seq, "receivedAt": iso(ingress.stored_at)}
 
     def _audit(self, record: dict[str, Any]) -> AuditEntry:
         return AuditEntry(record)
+
+
+def _due(due: float | None) -> tuple[float | None, str | None]:
+    """A clock's due time and its ISO spelling, worked out once for every recipient it runs to."""
+    return due, None if due is None else iso(due)
 
 
 def _is_uuid(text: str) -> bool:
