@@ -1,6 +1,10 @@
 """structlog, configured once: JSON lines when not on a terminal, readable on one.
 
 Log lines carry ids, codes, fields and rules; never payload values.
+
+:func:`enabled` tells the hot path whether a level would be written, so that at ``ERROR`` (as
+brokers run under load) it neither binds per-message context nor builds log calls that the
+filtering logger would drop.
 """
 
 from __future__ import annotations
@@ -10,6 +14,14 @@ import sys
 
 import structlog
 from structlog.tracebacks import ExceptionDictTransformer
+
+
+def enabled(level: int) -> bool:
+    """Whether a log call at ``level`` (``logging.INFO`` ...) would be written now. Read from
+    structlog's configuration each time (a test or a reload may configure it again); a wrapper
+    class that does not filter by level writes everything."""
+    effective = getattr(structlog.get_config()["wrapper_class"], "get_effective_level", None)
+    return effective is None or level >= effective(None)
 
 
 def configure(*, level: str = "INFO", json: bool | None = None, stream: object = None) -> None:

@@ -5,16 +5,40 @@ histograms, base units). Labels take only bounded values: message types from the
 rejection codes, pipeline stages, review flags and agency ids from the trust registry; never
 a message id and never anything from a payload. Each broker has its own registry, so several
 brokers in one process (tests) do not collide.
+
+The pipeline counts through :class:`Children`: a labelled metric's child for each label value,
+looked up by prometheus-client's ``labels()`` (which checks and joins the values every time) once
+and then kept, as the hot path counts five to ten times per message.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+M = TypeVar("M", Counter, Histogram)
+
 STAGES = ("authenticate", "open", "decide", "store", "total")
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Children(Generic[M]):
+    """The children of a metric with one label, each bound on first use and kept (the label values
+    are bounded: see the module)."""
+
+    __slots__ = ("_bound", "_metric")
+
+    def __init__(self, metric: M, ahead: Iterable[str] = ()) -> None:
+        self._metric: M = metric
+        self._bound: dict[str, M] = {value: metric.labels(value) for value in ahead}
+
+    def __getitem__(self, value: str) -> M:
+        child = self._bound.get(value)
+        if child is None:
+            child = self._bound[value] = self._metric.labels(value)
+        return child
 
 
 class Metrics:
@@ -52,8 +76,13 @@ class Metrics:
                                 "When a registry key stops being valid (Unix time; absent when open-ended)",
                                 ["agency", "use"], registry=r)
         self.maintenance = Gauge("sgb_maintenance_mode", "1 while the broker takes no new work", registry=r)
-        for stage in STAGES:
-            self.stage_seconds.labels(stage)  # present from the start, so dashboards see zeros
+        self.stage = Children(self.stage_seconds, STAGES)  # present from the start, so dashboards see zeros
+        self.accepted_by = Children(self.accepted)
+        self.delivered_by = Children(self.delivered)
+        self.refused_by = Children(self.refused)
+        self.rejected_by = Children(self.rejected)
+        self.flagged_by = Children(self.flagged)
+        self.late_by = Children(self.late)
 
     def gauge_from(self, gauge: Gauge, read: Callable[[], float]) -> None:
         gauge.set_function(read)
