@@ -1,4 +1,4 @@
-"""What one referral costs the broker's own code, in process: ``python tests/perf_one_message.py``.
+"""What one referral costs the broker's own code, in process: ``python -m bench.one_message``.
 
 Not a test and not ``make bench``: it runs the pipeline's real code on one core (intake, policy,
 outcomes, the audit writer's block, the loop's metrics and log calls at ERROR, as ``bench``'s
