@@ -390,3 +390,13 @@ def test_strict_json_agrees_with_the_slow_reading(text: str) -> None:
     except strictjson.StrictJSONError:
         got = ("refused", None)
     assert got == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(parts=st.lists(st.one_of(st.text(max_size=40), st.integers(), st.uuids()), min_size=1, max_size=5))
+def test_derived_ids_are_the_uuid5_ids_they_always_were(parts: list[object]) -> None:
+    """Ids are what JetStream deduplicates on: the written-out uuid5 must give exactly the ids that
+    :func:`uuid.uuid5` gave, or a broker upgraded mid-stream would republish under new ids."""
+    from broker.wire import ids
+
+    assert ids.derived_id(*parts) == str(uuid.uuid5(ids._NS, "/".join(str(p) for p in parts)))

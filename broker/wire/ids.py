@@ -7,11 +7,13 @@ copy. Receipts, rejections and overdue notices carry no personal data and one sh
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Mapping
 from typing import Any, Final
 
 _NS: Final = uuid.UUID("6f1c1f43-7d0e-4f59-9a8e-2b1f7c5d9e10")
+_NS_BYTES: Final = _NS.bytes
 
 
 ADMIN_TYPES: Final = frozenset({"receipt", "rejection", "overdue-notice"})  # notices about messages, no personal data
@@ -29,4 +31,11 @@ ADMIN_SHARING: Final[Mapping[str, Any]] = {
 
 
 def derived_id(*parts: object) -> str:
-    return str(uuid.uuid5(_NS, "/".join(str(p) for p in parts)))
+    """``str(uuid.uuid5(namespace, "/".join(parts)))``, written out: the same ids (a test compares
+    them), built from the SHA-1 digest directly, about three times cheaper than through
+    :class:`uuid.UUID` on a path that makes four or more per message."""
+    digest = bytearray(hashlib.sha1(_NS_BYTES + "/".join(map(str, parts)).encode()).digest()[:16])  # noqa: S324 - RFC 9562 uuid5 is SHA-1
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # the RFC 9562 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
