@@ -238,12 +238,15 @@ class RulebookPolicy:
         applied: list[str] = []
         status = sharing.get("consentStatus")
 
-        def contradiction(reason: str, field: str, rule: str) -> None:
+        def unless_emergency(reason: str, field: str, rule: str, flag: str, *also: str) -> None:
             """Refused; or, in an emergency, shared and flagged (never held back for a consent record)."""
             if not emergency:
                 raise NoLawfulBasis(reason, field=field, rule=rule)
-            flags.append("emergency-consent-contradiction")
-            applied.extend((rule, "urgent.never-held"))
+            flags.append(flag)
+            applied.extend((*also, "urgent.never-held"))
+
+        def contradiction(reason: str, field: str, rule: str) -> None:
+            unless_emergency(reason, field, rule, "emergency-consent-contradiction", rule)
 
         for name in _CONDITION_FIELDS:
             code = sharing.get(name)
@@ -263,31 +266,23 @@ class RulebookPolicy:
             contradiction("consent was given, so there is no reason for sharing without it",
                           "/sharing/nonConsentReason", "consent.consistent")
         if status == "NOT_APPLICABLE":
-            if not emergency:
-                raise NoLawfulBasis("consent is applicable to a message carrying personal data: say whether it "
-                                    "was given, refused or not sought", field="/sharing/consentStatus",
-                                    rule="consent.not-applicable")
-            flags.append("emergency-consent-unrecorded")
-            applied += ["consent.not-applicable", "urgent.never-held"]
+            unless_emergency("consent is applicable to a message carrying personal data: say whether it was given, "
+                             "refused or not sought", "/sharing/consentStatus", "consent.not-applicable",
+                             "emergency-consent-unrecorded", "consent.not-applicable")
         if status in WITHOUT_CONSENT:
             applied.append("consent.reason")
             if "nonConsentReason" not in sharing:
-                if not emergency:
-                    raise NoLawfulBasis("sharing without consent needs a recorded reason",
-                                        field="/sharing/nonConsentReason", rule="consent.reason")
-                flags.append("emergency-without-consent-reason")
-                applied.append("urgent.never-held")
+                unless_emergency("sharing without consent needs a recorded reason", "/sharing/nonConsentReason",
+                                 "consent.reason", "emergency-without-consent-reason")
             if status == "REFUSED_OVERRIDDEN":
                 flags.append("consent-overridden")
                 applied.append("consent.override-review")
             elif status == "NOT_SOUGHT":
                 flags.append("shared-without-consent")
         if "subjectInformed" not in sharing:
-            if not emergency:
-                raise NoLawfulBasis("whether the family was informed, or why not, must be recorded",
-                                    field="/sharing/subjectInformed", rule="transparency.informed")
-            flags.append("emergency-family-informed-unrecorded")
-            applied.append("urgent.never-held")
+            unless_emergency("whether the family was informed, or why not, must be recorded",
+                             "/sharing/subjectInformed", "transparency.informed",
+                             "emergency-family-informed-unrecorded")
         applied.append("transparency.informed")
         return applied
 
