@@ -31,9 +31,10 @@ from broker.errors import TransportError
 from broker.policy.rulebook import DEFAULT_RECEIPT_STATUS
 from broker.transport.errors import nats_failures
 from broker.transport.publisher import Outgoing
+from broker.wire.subjects import DEADLINES_BUCKET
 
 log = structlog.get_logger("sgb.deadlines")
-BUCKET: Final = "SG_DEADLINES"
+BUCKET: Final = DEADLINES_BUCKET
 _STREAM: Final = f"KV_{BUCKET}"
 _WRONG_LAST_SEQUENCE: Final = 10071
 
@@ -66,6 +67,29 @@ def answers(entry: Mapping[str, Any], typ: str, payload: Mapping[str, Any]) -> b
     if typ != "receipt":
         return True
     return payload.get("status") in (entry.get("receiptStatus") or DEFAULT_RECEIPT_STATUS)
+
+
+async def met_by(js: JetStreamContext, claims: Mapping[str, Any], payload: Mapping[str, Any],
+                 later_clocks: Sequence[str]) -> tuple[str, ...]:
+    """The deadline keys (after the message id) the message with ``claims`` meets on its ``re``
+    (none if it meets none): its sender's, or every party's that owed the same clock (for a
+    receipt, only with a status the entry counts, read from the opened ``payload``). A rule's first
+    clock is looked up first, then ``later_clocks`` (the key suffixes of the clocks the rulebook
+    says a message of this type may close)."""
+    if not claims.get("re"):
+        return ()
+    for suffix in ("", *later_clocks):
+        with nats_failures("the deadline store"):
+            try:
+                last = await js.get_last_msg(_STREAM, f"$KV.{BUCKET}.{key(claims['re'], claims['iss'])}{suffix}")
+            except NotFoundError:
+                continue
+        if not last.data:
+            continue
+        record = orjson.loads(last.data)
+        if answers(record, claims["typ"], payload):
+            return tuple(party + suffix for party in (record.get("owedBy") or (claims["iss"],)))
+    return ()
 
 
 def close_entry(message_id: str, recipient: str, reply_id: str) -> Outgoing:

@@ -32,11 +32,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
 
 from broker import logs
 from broker.audit.chain import AuditWriter
@@ -51,7 +49,7 @@ from broker.transport.errors import NATS_FAILURES, describe, nats_failures, quie
 from broker.transport.publisher import Outgoing, Publisher
 from broker.transport.replay import ReplayGuard
 from broker.wire.ids import derived_id
-from broker.wire.subjects import BROKER_CONSUMER, DEADLINES_BUCKET, INGRESS
+from broker.wire.subjects import BROKER_CONSUMER, INGRESS
 
 log = structlog.get_logger("sgb.pipeline")
 
@@ -251,7 +249,8 @@ class Pipeline:
                 t2 = time.perf_counter()
                 decision = self._policy.decide(auth.sender, opened.recipients, opened.mtype,
                                                auth.claims["sharing"], opened.payload, received=ingress.stored_at)
-                closes = await self._answers_deadline(auth.claims, opened.payload)
+                closes = await deadlines.met_by(self._js, auth.claims, opened.payload,
+                                                self._policy.clocks_answered_by(auth.claims["typ"]))
                 outputs = self._outcomes.accepted(ingress, opened, decision, closes=closes)
                 stage["authenticate"].observe(t1 - t0)
                 stage["open"].observe(t2 - t1)
@@ -275,27 +274,6 @@ class Pipeline:
             self.metrics.internal.inc()
             error = InternalFailure("the broker could not process this message; send it again", rule="internal")
             return self._outcomes.rejected(ingress, error, auth.claims if auth else None), error.code
-
-    async def _answers_deadline(self, claims: dict[str, Any], payload: Mapping[str, Any]) -> tuple[str, ...]:
-        """The deadline keys (after the message id) this message meets on ``re`` (none if it meets
-        none): its sender's, or every party's that owed the same clock (for a receipt, only with a
-        status the deadline counts, read from the opened payload). A rule's first clock is looked up
-        first; its later clocks only for the types the rulebook says may close them."""
-        if not claims.get("re"):
-            return ()
-        for suffix in ("", *self._policy.clocks_answered_by(claims["typ"])):
-            with nats_failures("the deadline store"):
-                try:
-                    entry = await self._js.get_last_msg(
-                        f"KV_{DEADLINES_BUCKET}", f"$KV.{DEADLINES_BUCKET}.{claims['re']}.{claims['iss']}{suffix}")
-                except NotFoundError:
-                    continue
-            if not entry.data:
-                continue
-            record = orjson.loads(entry.data)
-            if deadlines.answers(record, claims["typ"], payload):
-                return tuple(party + suffix for party in (record.get("owedBy") or (claims["iss"],)))
-        return ()
 
     async def on_overdue(self, entry: Mapping[str, Any]) -> None:
         await self.store(self._outcomes.overdue(entry))

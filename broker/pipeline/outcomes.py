@@ -165,10 +165,8 @@ class Outcomes:
                 if i not in dues:
                     dues[i] = _due(spec.due(ingress.stored_at, opened.payload))
                 due, due_at = dues[i]
-                owes = not spec.from_sender and self._owed_to(spec, rd.recipient)
-                if due is None or not (owes or (spec.from_sender and i not in owed and
-                                                self._owed_to(spec, rd.recipient))):
-                    continue
+                if due is None or not self._owed_to(spec, rd.recipient) or (spec.from_sender and i in owed):
+                    continue  # no date to count from, not this recipient's clock, or the sender's already opened
                 shared.setdefault("due", due_at)
                 entry: dict[str, Any] = {
                     "message": jti, "type": claims["typ"], "sender": sender, "recipient": rd.recipient, "due": due,
@@ -178,7 +176,7 @@ class Outcomes:
                     entry["keySuffix"] = spec.key_suffix
                 if spec.receipt_status:  # recorded, so any instance applies the rule of the share
                     entry["receiptStatus"] = list(spec.receipt_status)
-                if owes:
+                if not spec.from_sender:
                     out.append(deadlines.open_entry(jti, rd.recipient + spec.key_suffix,
                                                     entry | {"expectFrom": rd.recipient}))
                 else:
