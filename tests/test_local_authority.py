@@ -229,6 +229,9 @@ UNKNOWN = "00000000-1111-4222-8333-444444444444"
     (5, _set("plan", "CP"), "/plan"),
     (5, _set("endDate", "2026-01-01"), "/endDate"),
     (6, _set("event", "closed"), "/event"),
+    (6, _set("event", ["outcome"]), "/event"),  # the wrong JSON type: refused, not an internal error
+    (1, _set("consent", ["given"]), "/consent"),
+    (2, _set("familyInformed", {"told": True}), "/familyInformed"),
     (6, _set("note", "Ben Okafor-Demo seen at home"), ""),  # a receipt carries no personal data
     (0, _set("consent", "given"), ""),  # nor any consent facts
     # every other event carries the case's consent facts

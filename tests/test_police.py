@@ -101,6 +101,10 @@ def test_each_record_carries_its_own_consent_facts(facts: dict[str, str], sharin
     (lambda r: r.update(consent="given"), "/withoutConsentReason", "consent.consistent"),
     (lambda r: r.pop("familyInformed"), "/familyInformed", "transparency.informed"),
     (lambda r: r.update(familyInformed="no"), "/familyInformed", "transparency.informed"),
+    # a fact of the wrong JSON type is refused naming it (it crashed the mapper as internal once)
+    (lambda r: r.update(consent=[]), "/consent", "consent.recorded"),
+    (lambda r: r.update(withoutConsentReason={"why": 1}), "/withoutConsentReason", "consent.reason"),
+    (lambda r: r.update(familyInformed={}), "/familyInformed", "transparency.informed"),
     (lambda r: r.update(familyInformed="later", parentsInformed=True), "/parentsInformed", "consent.consistent"),
     (lambda r: r.update(familyInformed="yes", parentsInformed=True), "/reasonNotInformed", "consent.consistent"),
     (lambda r: r.update(doNotContactParents="yes"), "/doNotContactParents", "police-ppn.v1.json"),
@@ -155,6 +159,10 @@ def test_an_emergency_with_its_facts_keeps_the_notice_at_the_agreed_urgency(regi
     (lambda r: r.update(consent="maybe"), "/consent", "consent.recorded"),  # a code the format lacks
     (lambda r: r.update(consent="given"), "/withoutConsentReason", "consent.consistent"),  # a contradiction
     (lambda r: r.update(familyInformed="no"), "/familyInformed", "transparency.informed"),
+    # a fact of the wrong JSON type is refused naming it (it crashed the mapper as internal once)
+    (lambda r: r.update(consent=[]), "/consent", "consent.recorded"),
+    (lambda r: r.update(withoutConsentReason={"why": 1}), "/withoutConsentReason", "consent.reason"),
+    (lambda r: r.update(familyInformed={}), "/familyInformed", "transparency.informed"),
     (lambda r: r.update(immediateProtectionNeeded="yes") or r.pop("consent"), "/consent", "consent.recorded"),
 ])
 def test_an_emergency_is_still_refused_for_what_it_says_wrongly(change: Any, field: str, rule: str,

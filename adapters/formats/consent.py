@@ -86,42 +86,43 @@ def is_emergency(said: Mapping[str, Any] | None) -> bool:
     return said is not None and said.get("urgency") == "EMERGENCY"
 
 
+def _coded(value: Any, codes: Mapping[str, str], name: str, where: str, rule: str, missing: str, *,
+           emergency: bool) -> str | None:
+    """The vocabulary code for one native fact (None when an emergency record leaves it out); a
+    missing fact, or one that is not one of ``codes`` (whatever its JSON type), is refused at ``where``."""
+    if value is None:
+        if emergency:
+            return None
+        raise Unmappable(missing, field=where, rule=rule)
+    if not isinstance(value, str) or value not in codes:
+        raise Unmappable(f"{name} is one of {_one_of(codes)}", field=where, rule=rule)
+    return codes[value]
+
+
 def native(values: Mapping[str, Any], field: Callable[[str], str], *, emergency: bool = False) -> dict[str, str]:
     """The sharing block's case facts from a native record's ``consent``, ``withoutConsentReason``
     and ``familyInformed``; ``field(name)`` says where a field is (a JSON pointer, or a CSV row
     and column) for the refusal. In an ``emergency`` a fact the record leaves out is left out."""
-    status = values.get("consent")
-    if status is None:
-        if not emergency:
-            raise Unmappable("the record does not say whether consent to share was given, refused or not sought",
-                             field=field("consent"), rule="consent.recorded")
-    elif status not in CONSENT:
-        raise Unmappable(f"consent is one of {_one_of(CONSENT)}", field=field("consent"), rule="consent.recorded")
-    facts = {"consentStatus": CONSENT[status] if status is not None else UNRECORDED}
+    status = _coded(values.get("consent"), CONSENT, "consent", field("consent"), "consent.recorded",
+                    "the record does not say whether consent to share was given, refused or not sought",
+                    emergency=emergency)
+    facts = {"consentStatus": status or UNRECORDED}
     reason = values.get("withoutConsentReason")
-    if status == "given":
+    if status == "GIVEN":
         if reason is not None:
             raise Unmappable("consent was given, so there is no reason for sharing without it",
                              field=field("withoutConsentReason"), rule="consent.consistent")
-    elif reason is None:
-        if not emergency:
-            raise Unmappable("sharing without consent needs the reason it was not sought or was overridden",
-                             field=field("withoutConsentReason"), rule="consent.reason")
-    elif reason not in REASON:
-        raise Unmappable(f"withoutConsentReason is one of {_one_of(REASON)}", field=field("withoutConsentReason"),
-                         rule="consent.reason")
     else:
-        facts["nonConsentReason"] = REASON[reason]
-    informed = values.get("familyInformed")
-    if informed is None:
-        if not emergency:
-            raise Unmappable("the record does not say whether the family was informed, or why not",
-                             field=field("familyInformed"), rule="transparency.informed")
-    elif informed not in INFORMED:
-        raise Unmappable(f"familyInformed is one of {_one_of(INFORMED)}", field=field("familyInformed"),
-                         rule="transparency.informed")
-    else:
-        facts["subjectInformed"] = INFORMED[informed]
+        code = _coded(reason, REASON, "withoutConsentReason", field("withoutConsentReason"), "consent.reason",
+                      "sharing without consent needs the reason it was not sought or was overridden",
+                      emergency=emergency)
+        if code is not None:
+            facts["nonConsentReason"] = code
+    informed = _coded(values.get("familyInformed"), INFORMED, "familyInformed", field("familyInformed"),
+                      "transparency.informed", "the record does not say whether the family was informed, or why not",
+                      emergency=emergency)
+    if informed is not None:
+        facts["subjectInformed"] = informed
     return facts
 
 

@@ -176,7 +176,8 @@ def case_events(body: bytes, context: MapContext) -> list[Outbound]:
         raise Unmappable("the document is not JSON", field="/") from exc
     # The case's consent facts first, so that a refusal names the rule (consent.reason...) as well as the field.
     for i, event in enumerate(document if isinstance(document, list) else [document]):
-        if isinstance(event, dict) and event.get("event") in _MAP and event["event"] not in RECEIPT_STATUS:
+        kind = event.get("event") if isinstance(event, dict) else None
+        if isinstance(kind, str) and kind in _MAP and kind not in RECEIPT_STATUS:  # (else the schema check says)
             where = f"/{i}" if isinstance(document, list) else ""
             consent.native(event, at(where), emergency=emergency(event))
     check(document)
