@@ -4,8 +4,6 @@ failure, and still loses no message (nak'ed, then refused as ``internal`` from i
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from nats.errors import ConnectionClosedError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -15,12 +13,10 @@ from broker.config import Settings
 from broker.errors import TransportError
 from broker.pipeline import loop
 from broker.pipeline.service import running_broker
-from broker.policy.engine import Decision, ReloadablePolicy
-from broker.policy.rulebook import DEFAULT_RULEBOOK
 from broker.transport.errors import describe, nats_failures, quietly
-from broker.wire.catalogue import Catalogue
 from tests.conftest import ClientFactory
 from tests.helpers import drain, eventually, referral, sharing
+from tests.support.pipeline import Buggy as _Buggy
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -47,22 +43,6 @@ def test_best_effort_calls_ignore_only_nats_failures() -> None:
         raise KeyError("a bug is never swallowed")
     assert describe(APIError(code=400, err_code=10071, description="wrong last sequence")) == \
         "APIError 10071 (wrong last sequence)"
-
-
-class _Buggy:
-    """The shipped rulebook, with a bug in deciding for the first ``times`` messages it sees."""
-
-    def __init__(self, times: int) -> None:
-        self.policy = ReloadablePolicy(DEFAULT_RULEBOOK, Catalogue())
-        self.left = times
-        self.calls = 0
-
-    def decide(self, *args: Any, **kwargs: Any) -> Decision:
-        self.calls += 1
-        if self.left > 0:
-            self.left -= 1
-            raise ZeroDivisionError("a bug in deciding")
-        return self.policy.decide(*args, **kwargs)
 
 
 @pytest.fixture(autouse=True)

@@ -16,7 +16,7 @@ from broker.pipeline import loop
 from broker.pipeline.service import running_broker
 from tests.conftest import ClientFactory
 from tests.helpers import referral, sharing
-from tests.test_faults import _Buggy
+from tests.support.pipeline import Buggy as _Buggy
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -70,15 +70,16 @@ def answers(entry: Mapping[str, Any], typ: str, payload: Mapping[str, Any]) -> b
 
 
 async def met_by(js: JetStreamContext, claims: Mapping[str, Any], payload: Mapping[str, Any],
-                 later_clocks: Sequence[str]) -> tuple[str, ...]:
+                 later_clocks: Callable[[str], Sequence[str]]) -> tuple[str, ...]:
     """The deadline keys (after the message id) the message with ``claims`` meets on its ``re``
     (none if it meets none): its sender's, or every party's that owed the same clock (for a
     receipt, only with a status the entry counts, read from the opened ``payload``). A rule's first
-    clock is looked up first, then ``later_clocks`` (the key suffixes of the clocks the rulebook
-    says a message of this type may close)."""
+    clock is looked up first, then those ``later_clocks(type)`` names (the key suffixes of the
+    clocks the rulebook says a message of this type may close); a message that answers nothing
+    costs no lookup."""
     if not claims.get("re"):
         return ()
-    for suffix in ("", *later_clocks):
+    for suffix in ("", *later_clocks(claims["typ"])):
         with nats_failures("the deadline store"):
             try:
                 last = await js.get_last_msg(_STREAM, f"$KV.{BUCKET}.{key(claims['re'], claims['iss'])}{suffix}")

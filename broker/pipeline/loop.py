@@ -250,7 +250,7 @@ class Pipeline:
                 decision = self._policy.decide(auth.sender, opened.recipients, opened.mtype,
                                                auth.claims["sharing"], opened.payload, received=ingress.stored_at)
                 closes = await deadlines.met_by(self._js, auth.claims, opened.payload,
-                                                self._policy.clocks_answered_by(auth.claims["typ"]))
+                                                self._policy.clocks_answered_by)
                 outputs = self._outcomes.accepted(ingress, opened, decision, closes=closes)
                 stage["authenticate"].observe(t1 - t0)
                 stage["open"].observe(t2 - t1)

@@ -173,6 +173,8 @@ class Rulebook:
     source: str
     # message type -> the conditions under which it carries criminal offence data (() : always)
     offence_data: Mapping[str, tuple[Condition, ...]] = field(default_factory=dict)
+    # message type -> key suffixes of the clocks after a rule's first that it may close (worked out once)
+    later_clocks: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def rule_for(self, type_name: str, sender_kind: str) -> Rule | None:
         for rule in self.rules:
@@ -183,8 +185,7 @@ class Rulebook:
     def clocks_answered_by(self, type_name: str) -> tuple[str, ...]:
         """The key suffixes of every clock after a rule's first that a message of ``type_name`` may
         close: where a reply looks beyond the first clock's key."""
-        return tuple(dict.fromkeys(d.key_suffix for r in self.rules for d in r.deadlines[1:]
-                                   if type_name in d.expect))
+        return self.later_clocks.get(type_name, ())
 
     def citation(self, rule_id: str) -> tuple[str, ...]:
         if rule_id in self.general:
@@ -257,7 +258,17 @@ def parse(doc: Any, catalogue: Catalogue, *, source: str = "<rulebook>") -> Rule
                                   tuple(g.get("flags", ()))) for g in doc["general"]},
         rules=tuple(rules), source=source,
         offence_data={t: () if v == "always" else _conditions(v) for t, v in offences["types"].items()},
+        later_clocks=_later_clocks(rules),
     )
+
+
+def _later_clocks(rules: list[Rule]) -> dict[str, tuple[str, ...]]:
+    found: dict[str, dict[str, None]] = {}
+    for rule in rules:
+        for spec in rule.deadlines[1:]:
+            for typ in spec.expect:
+                found.setdefault(typ, {})[spec.key_suffix] = None
+    return {typ: tuple(suffixes) for typ, suffixes in found.items()}
 
 
 def _pointers(rule: Mapping[str, Any]) -> list[str]:
