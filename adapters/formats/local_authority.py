@@ -138,9 +138,7 @@ def _strategy_discussion(e: Event) -> Outbound:
     person = e.child()
     invited = e.partners("invited")
     for i, action in enumerate(r.get("actions", [])):
-        if e.context.registry.get(action["agency"]) is None:
-            raise Unmappable("an action names an agency that is not in the trust registry",
-                             field=f"{e.where}/actions/{i}/agency", rule="la-case-event.recipient-known")
+        e.known(action["agency"], f"actions/{i}/agency")
     payload: dict[str, Any] = {"kind": r["kind"], "child": person, "scheduledFor": r["scheduledFor"],
                                "convenedBy": e.professional(r.get("convenor")), "invited": list(invited)}
     payload |= some(r, ("decisions", "decisions"), ("s47Initiated", "s47Initiated"), ("caseNumber", "caseReference"))

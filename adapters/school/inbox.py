@@ -58,7 +58,6 @@ log = structlog.get_logger("sgb.school")
 ROLE: Final = "dsl"
 DSL: Final = "Designated safeguarding lead"
 COOKIE: Final = "sgb_inbox"
-STATUSES: Final = ("accepted", "actioned")  # the receipts this inbox sends, in order
 # What a school shows of a notice: the fields the rulebook gives a school (Operation Encompass),
 # and no others (a notice that carried more, under some other rule, still shows only these; of
 # the child, only the name and date of birth).

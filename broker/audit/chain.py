@@ -33,7 +33,7 @@ from broker.config import AuditSettings
 from broker.errors import PublishTimeout, TransportError
 from broker.identity.keys import Identity
 from broker.timestamps import iso
-from broker.transport.errors import NATS_FAILURES, describe, nats_failures, quietly
+from broker.transport.errors import NATS_FAILURES, WRONG_LAST_SEQUENCE, describe, nats_failures, quietly
 from broker.wire import jws
 from broker.wire.subjects import AUDIT, AUDIT_HEADS_BUCKET, audit_subject, checkpoint_subject
 
@@ -43,7 +43,6 @@ GENESIS: Final = "0" * 64
 BLOCK_TYP: Final = "sg-audit-block+jwt"
 CHECKPOINT_TYP: Final = "sg-audit-checkpoint+jwt"
 EXPORT_TYP: Final = "sg-audit-export+jwt"
-_WRONG_LAST_SEQUENCE: Final = 10071
 
 
 def canonical(obj: Any) -> bytes:
@@ -250,7 +249,7 @@ class AuditWriter:
                 ack = await self._js.publish(self._subject, token, timeout=self._settings.publish_deadline,
                                              headers=headers)
             except APIError as exc:
-                if exc.err_code != _WRONG_LAST_SEQUENCE:
+                if exc.err_code != WRONG_LAST_SEQUENCE:
                     error = f"{type(exc).__name__} {exc.err_code}"
                 else:  # someone else appended (or our earlier attempt landed): chain onto what is there
                     stored = await read_head(self._js, self._instance)

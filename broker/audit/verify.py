@@ -24,7 +24,7 @@ offline (``sgb audit verify --export FILE``), with only the broker's public keys
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -259,15 +259,3 @@ class Verifier:
             self._problem("forked", instance, f"the checkpoint signed at {cp['at']} has a different head at "
                           f"record {count - 1}", seq, count - 1)
 
-
-def verify_messages(keys: Callable[[str, float], _crypto.VerifyKey | None],
-                    messages: Iterable[tuple[int, str, bytes]], witnesses: Iterable[bytes] = ()) -> Report:
-    verifier = Verifier(keys)
-    for seq, subject, data in messages:
-        if subject.endswith(".checkpoint"):
-            verifier.checkpoint(seq, data)
-        else:
-            verifier.block(seq, subject, data)
-    for token in witnesses:
-        verifier.checkpoint(None, token, source="witness")
-    return verifier.finish()

@@ -29,14 +29,13 @@ from nats.js.errors import APIError, NotFoundError
 
 from broker.errors import TransportError
 from broker.policy.rulebook import DEFAULT_RECEIPT_STATUS
-from broker.transport.errors import nats_failures
+from broker.transport.errors import WRONG_LAST_SEQUENCE, nats_failures
 from broker.transport.publisher import Outgoing
 from broker.wire.subjects import DEADLINES_BUCKET
 
 log = structlog.get_logger("sgb.deadlines")
 BUCKET: Final = DEADLINES_BUCKET
 _STREAM: Final = f"KV_{BUCKET}"
-_WRONG_LAST_SEQUENCE: Final = 10071
 
 
 def key(message_id: str, recipient: str) -> str:
@@ -161,6 +160,6 @@ class Scanner:
                                        headers={"Nats-Expected-Last-Subject-Sequence": str(msg.seq)})
                 handled += 1
             except APIError as exc:
-                if exc.err_code != _WRONG_LAST_SEQUENCE:
+                if exc.err_code != WRONG_LAST_SEQUENCE:
                     raise
         return handled

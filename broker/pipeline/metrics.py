@@ -13,7 +13,7 @@ and then kept, as the hot path counts five to ten times per message.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -83,6 +83,3 @@ class Metrics:
         self.rejected_by = Children(self.rejected)
         self.flagged_by = Children(self.flagged)
         self.late_by = Children(self.late)
-
-    def gauge_from(self, gauge: Gauge, read: Callable[[], float]) -> None:
-        gauge.set_function(read)

@@ -30,7 +30,7 @@ from nats.js.errors import APIError, KeyNotFoundError, NotFoundError
 from broker.errors import InvalidEnvelope, TransportError
 from broker.pipeline.outcomes import AuditEntry, Outcomes, Output
 from broker.timestamps import iso
-from broker.transport.errors import nats_failures
+from broker.transport.errors import NO_MESSAGE_FOUND, nats_failures
 from broker.transport.publisher import Outgoing
 from broker.transport.topology import kv_latest
 from broker.wire import jws
@@ -146,7 +146,7 @@ class Sweeper:
                 try:  # another instance may have got there first
                     await self._js.delete_msg(DELIVERY, item.seq)
                 except APIError as exc:
-                    if exc.err_code != 10037:  # no message found
+                    if exc.err_code != NO_MESSAGE_FOUND:
                         raise
             expired += 1
             if self._on_expired is not None:

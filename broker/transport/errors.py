@@ -39,6 +39,10 @@ from nats.js.errors import APIError
 
 from broker.errors import TransportError
 
+# JetStream's answers that are not failures, caught inside the block by their code
+WRONG_LAST_SEQUENCE: Final = 10071  # a compare-and-set lost: another instance wrote first
+NO_MESSAGE_FOUND: Final = 10037
+
 NATS_FAILURES: Final = (NatsError, OSError)  # OSError includes TimeoutError, nats-py's TimeoutError among them
 
 

@@ -13,11 +13,10 @@ from nats.js import JetStreamContext
 from nats.js.errors import APIError, NotFoundError
 
 from broker.errors import Replayed, TransportError
-from broker.transport.errors import nats_failures
+from broker.transport.errors import WRONG_LAST_SEQUENCE, nats_failures
 from broker.wire.subjects import SEEN_BUCKET
 
 _STREAM = f"KV_{SEEN_BUCKET}"
-_WRONG_LAST_SEQUENCE = 10071
 
 
 class ReplayGuard:
@@ -37,7 +36,7 @@ class ReplayGuard:
                 )
                 return
             except APIError as exc:
-                if exc.err_code != _WRONG_LAST_SEQUENCE:
+                if exc.err_code != WRONG_LAST_SEQUENCE:
                     raise
             try:  # claimed before: by this stored message (a redelivery) or by another (a replay)
                 held = await self._js.get_last_msg(_STREAM, subject)

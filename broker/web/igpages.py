@@ -36,7 +36,6 @@ from broker.web.trailview import summarise
 from broker.web.vocabulary import DECISIONS, EVENTS, NEVER_VERIFIED, SUBJECT_SEARCH, VOLUMES_BY
 
 COOKIE: Final = "sgb_session"
-PAGE_ROLES: Final = ("ig-officer", "auditor", "operator")
 _TEMPLATES: Final = Path(__file__).parent / "templates"
 
 security_headers: Final = headers_middleware(prefix="/ig/", images=True)
