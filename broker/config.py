@@ -94,6 +94,7 @@ class PipelineSettings:
     max_future_skew: float = 60.0
     drain_timeout: float = 10.0
     deadline_scan_interval: float = 30.0
+    deadline_lease: float = 120.0     # a deadline scanner that stops renewing is replaced after this
     backlog_interval: float = 5.0
     ready_backlog: int = 10_000   # /readyz fails above this many waiting ingress messages
 
@@ -182,6 +183,9 @@ class Settings:
         pipeline = sections["pipeline"]
         if pipeline.fetch_batch < 1 or pipeline.max_in_flight < pipeline.fetch_batch:
             problems.append("need 1 <= fetch_batch (SGB_FETCH_BATCH) <= max_in_flight (SGB_MAX_IN_FLIGHT)")
+        if not pipeline.deadline_lease > pipeline.deadline_scan_interval > 0:
+            problems.append("need 0 < [pipeline] deadline_scan_interval < deadline_lease (the scanner renews its "
+                            "lease every interval)")
         if problems:
             raise ConfigError("; ".join(problems))
         rulebook = env.get("SGB_RULEBOOK") or top.get("rulebook")

@@ -32,6 +32,9 @@ def test_every_problem_is_named(tmp_path: Path) -> None:
     for expected in ("unknown setting 'colour'", "max_in_flight must be a number", "unknown setting 'speed'",
                      "replicas must be a number", "SGB_INSTANCE"):
         assert expected in text, expected
+    (tmp_path / "lease.toml").write_text("[pipeline]\ndeadline_scan_interval = 60\ndeadline_lease = 30\n")
+    with pytest.raises(ConfigError, match="deadline_scan_interval < deadline_lease"):  # it would lapse between passes
+        Settings.from_env({}, home=tmp_path, config_file=tmp_path / "lease.toml")
     (tmp_path / "broken.toml").write_text("[nats\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         Settings.from_env({}, home=tmp_path, config_file=tmp_path / "broken.toml")

@@ -16,12 +16,13 @@ from nats.js.api import StreamConfig
 from adapters.sdk import AgencyClient, SeenStore
 from broker.config import Settings
 from broker.identity.keys import load_identity
+from broker.pipeline import deadlines
 from broker.pipeline.service import running_broker
 from broker.transport.connection import connected, embedded, jetstream
 from broker.transport.topology import ensure_topology
 from broker.wire.catalogue import Catalogue
 from broker.wire.registry import Registry, addressable
-from broker.wire.subjects import AUDIT, AUDIT_HEADS_BUCKET, DELIVERY, INGRESS
+from broker.wire.subjects import AUDIT, AUDIT_HEADS_BUCKET, DELIVERY, INGRESS, LEASES_BUCKET
 from tests.conftest import make_settings
 from tests.helpers import drain, eventually, referral, sharing
 
@@ -63,6 +64,22 @@ async def test_the_story_works_with_least_privilege(secured: Settings, tmp_path:
         assert (await police.wait_outcome(jti, timeout=10)).payload["status"] == "routed"
         (delivery,) = await drain(la, want=1)
         assert delivery.claims["origin"]["jti"] == jti
+
+
+async def test_the_broker_holds_the_deadline_lease_and_an_agency_cannot_touch_it(secured: Settings,
+                                                                                  tmp_path: Path) -> None:
+    """An agency that could write the lease could stop every instance scanning the deadlines."""
+    async with running_broker(secured, secured.nats.url or "") as broker, \
+            as_agency(secured, "police-met", tmp_path) as (nc, _):
+        await eventually(lambda: broker.metrics.registry.get_sample_value("sgb_deadline_scanner_leader") == 1.0,
+                         what="the broker to take the deadline lease under its own nkey")
+        js = nc.jetstream(timeout=0.5)
+        with pytest.raises(DENIED):
+            await js.publish(f"$KV.{LEASES_BUCKET}.{deadlines.LEASE}", b'{"holder": "police-met", "expires": 9e9}')
+        with pytest.raises(DENIED):
+            await js.get_last_msg(f"KV_{LEASES_BUCKET}", f"$KV.{LEASES_BUCKET}.{deadlines.LEASE}")
+        with pytest.raises(DENIED):
+            await js.purge_stream(f"KV_{LEASES_BUCKET}")
 
 
 async def test_an_agency_is_refused_everything_else(secured: Settings, tmp_path: Path) -> None:

@@ -7,11 +7,14 @@ side owes (a rapid review after a serious incident notification) is recorded onc
 party that may answer it (:func:`open_group`). A reply of an
 expected type from that party, answering that message (``re``), deletes the entry; a
 ``receipt`` does so only with one of the statuses the entry records (``receiptStatus``, from
-the rule when the message was shared, so every instance applies the same rule). A
-scanner in every broker instance finds open entries past due, sends an ``overdue-notice``
-to both sides, records an ``overdue`` audit record, and marks the entry overdue with a
-compare-and-set so that, with several instances, one wins (duplicate notices are also
-absorbed by their deterministic message ids).
+the rule when the message was shared, so every instance applies the same rule).
+
+Every broker instance runs a :class:`Scanner`, but only the one holding the lease
+``deadline-scanner`` (:mod:`broker.transport.lease`) scans: the others' passes cost one KV read,
+so the bucket is not re-read by every instance. The holder finds open entries past due, sends an
+``overdue-notice`` to both sides, records an ``overdue`` audit record, and marks the entry overdue
+with a compare-and-set, so that a former holder still finishing a pass cannot mark it twice
+(duplicate notices are also absorbed by their deterministic message ids).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from nats.js.errors import APIError, NotFoundError
 from broker.errors import TransportError
 from broker.policy.rulebook import DEFAULT_RECEIPT_STATUS
 from broker.transport.errors import WRONG_LAST_SEQUENCE, nats_failures
+from broker.transport.lease import Lease
 from broker.transport.publisher import Outgoing
 from broker.wire.subjects import DEADLINES_BUCKET
 
@@ -99,34 +103,70 @@ def close_entry(message_id: str, recipient: str, reply_id: str) -> Outgoing:
 
 
 OverdueHandler = Callable[[Mapping[str, Any]], Awaitable[None]]
+LEASE: Final = "deadline-scanner"  # the lease's key in SG_LEASES
 
 
 class Scanner:
-    """Finds passed deadlines. Each instance remembers when each open entry falls due, so a pass
-    costs one stream-info request plus a read of only the new or now-due entries."""
+    """Finds passed deadlines. The holder of the lease remembers when each open entry falls due,
+    so its pass costs one stream-info request plus a read of only the new or now-due entries; it
+    forgets all that when it loses the lease (entries change while another holds it)."""
 
-    def __init__(self, js: JetStreamContext, on_overdue: OverdueHandler, *,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, js: JetStreamContext, on_overdue: OverdueHandler, *, lease: Lease | None = None,
+                 clock: Callable[[], float] = time.time, on_bug: Callable[[], object] = lambda: None) -> None:
+        """Without a ``lease`` every pass scans (one instance alone). ``on_bug`` counts a bug met."""
         self._js = js
         self._on_overdue = on_overdue
+        self._lease = lease
         self._clock = clock
-        self._known: dict[str, tuple[int | None, float | None]] = {}  # subject -> (last seq read, due if open)
+        self._on_bug = on_bug
+        self._known: dict[str, float | None] = {}  # subject -> due while open, None once closed or skipped
+        self.reads = 0  # entries read so far: what the election saves, for tests
 
     async def run(self, *, interval: float, stop: asyncio.Event) -> None:
-        """Every ``interval`` seconds until ``stop`` is set."""
-        while not stop.is_set():
-            try:
-                await self.scan_once()
-            except TransportError as exc:
-                log.warning("deadline scan failed; will retry", error=str(exc))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval)
+        """A pass every ``interval`` seconds until ``stop`` is set, then give the lease up so that
+        another instance takes over at once. A NATS failure or a bug ends only its pass."""
+        try:
+            while not stop.is_set():
+                try:
+                    await self.step()
+                except TransportError as exc:
+                    log.warning("deadline scan failed; will retry", error=str(exc))
+                except Exception:  # a bug must not stop the deadlines for good: the next pass tries again
+                    self._on_bug()
+                    log.exception("deadline scan failed (a bug); will retry")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), interval)
+        finally:
+            await self._release()
+
+    async def step(self) -> int | None:
+        """One pass: renew or take the lease, and scan if this instance holds it (the number of
+        entries marked overdue), else None."""
+        if self._lease is not None:
+            was = self._lease.held
+            if not await self._lease.hold():
+                self._known.clear()
+                if was:
+                    log.info("deadline scanner lease lost to another instance")
+                return None
+            if not was:
+                log.info("deadline scanner lease taken: this instance scans the deadlines")
+        return await self.scan_once()
 
     async def scan_once(self) -> int:
-        """One pass with plain requests (no KV watcher: its subscription swallows cancellation in
-        nats-py 2.16, which stalled shutdown)."""
+        """One pass whether or not this instance holds the lease, with plain requests (no KV
+        watcher: its subscription swallows cancellation in nats-py 2.16, which stalled shutdown)."""
         with nats_failures("the deadline store"):
             return await self._scan()
+
+    async def _release(self) -> None:
+        if self._lease is None:
+            return
+        try:
+            await self._lease.release()
+        except TransportError as exc:
+            log.warning("deadline scanner lease not given up; another instance takes over when it expires",
+                        error=str(exc))
 
     async def _scan(self) -> int:
         try:
@@ -139,27 +179,41 @@ class Scanner:
             if subject not in subjects:
                 del self._known[subject]
         for subject in sorted(subjects):
-            known = self._known.get(subject)
-            if known is not None and (known[1] is None or known[1] > now):
+            if subject in self._known and ((due := self._known[subject]) is None or due > now):
                 continue  # closed, or not yet due
             try:
-                msg = await self._js.get_last_msg(_STREAM, subject)
-            except NotFoundError:
-                continue
-            record = orjson.loads(msg.data) if msg.data and not (msg.headers or {}).get("KV-Operation") else {}
-            if record.get("state") != "open" or record.get("primary") is False:  # closed, or another party's copy
-                self._known[subject] = (msg.seq, None)
-                continue
-            self._known[subject] = (msg.seq, record["due"])
-            if record["due"] > now:
-                continue
-            await self._on_overdue(record)
-            self._known[subject] = (msg.seq, None)
-            try:  # compare-and-set: with several instances, one marks it
-                await self._js.publish(subject, orjson.dumps(record | {"state": "overdue"}),
-                                       headers={"Nats-Expected-Last-Subject-Sequence": str(msg.seq)})
-                handled += 1
-            except APIError as exc:
-                if exc.err_code != WRONG_LAST_SEQUENCE:
-                    raise
+                with nats_failures("the deadline store"):
+                    handled += await self._check(subject, now)
+            except TransportError:
+                raise  # NATS: the whole pass is tried again
+            except Exception:  # a bug or a malformed entry: the other entries are still checked
+                self._on_bug()
+                self._known[subject] = None
+                log.exception("deadline entry skipped (a bug) until the lease changes hands or the broker restarts",
+                              key=subject.removeprefix(f"$KV.{BUCKET}."))
         return handled
+
+    async def _check(self, subject: str, now: float) -> int:
+        """Read one entry that is new or due; tell both sides and mark it if it is overdue (1)."""
+        self.reads += 1
+        try:
+            msg = await self._js.get_last_msg(_STREAM, subject)
+        except NotFoundError:
+            return 0
+        record = orjson.loads(msg.data) if msg.data and not (msg.headers or {}).get("KV-Operation") else {}
+        if record.get("state") != "open" or record.get("primary") is False:  # closed, or another party's copy
+            self._known[subject] = None
+            return 0
+        due = self._known[subject] = float(record["due"])
+        if due > now:
+            return 0
+        await self._on_overdue(record)
+        self._known[subject] = None
+        try:  # compare-and-set: a former holder still finishing its pass cannot mark it too
+            await self._js.publish(subject, orjson.dumps(record | {"state": "overdue"}),
+                                   headers={"Nats-Expected-Last-Subject-Sequence": str(msg.seq)})
+        except APIError as exc:
+            if exc.err_code != WRONG_LAST_SEQUENCE:
+                raise
+            return 0
+        return 1

@@ -65,7 +65,8 @@ class Metrics:
         self.retried = Counter("sgb_messages_retried", "Messages nak'ed for redelivery after a transport failure",
                                registry=r)
         self.internal = Counter("sgb_internal_errors", "Messages that met a bug of the broker's own (nak'ed, and "
-                                "refused as internal from their fifth delivery)", registry=r)
+                                "refused as internal from their fifth delivery), and deadline entries or scans "
+                                "that did (skipped, logged)", registry=r)
         self.audit_blocks = Counter("sgb_audit_blocks_written", "Signed audit blocks appended", registry=r)
         self.reconnects = Counter("sgb_nats_reconnects", "Reconnections to NATS", registry=r)
         self.stage_seconds = Histogram("sgb_pipeline_stage_seconds", "Time spent per pipeline stage", ["stage"],
@@ -76,6 +77,8 @@ class Metrics:
                                 "When a registry key stops being valid (Unix time; absent when open-ended)",
                                 ["agency", "use"], registry=r)
         self.maintenance = Gauge("sgb_maintenance_mode", "1 while the broker takes no new work", registry=r)
+        self.deadline_leader = Gauge("sgb_deadline_scanner_leader", "1 while this instance holds the lease to "
+                                     "scan the deadlines (one instance does)", registry=r)
         self.stage = Children(self.stage_seconds, STAGES)  # present from the start, so dashboards see zeros
         self.accepted_by = Children(self.accepted)
         self.delivered_by = Children(self.delivered)

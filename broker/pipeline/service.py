@@ -31,6 +31,7 @@ from broker.policy import rulebook as rulebooks
 from broker.policy.engine import Policy, ReloadablePolicy
 from broker.transport.connection import connected, jetstream
 from broker.transport.errors import quietly
+from broker.transport.lease import Lease
 from broker.transport.topology import ensure_topology
 from broker.wire.catalogue import Catalogue
 from broker.wire.registry import Registry, addressable
@@ -149,7 +150,7 @@ async def _pipeline(settings: Settings, js: JetStreamContext, registry: Registry
     task = asyncio.create_task(pipeline.run(), name="sgb-pipeline")
     stop = asyncio.Event()
     helpers = [
-        asyncio.create_task(deadlines.Scanner(js, pipeline.on_overdue).run(
+        asyncio.create_task(_scanner(settings, js, pipeline, metrics).run(
             interval=settings.pipeline.deadline_scan_interval, stop=stop), name="sgb-deadlines"),
         asyncio.create_task(sweeper.run(interval=settings.streams.retention_sweep_interval, stop=stop),
                             name="sgb-retention"),
@@ -175,6 +176,13 @@ async def _pipeline(settings: Settings, js: JetStreamContext, registry: Registry
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         log.info("broker stopped", instance=settings.instance, **pipeline.counters.__dict__)
+
+
+def _scanner(settings: Settings, js: JetStreamContext, pipeline: Pipeline, metrics: Metrics) -> deadlines.Scanner:
+    """The deadline scanner, scanning only while this instance holds the lease (one instance does)."""
+    lease = Lease(js, deadlines.LEASE, holder=settings.instance, length=settings.pipeline.deadline_lease,
+                  on_change=metrics.deadline_leader.set)
+    return deadlines.Scanner(js, pipeline.on_overdue, lease=lease, on_bug=metrics.internal.inc)
 
 
 async def _watch_backlog(js: JetStreamContext, metrics: Metrics, stop: asyncio.Event, interval: float) -> None:

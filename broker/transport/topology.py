@@ -11,6 +11,7 @@ stream            subjects            retention
 ``KV_SG_DEADLINES`` (KV bucket)       open deadlines per delivered message (broker/deadlines.py)
 ``KV_SG_AUDIT_HEADS`` (KV bucket)     last signed checkpoint of each instance's audit chain
 ``KV_SG_HOLDS``   (KV bucket)         legal holds by message id
+``KV_SG_LEASES``  (KV bucket)         leases: which instance scans the deadlines (transport/lease.py)
 ================  ==================  =========================================================
 
 All use file storage and a duplicate window, so that a re-publish under the same
@@ -49,6 +50,7 @@ from broker.wire.subjects import (
     DELIVERY,
     HOLDS_BUCKET,
     INGRESS,
+    LEASES_BUCKET,
     SEEN_BUCKET,
     delivery_subject,
 )
@@ -132,7 +134,7 @@ async def _ensure_bucket(js: JetStreamContext, config: KeyValueConfig) -> None:
 async def ensure_topology(
     js: JetStreamContext, streams: StreamSettings, pipeline: PipelineSettings, agencies: Iterable[str]
 ) -> None:
-    """Create or update every stream, the KV bucket, and the consumers (idempotent)."""
+    """Create or update every stream, the KV buckets, and the consumers (idempotent)."""
     with nats_failures("cannot set up JetStream"):
         for config in stream_configs(streams):
             await ensure_stream(js, config)
@@ -143,6 +145,7 @@ async def ensure_topology(
             KeyValueConfig(bucket=AUDIT_HEADS_BUCKET, history=64, storage=StorageType.FILE,
                            replicas=streams.replicas),
             KeyValueConfig(bucket=HOLDS_BUCKET, history=8, storage=StorageType.FILE, replicas=streams.replicas),
+            KeyValueConfig(bucket=LEASES_BUCKET, history=1, storage=StorageType.FILE, replicas=streams.replicas),
         ):
             await _ensure_bucket(js, bucket)
         await _retry(js.add_consumer, INGRESS, broker_consumer(pipeline))

@@ -27,6 +27,9 @@ AUDIT_HEADS_BUCKET: Final = "SG_AUDIT_HEADS"
 HOLDS_BUCKET: Final = "SG_HOLDS"
 
 
+LEASES_BUCKET: Final = "SG_LEASES"  # who does what only one instance may do (broker/transport/lease.py)
+
+
 BROKER_CONSUMER: Final = "sg-broker"
 
 
