@@ -73,8 +73,8 @@ class _Stored:
 
 
 class _Claimed:
-    async def claim(self, message_id: str, ingress_seq: int) -> None:
-        return None
+    async def claim_all(self, claims: list[tuple[str, int]]) -> list[None]:
+        return [None] * len(claims)
 
 
 @dataclass
@@ -104,7 +104,7 @@ async def _pipeline_round(pipeline: Pipeline, token: bytes, n: int, in_flight: i
             for i in range(n)]
     t0 = time.process_time()
     for i in range(0, n, in_flight):
-        await asyncio.gather(*(pipeline._handle(m) for m in msgs[i:i + in_flight]))  # type: ignore[arg-type]
+        await pipeline._handle_batch(msgs[i:i + in_flight])  # type: ignore[arg-type]
     return n / (time.process_time() - t0)
 
 
@@ -139,7 +139,7 @@ async def main(part: str, n: int, rounds: int) -> float:
         audit_settings = replace(AuditSettings(), checkpoint_interval=1e9)
         async with AuditWriter(js, broker, "perf", audit_settings) as audit:  # type: ignore[arg-type]
             pipeline = Pipeline(js, intake, policy, outcomes, audit, settings, request_timeout=5)  # type: ignore[arg-type]
-            pipeline._replay = _Claimed()  # type: ignore[assignment]
+            pipeline._decider.replay = _Claimed()  # type: ignore[assignment]
             await _pipeline_round(pipeline, token, min(n, 200), 64)  # warm up
             for _ in range(rounds):
                 rates.append(await _pipeline_round(pipeline, token, n, 64))

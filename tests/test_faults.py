@@ -12,6 +12,7 @@ from nats.js.errors import APIError
 from broker.config import Settings
 from broker.errors import TransportError
 from broker.pipeline import loop
+from broker.pipeline.batch import INTERNAL_GIVE_UP
 from broker.pipeline.service import running_broker
 from broker.transport.errors import describe, nats_failures, quietly
 from tests.conftest import ClientFactory
@@ -74,8 +75,8 @@ async def test_a_message_that_always_meets_a_bug_is_refused_as_internal_at_its_f
         outcome = await police.wait_outcome(jti, timeout=10)
         counters = broker.pipeline.counters
     assert outcome.type == "rejection" and outcome.payload["code"] == "internal"
-    assert buggy.calls == loop._INTERNAL_GIVE_UP
-    assert counters.internal == loop._INTERNAL_GIVE_UP and counters.retried == 0
+    assert buggy.calls == INTERNAL_GIVE_UP
+    assert counters.internal == INTERNAL_GIVE_UP and counters.retried == 0
     assert counters.rejected == {"internal": 1}
     assert await drain(la, want=0, timeout=0.5) == []
 
@@ -84,7 +85,7 @@ async def test_a_transport_failure_is_retried_as_one(settings: Settings, topolog
                                                       agency: ClientFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     police, la = await agency("police-met"), await agency("la-camden")
     async with running_broker(settings, settings.nats.url or "") as broker:
-        claim = broker.pipeline._replay.claim
+        claim = broker.pipeline._decider.replay.claim
         failures = [NatsTimeoutError()]
 
         async def flaky(message_id: str, seq: int) -> None:
@@ -93,7 +94,7 @@ async def test_a_transport_failure_is_retried_as_one(settings: Settings, topolog
                     raise failures.pop()
             await claim(message_id, seq)
 
-        monkeypatch.setattr(broker.pipeline._replay, "claim", flaky)
+        monkeypatch.setattr(broker.pipeline._decider.replay, "claim", flaky)
         jti = await police.send(typ="referral", to=["la-camden"], payload=referral(), sharing=sharing())
         assert (await police.wait_outcome(jti, timeout=10)).payload["status"] == "routed"
         await drain(la, want=1)

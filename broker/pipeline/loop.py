@@ -1,25 +1,27 @@
 """The broker's work loop over the durable pull consumer on ``SG_INGRESS``.
 
-Batched fetches keep the consumer fed; a semaphore bounds messages in flight; each message
-is handled in its own task so that crypto for one overlaps with JetStream round trips for
-others. The ingress message is acked only after JetStream has acknowledged every
-delivery, receipt, rejection and audit record it produced (invariant 2).
+Each fetched batch is handled together, in one task (:meth:`Pipeline._handle_batch`): its
+messages are decided with their NATS waits shared (:mod:`broker.pipeline.batch`), then every
+delivery, receipt, rejection and audit record of the batch is published with one wait, and only
+then is the batch acked (invariant 2). Batches overlap (up to ``max_in_flight`` messages), so
+one batch's crypto runs while another waits on JetStream.
 
-What goes wrong is told apart (:meth:`Pipeline._handle`):
+What goes wrong is told apart per message (:class:`~broker.pipeline.batch.Work`):
 
 - the message's own fault (:class:`~broker.errors.RejectedMessage`): a rejection to its sender,
-  stored, then the ack; never retried;
-- NATS unavailable or too slow (:class:`~broker.errors.TransportError`, from the one boundary in
-  :mod:`broker.transport.errors`): nak'ed with a growing delay and redelivered, for as long as it takes;
+  stored with the batch, then the ack; never retried;
+- NATS unavailable or too slow for it alone (:class:`~broker.errors.TransportError`, from the
+  one boundary in :mod:`broker.transport.errors`): nak'ed with a growing delay and redelivered,
+  while the batch's others are stored; if storing the batch fails, every message of it is
+  nak'ed (what was stored is absorbed on redelivery by its deterministic ``Nats-Msg-Id``);
 - a bug of the broker's own (anything else): logged with its traceback as a bug, counted in
   ``sgb_internal_errors_total`` (never as a transport failure) and nak'ed with a delay, so the
   message is not lost and a fixed broker takes it; from its fifth delivery it is refused as
   ``internal`` ("send it again"), so one poisonous message does not come back for ever.
 
-Per message, the loop binds its ids to the log context only when warnings are written (an error
-log names them itself), logs at ``INFO`` only when that is written, and counts through metric
-children bound once (:class:`~broker.pipeline.metrics.Children`): at ``ERROR``, as brokers run
-under load, logging and metrics cost next to nothing.
+Logging at ``INFO`` happens only when it is written, and counting goes through metric children
+bound once (:class:`~broker.pipeline.metrics.Children`): at ``ERROR``, as brokers run under
+load, logging and metrics cost next to nothing.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,12 +41,12 @@ from nats.js import JetStreamContext
 from broker import logs
 from broker.audit.chain import AuditWriter
 from broker.config import PipelineSettings
-from broker.errors import InternalFailure, RejectedMessage, TransportError
-from broker.pipeline import deadlines
-from broker.pipeline.intake import Authenticated, Intake
+from broker.errors import TransportError
+from broker.pipeline.batch import Decider, Work, bound
+from broker.pipeline.intake import Intake
 from broker.pipeline.metrics import Metrics
 from broker.pipeline.outcomes import AuditEntry, Ingress, Outcomes, Output
-from broker.policy.engine import Decision, Policy
+from broker.policy.engine import Policy
 from broker.transport.errors import NATS_FAILURES, describe, nats_failures, quietly
 from broker.transport.publisher import Outgoing, Publisher
 from broker.transport.replay import ReplayGuard
@@ -53,7 +55,6 @@ from broker.wire.subjects import BROKER_CONSUMER, INGRESS
 
 log = structlog.get_logger("sgb.pipeline")
 
-_INTERNAL_GIVE_UP = 5  # deliveries of a message that keeps hitting a bug before it is rejected
 _NAK_DELAY_MAX = 30.0
 
 
@@ -74,24 +75,24 @@ class Pipeline:
                  audit: AuditWriter, settings: PipelineSettings, *, request_timeout: float,
                  metrics: Metrics | None = None) -> None:
         self._js = js
-        self._intake = intake
         self._policy = policy
         self._outcomes = outcomes
         self._audit = audit
         self._settings = settings
         self._publisher = Publisher(js, deadline=settings.publish_deadline, attempts=settings.publish_attempts)
-        self._replay = ReplayGuard(js, timeout=request_timeout)
-        self._slots = asyncio.Semaphore(settings.max_in_flight)
-        self._tasks: dict[asyncio.Task[None], Msg] = {}  # in flight, with the message each holds
+        self._tasks: dict[asyncio.Task[None], list[Msg]] = {}  # a batch in flight, with the messages it holds
+        self._holding = 0  # messages in those batches
         self._stopping = asyncio.Event()
         self.metrics = metrics or Metrics()
-        self.metrics.in_flight.set_function(lambda: len(self._tasks))
+        self.metrics.in_flight.set_function(lambda: self._holding)
+        self._decider = Decider(intake, policy, outcomes, ReplayGuard(js, timeout=request_timeout), js,
+                                self.metrics, self._count_internal)
         self._paused = asyncio.Event()
         self.counters = Counters()
 
     @property
     def in_flight(self) -> int:
-        return len(self._tasks)
+        return self._holding
 
     def stop(self) -> None:
         self._stopping.set()
@@ -118,7 +119,7 @@ class Pipeline:
                 if self._paused.is_set():
                     await asyncio.sleep(min(self._settings.fetch_timeout, 0.5))
                     continue
-                free = self._settings.max_in_flight - len(self._tasks)
+                free = self._settings.max_in_flight - self._holding
                 if free <= 0:
                     await self._wait_for_slot()
                     continue
@@ -135,10 +136,10 @@ class Pipeline:
                         with quietly():
                             await msg.nak()
                     continue
-                for msg in msgs:
-                    task = asyncio.create_task(self._handle(msg))
-                    self._tasks[task] = msg
-                    task.add_done_callback(self._forget)
+                task = asyncio.create_task(self._handle_batch(msgs))
+                self._tasks[task] = msgs
+                self._holding += len(msgs)
+                task.add_done_callback(self._forget)
         finally:
             await self._drain()
             await self._hand_back_prefetched(sub)
@@ -162,7 +163,7 @@ class Pipeline:
             log.info("prefetched messages handed back", count=count)
 
     def _forget(self, task: asyncio.Task[None]) -> None:
-        self._tasks.pop(task, None)
+        self._holding -= len(self._tasks.pop(task, ()))
 
     async def _wait_for_slot(self) -> None:
         if self._tasks:
@@ -177,48 +178,65 @@ class Pipeline:
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
+        handed_back = 0
         for task in pending:  # hand each back now (a task cancelled before it ran could not do it itself)
-            with quietly():
-                await asyncio.wait_for(held[task].nak(), self._settings.fetch_timeout + 1)
-        log.info("pipeline drained", finished=len(done), handed_back=len(pending))
+            for msg in held[task]:
+                with quietly():
+                    await asyncio.wait_for(msg.nak(), self._settings.fetch_timeout + 1)
+                handed_back += 1
+        log.info("pipeline drained", finished=sum(len(held[t]) for t in done), handed_back=handed_back)
 
-    async def _handle(self, msg: Msg) -> None:
-        meta = msg.metadata
-        seq = meta.sequence.stream
-        stored_at = meta.timestamp.timestamp()
-        agency = msg.subject.removeprefix("sg.in.")
-        msg_id = (msg.headers or {}).get("Nats-Msg-Id") or derived_id("ingress", seq, stored_at)
-        ingress = Ingress(agency, seq, stored_at, msg_id)
-        context = logs.enabled(logging.WARNING)
-        bound = (structlog.contextvars.bound_contextvars(msg_id=msg_id, sender=agency, seq=seq) if context
-                 else contextlib.nullcontext())
-        started = time.perf_counter()
-        with bound:
+    async def _handle_batch(self, msgs: Sequence[Msg]) -> None:
+        """Decide the batch, store what it produced with one wait, ack what was stored and hand
+        back the rest (see the module)."""
+        batch = [_work(msg) for msg in msgs]
+        try:
+            await self._decider.decide(batch)
+            ready = [w for w in batch if w.outputs is not None]
+            stored = time.perf_counter()
             try:
-                outputs, outcome = await self._process(ingress, msg.data, meta.num_delivered, context=context)
-                stored = time.perf_counter()
-                await self.store(outputs)
-                with nats_failures("the ack"):
-                    await msg.ack()
-                done = time.perf_counter()
-                self.metrics.stage["store"].observe(done - stored)
-                self.metrics.stage["total"].observe(done - started)
+                await self.store([o for w in ready for o in w.outputs])  # type: ignore[union-attr]
             except TransportError as exc:
-                self.counters.retried += 1
-                self.metrics.retried.inc()
-                log.warning("transport failure; message will be redelivered", stage="publish", error=str(exc))
-                await self._hand_back(msg, meta.num_delivered)
-                return
-            except Exception:  # a bug must neither crash the broker nor lose the message: see the module
-                self.counters.internal += 1
-                self.metrics.internal.inc()
-                log.exception("internal error (a bug); message will be redelivered", stage="process",
-                              deliveries=meta.num_delivered, msg_id=msg_id, sender=agency, seq=seq)
-                await self._hand_back(msg, meta.num_delivered)
-                return
-            self._record(outcome)
-            if logs.enabled(logging.INFO):
-                log.info("message processed", stage="done", outcome=outcome)
+                log.warning("transport failure; batch will be redelivered", stage="publish", error=str(exc),
+                            messages=len(ready))
+                for work in ready:
+                    work.retry = "transport"
+            else:
+                await self._ack(ready)
+                done = time.perf_counter()
+                for work in ready:
+                    self.metrics.stage["store"].observe(done - stored)
+                    self.metrics.stage["total"].observe(done - work.started)
+        except Exception:  # a bug outside any one message's steps: every message goes back, none is lost
+            self._count_internal()
+            log.exception("internal error (a bug) handling a batch; its messages will be redelivered",
+                          stage="batch", messages=len(batch))
+            for work in batch:
+                if not work.acked:
+                    work.retry = work.retry or "internal"
+        for work in batch:
+            if work.retry:
+                if work.retry == "transport":
+                    self.counters.retried += 1
+                    self.metrics.retried.inc()
+                await self._hand_back(work.msg, work.deliveries)
+
+    async def _ack(self, ready: list[Work]) -> None:
+        """Ack each stored message. An ack that fails leaves its message to come back after
+        ``ack_wait``, where its outputs are absorbed as repeats: it is counted as processed."""
+        info = logs.enabled(logging.INFO)
+        for work in ready:
+            work.acked = True
+            try:
+                with nats_failures("the ack"):
+                    await work.msg.ack()
+            except TransportError as exc:
+                log.warning("ack failed; the message will come back and be absorbed", error=str(exc),
+                            msg_id=work.ingress.msg_id)
+            self._record(work.outcome)
+            if info:
+                with bound(work):
+                    log.info("message processed", stage="done", outcome=work.outcome)
 
     async def _hand_back(self, msg: Msg, num_delivered: int) -> None:
         """Nak for redelivery after a delay that grows with each delivery (if even the nak fails,
@@ -232,48 +250,13 @@ class Pipeline:
         records = [o.record for o in outputs if isinstance(o, AuditEntry)]
         await asyncio.gather(self._publisher.publish_all(messages), self._audit.append(records))
 
-    async def _process(self, ingress: Ingress, data: bytes, num_delivered: int, *,
-                       context: bool = True) -> tuple[list[Output], str]:
-        """``context``: bind the message's id and type to the log context (see the module)."""
-        auth: Authenticated | None = None
-        stage = self.metrics.stage
-        try:
-            try:
-                t0 = time.perf_counter()
-                auth = self._intake.authenticate(ingress.subject_agency, data, ingress.stored_at)
-                if context:
-                    structlog.contextvars.bind_contextvars(message=auth.claims["jti"], type=auth.claims["typ"])
-                await self._replay.claim(auth.claims["jti"], ingress.seq)
-                t1 = time.perf_counter()
-                opened = self._intake.open(auth)
-                t2 = time.perf_counter()
-                decision = self._policy.decide(auth.sender, opened.recipients, opened.mtype,
-                                               auth.claims["sharing"], opened.payload, received=ingress.stored_at)
-                closes = await deadlines.met_by(self._js, auth.claims, opened.payload,
-                                                self._policy.clocks_answered_by)
-                outputs = self._outcomes.accepted(ingress, opened, decision, closes=closes)
-                stage["authenticate"].observe(t1 - t0)
-                stage["open"].observe(t2 - t1)
-                stage["decide"].observe(time.perf_counter() - t2)
-                self._count_decision(auth.claims["typ"], decision)
-                return outputs, "shared"
-            except RejectedMessage as rejection:
-                if logs.enabled(logging.INFO):
-                    log.info("message rejected", stage="decide", code=rejection.code, field=rejection.field,
-                             rule=rejection.rule)
-                return self._outcomes.rejected(ingress, rejection, auth.claims if auth else None), rejection.code
-        except TransportError:
-            raise
-        except Exception:
-            if num_delivered < _INTERNAL_GIVE_UP:
-                raise  # a bug, as it is: :meth:`_handle` logs it and hands the message back
-            log.exception("internal error (a bug) at every delivery; refused as internal", stage="process",
-                          deliveries=num_delivered, msg_id=ingress.msg_id, sender=ingress.subject_agency,
-                          seq=ingress.seq)
-            self.counters.internal += 1
-            self.metrics.internal.inc()
-            error = InternalFailure("the broker could not process this message; send it again", rule="internal")
-            return self._outcomes.rejected(ingress, error, auth.claims if auth else None), error.code
+    async def _process(self, ingress: Ingress, data: bytes, num_delivered: int) -> tuple[list[Output], str]:
+        """One message decided as a batch of one (tests that store its outputs themselves)."""
+        work = Work(ingress, data, num_delivered)
+        await self._decider.decide([work])
+        if work.outputs is None:
+            raise TransportError(f"the message was not decided ({work.retry})")
+        return work.outputs, work.outcome
 
     async def on_overdue(self, entry: Mapping[str, Any]) -> None:
         await self.store(self._outcomes.overdue(entry))
@@ -282,20 +265,9 @@ class Pipeline:
         log.info("deadline passed; both sides told", stage="overdue", message=entry["message"],
                  recipient=entry["recipient"], rule=entry["rule"])
 
-    def _count_decision(self, typ: str, decision: Decision) -> None:
-        m = self.metrics
-        m.accepted_by[typ].inc()
-        for rd in decision.recipients:
-            if rd.share:
-                m.delivered_by[typ].inc()
-                if rd.withheld:
-                    m.withheld.inc(len(rd.withheld))
-            else:
-                m.refused_by[rd.code or "refused"].inc()
-        for flag in decision.flags:
-            m.flagged_by[flag].inc()
-        if "late" in decision.flags:
-            m.late_by[typ].inc()
+    def _count_internal(self) -> None:
+        self.counters.internal += 1
+        self.metrics.internal.inc()
 
     def _record(self, outcome: str) -> None:
         self.counters.received += 1
@@ -305,6 +277,14 @@ class Pipeline:
         else:
             self.counters.rejected[outcome] = self.counters.rejected.get(outcome, 0) + 1
             self.metrics.rejected_by[outcome].inc()
+
+
+def _work(msg: Msg) -> Work:
+    meta = msg.metadata
+    seq, stored_at = meta.sequence.stream, meta.timestamp.timestamp()
+    msg_id = (msg.headers or {}).get("Nats-Msg-Id") or derived_id("ingress", seq, stored_at)
+    return Work(Ingress(msg.subject.removeprefix("sg.in."), seq, stored_at, msg_id), msg.data, meta.num_delivered,
+                msg)
 
 
 def summary(counters: Counters) -> dict[str, Any]:

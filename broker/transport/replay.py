@@ -9,6 +9,9 @@ which exceeds the freshness window, so an older copy is refused as stale instead
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
+
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, NotFoundError
 
@@ -23,6 +26,21 @@ class ReplayGuard:
     def __init__(self, js: JetStreamContext, *, timeout: float) -> None:
         self._js = js
         self._timeout = timeout
+
+    async def claim_all(self, claims: Sequence[tuple[str, int]]) -> list[BaseException | None]:
+        """:meth:`claim` for a batch of ``(message id, ingress sequence)``, the requests in flight
+        together and awaited once: for each, None when claimed, else the :class:`Replayed` or
+        :class:`TransportError` that :meth:`claim` raised for it alone. (Not ``publish_async``:
+        nats-py 2.16 never resolves its future when JetStream refuses the publish, as it does a
+        claim already made, because ``APIError.from_error`` raises inside its reply handler.)"""
+        results = await asyncio.gather(*(self.claim(m, seq) for m, seq in claims), return_exceptions=True)
+        out: list[BaseException | None] = []
+        for result in results:
+            if isinstance(result, (Replayed, TransportError)) or result is None:
+                out.append(result)
+            else:  # a bug: raised here, as :meth:`claim` would
+                raise result
+        return out
 
     async def claim(self, message_id: str, ingress_seq: int) -> None:
         """Record ``message_id`` as carried by ``ingress_seq``; raise :class:`Replayed` if another
