@@ -48,10 +48,9 @@ SERVE = (sys.executable, "-m", "broker.cli", "serve", "--log-level", "ERROR")
 
 
 def serve_commands(workers: int, *args: str) -> list[list[str]]:
-    """The command lines that run ``workers`` broker workers on the one durable consumer: the one
-    place to change once ``sgb serve --workers N`` exists (then ``[[*SERVE, "--workers", str(workers),
-    *args]]``; :func:`broker_rss_mb` already counts a process's children)."""
-    return [[*SERVE, *args] for _ in range(workers)]
+    """The command lines that run ``workers`` broker workers on the one durable consumer: one
+    ``sgb serve --workers N`` (:func:`broker_rss_mb` counts its child workers too)."""
+    return [[*SERVE, "--workers", str(workers), *args]]
 
 
 async def start_brokers(home: Path, url: str, workers: int, *args: str) -> list[asyncio.subprocess.Process]:

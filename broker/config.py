@@ -97,6 +97,7 @@ class PipelineSettings:
     deadline_lease: float = 120.0     # a deadline scanner that stops renewing is replaced after this
     backlog_interval: float = 5.0
     ready_backlog: int = 10_000   # /readyz fails above this many waiting ingress messages
+    workers: int | None = None    # `sgb serve`'s pipeline processes (SGB_WORKERS; None: the number of cores)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -165,7 +166,7 @@ class Settings:
                      "tls_key_path": env.get("SGB_NATS_TLS_KEY")},
             "pipeline": {"max_in_flight": env.get("SGB_MAX_IN_FLIGHT"), "fetch_batch": env.get("SGB_FETCH_BATCH"),
                          "max_message_bytes": env.get("SGB_MAX_MESSAGE_BYTES"), "max_age": env.get("SGB_MAX_AGE"),
-                         "ack_wait": env.get("SGB_ACK_WAIT")},
+                         "ack_wait": env.get("SGB_ACK_WAIT"), "workers": env.get("SGB_WORKERS")},
             "streams": {"delivery_retention": _scaled(env.get("SGB_DELIVERY_RETENTION_DAYS"), 86400.0, problems),
                         "audit_retention": _scaled(env.get("SGB_AUDIT_RETENTION_YEARS"), 365 * 86400.0, problems)},
             "api": {"issuer": env.get("SGB_API_ISSUER"), "audience": env.get("SGB_API_AUDIENCE"),
@@ -183,6 +184,8 @@ class Settings:
         pipeline = sections["pipeline"]
         if pipeline.fetch_batch < 1 or pipeline.max_in_flight < pipeline.fetch_batch:
             problems.append("need 1 <= fetch_batch (SGB_FETCH_BATCH) <= max_in_flight (SGB_MAX_IN_FLIGHT)")
+        if pipeline.workers is not None and pipeline.workers < 1:
+            problems.append("[pipeline] workers (SGB_WORKERS) must be 1 or more")
         if not pipeline.deadline_lease > pipeline.deadline_scan_interval > 0:
             problems.append("need 0 < [pipeline] deadline_scan_interval < deadline_lease (the scanner renews its "
                             "lease every interval)")

@@ -157,7 +157,7 @@ async def test_serve_http_offers_the_api_and_the_pages(tmp_path: Path) -> None:
         port = s.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if not k.startswith("SGB_")} | {"SGB_HOME": str(home)}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "broker.cli", "serve", "--http", f"127.0.0.1:{port}", env=env,
+        sys.executable, "-m", "broker.cli", "serve", "--workers", "1", "--http", f"127.0.0.1:{port}", env=env,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
     try:

@@ -102,7 +102,8 @@ async def _broker_process(home: Path, url: str, instance: str, *, replicas: int)
         "SGB_CONFIG": str(config)}
     with (home / f"{instance}.log").open("ab") as log:
         return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "broker.cli", "serve", env=env, stdout=asyncio.subprocess.DEVNULL, stderr=log)
+            sys.executable, "-m", "broker.cli", "serve", "--workers", "1", env=env, stdout=asyncio.subprocess.DEVNULL,
+            stderr=log)
 
 
 async def _running(proc: asyncio.subprocess.Process, log: Path) -> None:

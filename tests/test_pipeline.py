@@ -107,7 +107,7 @@ async def _serve(settings: Settings, instance: str) -> asyncio.subprocess.Proces
     env = os.environ | {"SGB_NATS_URL": settings.nats.url or "", "SGB_INSTANCE": instance,
                         "SGB_HOME": str(settings.home), "SGB_ACK_WAIT": "5"}
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "broker.cli", "serve", "--log-level", "ERROR", env=env,
+        sys.executable, "-m", "broker.cli", "serve", "--workers", "1", "--log-level", "ERROR", env=env,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
 
 

@@ -46,7 +46,7 @@ def _free_port() -> int:
 async def _serve(home: Path, port: int, config: Path | None = None) -> AsyncIterator[asyncio.subprocess.Process]:
     """``sgb serve --http`` in its own session, as an operator or systemd runs it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SGB_")} | {"SGB_HOME": str(home)}
-    args = ["serve", "--http", f"127.0.0.1:{port}"] + (["--config", str(config)] if config else [])
+    args = ["serve", "--workers", "1", "--http", f"127.0.0.1:{port}"] + (["--config", str(config)] if config else [])
     with (home / f"serve-{port}.log").open("ab") as log:
         proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "broker.cli", *args, env=env,
                                                     stdout=asyncio.subprocess.DEVNULL, stderr=log,

@@ -257,7 +257,7 @@ async def readiness(adapter: Adapter) -> dict[str, Check]:
 def make_app(adapter: Adapter) -> web.Application:
     """The probes (:func:`broker.http.probes.make_app`), the records endpoint when the agency system
     sends records over HTTP, and a school's inbox at ``/inbox/``."""
-    app = probes.make_app(metrics=adapter.metrics, readiness=lambda: readiness(adapter),
+    app = probes.make_app(metrics=probes.exposition(adapter.metrics), readiness=lambda: readiness(adapter),
                           client_max_size=adapter.settings.max_document_bytes)
     if adapter.inbound_secret is not None:
         inbound_http.add_routes(app, adapter.submitter, adapter.profile.formats, adapter.inbound_secret,

@@ -4,8 +4,9 @@
 Readiness is a set of named checks, each with its state (``ok``, ``warn``, ``fail``) and a detail
 that says what it means; ``warn`` keeps the service ready, any ``fail`` makes ``/readyz`` answer
 503 so a load balancer or orchestrator stops sending it work. Liveness (``/healthz``) is ``ok``
-unless the service says it cannot recover by itself and should be restarted. The metrics are the
-Prometheus registry the service passes in.
+unless the service says it cannot recover by itself and should be restarted. The metrics are
+what the service's :data:`Exposition` gives: its Prometheus registry (:func:`exposition`), or
+for ``sgb serve --workers N`` every worker's, merged.
 """
 
 from __future__ import annotations
@@ -34,6 +35,14 @@ class Check:
 
 Readiness = Callable[[], Awaitable[Mapping[str, Check]]]
 Liveness = Callable[[], Check]
+Exposition = Callable[[], Awaitable[bytes]]  # the /metrics body, in the Prometheus text format
+
+
+def exposition(registry: CollectorRegistry) -> Exposition:
+    """The metrics of one process: its registry."""
+    async def latest() -> bytes:
+        return generate_latest(registry)
+    return latest
 
 
 def report(checks: Mapping[str, Check]) -> tuple[dict[str, Any], int]:
@@ -43,7 +52,7 @@ def report(checks: Mapping[str, Check]) -> tuple[dict[str, Any], int]:
     return body, 200 if ready else 503
 
 
-def make_app(*, metrics: CollectorRegistry, readiness: Readiness, liveness: Liveness | None = None,
+def make_app(*, metrics: Exposition, readiness: Readiness, liveness: Liveness | None = None,
              client_max_size: int = 64 * 1024, middlewares: Iterable[Middleware] = ()) -> web.Application:
     """An aiohttp app with the three probes; the caller adds its own routes to it."""
 
@@ -60,7 +69,7 @@ def make_app(*, metrics: CollectorRegistry, readiness: Readiness, liveness: Live
         return web.json_response(body, status=status)
 
     async def prometheus(request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(metrics), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(body=await metrics(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     app = web.Application(client_max_size=client_max_size, middlewares=list(middlewares))
     app.router.add_get("/healthz", healthz)

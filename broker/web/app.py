@@ -20,6 +20,7 @@ from broker.http import probes
 from broker.http.probes import Check
 from broker.http.tokens import TokenVerifier
 from broker.pipeline.service import Broker
+from broker.pipeline.workers import Workers
 from broker.timestamps import iso
 from broker.transport.errors import nats_failures
 from broker.transport.natsserver import EmbeddedServer
@@ -41,8 +42,9 @@ def liveness(server: EmbeddedServer | None) -> Check:
 
 
 @contextlib.asynccontextmanager
-async def audit_service(broker: Broker) -> AsyncIterator[AuditService]:
-    """The index (caught up before this yields), its follower, and the periodic verification."""
+async def audit_service(broker: Broker, workers: Workers | None = None) -> AsyncIterator[AuditService]:
+    """The index (caught up before this yields), its follower, and the periodic verification;
+    maintenance mode switched on ``broker`` and on its ``workers``."""
     settings = broker.settings
     index = AuditIndex(settings.index_path)
     with nats_failures("the audit stream"):
@@ -65,6 +67,8 @@ async def audit_service(broker: Broker) -> AsyncIterator[AuditService]:
     def maintenance(on: bool | None) -> bool:
         if on is not None:
             broker.pipeline.pause(on)
+            if workers is not None:
+                workers.pause(on)
         return broker.pipeline.paused
 
     async def retention() -> dict[str, object]:
@@ -104,10 +108,13 @@ async def audit_service(broker: Broker) -> AsyncIterator[AuditService]:
 
 
 def make_app(broker: Broker, service: AuditService | None = None, *,
-             nats_server: EmbeddedServer | None = None) -> web.Application:
+             nats_server: EmbeddedServer | None = None, workers: Workers | None = None) -> web.Application:
     """The probes (:func:`broker.http.probes.make_app`: the broker's readiness checks, its metrics,
-    and liveness from the supervised NATS), and with ``service`` the audit API and the IG pages."""
-    app = probes.make_app(metrics=broker.metrics.registry, readiness=lambda: readiness.readiness(broker, service),
+    and liveness from the supervised NATS; with ``workers``, theirs too), and with ``service`` the
+    audit API and the IG pages."""
+    own = broker.metrics.registry
+    metrics = probes.exposition(own) if workers is None else lambda: workers.exposition(own)
+    app = probes.make_app(metrics=metrics, readiness=lambda: readiness.readiness(broker, service, workers),
                           liveness=lambda: liveness(nats_server),
                           middlewares=[api_middleware, igpages.security_headers])
     app[BROKER_KEY] = broker

@@ -16,6 +16,7 @@ from nats.js.errors import NotFoundError
 from broker.errors import TransportError
 from broker.http.probes import Check
 from broker.pipeline.service import Broker
+from broker.pipeline.workers import Workers
 from broker.policy.engine import ReloadablePolicy, RulebookPolicy
 from broker.transport.errors import nats_failures
 from broker.web.context import AuditService
@@ -73,8 +74,19 @@ async def _index(service: AuditService | None) -> Check:
     return Check("ok", "writable")
 
 
-async def readiness(broker: Broker, service: AuditService | None) -> dict[str, Check]:
-    """Every check of this broker instance (and of the audit index, when this process serves it)."""
+def _workers(workers: Workers | None) -> Check:
+    if workers is None:
+        return Check("ok", "1 of 1 running")
+    down = workers.down()
+    if down:
+        return Check("fail", f"worker {', '.join(map(str, down))} not running (being started again)")
+    return Check("ok", f"{workers.count} of {workers.count} running")
+
+
+async def readiness(broker: Broker, service: AuditService | None, workers: Workers | None = None,
+                    ) -> dict[str, Check]:
+    """Every check of this broker instance (of the audit index, when this process serves it, and
+    of its child workers, when it has some)."""
     now = time.time()
     backlog = broker.metrics.backlog._value.get()
     limit = broker.settings.pipeline.ready_backlog
@@ -90,5 +102,6 @@ async def readiness(broker: Broker, service: AuditService | None) -> dict[str, C
         "backlog": Check("ok" if backlog < limit else "fail", f"{int(backlog)} waiting (limit {limit})"),
         "maintenance": Check("fail", "maintenance mode: taking no new work") if broker.pipeline.paused
         else Check("ok", "off"),
+        "workers": _workers(workers),
     }
 
