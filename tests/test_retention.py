@@ -7,6 +7,7 @@ period and sweep once, so that "nothing expired" is a finished pass, not a wait.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -145,3 +146,30 @@ async def test_audit_retention_is_reported_never_applied(settings: Settings) -> 
     delivery_config = next(c for c in stream_configs(settings.streams) if c.name == DELIVERY)
     assert not audit_config.max_age and audit_config.deny_delete and audit_config.deny_purge
     assert not delivery_config.max_age  # expiry only through the sweeper, with notice
+
+
+async def test_a_bug_in_one_sweep_does_not_end_the_sweeper(broker: Broker, agency: ClientFactory,
+                                                           settings: Settings) -> None:
+    police = await agency("police-met")
+    message = await police.send(typ="referral", to=["la-camden"], payload=referral(), sharing=sharing())
+    await police.wait_outcome(message, timeout=10)
+    await eventually(lambda: emptied(settings, "police-met"), what="police-met's routed receipt to be acked")
+    stores: list[int] = []
+
+    async def store_with_a_bug_once(outputs: list[Any]) -> None:
+        stores.append(len(outputs))
+        if len(stores) == 1:
+            raise ZeroDivisionError("a bug in the first sweep")
+        await broker.pipeline.store(outputs)
+
+    past = sweeper_past_retention(broker)
+    sweeper = Sweeper(broker.js, past._outcomes, store_with_a_bug_once, retention=RETENTION,
+                      clock=lambda: time.time() + RETENTION + 1)
+    stop = asyncio.Event()
+    task = asyncio.create_task(sweeper.run(interval=0.05, stop=stop))
+    try:
+        assert (await not_delivered(police, message))["recipients"] == ["la-camden"]
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    assert len(stores) >= 2 and sweeper.expired == 1

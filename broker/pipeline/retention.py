@@ -99,11 +99,15 @@ class Sweeper:
         self.held = 0
 
     async def run(self, *, interval: float, stop: asyncio.Event) -> None:
+        """A sweep every ``interval`` seconds until ``stop``. A NATS failure or a bug ends only its
+        sweep: the task stays, or uncollected deliveries would never expire again."""
         while not stop.is_set():
             try:
                 await self.sweep()
             except TransportError as exc:
                 log.warning("retention sweep failed; will try again", error=str(exc))
+            except Exception:
+                log.exception("retention sweep failed (a bug); will try again")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
 
