@@ -13,7 +13,7 @@ from bench.throughput import crypto_floor, full_pipeline
 
 
 def test_one_place_for_the_broker_command_line() -> None:
-    assert serve_commands(2, "--http", "127.0.0.1:1") == [[*SERVE, "--http", "127.0.0.1:1"]] * 2
+    assert serve_commands(2, "--http", "127.0.0.1:1") == [[*SERVE, "--workers", "2", "--http", "127.0.0.1:1"]]
 
 
 async def test_crypto_floor_is_timed() -> None:
