@@ -47,11 +47,30 @@ from broker.wire.registry import Registry
 EXAMPLES = Path(broker_package.__file__).resolve().parent.parent / "schemas" / "examples"
 
 
+class _Connection:
+    """The core connection under :class:`_Stored`: every publish answered at once as stored."""
+
+    def __init__(self) -> None:
+        self.seq = 0
+        self._answer: Any = None
+
+    def new_inbox(self) -> str:
+        return "_INBOX.perf"
+
+    async def subscribe(self, subject: str, *, cb: Any) -> None:
+        self._answer = cb
+
+    async def publish(self, subject: str, payload: bytes, *, reply: str, headers: dict[str, str]) -> None:
+        self.seq += 1
+        await self._answer(SimpleNamespace(subject=reply, data=b'{"stream":"S","seq":%d}' % self.seq, headers=None))
+
+
 class _Stored:
     """JetStream as far as the broker's code can tell: every publish stored at once."""
 
     def __init__(self) -> None:
         self.seq = 0
+        self._nc = _Connection()
 
     async def publish(self, subject: str, payload: bytes, **_: Any) -> Any:
         self.seq += 1

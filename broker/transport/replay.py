@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import Any
 
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, NotFoundError
 
 from broker.errors import Replayed, TransportError
+from broker.transport.acks import acks_for, answer
 from broker.transport.errors import WRONG_LAST_SEQUENCE, nats_failures
 from broker.wire.subjects import SEEN_BUCKET
 
@@ -28,19 +30,41 @@ class ReplayGuard:
         self._timeout = timeout
 
     async def claim_all(self, claims: Sequence[tuple[str, int]]) -> list[BaseException | None]:
-        """:meth:`claim` for a batch of ``(message id, ingress sequence)``, the requests in flight
-        together and awaited once: for each, None when claimed, else the :class:`Replayed` or
-        :class:`TransportError` that :meth:`claim` raised for it alone. (Not ``publish_async``:
-        nats-py 2.16 never resolves its future when JetStream refuses the publish, as it does a
-        claim already made, because ``APIError.from_error`` raises inside its reply handler.)"""
-        results = await asyncio.gather(*(self.claim(m, seq) for m, seq in claims), return_exceptions=True)
-        out: list[BaseException | None] = []
-        for result in results:
-            if isinstance(result, (Replayed, TransportError)) or result is None:
-                out.append(result)
-            else:  # a bug: raised here, as :meth:`claim` would
-                raise result
-        return out
+        """:meth:`claim` for a batch of ``(message id, ingress sequence)``, the creates in flight
+        together (:class:`~broker.transport.acks.Acks`) and awaited once: for each, None when
+        claimed, else the :class:`Replayed` or :class:`TransportError` that :meth:`claim` would
+        raise for it alone. The few claimed before (a redelivery, a replay) are then looked at one
+        by one."""
+        if not claims:
+            return []
+        acks = acks_for(self._js)
+        results: list[BaseException | None] = [None] * len(claims)
+        sent: list[tuple[int, str, asyncio.Future[Any]]] = []
+        try:
+            with nats_failures("the replay store"):
+                for i, (message_id, ingress_seq) in enumerate(claims):
+                    token, future = await acks.publish(f"$KV.{SEEN_BUCKET}.{message_id}", str(ingress_seq).encode(),
+                                                       {"Nats-Expected-Last-Subject-Sequence": "0"})
+                    sent.append((i, token, future))
+        except TransportError as exc:
+            for i in range(len(sent), len(claims)):
+                results[i] = exc
+        if sent:
+            await asyncio.wait([f for _, _, f in sent], timeout=self._timeout)
+        for i, token, future in sent:
+            if not future.done():
+                acks.drop(token)  # the message is redelivered and claims again
+                results[i] = TransportError("the replay store: no answer in time; will retry")
+                continue
+            claimed = answer(future.result())
+            if claimed.err_code == WRONG_LAST_SEQUENCE:
+                try:
+                    await self.claim(*claims[i])
+                except (TransportError, Replayed) as err:
+                    results[i] = err
+            elif not claimed.stored:
+                results[i] = TransportError(f"the replay store: {claimed.error}; will retry")
+        return results
 
     async def claim(self, message_id: str, ingress_seq: int) -> None:
         """Record ``message_id`` as carried by ``ingress_seq``; raise :class:`Replayed` if another
