@@ -1,4 +1,4 @@
-"""The publisher's deadline and idempotent re-publish, against a real nats-server."""
+"""The publisher's deadline and idempotent re-publish, and the answers it reads (:mod:`broker.transport.acks`), against a real nats-server."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from nats.js.api import StreamConfig
 
 from broker.config import Settings
 from broker.errors import PublishTimeout
+from broker.transport.acks import Answer, acks_for, answer
 from broker.transport.connection import connected, jetstream
+from broker.transport.errors import WRONG_LAST_SEQUENCE
 from broker.transport.publisher import Outgoing, Publisher
 
 pytestmark = pytest.mark.timeout(30)
@@ -37,3 +39,20 @@ async def test_gives_up_with_publish_timeout_after_its_attempts(settings: Settin
         publisher = Publisher(jetstream(nc, settings), deadline=0.2, attempts=3)
         with pytest.raises(PublishTimeout):
             await publisher.publish_all([Outgoing("nowhere.x", b"m", "id-1")])
+
+
+async def test_a_refused_publish_is_an_answer_with_its_code_not_a_hang(settings: Settings) -> None:
+    async with connected(settings, settings.nats.url or "", name="pub") as nc:
+        js = jetstream(nc, settings)
+        await js.add_stream(StreamConfig(name="CAS", subjects=["cas.*"]))
+        acks = acks_for(js)
+        first = [await acks.publish("cas.k", b"v", {"Nats-Expected-Last-Subject-Sequence": "0"}) for _ in range(2)]
+        answers = [answer(await asyncio.wait_for(future, 10)) for _, future in first]
+        assert answers[0] == Answer(True)
+        assert not answers[1].stored and answers[1].err_code == WRONG_LAST_SEQUENCE
+        _, nowhere = await acks.publish("nowhere.x", b"m", {})
+        assert answer(await asyncio.wait_for(nowhere, 10)).stored is False  # no stream: a status, answered
+        token, unanswered = await acks.publish("cas.k", b"v", {})
+        acks.drop(token)  # given up on: cancelled and forgotten, a late answer ignored
+        assert unanswered.cancelled() and acks.waiting == 0
+        assert acks_for(js) is acks  # one per connection
