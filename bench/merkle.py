@@ -1,0 +1,95 @@
+"""The transparency log's Merkle tree on a 1,000,000-record log (issue 16): the tree built record by
+record as the log appends them, then inclusion and consistency proofs generated against the whole
+tree and against earlier sizes, and verified as an auditor would (no NATS, one core).
+
+    python -m bench.merkle [RECORDS]
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from broker.audit.merkle import MerkleTree, leaf_hash, verify_consistency, verify_inclusion
+
+RECORD_BYTES = 600  # about one audit record of canonical JSON
+
+
+def _rate(call: Callable[[], object], seconds: float = 1.0) -> int:
+    """Calls per second of CPU time (another process on the core does not count)."""
+    done, start = 0, time.process_time()
+    while (elapsed := time.process_time() - start) < seconds:
+        for _ in range(100):
+            call()
+        done += 100
+    return round(done / elapsed)
+
+
+def merkle_bench(records: int = 1_000_000, seed: int = 16) -> dict[str, Any]:
+    """Build time, memory, proof generation and verification rates, and proof sizes."""
+    record = bytearray(random.Random(seed).randbytes(RECORD_BYTES))
+    tree = MerkleTree()
+    start = time.process_time()
+    for i in range(records):  # each record differs in its first bytes, as a record id would
+        record[:8] = i.to_bytes(8, "big")
+        tree.append(leaf_hash(bytes(record)))
+    build_s = time.process_time() - start
+
+    rnd = random.Random(seed)
+    size = tree.size
+    root = tree.root()
+    indices = [rnd.randrange(size) for _ in range(1000)]
+    earlier = [rnd.randint(1, size) for _ in range(1000)]
+    inclusion = [(i, tree.inclusion_proof(i)) for i in indices]
+    consistency = [(m, tree.consistency_proof(m)) for m in earlier]
+    old_roots = {m: tree.root(m) for m in earlier}
+    leaves = {i: tree.leaf(i) for i in indices}
+    assert all(verify_inclusion(leaves[i], i, size, p, root) for i, p in inclusion)
+    assert all(verify_consistency(m, size, p, old_roots[m], root) for m, p in consistency)
+
+    def pick() -> int:
+        return rnd.randrange(1000)
+
+    def at_earlier_size() -> object:
+        m = earlier[pick()]
+        return tree.inclusion_proof(rnd.randrange(m), m)
+
+    def verify_one_inclusion() -> object:
+        i, p = inclusion[pick()]
+        return verify_inclusion(leaves[i], i, size, p, root)
+
+    def verify_one_consistency() -> object:
+        m, p = consistency[pick()]
+        return verify_consistency(m, size, p, old_roots[m], root)
+
+    inclusion_bytes = [32 * len(p) for _, p in inclusion]
+    consistency_bytes = [32 * len(p) for _, p in consistency]
+    return {
+        "records": records,
+        "build_s": round(build_s, 2),
+        "appends_per_s": round(records / build_s),
+        "tree_mb": round(tree.nbytes / 1e6, 1),
+        "root_per_s_earlier_size": _rate(lambda: tree.root(earlier[pick()])),
+        "inclusion_proofs_per_s": _rate(lambda: tree.inclusion_proof(indices[pick()])),
+        "inclusion_proofs_per_s_earlier_size": _rate(at_earlier_size),
+        "consistency_proofs_per_s": _rate(lambda: tree.consistency_proof(earlier[pick()])),
+        "inclusion_verifications_per_s": _rate(verify_one_inclusion),
+        "consistency_verifications_per_s": _rate(verify_one_consistency),
+        "inclusion_proof_bytes": {"mean": round(sum(inclusion_bytes) / len(inclusion_bytes)),
+                                  "max": max(inclusion_bytes)},
+        "consistency_proof_bytes": {"mean": round(sum(consistency_bytes) / len(consistency_bytes)),
+                                    "max": max(consistency_bytes)},
+    }
+
+
+def main() -> int:
+    records = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
+    print(merkle_bench(records))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
