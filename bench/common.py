@@ -81,6 +81,25 @@ def _tree(pid: int) -> list[int]:
     return pids
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User and system CPU seconds so far of ``pids`` (from /proc/<pid>/stat; 0 for one gone)."""
+    tick, total = os.sysconf("SC_CLK_TCK"), 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
+def nats_server_pid(home: Path) -> int:
+    """The embedded nats-server of a bench home (its url file says ``<url> <pid>``)."""
+    return int((home / "nats" / "url").read_text().split()[1])
+
+
+def broker_pids(procs: list[asyncio.subprocess.Process]) -> list[int]:
+    return [pid for proc in procs for pid in _tree(proc.pid)]
+
+
 def broker_rss_mb(procs: list[asyncio.subprocess.Process]) -> list[float]:
     """VmRSS of every broker process (and child), in MB, from /proc/<pid>/status."""
     out = []

@@ -25,8 +25,11 @@ from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
 from adapters.sdk import AgencyClient
 from bench.common import (
     PAYLOAD_BYTES,
+    broker_pids,
     broker_rss_mb,
+    cpu_seconds,
     environment,
+    nats_server_pid,
     percentiles,
     referral_payload,
     referral_sharing,
@@ -174,13 +177,20 @@ async def full_pipeline(workers: int, n: int) -> dict[str, Any]:
         procs = await start_brokers(home, url, workers)
         try:
             ready_s = await wait_ready(js, workers)
+            pids, server = broker_pids(procs), nats_server_pid(home)
+            brokers_cpu, server_cpu = cpu_seconds(pids), cpu_seconds([server])
             await pause_ingress(nc, False)
             start = time.perf_counter()
             while (done := await delivered(js)) < n and time.perf_counter() - start < DRAIN_LIMIT_S:
                 await asyncio.sleep(0.02)
             elapsed = time.perf_counter() - start
+            brokers_cpu, server_cpu = cpu_seconds(pids) - brokers_cpu, cpu_seconds([server]) - server_cpu
             rss = broker_rss_mb(procs)
         finally:
             await stop_brokers(procs)
     return {"msgs_per_s": round(done / elapsed), "n": done, "of": n, "workers": workers, "seconds": round(elapsed, 2),
-            "ready_s": round(ready_s, 2), "rss_mb": rss}
+            "ready_s": round(ready_s, 2), "rss_mb": rss,
+            "cpu": {"brokers_ms_per_msg": round(brokers_cpu / max(done, 1) * 1000, 3),
+                    "nats_server_ms_per_msg": round(server_cpu / max(done, 1) * 1000, 3),
+                    "cores_busy": round((brokers_cpu + server_cpu) / elapsed, 2),
+                    "note": "CPU during the drain, from /proc: the brokers' processes and the nats-server's"}}

@@ -15,8 +15,7 @@ from broker.wire import _crypto
 
 
 def hpke_info(*, jti: str, iss: str, typ: str, ver: int, recipient: str) -> bytes:
-    fields = (jti, iss, typ, str(ver), recipient)
-    return b"sgb/v1\x00" + b"\x00".join(f.encode("utf-8") for f in fields)
+    return b"sgb/v1\x00" + "\x00".join((jti, iss, typ, str(ver), recipient)).encode("utf-8")
 
 
 @dataclass(frozen=True, slots=True)
