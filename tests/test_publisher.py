@@ -1,4 +1,5 @@
-"""The publisher's deadline and idempotent re-publish, and the answers it reads (:mod:`broker.transport.acks`), against a real nats-server."""
+"""The publisher's deadline and idempotent re-publish, and the answers it reads
+(:mod:`broker.transport.acks`), against a real nats-server."""
 
 from __future__ import annotations
 
