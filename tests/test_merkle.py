@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from broker.audit.merkle import (
     EMPTY_ROOT,
+    Frontier,
     MerkleTree,
     leaf_hash,
     node_hash,
@@ -343,3 +344,42 @@ def test_proofs_against_an_earlier_size_stay_valid_as_the_log_grows() -> None:
 def test_memory_is_two_hashes_a_leaf() -> None:
     tree = _tree(4096)
     assert 2 * 4095 * 32 <= tree.nbytes <= 2 * 4096 * 32 * 1.3
+
+
+@QUICK
+@given(st.integers(0, 600), st.data())
+def test_a_frontier_has_the_trees_root_at_every_size_and_restarts_from_its_hashes(size: int,
+                                                                                   data: st.DataObject) -> None:
+    frontier = Frontier()
+    assert frontier.root() == EMPTY_ROOT
+    for i in range(size):
+        frontier.append(TREE.leaf(i))
+        assert frontier.size == i + 1
+        assert len(frontier.hashes) == (i + 1).bit_count() <= (i + 1).bit_length()
+    assert frontier.root() == TREE.root(size)
+    cut = data.draw(st.integers(0, size))  # a writer restarted at ``cut`` from the stored hashes only
+    restarted = Frontier()
+    for i in range(cut):
+        restarted.append(TREE.leaf(i))
+    restarted = Frontier(restarted.hashes, cut)
+    for i in range(cut, size):
+        restarted.append(TREE.leaf(i))
+    assert restarted.hashes == frontier.hashes and restarted.root() == TREE.root(size)
+
+
+def test_a_frontier_is_the_right_edge_of_the_tree() -> None:
+    frontier = Frontier()
+    for i in range(13):  # 13 = 8 + 4 + 1
+        frontier.append(TREE.leaf(i))
+    assert frontier.hashes == (TREE.root(8), MerkleTree([TREE.leaf(i) for i in range(8, 12)]).root(), TREE.leaf(12))
+
+
+def test_a_frontier_refuses_what_cannot_be_one() -> None:
+    with pytest.raises(ValueError, match="has 2 hashes, not 1"):
+        Frontier([EMPTY_ROOT], 3)
+    with pytest.raises(ValueError, match="32 bytes"):
+        Frontier([b"short"], 1)
+    with pytest.raises(ValueError, match="32 bytes"):
+        Frontier().append(b"short")
+    with pytest.raises(ValueError, match="size -1"):
+        Frontier([], -1)

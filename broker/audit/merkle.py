@@ -181,6 +181,51 @@ class MerkleTree:
             raise ValueError(f"leaf index {index} is out of range for a tree of size {size}")
 
 
+class Frontier:
+    """The compact range of a tree: the roots of its perfect subtrees, largest (leftmost) first,
+    one per set bit of ``size`` (at most log2(size) + 1 hashes). Enough to append and to give the
+    root, so a writer never holds the tree; it answers no proofs (that is :class:`MerkleTree`)."""
+
+    __slots__ = ("_hashes", "_size")
+
+    def __init__(self, hashes: Iterable[bytes] = (), size: int = 0) -> None:
+        self._hashes = [bytes(h) for h in hashes]
+        if size < 0 or len(self._hashes) != size.bit_count():
+            raise ValueError(f"a frontier of size {size} has {max(size, 0).bit_count()} hashes, "
+                             f"not {len(self._hashes)}")
+        if any(len(h) != HASH_SIZE for h in self._hashes):
+            raise ValueError(f"frontier hashes are {HASH_SIZE} bytes")
+        self._size = size
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def hashes(self) -> tuple[bytes, ...]:
+        return tuple(self._hashes)
+
+    def append(self, leaf: bytes) -> None:
+        """Add one leaf hash: it merges with every subtree it completes (one node hash each)."""
+        if len(leaf) != HASH_SIZE:
+            raise ValueError(f"a leaf hash is {HASH_SIZE} bytes, not {len(leaf)}")
+        hashes, node, size = self._hashes, leaf, self._size
+        while size & 1:
+            node = _sha256(NODE_PREFIX + hashes.pop() + node).digest()
+            size >>= 1
+        hashes.append(node)
+        self._size += 1
+
+    def root(self) -> bytes:
+        """MTH of the leaves so far: the subtrees folded from the right, as RFC 9162 splits."""
+        if not self._hashes:
+            return EMPTY_ROOT
+        result = self._hashes[-1]
+        for h in reversed(self._hashes[:-1]):
+            result = _sha256(NODE_PREFIX + h + result).digest()
+        return result
+
+
 def verify_inclusion(leaf_hash: bytes, index: int, size: int, proof: Sequence[bytes], root: bytes) -> bool:
     """Whether ``proof`` shows leaf ``index`` of the tree of ``size`` leaves with ``root`` to be
     ``leaf_hash``: RFC 9162 2.1.3.2 step by step (pure; standard library only)."""
