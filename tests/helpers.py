@@ -60,3 +60,11 @@ async def drain(client: AgencyClient, *, want: int, timeout: float = 10.0, ack: 
 
     await eventually(enough, what=f"{client.agency} to receive {want} deliveries", timeout=timeout)
     return got
+
+
+async def counted(broker: Any, received: int) -> None:
+    """Until ``broker`` has counted ``received`` messages: an outcome or a delivery can reach an
+    agency before the broker's own count of it, which follows JetStream's acknowledgement."""
+    await eventually(lambda: broker.pipeline.counters.received >= received,
+                     what=f"the broker to count {received} messages")
+    assert broker.pipeline.counters.received == received

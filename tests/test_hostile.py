@@ -29,7 +29,7 @@ from broker.transport.connection import connected, jetstream
 from broker.wire import strictjson
 from broker.wire.subjects import DELIVERY, INGRESS, ingress_subject
 from tests.conftest import ClientFactory
-from tests.helpers import drain, eventually
+from tests.helpers import counted, drain, eventually
 from tests.hostile import CASES, Case, Kit, claims_of, valid
 
 pytestmark = pytest.mark.timeout(120)
@@ -149,6 +149,7 @@ async def test_every_hostile_message_is_refused_with_its_code_and_audited(
             assert answer["retryable"] is (case.code == "stale"), case.label
             assert not any(s in orjson.dumps(answer).decode() for s in SECRETS), case.label
     assert not wrong, "\n".join(f"{labels}: {got}" for labels, got in wrong)
+    await counted(broker, total)
     assert broker.pipeline.counters.retried == 0  # refused at once, never retried
     assert broker.pipeline.counters.shared == 0
     assert sum(broker.pipeline.counters.rejected.values()) == total

@@ -150,6 +150,8 @@ async def test_two_instances_share_the_work(settings: Settings, topology: None, 
             jti, data = police.build(typ="referral", to=["la-camden"], payload=referral(), sharing=sharing())
             await police.publish(data, jti)
         assert await _final_count(settings, "la-camden", total, timeout=30) == total
+        await eventually(lambda: one.pipeline.counters.shared + two.pipeline.counters.shared >= total,
+                         what="both brokers to count what they shared")
         assert one.pipeline.counters.shared > 0 and two.pipeline.counters.shared > 0
         assert one.pipeline.counters.shared + two.pipeline.counters.shared == total
 

@@ -222,18 +222,18 @@ class Pipeline:
                 await self._hand_back(work.msg, work.deliveries)
 
     async def _ack(self, ready: list[Work]) -> None:
-        """Ack each stored message. An ack that fails leaves its message to come back after
-        ``ack_wait``, where its outputs are absorbed as repeats: it is counted as processed."""
+        """Count and ack each stored message. An ack that fails leaves its message to come back
+        after ``ack_wait``, where its outputs are absorbed as repeats: it is counted as processed."""
         info = logs.enabled(logging.INFO)
         for work in ready:
             work.acked = True
+            self._record(work.outcome)
             try:
                 with nats_failures("the ack"):
                     await work.msg.ack()
             except TransportError as exc:
                 log.warning("ack failed; the message will come back and be absorbed", error=str(exc),
                             msg_id=work.ingress.msg_id)
-            self._record(work.outcome)
             if info:
                 with bound(work):
                     log.info("message processed", stage="done", outcome=work.outcome)
