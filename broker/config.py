@@ -68,6 +68,8 @@ class AuditSettings:
     publish_deadline: float = 5.0
     attempts: int = 6
     checkpoint_interval: float = 60.0
+    tlog_checkpoint_records: int = 1000   # a transparency checkpoint at least every this many records
+    tlog_origin: str = "sgb.invalid/audit"  # + "/<instance>": the origin (log name) of each chain's tree
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -189,6 +191,11 @@ class Settings:
         if not pipeline.deadline_lease > pipeline.deadline_scan_interval > 0:
             problems.append("need 0 < [pipeline] deadline_scan_interval < deadline_lease (the scanner renews its "
                             "lease every interval)")
+        audit = sections["audit"]
+        if audit.tlog_checkpoint_records < 1:
+            problems.append("[audit] tlog_checkpoint_records must be 1 or more")
+        if not re.fullmatch(r"[!-*,-~]+", audit.tlog_origin):
+            problems.append("[audit] tlog_origin must be printable ASCII without spaces or '+' (a note key name)")
         if problems:
             raise ConfigError("; ".join(problems))
         rulebook = env.get("SGB_RULEBOOK") or top.get("rulebook")

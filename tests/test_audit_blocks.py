@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from broker.audit.chain import BLOCK_TYP, GENESIS, Head, build_block, record_hash
+from broker.audit.merkle import MerkleTree, leaf_hash
 from broker.audit.verify import Verifier
 from broker.identity.keys import Identity
 from broker.timestamps import iso
@@ -60,8 +61,11 @@ def test_blocks_written_now_and_before_hold_the_same_and_chain_together(
     now = 1767603600.0
     new, head = build_block(first, Head(), _IDENTITY, "test-1", now)
     old, old_head = _pyjwt_block(first, Head(), now)
-    assert head == old_head
-    assert jws.verify_typed(new, BLOCK_TYP, _keys) == jws.verify_typed(old, BLOCK_TYP, _keys)
+    assert _place(head) == _place(old_head) and old_head.frontier == ()  # the new head knows its tree too
+    new_claims = jws.verify_typed(new, BLOCK_TYP, _keys)
+    tree = new_claims.pop("tree")  # blocks now state their tree (broker/audit/tree.py); the rest is as before
+    assert new_claims == jws.verify_typed(old, BLOCK_TYP, _keys)
+    assert tree["size"] == len(first) and tree["root"] == _root(new_claims["records"]).hex()
 
     # the bytes each record was hashed by are the bytes the block carries
     segment = new.split(b".")[1]
@@ -80,6 +84,14 @@ def test_blocks_written_now_and_before_hold_the_same_and_chain_together(
     report = verifier.finish()
     assert report.ok, report.problems
     assert report.records == len(first) + len(second)
+
+
+def _place(head: Head) -> tuple[int, int, str, int]:
+    return head.blocks, head.count, head.hash, head.seq
+
+
+def _root(records: Sequence[Mapping[str, Any]]) -> bytes:
+    return MerkleTree(leaf_hash(orjson.dumps(r, option=orjson.OPT_SORT_KEYS)) for r in records).root()
 
 
 def _built(records: Sequence[Mapping[str, Any]], head: Head, now: float) -> tuple[bytes, Head]:

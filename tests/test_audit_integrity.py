@@ -24,7 +24,7 @@ from broker.audit.chain import (
     GENESIS,
     Stored,
     build_block,
-    is_checkpoint,
+    is_block,
     read_head,
     read_stream,
     record_hash,
@@ -61,7 +61,7 @@ async def history(broker: Broker, agency: ClientFactory, settings: Settings) -> 
 
 
 def blocks_of(stored: list[Stored]) -> list[Stored]:
-    return [s for s in stored if not is_checkpoint(s.subject)]
+    return [s for s in stored if is_block(s.subject)]
 
 
 @contextlib.asynccontextmanager

@@ -22,7 +22,7 @@ from broker.transport.connection import connected, embedded, jetstream
 from broker.transport.topology import ensure_topology
 from broker.wire.catalogue import Catalogue
 from broker.wire.registry import Registry, addressable
-from broker.wire.subjects import AUDIT, AUDIT_HEADS_BUCKET, DELIVERY, INGRESS, LEASES_BUCKET
+from broker.wire.subjects import AUDIT, AUDIT_HEADS_BUCKET, DELIVERY, INGRESS, LEASES_BUCKET, tlog_subject
 from tests.conftest import make_settings
 from tests.helpers import drain, eventually, referral, sharing
 
@@ -106,6 +106,8 @@ async def test_an_agency_is_refused_everything_else(secured: Settings, tmp_path:
             await js.delete_stream(AUDIT)
         with pytest.raises(DENIED):
             await js.get_last_msg(AUDIT, "sg.audit.test-1")
+        with pytest.raises(DENIED):  # nor its transparency checkpoints
+            await js.get_last_msg(AUDIT, tlog_subject("test-1"))
         with pytest.raises(DENIED):
             await js.consumer_info(DELIVERY, "la-camden")
         # a raw subscription outside its inbox is refused by the server

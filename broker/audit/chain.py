@@ -8,15 +8,20 @@ covered by the signature) and appends to ``sg.audit.<instance>`` with
 ``Nats-Expected-Last-Subject-Sequence``, so two writers can never fork one chain: the loser
 gets "wrong last sequence", re-reads the head and chains onto it.
 
-Signed *checkpoints* (block count, record count, head hash, time) go to
-``sg.audit.<instance>.checkpoint`` and to the ``SG_AUDIT_HEADS`` bucket at intervals; a
-verifier that has seen a checkpoint can tell when the tail of a chain was cut off.
+Each chain is also an RFC 9162 Merkle tree (issue 16, docs/transparency.md): leaf ``i`` is the
+canonical JSON of record ``n = i``, exactly as the block carries it. Every block states the tree
+after it (``"tree": {"size", "root", "frontier"}``); the frontier (the roots of the tree's perfect
+subtrees) is all the writer keeps, and a restarted writer takes it from the last block.
+
+Signed checkpoints (the JWS ones and the C2SP transparency checkpoints) are
+:mod:`broker.audit.checkpoints`'.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -29,19 +34,22 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError, NotFoundError
 
+from broker.audit.checkpoints import CHECKPOINT_TYP, Checkpointer, build_checkpoint
+from broker.audit.merkle import Frontier, leaf_hash
+from broker.audit.tree import rebuild_frontier, stated_frontier
 from broker.config import AuditSettings
 from broker.errors import PublishTimeout, TransportError
 from broker.identity.keys import Identity
 from broker.timestamps import iso
 from broker.transport.errors import NATS_FAILURES, WRONG_LAST_SEQUENCE, describe, nats_failures, quietly
 from broker.wire import jws
-from broker.wire.subjects import AUDIT, AUDIT_HEADS_BUCKET, audit_subject, checkpoint_subject
+from broker.wire.subjects import AUDIT, audit_subject
 
 log = structlog.get_logger("sgb.audit")
+__all__ = ["CHECKPOINT_TYP", "build_checkpoint"]  # kept here for their readers; made in checkpoints.py
 
 GENESIS: Final = "0" * 64
 BLOCK_TYP: Final = "sg-audit-block+jwt"
-CHECKPOINT_TYP: Final = "sg-audit-checkpoint+jwt"
 EXPORT_TYP: Final = "sg-audit-export+jwt"
 
 
@@ -76,13 +84,15 @@ def sign(claims: Mapping[str, Any], identity: Identity, typ: str) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class Head:
-    """Where a chain stands: blocks and records so far, the last record's hash, and the stream
-    sequence of the last block (0: none yet)."""
+    """Where a chain stands: blocks and records so far, the last record's hash, the stream
+    sequence of the last block (0: none yet), and the frontier of the chain's Merkle tree (None:
+    not known, as after a block written before blocks carried their tree)."""
 
     blocks: int = 0
     count: int = 0
     hash: str = GENESIS
     seq: int = 0
+    frontier: tuple[bytes, ...] | None = ()
 
 
 class _Block:
@@ -91,19 +101,25 @@ class _Block:
     counts. (A verifier reads the records and hashes them again, so the member order inside a
     stored record does not matter to it; these are sorted, as hashed.)"""
 
-    __slots__ = ("hash", "head", "parts", "size")
+    __slots__ = ("hash", "head", "parts", "size", "tree")
 
     def __init__(self, head: Head) -> None:
         self.head = head
         self.hash = head.hash
         self.parts: list[bytes] = []
         self.size = 0
+        self.tree: Frontier | None = None
+        if head.frontier is not None:
+            with contextlib.suppress(ValueError):  # a head made up without its tree: no tree
+                self.tree = Frontier(head.frontier, head.count)
 
     def add(self, records: Iterable[Mapping[str, Any]]) -> None:
         parts, h, n = self.parts, self.hash, self.head.count + len(self.parts)
         for record in records:
             data = canonical({**record, "n": n, "prev": h})
             h = hashlib.sha256(data).hexdigest()
+            if self.tree is not None:
+                self.tree.append(leaf_hash(data))
             parts.append(data)
             self.size += len(data)
             n += 1
@@ -114,9 +130,13 @@ class _Block:
         claims = {"typ": "audit-block", "iss": identity.id, "instance": instance, "block": head.blocks,
                   "first": head.count, "count": len(self.parts), "prev": head.hash, "head": self.hash,
                   "at": iso(now)}
+        tree = self.tree
+        if tree is not None:
+            claims["tree"] = {"size": tree.size, "root": tree.root().hex(), "frontier": [h.hex() for h in tree.hashes]}
         body = b"".join((orjson.dumps(claims)[:-1], b',"records":[', b",".join(self.parts), b"]}"))
         token = jws.sign_serialised(body, identity.signing_key, identity.sig_kid, BLOCK_TYP)
-        return token, Head(head.blocks + 1, head.count + len(self.parts), self.hash, head.seq)
+        return token, Head(head.blocks + 1, head.count + len(self.parts), self.hash, head.seq,
+                           None if tree is None else tree.hashes)
 
 
 def build_block(records: Sequence[Mapping[str, Any]], head: Head, identity: Identity, instance: str,
@@ -125,12 +145,6 @@ def build_block(records: Sequence[Mapping[str, Any]], head: Head, identity: Iden
     block = _Block(head)
     block.add(records)
     return block.sign(identity, instance, now)
-
-
-def build_checkpoint(head: Head, identity: Identity, instance: str, now: float) -> bytes:
-    claims = {"typ": "audit-checkpoint", "iss": identity.id, "instance": instance, "blocks": head.blocks,
-              "count": head.count, "head": head.hash, "seq": head.seq, "at": iso(now)}
-    return sign(claims, identity, CHECKPOINT_TYP)
 
 
 # -- the writer -------------------------------------------------------------------------------
@@ -158,14 +172,13 @@ class AuditWriter:
         self._task: asyncio.Task[None] | None = None
         self._closing = asyncio.Event()
         self.head = Head()
-        self._checkpointed = Head()
-        self._last_checkpoint = 0.0
+        self._checkpoints: Checkpointer | None = None
         self.blocks_written = 0
 
     async def __aenter__(self) -> AuditWriter:
-        self.head = await read_head(self._js, self._instance)
-        self._checkpointed = self.head
-        self._last_checkpoint = self._clock()
+        self.head = await self._stored_head()
+        self._checkpoints = Checkpointer(self._js, self._identity, self._instance, self._settings, self._clock,
+                                         self.head)
         self._task = asyncio.create_task(self._run(), name=f"sgb-audit-{self._instance}")
         log.info("audit chain opened", instance=self._instance, blocks=self.head.blocks, records=self.head.count)
         return self
@@ -182,7 +195,7 @@ class AuditWriter:
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._task
         with contextlib.suppress(TransportError):
-            await self._checkpoint(force=False)
+            await self._checkpoint(closing=True)
 
     @property
     def running(self) -> bool:
@@ -252,7 +265,7 @@ class AuditWriter:
                 if exc.err_code != WRONG_LAST_SEQUENCE:
                     error = f"{type(exc).__name__} {exc.err_code}"
                 else:  # someone else appended (or our earlier attempt landed): chain onto what is there
-                    stored = await read_head(self._js, self._instance)
+                    stored = await self._stored_head()
                     if stored.hash == new_head.hash and stored.count == new_head.count:
                         self.head = stored
                         self.blocks_written += 1
@@ -265,7 +278,7 @@ class AuditWriter:
             except NATS_FAILURES as exc:  # publish again; PublishTimeout when attempts run out
                 error = describe(exc)
             else:
-                self.head = Head(new_head.blocks, new_head.count, new_head.hash, ack.seq)
+                self.head = dataclasses.replace(new_head, seq=ack.seq)
                 self.blocks_written += 1
                 if self._on_block is not None:
                     self._on_block()
@@ -275,26 +288,25 @@ class AuditWriter:
 
     async def _maybe_checkpoint(self) -> None:
         try:
-            await self._checkpoint(force=False)
+            await self._checkpoint(closing=self._closing.is_set())
         except TransportError as exc:
             log.warning("audit checkpoint not stored; will try again", error=str(exc))
 
-    async def _checkpoint(self, *, force: bool) -> None:
-        now = self._clock()
-        if self.head == self._checkpointed or (not force and now - self._last_checkpoint
-                                                < self._settings.checkpoint_interval and not self._closing.is_set()):
-            return
-        token = build_checkpoint(self.head, self._identity, self._instance, now)
-        with nats_failures("checkpoint not stored"):
-            await self._js.publish(checkpoint_subject(self._instance), token, timeout=self._settings.publish_deadline,
-                                   headers={"Nats-Msg-Id": f"checkpoint-{self._instance}-{self.head.count}"})
-            kv = await self._js.key_value(AUDIT_HEADS_BUCKET)
-            await kv.put(self._instance, token)
-        self._checkpointed, self._last_checkpoint = self.head, now
+    async def _checkpoint(self, *, closing: bool = False, force: bool = False) -> None:
+        if self._checkpoints is not None:
+            await self._checkpoints.maybe(self.head, closing=closing, force=force)
 
     async def checkpoint_now(self) -> None:
-        """Publish a checkpoint of the current head (``sgb audit`` and tests)."""
+        """Publish the checkpoints of the current head (``sgb audit`` and tests)."""
         await self._checkpoint(force=True)
+
+    async def _stored_head(self) -> Head:
+        """The stored head, with its tree: rebuilt once from the chain if its last block has none."""
+        head = await read_head(self._js, self._instance)
+        if head.frontier is None:
+            frontier = await rebuild_frontier(self._js, self._instance, head.count, head.seq)
+            head = Head(head.blocks, head.count, head.hash, head.seq, frontier)
+        return head
 
 
 async def read_head(js: JetStreamContext, instance: str) -> Head:
@@ -305,8 +317,9 @@ async def read_head(js: JetStreamContext, instance: str) -> Head:
         except NotFoundError:
             return Head()
     _, claims = jws.unverified(msg.data or b"")
-    return Head(int(claims["block"]) + 1, int(claims["first"]) + int(claims["count"]), str(claims["head"]),
-                int(msg.seq or 0))
+    count = int(claims["first"]) + int(claims["count"])
+    return Head(int(claims["block"]) + 1, count, str(claims["head"]), int(msg.seq or 0),
+                stated_frontier(claims.get("tree"), count))
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,7 +360,18 @@ async def read_stream(js: JetStreamContext, *, stream: str = AUDIT, start: int =
 
 
 def is_checkpoint(subject: str) -> bool:
+    """A JWS checkpoint (``sg.audit.<instance>.checkpoint``)."""
     return subject.endswith(".checkpoint")
+
+
+def is_tlog(subject: str) -> bool:
+    """A transparency checkpoint note (``sg.audit.<instance>.tlog``)."""
+    return subject.endswith(".tlog")
+
+
+def is_block(subject: str) -> bool:
+    """An audit block (``sg.audit.<instance>``): neither kind of checkpoint."""
+    return not (is_checkpoint(subject) or is_tlog(subject))
 
 
 def block_records(data: bytes) -> list[dict[str, Any]]:

@@ -19,8 +19,9 @@ from typing import IO, Any, Final
 import orjson
 from nats.js import JetStreamContext
 
-from broker.audit.chain import EXPORT_TYP, is_checkpoint, read_stream, sign
-from broker.audit.verify import Problem, Report, Verifier, broker_keys
+from broker.audit.chain import EXPORT_TYP, Stored, is_checkpoint, is_tlog, read_stream, sign
+from broker.audit.verify import Problem, Report, Verifier, broker_keys, broker_public_keys
+from broker.config import AuditSettings
 from broker.errors import InvalidEnvelope
 from broker.identity.keys import Identity
 from broker.timestamps import at_of, iso
@@ -32,7 +33,10 @@ from broker.wire.subjects import AUDIT, AUDIT_HEADS_BUCKET
 FORMAT: Final = "sgb-audit-export/1"
 
 
-def _stored_time(token: bytes) -> float:
+def _stored_time(stored: Stored) -> float:
+    if is_tlog(stored.subject):
+        return stored.time  # a note states no time: when JetStream stored it
+    token = stored.data
     try:
         return at_of(unverified(token)[1])
     except InvalidEnvelope:
@@ -55,18 +59,18 @@ async def export(js: JetStreamContext, identity: Identity, out: IO[bytes], *, si
     write({"format": FORMAT, "broker": identity.id, "since": iso(since), "until": iso(until),
            "createdAt": iso(time.time())})
     async for stored in read_stream(js):
-        if since <= _stored_time(stored.data) < until:
-            write({"seq": stored.seq, "subject": stored.subject, "token": stored.data.decode("ascii")})
+        if since <= _stored_time(stored) < until:
+            write({"seq": stored.seq, "subject": stored.subject, "token": stored.data.decode("utf-8")})
     manifest = sign({"typ": "audit-export", "iss": identity.id, "lines": lines, "sha256": digest.hexdigest(),
                      "since": iso(since), "until": iso(until), "at": iso(time.time())}, identity, EXPORT_TYP)
     out.write(orjson.dumps({"manifest": manifest.decode("ascii")}) + b"\n")
     return lines
 
 
-def verify_export(path: Path, registry: Registry) -> Report:
+def verify_export(path: Path, registry: Registry, *, tlog_origin: str = AuditSettings().tlog_origin) -> Report:
     """Check an export file offline with the broker's public keys from ``registry``."""
     keys = broker_keys(registry)
-    verifier = Verifier(keys)
+    verifier = Verifier(keys, note_keys=broker_public_keys(registry), tlog_origin=tlog_origin)
     problems: list[Problem] = []
     digest = hashlib.sha256()
     lines, manifest = 0, None
@@ -91,8 +95,10 @@ def verify_export(path: Path, registry: Registry) -> Report:
             if not isinstance(item, dict) or not isinstance(item.get("token"), str):
                 problems.append(Problem("unreadable", "export", f"line {number} is not a stored block", number))
                 continue
-            token, subject = item["token"].encode("ascii"), str(item.get("subject", ""))
-            if is_checkpoint(subject):
+            token, subject = item["token"].encode("utf-8"), str(item.get("subject", ""))
+            if is_tlog(subject):
+                verifier.tlog(number, subject, token)
+            elif is_checkpoint(subject):
                 verifier.checkpoint(number, token, source="export")
             else:
                 verifier.block(number, subject, token)
@@ -119,12 +125,14 @@ async def head_checkpoints(js: JetStreamContext) -> list[bytes]:
 
 
 async def verify_store(js: JetStreamContext, registry: Registry, *, witnesses: Iterable[bytes] = (),
-                       stream: str = AUDIT) -> Report:
+                       stream: str = AUDIT, tlog_origin: str = AuditSettings().tlog_origin) -> Report:
     """Verify every chain in the live stream against its own checkpoints, the heads bucket and
     any witness checkpoints (for example one saved from an earlier ``sgb audit verify``)."""
-    verifier = Verifier(broker_keys(registry))
+    verifier = Verifier(broker_keys(registry), note_keys=broker_public_keys(registry), tlog_origin=tlog_origin)
     async for stored in read_stream(js, stream=stream):
-        if is_checkpoint(stored.subject):
+        if is_tlog(stored.subject):
+            verifier.tlog(stored.seq, stored.subject, stored.data)
+        elif is_checkpoint(stored.subject):
             verifier.checkpoint(stored.seq, stored.data)
         else:
             verifier.block(stored.seq, stored.subject, stored.data)

@@ -18,7 +18,7 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from broker.audit.chain import CHECKPOINT_TYP, is_checkpoint
+from broker.audit.chain import CHECKPOINT_TYP, is_checkpoint, is_tlog
 from broker.audit.verify import Verifier
 from broker.errors import InvalidEnvelope, TransportError
 from broker.transport.errors import nats_failures, quietly
@@ -117,6 +117,8 @@ class Indexer:
                     token = self._checked_checkpoint(msg.data)
                     if token is not None:
                         checkpoints.append(token)
+                elif is_tlog(msg.subject):
+                    pass  # transparency checkpoints are checked by `sgb audit verify`; nothing to index
                 else:
                     batch.append((seq, self._check(seq, msg.subject, msg.data)))
                 if until is not None and seq >= until:

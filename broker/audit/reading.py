@@ -7,7 +7,7 @@ from typing import Any
 
 from nats.js import JetStreamContext
 
-from broker.audit.chain import block_records, is_checkpoint, read_stream
+from broker.audit.chain import block_records, is_block, read_stream
 
 
 async def read_audit(js: JetStreamContext, *, idle: float = 2.0) -> AsyncIterator[dict[str, Any]]:
@@ -15,7 +15,7 @@ async def read_audit(js: JetStreamContext, *, idle: float = 2.0) -> AsyncIterato
     processed again after a crash) once, as first written (:mod:`broker.audit.verify` says why)."""
     seen: set[str] = set()
     async for stored in read_stream(js, idle=idle):
-        if not is_checkpoint(stored.subject):
+        if is_block(stored.subject):
             for record in block_records(stored.data):
                 rid = record.get("id")
                 if isinstance(rid, str):

@@ -12,6 +12,13 @@ What is reported, per instance chain:
 ``forked``     a checkpoint whose head does not match the record at that place in the chain
 ``unreadable`` a stored message that is not an audit block or checkpoint at all
 ``conflicting`` a record id written twice with different decisions
+``tree``       a block whose stated Merkle tree (size, root, frontier) is not the tree of the records
+
+Transparency checkpoints (``sg.audit.<instance>.tlog``, C2SP tlog-checkpoint notes) are checked
+too: signed by one of the broker's keys under the chain's origin (else ``signature`` or
+``inserted``), and their root the root of the chain's tree at their size, recomputed from the
+records (else ``forked``; a size beyond the chain is ``truncated``). Blocks written before blocks
+stated their tree are verified as before, and their records are still leaves of the tree.
 
 A record written twice under its id with the same decision is a *repeat*, not a problem: a
 message processed again after a crash (the pipeline is at-least-once; its outputs have
@@ -24,11 +31,17 @@ offline (``sgb audit verify --export FILE``), with only the broker's public keys
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from broker.audit.chain import BLOCK_TYP, CHECKPOINT_TYP, GENESIS, decision_digest, record_hash
+from broker.audit import notes
+from broker.audit.chain import BLOCK_TYP, CHECKPOINT_TYP, GENESIS, canonical, decision_digest
+from broker.audit.checkpoints import broker_note_keys
+from broker.audit.merkle import Frontier, leaf_hash
+from broker.audit.tree import stated_frontier
+from broker.config import AuditSettings
 from broker.errors import InvalidEnvelope, Malformed
 from broker.timestamps import at_of
 from broker.wire import _crypto, jws
@@ -77,6 +90,7 @@ class Report:
     blocks: int = 0
     records: int = 0
     checkpoints: int = 0
+    tlog_checkpoints: int = 0
     repeats: int = 0   # records written again under an id already seen, with the same decision
 
     @property
@@ -86,6 +100,7 @@ class Report:
     def summary(self) -> dict[str, Any]:
         return {
             "ok": self.ok, "blocks": self.blocks, "records": self.records, "checkpoints": self.checkpoints,
+            "tlogCheckpoints": self.tlog_checkpoints,
             "repeats": self.repeats, "distinctRecords": self.records - self.repeats,
             "chains": {c.instance: {"blocks": c.blocks, "records": c.records, "head": c.head} for c in
                        self.chains.values()},
@@ -105,12 +120,24 @@ def broker_keys(registry: Registry) -> Callable[[str, float], _crypto.VerifyKey 
     return lookup
 
 
+def broker_public_keys(registry: Registry) -> Callable[[], list[bytes]]:
+    """The broker's Ed25519 signing keys (raw), read at each call: they sign transparency checkpoints."""
+    return lambda: [k.x for k in registry.broker.keys if k.use == "sig"]
+
+
 class Verifier:
     """Feed it stored messages in stream order, then :meth:`finish`."""
 
     def __init__(self, keys: Callable[[str, float], _crypto.VerifyKey | None],
-                 on_record: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 on_record: Callable[[dict[str, Any]], None] | None = None, *,
+                 note_keys: Callable[[], Iterable[bytes]] = tuple,
+                 tlog_origin: str = AuditSettings().tlog_origin) -> None:
         self._keys = keys
+        self._note_keys = note_keys
+        self._origin = tlog_origin
+        self._trees: dict[str, Frontier | None] = {}
+        self._roots: dict[str, dict[int, bytes]] = {}  # the tree's root after each block
+        self._tlogs: list[tuple[int | None, str, int, bytes]] = []
         self._blocks: dict[str, list[_Block]] = {}
         self._checkpoints: list[tuple[int | None, dict[str, Any], bytes]] = []
         self._ends: dict[str, dict[int, str]] = {}
@@ -148,7 +175,7 @@ class Verifier:
             self._problem("inserted", instance, f"block {block} stored on another chain's subject ({subject})", seq)
             return
         # record by record: say which record is wrong, whatever the signature says
-        h = prev
+        h, leaves = prev, []
         for i, record in enumerate(records):
             if not isinstance(record, dict):
                 self._problem("unreadable", instance, f"block {block} item {i} is not a record", seq)
@@ -162,12 +189,15 @@ class Verifier:
             if record.get("prev") != h:
                 self._problem("changed", instance, "the record before it no longer matches its hash", seq, n - 1)
                 break
-            h = record_hash(record)
+            data = canonical(record)
+            h = hashlib.sha256(data).hexdigest()
+            leaves.append(leaf_hash(data))
             if signed:
                 self._once(instance, record, seq)
                 if self._on_record is not None:
                     self._on_record(record)
         else:
+            self._tree(instance, block, first, leaves, claims.get("tree"), seq)
             if len(records) != count:
                 self._problem("removed" if len(records) < count else "inserted", instance,
                               f"block {block} holds {len(records)} records, signed for {count}", seq)
@@ -176,6 +206,45 @@ class Verifier:
                               first + count - 1)
         self.report.records += len(records)
         self._blocks.setdefault(instance, []).append(_Block(seq, block, first, count, prev, head, signed))
+
+    def _tree(self, instance: str, block: int, first: int, leaves: list[bytes], stated: object,
+              seq: int) -> None:
+        """Carry the chain's tree over the block's records; check the tree the block states."""
+        tree = self._trees.get(instance)
+        if tree is None or tree.size != first:  # the first block, or one the tree cannot follow to
+            tree = Frontier() if first == 0 else None
+        if tree is not None:
+            for leaf in leaves:
+                tree.append(leaf)
+        if stated is not None:
+            if tree is None:  # an export's slice, or after a gap (reported): take the signed statement
+                frontier = stated_frontier(stated, first + len(leaves))
+                tree = None if frontier is None else Frontier(frontier, first + len(leaves))
+            elif not (isinstance(stated, dict) and stated.get("size") == tree.size
+                      and stated.get("root") == tree.root().hex()
+                      and stated.get("frontier") == [h.hex() for h in tree.hashes]):
+                self._problem("tree", instance, f"block {block} states a Merkle tree that is not the tree of "
+                              f"the records", seq, first)
+        self._trees[instance] = tree
+        if tree is not None:
+            self._roots.setdefault(instance, {})[tree.size] = tree.root()
+
+    def tlog(self, seq: int | None, subject: str, note: bytes) -> None:
+        """A transparency checkpoint stored on ``sg.audit.<instance>.tlog``."""
+        instance = subject.removeprefix("sg.audit.").removesuffix(".tlog")
+        origin = f"{self._origin}/{instance}"
+        try:
+            checkpoint = notes.open_checkpoint(note, origin=origin,
+                                               log_keys=broker_note_keys(origin, list(self._note_keys()))).checkpoint
+        except notes.WrongOrigin:
+            self._problem("inserted", instance, "a transparency checkpoint of another log", seq)
+        except (notes.UnverifiedNote, notes.BadSignature) as exc:
+            self._problem("signature", instance, f"transparency checkpoint: {exc}", seq)
+        except notes.NoteError as exc:
+            self._problem("unreadable", instance, f"a transparency checkpoint that cannot be read ({exc})", seq)
+        else:
+            self.report.tlog_checkpoints += 1
+            self._tlogs.append((seq, instance, checkpoint.size, checkpoint.root_hash))
 
     def _once(self, instance: str, record: dict[str, Any], seq: int) -> None:
         rid = record.get("id")
@@ -213,7 +282,25 @@ class Verifier:
             self._check_chain(instance, blocks, partial=partial)
         for seq, cp, token in self._checkpoints:
             self._check_checkpoint(seq, cp, token, partial=partial)
+        for seq, instance, size, root in self._tlogs:
+            self._check_tlog(seq, instance, size, root, partial=partial)
         return self.report
+
+    def _check_tlog(self, seq: int | None, instance: str, size: int, root: bytes, *, partial: bool) -> None:
+        tree = self._roots.get(instance, {}).get(size)
+        records = self.report.chains[instance].records if instance in self.report.chains else 0
+        if tree is not None:
+            if tree != root:
+                self._problem("forked", instance, f"the transparency checkpoint of size {size} has another root "
+                              f"than the tree of the chain's records", seq, size - 1)
+        elif partial:
+            return  # an export holds a slice: the tree at that size may be outside it
+        elif size > records:
+            self._problem("truncated", instance, f"a transparency checkpoint counts {size} records; the chain "
+                          f"holds {records}", seq, records)
+        else:
+            self._problem("forked", instance, f"the transparency checkpoint of size {size} names a tree the "
+                          f"chain's blocks never had", seq, size - 1)
 
     def _check_chain(self, instance: str, blocks: list[_Block], *, partial: bool) -> None:
         chain = self.report.chains.setdefault(instance, ChainReport(instance))

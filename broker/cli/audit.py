@@ -56,11 +56,12 @@ async def cmd_audit_verify(settings: Settings, args: argparse.Namespace) -> int:
 
     registry = Registry.load(settings.registry_path, Catalogue())
     if args.export:
-        report = verify_export(Path(args.export), registry)
+        report = verify_export(Path(args.export), registry, tlog_origin=settings.audit.tlog_origin)
     else:
         witnesses = [line.encode("ascii") for line in Path(args.witness).read_text().split()] if args.witness else []
         async with nats_location(settings) as url, connected(settings, url, name="sgb-audit-verify") as nc:
-            report = await verify_store(jetstream(nc, settings), registry, witnesses=witnesses)
+            report = await verify_store(jetstream(nc, settings), registry, witnesses=witnesses,
+                                          tlog_origin=settings.audit.tlog_origin)
         if args.save_witness and report.ok:
             tokens = [c.checkpoint_token for c in report.chains.values() if c.checkpoint_token is not None]
             Path(args.save_witness).write_bytes(b"".join(t + b"\n" for t in tokens))

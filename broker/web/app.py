@@ -62,7 +62,7 @@ async def audit_service(broker: Broker, workers: Workers | None = None) -> Async
                 await asyncio.sleep(0.5)
 
     async def verify() -> dict[str, object]:
-        return await run_verification(broker.js, broker.registry, index)
+        return await run_verification(broker.js, broker.registry, index, tlog_origin=settings.audit.tlog_origin)
 
     def maintenance(on: bool | None) -> bool:
         if on is not None:

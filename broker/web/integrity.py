@@ -22,12 +22,14 @@ from broker.web.vocabulary import NEVER_VERIFIED, TAMPERED, UNAVAILABLE, VERIFIE
 log = structlog.get_logger("sgb.api")
 
 
-async def run_verification(js: Any, registry: Any, index: AuditIndex) -> dict[str, Any]:
+async def run_verification(js: Any, registry: Any, index: AuditIndex, *,
+                           tlog_origin: str | None = None) -> dict[str, Any]:
     """Verify the live store against its checkpoints and the index's; keep the result for the badge."""
     started = time.time()
     status: dict[str, Any]
     try:
-        report = await verify_store(js, registry, witnesses=await index.checkpoint_tokens())
+        report = await verify_store(js, registry, witnesses=await index.checkpoint_tokens(),
+                                    **({} if tlog_origin is None else {"tlog_origin": tlog_origin}))
     except BrokerError as exc:  # NATS, the index's store: the badge says unavailable
         status = {"state": UNAVAILABLE, "at": now(), "detail": str(exc)}
     else:

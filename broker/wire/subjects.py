@@ -47,3 +47,8 @@ def audit_subject(instance: str) -> str:
 
 def checkpoint_subject(instance: str) -> str:
     return f"sg.audit.{instance}.checkpoint"
+
+
+def tlog_subject(instance: str) -> str:
+    """The chain's transparency checkpoints: C2SP tlog-checkpoint signed notes (issue 16)."""
+    return f"sg.audit.{instance}.tlog"
