@@ -35,6 +35,12 @@ def test_every_problem_is_named(tmp_path: Path) -> None:
     (tmp_path / "lease.toml").write_text("[pipeline]\ndeadline_scan_interval = 60\ndeadline_lease = 30\n")
     with pytest.raises(ConfigError, match="deadline_scan_interval < deadline_lease"):  # it would lapse between passes
         Settings.from_env({}, home=tmp_path, config_file=tmp_path / "lease.toml")
+    (tmp_path / "tlog.toml").write_text('[audit]\ntlog_origin = "my log+1"\ntlog_checkpoint_records = 0\n')
+    with pytest.raises(ConfigError, match=r"tlog_checkpoint_records must be 1 or more.*tlog_origin must be printable"):
+        Settings.from_env({}, home=tmp_path, config_file=tmp_path / "tlog.toml")
+    (tmp_path / "tlog.toml").write_text('[audit]\ntlog_origin = "audit.example.org/sgb"\n')
+    audit = Settings.from_env({}, home=tmp_path, config_file=tmp_path / "tlog.toml").audit
+    assert audit.tlog_origin == "audit.example.org/sgb" and audit.tlog_checkpoint_records == 1000
     (tmp_path / "broken.toml").write_text("[nats\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         Settings.from_env({}, home=tmp_path, config_file=tmp_path / "broken.toml")
