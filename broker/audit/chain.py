@@ -13,8 +13,8 @@ canonical JSON of record ``n = i``, exactly as the block carries it. Every block
 after it (``"tree": {"size", "root", "frontier"}``); the frontier (the roots of the tree's perfect
 subtrees) is all the writer keeps, and a restarted writer takes it from the last block.
 
-Signed checkpoints (the JWS ones and the C2SP transparency checkpoints) are
-:mod:`broker.audit.checkpoints`'.
+The writer's signed checkpoints, the JWS ones and the C2SP transparency checkpoints of the tree,
+are made by :mod:`broker.audit.checkpoints`.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError, NotFoundError
 
-from broker.audit.checkpoints import CHECKPOINT_TYP, Checkpointer, build_checkpoint
+from broker.audit.checkpoints import Checkpointer
 from broker.audit.merkle import Frontier, leaf_hash
 from broker.audit.tree import rebuild_frontier, stated_frontier
 from broker.config import AuditSettings
@@ -46,7 +46,6 @@ from broker.wire import jws
 from broker.wire.subjects import AUDIT, audit_subject
 
 log = structlog.get_logger("sgb.audit")
-__all__ = ["CHECKPOINT_TYP", "build_checkpoint"]  # kept here for their readers; made in checkpoints.py
 
 GENESIS: Final = "0" * 64
 BLOCK_TYP: Final = "sg-audit-block+jwt"

@@ -18,7 +18,8 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from broker.audit.chain import CHECKPOINT_TYP, is_checkpoint, is_tlog
+from broker.audit.chain import is_checkpoint, is_tlog
+from broker.audit.checkpoints import CHECKPOINT_TYP
 from broker.audit.verify import Verifier
 from broker.errors import InvalidEnvelope, TransportError
 from broker.transport.errors import nats_failures, quietly

@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from broker.audit import notes
-from broker.audit.chain import BLOCK_TYP, CHECKPOINT_TYP, GENESIS, canonical, decision_digest
-from broker.audit.checkpoints import broker_note_keys
+from broker.audit.chain import BLOCK_TYP, GENESIS, canonical, decision_digest
+from broker.audit.checkpoints import CHECKPOINT_TYP, broker_note_keys
 from broker.audit.merkle import Frontier, leaf_hash
 from broker.audit.tree import stated_frontier
 from broker.config import AuditSettings
