@@ -26,6 +26,7 @@ from broker.transport.connection import connected, jetstream
 from broker.wire.subjects import DELIVERY
 from tests.conftest import ClientFactory
 from tests.helpers import drain, eventually, referral, sharing
+from tests.support.pipeline import queued as queued_in
 
 pytestmark = pytest.mark.timeout(60)
 RETENTION = 1.5
@@ -65,10 +66,8 @@ async def not_delivered(police: AgencyClient, message: str, timeout: float = 6.0
 
 async def queued(settings: Settings, agency: str) -> int:
     """How many deliveries wait in the agency's queue."""
-    subject = f"sg.out.{agency}"
     async with connected(settings, settings.nats.url or "", name="q") as nc:
-        info = await jetstream(nc, settings).stream_info(DELIVERY, subjects_filter=subject)
-    return (info.state.subjects or {}).get(subject, 0)
+        return await queued_in(jetstream(nc, settings), agency)
 
 
 async def emptied(settings: Settings, agency: str) -> bool:
