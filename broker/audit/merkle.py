@@ -2,8 +2,9 @@
 
 Our own code rather than ``pymerkle`` (docs/transparency.md says why: its consistency proofs are
 not RFC 9162's, which C2SP witnesses require; it is GPL-3.0; its in-memory tree takes 410 MB for
-a million leaves). Standard library only. The two ``verify_*`` functions are pure and import
-nothing of the broker, so the offline verifier of a proof bundle can carry them as they are.
+a million leaves). Standard library only. The hashing constants, ``leaf_hash`` and the two
+``verify_*`` functions live in :mod:`broker.audit.offline`, the verifier an auditor runs without
+the broker, and are imported here.
 
 The tree keeps the hash of every *complete* subtree: level ``l`` holds, in one ``bytearray``, the
 hashes of leaves ``[j·2^l, (j+1)·2^l)`` for every ``j`` whose range is full. Those hashes never
@@ -15,22 +16,14 @@ subtrees on the right edge of a size are hashed when a proof needs them (O(log n
 from __future__ import annotations
 
 import hashlib
-import hmac
-from collections.abc import Iterable, Sequence
-from typing import Final
+from collections.abc import Iterable
 
-HASH_SIZE: Final = 32
-LEAF_PREFIX: Final = b"\x00"
-NODE_PREFIX: Final = b"\x01"
-EMPTY_ROOT: Final = hashlib.sha256(b"").digest()
-"""MTH({}): the root of the empty tree is the hash of the empty string (RFC 9162 2.1.1)."""
+from broker.audit.offline import EMPTY_ROOT, HASH_SIZE, NODE_PREFIX, leaf_hash, verify_consistency, verify_inclusion
+
+__all__ = ["EMPTY_ROOT", "HASH_SIZE", "Frontier", "MerkleTree", "leaf_hash", "node_hash", "verify_consistency",
+           "verify_inclusion"]
 
 _sha256 = hashlib.sha256
-
-
-def leaf_hash(data: bytes) -> bytes:
-    """MTH of one entry: SHA-256(0x00 || data). The prefix keeps a leaf from passing as a node."""
-    return _sha256(LEAF_PREFIX + data).digest()
 
 
 def node_hash(left: bytes, right: bytes) -> bytes:
@@ -224,69 +217,3 @@ class Frontier:
         for h in reversed(self._hashes[:-1]):
             result = _sha256(NODE_PREFIX + h + result).digest()
         return result
-
-
-def verify_inclusion(leaf_hash: bytes, index: int, size: int, proof: Sequence[bytes], root: bytes) -> bool:
-    """Whether ``proof`` shows leaf ``index`` of the tree of ``size`` leaves with ``root`` to be
-    ``leaf_hash``: RFC 9162 2.1.3.2 step by step (pure; standard library only)."""
-    if not 0 <= index < size:  # 1. the index must be inside the tree
-        return False
-    if len(leaf_hash) != HASH_SIZE:  # else a one-leaf "tree" would accept any bytes equal to the root
-        return False
-    fn, sn = index, size - 1  # 2.
-    r = leaf_hash  # 3.
-    for p in proof:  # 4.
-        if sn == 0:  # a. more hashes than the tree has levels
-            return False
-        if fn & 1 or fn == sn:  # b. p is a left sibling (or we are on the right edge)
-            r = _sha256(NODE_PREFIX + p + r).digest()
-            while fn and not fn & 1:  # the right edge: skip the levels where r has no sibling
-                fn >>= 1
-                sn >>= 1
-        else:
-            r = _sha256(NODE_PREFIX + r + p).digest()
-        fn >>= 1  # c.
-        sn >>= 1
-    return sn == 0 and hmac.compare_digest(r, root)  # 5.
-
-
-def verify_consistency(old_size: int, new_size: int, proof: Sequence[bytes], old_root: bytes,
-                       new_root: bytes) -> bool:
-    """Whether ``proof`` shows the tree (``new_size``, ``new_root``) to extend (``old_size``,
-    ``old_root``): RFC 9162 2.1.4.2 step by step for 0 < old < new (pure; standard library only).
-
-    The RFC leaves the other sizes undefined; as C2SP tlog-witness: the proof must be empty, an
-    equal size needs equal roots, and size 0 needs the empty tree's root (it is consistent with
-    every tree, so there is nothing to prove).
-    """
-    if not 0 <= old_size <= new_size:
-        return False
-    if old_size == 0:
-        return not proof and hmac.compare_digest(old_root, EMPTY_ROOT) and (
-            new_size > 0 or hmac.compare_digest(new_root, EMPTY_ROOT))
-    if old_size == new_size:
-        return not proof and hmac.compare_digest(old_root, new_root)
-    if not proof:  # 1.
-        return False
-    path = list(proof)
-    if old_size & (old_size - 1) == 0:  # 2. a power of two: the old root is a node of the new tree
-        path.insert(0, old_root)
-    fn, sn = old_size - 1, new_size - 1  # 3.
-    while fn & 1:  # 4.
-        fn >>= 1
-        sn >>= 1
-    fr = sr = path[0]  # 5.
-    for c in path[1:]:  # 6.
-        if sn == 0:  # a.
-            return False
-        if fn & 1 or fn == sn:  # b.
-            fr = _sha256(NODE_PREFIX + c + fr).digest()
-            sr = _sha256(NODE_PREFIX + c + sr).digest()
-            while fn and not fn & 1:
-                fn >>= 1
-                sn >>= 1
-        else:
-            sr = _sha256(NODE_PREFIX + sr + c).digest()
-        fn >>= 1  # c.
-        sn >>= 1
-    return hmac.compare_digest(fr, old_root) and hmac.compare_digest(sr, new_root) and sn == 0  # 7.

@@ -1,0 +1,534 @@
+"""The offline verifier of the audit log's proofs (issue 16; docs/transparency.md, "The offline verifier").
+
+One file, the standard library and ``cryptography`` only, nothing of the broker: an auditor runs
+``python offline.py FILE --key VKEY``. The one home of RFC 9162 inclusion and consistency checks
+(:mod:`broker.audit.merkle` builds trees and proofs) and of parsing and verifying C2SP signed notes
+and tlog checkpoints (:mod:`broker.audit.notes` signs). Specs: C2SP at 5ba5ee8 (``signed-note``,
+``tlog-checkpoint``, ``tlog-cosignature``); reference code: golang.org/x/mod ``sumdb/note``.
+Only Ed25519: types 0x01 (the log) and 0x04 (witnesses); other lines are ignored like unknown keys'.
+Error messages are fixed text naming at most a key, a size or an index, never a record or note line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import re
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+BUNDLE_FORMAT: Final = "sgb-audit-proof/1"
+CONSISTENCY_FORMAT: Final = "sgb-audit-consistency/1"
+HASH_SIZE: Final = 32
+LEAF_PREFIX: Final = b"\x00"
+NODE_PREFIX: Final = b"\x01"
+EMPTY_ROOT: Final = hashlib.sha256(b"").digest()
+"""MTH({}): the root of the empty tree is the hash of the empty string (RFC 9162 2.1.1)."""
+
+ED25519: Final = 0x01  # signed-note.md, "Signature types"
+COSIGNATURE_V1: Final = 0x04  # tlog-cosignature.md: timestamped Ed25519 checkpoint cosignature
+MAX_SIGNATURES: Final = 100  # signed-note.md: at least 16; sumdb/note's limit. Bytes: room for 100 ML-DSA lines
+MAX_NOTE_BYTES: Final = 1 << 20
+MAX_TIMESTAMP: Final = 2**63 - 1  # tlog-cosignature.md: "It MUST NOT exceed 2^63 - 1"
+_DASH: Final = "\u2014 "  # em dash, space
+_SIZE: Final = re.compile(r"0|[1-9][0-9]{0,19}", re.ASCII)  # decimal, no leading zeroes
+_VKEY_ID: Final = re.compile(r"[0-9a-f]{8}", re.ASCII)  # "fixed length lowercase Base 16"
+
+
+class NoteError(ValueError):
+    """A note, key or checkpoint refused. The message is fixed text and safe to log."""
+
+
+class MalformedNote(NoteError):
+    """Not a signed note by signed-note.md (syntax, encoding, limits)."""
+
+
+class MalformedKey(NoteError):
+    """A verifier key, key name or signing key that cannot be used."""
+
+
+class MalformedCheckpoint(NoteError):
+    """A note text that is not a checkpoint by tlog-checkpoint.md."""
+
+
+class WrongOrigin(NoteError):
+    """A well-formed checkpoint of another log than the one expected."""
+
+
+class UnverifiedNote(NoteError):
+    """No signature by a trusted key: the text must be ignored (signed-note.md)."""
+
+
+class BadSignature(NoteError):
+    """A signature that names a trusted key (name and key ID) and does not verify."""
+
+
+def has_control(text: str) -> bool:
+    return any(c < " " and c != "\n" for c in text)
+
+
+def valid_name(name: str) -> bool:
+    """signed-note.md: non-empty, without Unicode spaces (``str.isspace``, control characters too) or '+'."""
+    return bool(name) and "+" not in name and not any(c.isspace() or c < " " for c in name)
+
+
+def _b64decode(text: str, error: type[NoteError], what: str) -> bytes:
+    """Standard base64, strict and canonical (Go's also takes non-zero padding bits; we don't)."""
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise error(f"{what} is not base64") from None
+    if base64.b64encode(raw).decode("ascii") != text:
+        raise error(f"{what} is not canonical base64")
+    return raw
+
+
+def key_id(name: str, sig_type: int, public_key: bytes) -> int:
+    """SHA-256(key name || 0x0A || type || public key)[:4] (signed-note.md, tlog-cosignature.md)."""
+    digest = hashlib.sha256(name.encode("utf-8") + b"\n" + bytes([sig_type]) + public_key).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
+def cosignature_message(text: bytes, timestamp: int) -> bytes:
+    """tlog-cosignature.md, "Ed25519 signed message": the whole checkpoint text, extensions too."""
+    return f"cosignature/v1\ntime {timestamp}\n".encode("ascii") + text
+
+
+def note_text(text: str) -> bytes:
+    """signed-note.md: UTF-8, a final newline, no control character but newline; empty lines may be."""
+    if not text.endswith("\n"):
+        raise MalformedNote("note text does not end with a newline")
+    if has_control(text):
+        raise MalformedNote("note holds a control character other than newline")
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise MalformedNote("note text is not valid UTF-8") from None
+
+
+@dataclass(frozen=True)
+class VerifierKey:
+    """A named public key of type 0x01 (note signatures) or 0x04 (cosignatures); ``str()`` is its
+    vkey, ``<name>+<hex key ID>+<base64(type || key)>`` (signed-note.md, "Verifier keys")."""
+
+    name: str
+    sig_type: int
+    public_key: bytes
+    _key: Ed25519PublicKey = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not valid_name(self.name):
+            raise MalformedKey("key name is empty or holds a space, '+' or control character")
+        if self.sig_type not in (ED25519, COSIGNATURE_V1):
+            raise MalformedKey("unsupported signature type (only Ed25519, 0x01 and 0x04)")
+        if len(self.public_key) != 32:
+            raise MalformedKey("an Ed25519 public key is 32 bytes")
+        object.__setattr__(self, "_key", Ed25519PublicKey.from_public_bytes(self.public_key))
+
+    @property
+    def key_id(self) -> int:
+        return key_id(self.name, self.sig_type, self.public_key)
+
+    def __str__(self) -> str:
+        material = base64.b64encode(bytes([self.sig_type]) + self.public_key).decode("ascii")
+        return f"{self.name}+{self.key_id:08x}+{material}"
+
+    @classmethod
+    def parse(cls, vkey: str) -> VerifierKey:
+        """A vkey string; the key ID must be the one the name and key give."""
+        parts = vkey.split("+", 2)  # names hold no '+'; the base64 may
+        if len(parts) != 3 or not _VKEY_ID.fullmatch(parts[1]):
+            raise MalformedKey("verifier key is not <name>+<8 hex digits>+<base64>")
+        material = _b64decode(parts[2], MalformedKey, "verifier key material")
+        if not material:
+            raise MalformedKey("verifier key has no key material")
+        key = cls(parts[0], material[0], material[1:])
+        if key.key_id != int(parts[1], 16):
+            raise MalformedKey("verifier key ID does not match its name and key")
+        return key
+
+    def verify(self, text: bytes, signature: bytes) -> bool:
+        """Whether ``signature`` (the bytes after the key ID) signs ``text`` by this key."""
+        if self.sig_type == COSIGNATURE_V1:
+            stamp = cosignature_timestamp(signature)
+            if stamp is None:
+                return False
+            text, signature = cosignature_message(text, stamp), signature[8:]
+        try:
+            self._key.verify(signature, text)
+        except InvalidSignature:
+            return False
+        return True
+
+
+def cosignature_timestamp(signature: bytes) -> int | None:
+    """Of ``u64 timestamp || 64-byte Ed25519 signature`` (tlog-cosignature.md); None if not that."""
+    if len(signature) != 72:
+        return None
+    timestamp = int.from_bytes(signature[:8], "big")
+    return timestamp if timestamp <= MAX_TIMESTAMP else None
+
+
+@dataclass(frozen=True)
+class Signature:
+    """One signature line: ``— <key name> base64(key ID || signature)``."""
+
+    name: str
+    key_id: int
+    signature: bytes
+
+    def line(self) -> str:
+        raw = self.key_id.to_bytes(4, "big") + self.signature
+        return f"{_DASH}{self.name} {base64.b64encode(raw).decode('ascii')}\n"
+
+    @classmethod
+    def parse_line(cls, line: str) -> Signature:
+        """One line, with or without its final newline."""
+        body = line.removesuffix("\n")
+        if not body.startswith(_DASH) or body.count(" ") != 2:
+            raise MalformedNote("signature line is not '\u2014 <name> <base64>'")
+        name, encoded = body[len(_DASH) :].split(" ")
+        if not valid_name(name) or has_control(body):
+            raise MalformedNote("signature line has an invalid key name")
+        raw = _b64decode(encoded, MalformedNote, "signature")
+        if len(raw) < 5:
+            raise MalformedNote("signature is shorter than a key ID and one byte")
+        return cls(name, int.from_bytes(raw[:4], "big"), raw[4:])
+
+
+@dataclass(frozen=True)
+class Note:
+    """A note text and its signature lines, verified or not. ``str()`` gives the signed note."""
+
+    text: str
+    signatures: tuple[Signature, ...]
+
+    def __str__(self) -> str:
+        note_text(self.text)
+        if not self.signatures:
+            raise MalformedNote("a signed note has at least one signature")
+        return self.text + "\n" + "".join(s.line() for s in self.signatures)
+
+
+def parse_note(data: bytes | str) -> Note:
+    """signed-note.md, "Format", unverified: the text, the last empty line, signature lines."""
+    try:
+        raw = data.encode("utf-8") if isinstance(data, str) else data
+        if len(raw) > MAX_NOTE_BYTES:
+            raise MalformedNote("note is larger than the limit")
+        message = raw.decode("utf-8")
+    except UnicodeError:
+        raise MalformedNote("note is not valid UTF-8") from None
+    if has_control(message):
+        raise MalformedNote("note holds a control character other than newline")
+    split = message.rfind("\n\n")
+    if split < 0:
+        raise MalformedNote("note has no empty line before its signatures")
+    text, block = message[: split + 1], message[split + 2 :]
+    if not block or not block.endswith("\n"):
+        raise MalformedNote("note has no signature, or its last line has no final newline")
+    lines = block[:-1].split("\n")
+    if len(lines) > MAX_SIGNATURES:
+        raise MalformedNote("note has more signatures than the limit")
+    return Note(text, tuple(Signature.parse_line(line) for line in lines))
+
+
+@dataclass(frozen=True)
+class Verified:
+    """A signature that verified, by which key; ``timestamp`` is a cosignature's time."""
+
+    key: VerifierKey
+    signature: Signature
+    timestamp: int | None
+
+
+@dataclass(frozen=True)
+class OpenedNote:
+    """A note whose text may be used: at least one trusted key signed it."""
+
+    text: str
+    verified: tuple[Verified, ...]
+    unverified: tuple[Signature, ...]  # by keys not given: ignored, kept to pass on
+
+
+def _index(keys: Iterable[VerifierKey]) -> dict[tuple[str, int], VerifierKey]:
+    """Keys by (name, key ID), as signed-note.md identifies them; two keys under one are refused."""
+    index: dict[tuple[str, int], VerifierKey] = {}
+    for key in keys:
+        if index.setdefault((key.name, key.key_id), key) != key:
+            raise MalformedKey(f"two verifier keys share the name and key ID {key.name}+{key.key_id:08x}")
+    return index
+
+
+def open_note(data: bytes | str, keys: Iterable[VerifierKey]) -> OpenedNote:
+    """signed-note.md, "Signatures": lines of unknown keys (name or ID differ) are ignored; every
+    line of a known key is verified (Go's Open skips repeats) and one failing refuses the note
+    (SHOULD); no verified line refuses it (MUST)."""
+    note = parse_note(data)
+    known = _index(keys)
+    text = note.text.encode("utf-8")
+    verified: list[Verified] = []
+    unverified: list[Signature] = []
+    for sig in note.signatures:
+        key = known.get((sig.name, sig.key_id))
+        if key is None:
+            if sig not in unverified:
+                unverified.append(sig)
+        elif not key.verify(text, sig.signature):
+            raise BadSignature(f"the signature by {key.name}+{key.key_id:08x} does not verify")
+        elif all(v.key != key for v in verified):
+            stamp = cosignature_timestamp(sig.signature) if key.sig_type == COSIGNATURE_V1 else None
+            verified.append(Verified(key, sig, stamp))
+    if not verified:
+        raise UnverifiedNote("the note has no signature by a trusted key")
+    return OpenedNote(note.text, tuple(verified), tuple(unverified))
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """tlog-checkpoint.md: origin, tree size, RFC 6962 root hash, extension lines (we write none)."""
+
+    origin: str
+    size: int
+    root_hash: bytes
+    extensions: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for line in (self.origin, *self.extensions):
+            if not line or "\n" in line or has_control(line):
+                raise MalformedCheckpoint("checkpoint lines are non-empty, without control characters")
+        if not 0 <= self.size < 2**64:
+            raise MalformedCheckpoint("checkpoint tree size is not a 64-bit unsigned integer")
+        if len(self.root_hash) != 32:
+            raise MalformedCheckpoint("checkpoint root hash is not 32 bytes")
+
+    def text(self) -> str:
+        root = base64.b64encode(self.root_hash).decode("ascii")
+        return "".join(f"{line}\n" for line in (self.origin, str(self.size), root, *self.extensions))
+
+    @classmethod
+    def parse(cls, text: str, origin: str | None = None) -> Checkpoint:
+        """The note text of a checkpoint; with ``origin``, also that it is that log's."""
+        if not text.endswith("\n"):
+            raise MalformedCheckpoint("checkpoint text does not end with a newline")
+        lines = text[:-1].split("\n")
+        if len(lines) < 3 or not all(lines):
+            raise MalformedCheckpoint("checkpoint has fewer than three lines, or an empty line")
+        if not _SIZE.fullmatch(lines[1]):
+            raise MalformedCheckpoint("checkpoint tree size is not decimal without leading zeroes")
+        root = _b64decode(lines[2], MalformedCheckpoint, "checkpoint root hash")
+        checkpoint = cls(lines[0], int(lines[1]), root, tuple(lines[3:]))
+        if origin is not None and checkpoint.origin != origin:
+            raise WrongOrigin(f"the checkpoint is not of the log {origin}")
+        return checkpoint
+
+
+@dataclass(frozen=True)
+class SignedCheckpoint:
+    """A checkpoint signed by the log, with the cosignatures of known witnesses that verified."""
+
+    checkpoint: Checkpoint
+    note: OpenedNote
+
+    @property
+    def cosignatures(self) -> tuple[Verified, ...]:
+        return tuple(v for v in self.note.verified if v.key.sig_type == COSIGNATURE_V1)
+
+
+def open_checkpoint(data: bytes | str, *, origin: str, log_keys: Iterable[VerifierKey],
+                    witness_keys: Iterable[VerifierKey] = ()) -> SignedCheckpoint:
+    """A checkpoint of ``origin`` signed by one of ``log_keys`` (whose name SHOULD, not must, be the
+    origin), with the cosignatures by ``witness_keys`` that verified; the quorum is the caller's."""
+    logs, witnesses = tuple(log_keys), tuple(witness_keys)
+    if any(k.sig_type != COSIGNATURE_V1 for k in witnesses):
+        raise MalformedKey("witness keys are cosignature/v1 keys (signature type 0x04)")
+    opened = open_note(data, logs + witnesses)
+    if not any(v.key in logs for v in opened.verified):
+        raise UnverifiedNote("the checkpoint has no signature by the log's key")
+    return SignedCheckpoint(Checkpoint.parse(opened.text, origin), opened)
+
+
+_sha256 = hashlib.sha256
+
+
+def leaf_hash(data: bytes) -> bytes:
+    """MTH of one entry: SHA-256(0x00 || data). The prefix keeps a leaf from passing as a node."""
+    return _sha256(LEAF_PREFIX + data).digest()
+
+
+def verify_inclusion(leaf_hash: bytes, index: int, size: int, proof: Sequence[bytes], root: bytes) -> bool:
+    """Whether ``proof`` shows leaf ``index`` of the tree of ``size`` leaves with ``root`` to be
+    ``leaf_hash``: RFC 9162 2.1.3.2 step by step (pure; standard library only)."""
+    if not 0 <= index < size:  # 1. the index must be inside the tree
+        return False
+    if len(leaf_hash) != HASH_SIZE:  # else a one-leaf "tree" would accept any bytes equal to the root
+        return False
+    fn, sn = index, size - 1  # 2.
+    r = leaf_hash  # 3.
+    for p in proof:  # 4.
+        if sn == 0:  # a. more hashes than the tree has levels
+            return False
+        if fn & 1 or fn == sn:  # b. p is a left sibling (or we are on the right edge)
+            r = _sha256(NODE_PREFIX + p + r).digest()
+            while fn and not fn & 1:  # the right edge: skip the levels where r has no sibling
+                fn >>= 1
+                sn >>= 1
+        else:
+            r = _sha256(NODE_PREFIX + r + p).digest()
+        fn >>= 1  # c.
+        sn >>= 1
+    return sn == 0 and hmac.compare_digest(r, root)  # 5.
+
+
+def verify_consistency(old_size: int, new_size: int, proof: Sequence[bytes], old_root: bytes,
+                       new_root: bytes) -> bool:
+    """Whether ``proof`` shows the tree (``new_size``, ``new_root``) to extend (``old_size``, ``old_root``):
+    RFC 9162 2.1.4.2 step by step for 0 < old < new. Otherwise, as C2SP tlog-witness: the proof is empty,
+    an equal size needs equal roots, size 0 the empty tree's root (consistent with every tree)."""
+    if not 0 <= old_size <= new_size:
+        return False
+    if old_size == 0:
+        return not proof and hmac.compare_digest(old_root, EMPTY_ROOT) and (
+            new_size > 0 or hmac.compare_digest(new_root, EMPTY_ROOT))
+    if old_size == new_size:
+        return not proof and hmac.compare_digest(old_root, new_root)
+    if not proof:  # 1.
+        return False
+    path = list(proof)
+    if old_size & (old_size - 1) == 0:  # 2. a power of two: the old root is a node of the new tree
+        path.insert(0, old_root)
+    fn, sn = old_size - 1, new_size - 1  # 3.
+    while fn & 1:  # 4.
+        fn >>= 1
+        sn >>= 1
+    fr = sr = path[0]  # 5.
+    for c in path[1:]:  # 6.
+        if sn == 0:  # a.
+            return False
+        if fn & 1 or fn == sn:  # b.
+            fr = _sha256(NODE_PREFIX + c + fr).digest()
+            sr = _sha256(NODE_PREFIX + c + sr).digest()
+            while fn and not fn & 1:
+                fn >>= 1
+                sn >>= 1
+        else:
+            sr = _sha256(NODE_PREFIX + sr + c).digest()
+        fn >>= 1  # c.
+        sn >>= 1
+    return hmac.compare_digest(fr, old_root) and hmac.compare_digest(sr, new_root) and sn == 0  # 7.
+
+
+
+def _b64(text: object) -> bytes:
+    if not isinstance(text, str):
+        raise ValueError("not base64 text")
+    return base64.b64decode(text, validate=True)
+
+
+def _open(entry: Any, trusted: Sequence[VerifierKey], what: str) -> tuple[str, Checkpoint]:
+    """A checkpoint entry ``{"instance", "note"}``: signed by a trusted key, of that instance's log."""
+    instance, note = (entry.get("instance"), entry.get("note")) if isinstance(entry, dict) else (None, None)
+    if not isinstance(instance, str) or not isinstance(note, str):
+        raise NoteError(f"{what} is not an object with an instance and a note")
+    origin = Checkpoint.parse(parse_note(note).text).origin
+    if not origin.endswith("/" + instance):
+        raise WrongOrigin(f"{what} is not of the log of its instance")
+    return instance, open_checkpoint(note, origin=origin, log_keys=trusted).checkpoint
+
+
+def check_bundle(bundle: Any, trusted: Sequence[VerifierKey]) -> tuple[list[str], list[str]]:
+    """A proof bundle against trusted keys only: each checkpoint's signature, each record's claims (id,
+    message, index, instance, the query) and its inclusion proof. Returns what holds and what fails."""
+    if not isinstance(bundle, dict) or bundle.get("format") != BUNDLE_FORMAT:
+        return [], [f"not a {BUNDLE_FORMAT} bundle"]
+    held: list[str] = []
+    failed: list[str] = []
+    checkpoints: dict[int, tuple[str, Checkpoint]] = {}
+    for i, entry in enumerate(bundle.get("checkpoints") or ()):
+        try:
+            checkpoints[i] = _open(entry, trusted, f"checkpoint {i}")
+        except NoteError as exc:
+            failed.append(f"checkpoint {i}: {exc}")
+    records = bundle.get("records")
+    if not isinstance(records, list) or not records:
+        failed.append("the bundle holds no record")
+    for i, entry in enumerate(records if isinstance(records, list) else ()):
+        try:
+            raw = _b64(entry["record"])
+            record = json.loads(raw)
+            claims = (record.get("id"), record.get("message"), record.get("n"))
+            proof = [_b64(h) for h in entry["proof"]]
+            instance, cp = checkpoints[entry["checkpoint"]]
+        except (KeyError, TypeError, ValueError, AttributeError):
+            failed.append(f"record {i}: malformed, or its checkpoint does not verify")
+            continue
+        if claims != (entry.get("id"), entry.get("message"), entry.get("index")) or instance != entry.get("instance"):
+            failed.append(f"record {i}: the record is not the one its entry names (id, message, index, instance)")
+        elif bundle.get("query") not in claims[:2]:
+            failed.append(f"record {i}: neither its id nor its message is the bundle's query")
+        elif not verify_inclusion(leaf_hash(raw), claims[2], cp.size, proof, cp.root_hash):
+            failed.append(f"record {i}: its inclusion proof does not lead to the root of checkpoint size {cp.size}")
+        else:
+            held.append(f"record {claims[0]}: leaf {claims[2]} of {instance}'s tree of size {cp.size}")
+    return held, failed
+
+
+def check_consistency(doc: Any, trusted: Sequence[VerifierKey]) -> tuple[list[str], list[str]]:
+    """A consistency proof: both checkpoints signed by a trusted key, of one log, the newer extending the older."""
+    try:
+        _, old = _open(doc.get("old"), trusted, "the old checkpoint")
+        _, new = _open(doc.get("new"), trusted, "the new checkpoint")
+        proof = [_b64(h) for h in doc["proof"]]
+    except NoteError as exc:
+        return [], [str(exc)]
+    except (KeyError, TypeError, ValueError):
+        return [], ["the consistency proof is malformed"]
+    if old.origin != new.origin:
+        return [], ["the two checkpoints are of different logs"]
+    if not verify_consistency(old.size, new.size, proof, old.root_hash, new.root_hash):
+        return [], [f"the tree of size {new.size} does NOT extend the tree of size {old.size}: a forked history"]
+    return [f"the tree of size {new.size} of {new.origin} extends the tree of size {old.size}"], []
+
+
+def check_file(path: str, keys: Sequence[str]) -> int:
+    """Check a bundle or consistency proof and print a line per result: 0 all holds, 1 not, 2 cannot check.
+    Each key is a verifier key or a file of them, one a line."""
+    try:
+        trusted = [VerifierKey.parse(k) for v in keys for k in (
+            Path(v).read_text().split() if "+" not in v and Path(v).is_file() else [v])]
+        doc = json.loads(Path(path).read_bytes())
+    except (OSError, ValueError) as exc:
+        print(f"cannot check {path}: {exc if isinstance(exc, NoteError) else type(exc).__name__}", file=sys.stderr)
+        return 2
+    if not trusted:
+        print("no trusted key given (--key): the keys inside a bundle are not trusted on their own", file=sys.stderr)
+        return 2
+    consistency = isinstance(doc, dict) and doc.get("format") == CONSISTENCY_FORMAT
+    held, failed = (check_consistency if consistency else check_bundle)(doc, trusted)
+    print("".join(f"ok {line}\n" for line in held) + "".join(f"FAILED {line}\n" for line in failed)
+          + (f"FAILED: {len(failed)} problems" if failed else f"verified: {len(held)} proofs hold"))
+    return 1 if failed else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="offline.py", description="Check an sgb audit proof bundle or "
+                                     "consistency proof offline, against broker keys you trust.")
+    parser.add_argument("file", metavar="FILE", help=f"a {BUNDLE_FORMAT} bundle or {CONSISTENCY_FORMAT} proof")
+    parser.add_argument("--key", action="append", default=[], metavar="VKEY",
+                        help="a trusted verifier key of the broker's log, or a file of them; repeat for more")
+    args = parser.parse_args(argv)
+    return check_file(args.file, args.key)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
