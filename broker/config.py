@@ -73,6 +73,19 @@ class AuditSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class WitnessSettings:
+    """``sgb witness serve`` (C2SP tlog-witness, docs/transparency.md "Witnesses")."""
+
+    http: str = "127.0.0.1:8096"      # where it listens (``--http`` overrides)
+    key_file: Path | None = None      # None: <home>/witness/witness.key (``sgb witness init``)
+    state_path: Path | None = None    # None: <home>/witness/state.sqlite
+    # origin -> the log's verifier key(s) (a vkey string or a list of them); checked by broker.witness
+    logs: Mapping[str, Any] = field(default_factory=lambda: types.MappingProxyType({}), compare=False)
+    max_body: int = 64 * 1024         # an add-checkpoint request larger than this is refused (413)
+    request_deadline: float = 10.0    # reading a request and answering it
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ApiSettings:
     issuer: str = "dev-token-issuer"    # the registry entry whose signing keys sign API tokens
     audience: str = "sgb-api"
@@ -113,6 +126,7 @@ class Settings:
     pipeline: PipelineSettings = PipelineSettings()
     audit: AuditSettings = AuditSettings()
     api: ApiSettings = ApiSettings()
+    witness: WitnessSettings = WitnessSettings()
     # the settings file's [adapter] table, as read: `sgb adapter` converts it (adapters.runtime.settings)
     adapter_section: Mapping[str, Any] = field(default_factory=lambda: types.MappingProxyType({}), compare=False,
                                                repr=False)
@@ -142,7 +156,8 @@ class Settings:
         file = config_file or env.get("SGB_CONFIG")
         doc = read_toml(Path(file)) if file else {}
         sections: dict[str, Any] = {"nats": NatsSettings(), "streams": StreamSettings(),
-                                    "pipeline": PipelineSettings(), "audit": AuditSettings(), "api": ApiSettings()}
+                                    "pipeline": PipelineSettings(), "audit": AuditSettings(), "api": ApiSettings(),
+                                    "witness": WitnessSettings()}
         top: dict[str, Any] = {}
         adapter: dict[str, Any] = {}
         for key, value in doc.items():
@@ -196,6 +211,9 @@ class Settings:
             problems.append("[audit] tlog_checkpoint_records must be 1 or more")
         if not re.fullmatch(r"[!-*,-~]+", audit.tlog_origin):
             problems.append("[audit] tlog_origin must be printable ASCII without spaces or '+' (a note key name)")
+        witness = sections["witness"]
+        if witness.max_body < 1024 or witness.request_deadline <= 0:
+            problems.append("[witness] max_body must be at least 1024 and request_deadline more than 0")
         if problems:
             raise ConfigError("; ".join(problems))
         rulebook = env.get("SGB_RULEBOOK") or top.get("rulebook")

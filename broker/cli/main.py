@@ -3,7 +3,7 @@
 One module per command group (:mod:`broker.cli.keys`, :mod:`~broker.cli.serve` with the demo,
 :mod:`~broker.cli.messages` for send and inbox, :mod:`~broker.cli.audit`,
 :mod:`~broker.cli.policy`, :mod:`~broker.cli.adapter`, :mod:`~broker.cli.config`,
-:mod:`~broker.cli.token`); this one puts the parser together, reads the settings once
+:mod:`~broker.cli.token`, :mod:`~broker.cli.witness`); this one puts the parser together, reads the settings once
 (:meth:`broker.config.Settings.from_env`) and runs the command.
 
 Exit codes: 0 success; 1 error (printed on stderr, never with personal data); 2 usage;
@@ -20,12 +20,12 @@ from collections.abc import Sequence
 from typing import Final
 
 from broker import logs
-from broker.cli import adapter, audit, config, keys, messages, policy, serve, token
+from broker.cli import adapter, audit, config, keys, messages, policy, serve, token, witness
 from broker.config import Settings
 from broker.errors import BrokerError
 
 DEFAULT_LOG_LEVEL: Final = "WARNING"
-_GROUPS: Final = (keys, config, adapter, token, serve, messages, audit, policy)
+_GROUPS: Final = (keys, config, adapter, token, serve, messages, audit, policy, witness)
 
 
 def build_parser() -> argparse.ArgumentParser:
