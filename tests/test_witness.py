@@ -399,6 +399,18 @@ def test_key_file_round_trip_and_refusals(tmp_path: Path) -> None:
         create_key(tmp_path / "k2", "has space")
 
 
+def test_key_file_reads_go_signer_keys() -> None:
+    """golang.org/x/mod sumdb/note/note_test.go (the vectors tests/test_notes.py uses): the signer
+    key's public half is the published verifier key's; the witness cosigns with it as type 0x04."""
+    skey = "PRIVATE+KEY+PeterNeumann+c74f20a3+AYEKFALVFGyNhPJEMzD1QIDr+Y7hfZx09iUvxdXHKDFz"
+    vkey = notes.VerifierKey.parse("PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW")
+    cosigner = parse_signer_key(skey)
+    assert cosigner.key.public_key == vkey.public_key and cosigner.key.name == "PeterNeumann"
+    assert cosigner.key.sig_type == notes.COSIGNATURE_V1 and cosigner.key.key_id != vkey.key_id
+    private = Ed25519PrivateKey.from_private_bytes(base64.b64decode(skey.split("+", 4)[4])[1:])
+    assert signer_key("PeterNeumann", private) == skey
+
+
 def test_logs_setting(log_signer: notes.NoteSigner, cosigner: notes.Cosigner) -> None:
     vkey = str(log_signer.key)
     assert log_keys({ORIGIN: vkey}) == {ORIGIN: (log_signer.key,)}
