@@ -468,10 +468,13 @@ def check_bundle(bundle: Any, trusted: Sequence[VerifierKey]) -> tuple[list[str]
             record = json.loads(raw)
             claims = (record.get("id"), record.get("message"), record.get("n"))
             proof = [_b64(h) for h in entry["proof"]]
-            instance, cp = checkpoints[entry["checkpoint"]]
         except (KeyError, TypeError, ValueError, AttributeError):
-            failed.append(f"record {i}: malformed, or its checkpoint does not verify")
+            failed.append(f"record {i}: malformed (not base64 JSON with an id, or its proof)")
             continue
+        if not isinstance(entry.get("checkpoint"), int) or entry["checkpoint"] not in checkpoints:
+            failed.append(f"record {i}: its checkpoint is missing or does not verify")
+            continue
+        instance, cp = checkpoints[entry["checkpoint"]]
         if claims != (entry.get("id"), entry.get("message"), entry.get("index")) or instance != entry.get("instance"):
             failed.append(f"record {i}: the record is not the one its entry names (id, message, index, instance)")
         elif bundle.get("query") not in claims[:2]:

@@ -22,9 +22,14 @@ from broker.wire.subjects import AUDIT, audit_subject
 log = structlog.get_logger("sgb.audit")
 
 
+def record_bytes(record: object) -> bytes:
+    """A record's leaf data: its canonical JSON (sorted keys), as the block carries it."""
+    return orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
+
+
 def record_leaf(record: object) -> bytes:
     """The leaf hash of a record as read back from a block."""
-    return leaf_hash(orjson.dumps(record, option=orjson.OPT_SORT_KEYS))
+    return leaf_hash(record_bytes(record))
 
 
 def stated_frontier(tree: object, size: int) -> tuple[bytes, ...] | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,23 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], commo
     aexport.add_argument("--until", required=True, help="YYYY-MM-DD or ISO 8601 time (UTC), exclusive")
     aexport.add_argument("file", metavar="FILE")
     aexport.set_defaults(func=cmd_audit_export)
+    aprove = audit_sub.add_parser("prove", parents=[common],
+                                  help="write a proof bundle of the records of a message or record id")
+    aprove.add_argument("query", metavar="MESSAGE-ID|RECORD-ID")
+    aprove.add_argument("--out", metavar="FILE", help="write the bundle here (default: standard output)")
+    aprove.set_defaults(func=cmd_audit_prove)
+    acheck = audit_sub.add_parser("check", parents=[common],
+                                  help="check a proof bundle or consistency proof offline against trusted keys")
+    acheck.add_argument("file", metavar="BUNDLE")
+    acheck.add_argument("--key", action="append", default=[], metavar="VKEY",
+                        help="a trusted verifier key of the broker's log, or a file of them; repeat for more")
+    acheck.set_defaults(func=cmd_audit_check)
+    acons = audit_sub.add_parser("consistency", parents=[common],
+                                 help="prove a later transparency checkpoint extends an earlier (exit 5 if not)")
+    acons.add_argument("old", metavar="OLD", help="a file holding a checkpoint note, or INSTANCE:SIZE from the stream")
+    acons.add_argument("new", metavar="NEW", help="likewise, the later checkpoint")
+    acons.add_argument("--out", metavar="FILE", help="write the consistency proof here")
+    acons.set_defaults(func=cmd_audit_consistency)
 
 
 async def cmd_audit_list(settings: Settings, args: argparse.Namespace) -> int:
@@ -128,3 +146,78 @@ def format_audit(r: dict[str, Any]) -> str:
     basis = r.get("sharing", {}).get("lawfulBasis") or r.get("sharing", {}).get("lawEnforcementBasis") or "-"
     return (f"{r['at']}  {r['event']:<9} {r.get('type', '?'):<21} {r.get('sender', '?')}{target}"
             f"  basis={basis}{extra}  msg={r['message']}")
+
+
+async def _chains(settings: Settings, name: str) -> tuple[dict[str, Any], list[bytes]]:
+    from broker.audit.proofs import read_chains
+    from broker.audit.verify import broker_public_keys
+
+    keys = broker_public_keys(Registry.load(settings.registry_path, Catalogue()))()
+    async with nats_location(settings) as url, connected(settings, url, name=name) as nc:
+        return await read_chains(jetstream(nc, settings), settings.audit.tlog_origin, keys), keys
+
+
+async def cmd_audit_prove(settings: Settings, args: argparse.Namespace) -> int:
+    import orjson
+
+    from broker.audit.proofs import prove
+
+    chains, _ = await _chains(settings, "sgb-audit-prove")
+    bundle, pending = prove(chains, args.query)
+    if not bundle["records"] and not pending:
+        raise BrokerError("no audit record has that record id or message id")
+    for where in pending:
+        print(f"not yet covered by a transparency checkpoint: record {where}; wait for the next checkpoint "
+              "([audit] tlog_checkpoint_records or checkpoint_interval) and prove again", file=sys.stderr)
+    data = orjson.dumps(bundle, option=orjson.OPT_INDENT_2) + b"\n"
+    if args.out:
+        Path(args.out).write_bytes(data)
+        print(f"wrote {args.out}: {len(bundle['records'])} records, {len(bundle['checkpoints'])} checkpoints",
+              file=sys.stderr)
+    else:
+        sys.stdout.write(data.decode())
+    return 0 if not pending else 1
+
+
+async def cmd_audit_check(settings: Settings, args: argparse.Namespace) -> int:
+    from broker.audit.offline import check_file
+
+    return check_file(args.file, args.key)
+
+
+async def cmd_audit_consistency(settings: Settings, args: argparse.Namespace) -> int:
+    import orjson
+
+    from broker.audit import notes, offline
+    from broker.audit.checkpoints import broker_note_keys
+    from broker.audit.proofs import consistency, open_signed
+
+    chains, keys = await _chains(settings, "sgb-audit-consistency")
+    base = settings.audit.tlog_origin
+    named = []
+    for value in (args.old, args.new):
+        if Path(value).is_file():
+            data = Path(value).read_bytes()
+            try:
+                origin = notes.Checkpoint.parse(notes.parse_note(data).text).origin
+                named.append((origin.removeprefix(base + "/"), open_signed(data, origin, keys)))
+            except notes.NoteError as exc:
+                raise BrokerError(f"{value}: {exc}") from None
+        else:
+            instance, _, size = value.rpartition(":")
+            signed = chains[instance].signed.get(int(size)) if instance in chains and size.isdigit() else None
+            if signed is None:
+                raise BrokerError(f"{value} is neither a file nor INSTANCE:SIZE of a stored transparency checkpoint")
+            named.append((instance, signed))
+    (instance, old), (other, new) = named
+    if instance != other or instance not in chains:
+        raise BrokerError("the two checkpoints are not of one instance chain of this deployment")
+    doc = consistency(chains[instance], instance, old, new)
+    if args.out:
+        Path(args.out).write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
+    held, failed = offline.check_consistency(doc, broker_note_keys(f"{base}/{instance}", keys))
+    for line in held:
+        print(f"ok {line}")
+    for line in failed:
+        print(f"FAILED {line}")
+    return 0 if not failed else EXIT_TAMPERED

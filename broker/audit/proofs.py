@@ -1,0 +1,113 @@
+"""Proof bundles and consistency proofs from the audit stream (issue 16; docs/transparency.md).
+
+Each instance chain's tree is built again by reading the chain (records in block order, leaf ``i``
+the canonical bytes of record ``n = i``); its transparency checkpoints are the notes on
+``sg.audit.<instance>.tlog`` that the broker's key signed. :mod:`broker.audit.offline` checks
+what this writes, with keys the checker trusts.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+from typing import Any
+
+from nats.js import JetStreamContext
+
+from broker.audit import notes, offline
+from broker.audit.chain import block_records, is_block, is_tlog, read_stream
+from broker.audit.checkpoints import broker_note_keys
+from broker.audit.merkle import MerkleTree
+from broker.audit.tree import record_bytes
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+@dataclass
+class Signed:
+    """A transparency checkpoint the broker's key signed: the note as stored, the keys that verify it."""
+
+    checkpoint: notes.Checkpoint
+    note: str
+    keys: list[str]
+
+    def entry(self, instance: str) -> dict[str, str]:
+        return {"instance": instance, "note": self.note}
+
+
+@dataclass
+class Chain:
+    records: list[dict[str, Any]] = field(default_factory=list)
+    tree: MerkleTree = field(default_factory=MerkleTree)
+    signed: dict[int, Signed] = field(default_factory=dict)  # by size
+
+    def latest(self) -> Signed | None:
+        """The largest signed checkpoint whose root is this chain's tree at its size."""
+        good = [s for size, s in self.signed.items()
+                if size <= self.tree.size and self.tree.root(size) == s.checkpoint.root_hash]
+        return max(good, key=lambda s: s.checkpoint.size, default=None)
+
+
+def open_signed(data: bytes, origin: str, public_keys: list[bytes]) -> Signed:
+    """A checkpoint note of ``origin`` signed by one of the broker's keys (NoteError if not)."""
+    opened = notes.open_checkpoint(data, origin=origin, log_keys=broker_note_keys(origin, public_keys))
+    return Signed(opened.checkpoint, data.decode("utf-8"), [str(v.key) for v in opened.note.verified])
+
+
+async def read_chains(js: JetStreamContext, tlog_origin: str, public_keys: list[bytes]) -> dict[str, Chain]:
+    """Every instance chain's records, tree and signed transparency checkpoints, from the audit stream."""
+    chains: dict[str, Chain] = {}
+    tlogs: list[tuple[str, bytes]] = []
+    async for stored in read_stream(js):
+        instance = stored.subject.removeprefix("sg.audit.")
+        if is_tlog(stored.subject):
+            tlogs.append((instance.removesuffix(".tlog"), stored.data))
+        elif is_block(stored.subject):
+            chain = chains.setdefault(instance, Chain())
+            for record in block_records(stored.data):
+                if record.get("n") == chain.tree.size:
+                    chain.records.append(record)
+                    chain.tree.append(offline.leaf_hash(record_bytes(record)))
+    for instance, data in tlogs:
+        try:
+            signed = open_signed(data, f"{tlog_origin}/{instance}", public_keys)
+        except notes.NoteError:
+            continue  # sgb audit verify names it
+        chains.setdefault(instance, Chain()).signed.setdefault(signed.checkpoint.size, signed)
+    return chains
+
+
+def prove(chains: dict[str, Chain], query: str) -> tuple[dict[str, Any], list[str]]:
+    """The ``sgb-audit-proof/1`` bundle of every record whose id or message is ``query``, and the
+    records (``<instance>#<n>``) no checkpoint covers yet, left out of it."""
+    records: list[dict[str, Any]] = []
+    checkpoints: list[dict[str, str]] = []
+    keys: set[str] = set()
+    pending: list[str] = []
+    for instance, chain in sorted(chains.items()):
+        matching = [r for r in chain.records if query in (r.get("id"), r.get("message"))]
+        latest = chain.latest()
+        if matching and latest is not None:
+            checkpoints.append(latest.entry(instance))
+            keys.update(latest.keys)
+        for record in matching:
+            n, size = record["n"], latest.checkpoint.size if latest else 0
+            if n >= size:
+                pending.append(f"{instance}#{n}")
+                continue
+            records.append({"id": record.get("id"), "message": record.get("message"), "instance": instance,
+                            "index": n, "record": _b64(record_bytes(record)), "checkpoint": len(checkpoints) - 1,
+                            "proof": [_b64(h) for h in chain.tree.inclusion_proof(n, size)]})
+    bundle = {"format": offline.BUNDLE_FORMAT, "query": query, "records": records, "checkpoints": checkpoints,
+              "keys": sorted(keys)}
+    return bundle, pending
+
+
+def consistency(chain: Chain, instance: str, old: Signed, new: Signed) -> dict[str, Any]:
+    """The ``sgb-audit-consistency/1`` proof that ``new`` extends ``old``, from the chain's tree as read."""
+    size = min(new.checkpoint.size, chain.tree.size)
+    proof = chain.tree.consistency_proof(min(old.checkpoint.size, size), size)
+    return {"format": offline.CONSISTENCY_FORMAT, "instance": instance, "old": old.entry(instance),
+            "new": new.entry(instance), "proof": [_b64(h) for h in proof]}
