@@ -20,13 +20,15 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from broker.audit import merkle, notes
 from broker.config import Settings
 from broker.errors import ConfigError, KeyStoreError
 from broker.witness.client import WitnessConflict, WitnessError, request_cosignature
 from broker.witness.keys import create_key, load_key, log_keys, parse_signer_key, signer_key
-from broker.witness.protocol import MAX_PROOF_LINES, encode_request
+from broker.witness.protocol import MAX_PROOF_LINES, Refused, encode_request, parse_request
 from broker.witness.service import Witness
 from broker.witness.state import WitnessState
 from tests.support.cli import sgb
@@ -269,6 +271,23 @@ async def test_400_for_malformed_bodies(served: tuple[Witness, Client], log_sign
     assert (await client.get("/add-checkpoint")).status == 405
     # none of it moved the witness
     assert await cosign(client, log, 5, 12)
+
+
+_PIECES = st.sampled_from(["old ", "0", "5", "12", "\n", "\n\n", "\u2014 ", ORIGIN, "AAAA", "=", " ", "+", "\xff",
+                            base64.b64encode(bytes(32)).decode(), "\x00"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300) | st.lists(_PIECES, max_size=20).map(lambda p: "".join(p).encode("utf-8", "replace")))
+def test_any_body_parses_or_is_refused_with_400(body: bytes) -> None:
+    try:
+        request = parse_request(body)
+    except Refused as exc:
+        refused = exc
+    else:
+        refused = None
+        assert 0 <= request.old_size <= request.checkpoint.size and len(request.proof) <= MAX_PROOF_LINES
+    assert refused is None or (refused.status == 400 and "\n" not in refused.detail)
 
 
 # -- the fork ---------------------------------------------------------------------------------
