@@ -80,6 +80,8 @@ async def test_prove_and_check_a_message_end_to_end(
     assert all(json.loads(base64.b64decode(r["record"]))["message"] == jti for r in bundle["records"])
     assert notes.parse_note(bundle["checkpoints"][0]["note"])  # the note as stored
 
+    rc, out, _ = await sgb("audit", "vkey", settings.instance, home=settings.home)
+    assert rc == 0 and out.split() == [vkey]  # to publish: the trust an auditor checks against
     rc, out, _ = await sgb("audit", "check", str(path), "--key", vkey, home=settings.home)
     assert rc == 0 and f"verified: {len(bundle['records'])} proofs hold" in out, out
     run = _offline(tmp_path, str(path), "--key", vkey)

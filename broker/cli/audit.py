@@ -55,6 +55,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], commo
     acons.add_argument("new", metavar="NEW", help="likewise, the later checkpoint")
     acons.add_argument("--out", metavar="FILE", help="write the consistency proof here")
     acons.set_defaults(func=cmd_audit_consistency)
+    avkey = audit_sub.add_parser("vkey", parents=[common],
+                                 help="print the verifier keys of a chain's transparency checkpoints, to publish")
+    avkey.add_argument("instance", nargs="?", metavar="INSTANCE", help="the instance chain (default: this one)")
+    avkey.set_defaults(func=cmd_audit_vkey)
 
 
 async def cmd_audit_list(settings: Settings, args: argparse.Namespace) -> int:
@@ -221,3 +225,13 @@ async def cmd_audit_consistency(settings: Settings, args: argparse.Namespace) ->
     for line in failed:
         print(f"FAILED {line}")
     return 0 if not failed else EXIT_TAMPERED
+
+
+async def cmd_audit_vkey(settings: Settings, args: argparse.Namespace) -> int:
+    from broker.audit.checkpoints import broker_note_keys, tlog_origin
+    from broker.audit.verify import broker_public_keys
+
+    keys = broker_public_keys(Registry.load(settings.registry_path, Catalogue()))()
+    for key in broker_note_keys(tlog_origin(settings.audit, args.instance or settings.instance), keys):
+        print(key)
+    return 0
