@@ -18,10 +18,12 @@ import pytest
 from nats.js.errors import NotFoundError
 
 from broker.audit import notes, offline
+from broker.audit.chain import AuditWriter
 from broker.audit.checkpoints import build_tlog_checkpoint, tlog_origin
-from broker.config import Settings
+from broker.config import AuditSettings, Settings
 from broker.identity.keys import load_identity
 from broker.pipeline.service import Broker
+from broker.transport.connection import connected, jetstream
 from broker.wire.registry import Registry
 from broker.wire.subjects import AUDIT, tlog_subject
 from tests.conftest import ClientFactory
@@ -171,3 +173,35 @@ async def test_consistency_along_a_growing_chain_and_a_fork(
     assert rc == 5 and f"FAILED the tree of size {sizes[1]} does NOT extend" in out and "forked" in out, out
     run = _offline(tmp_path, str(out_path), "--key", vkey)
     assert run.returncode == 1 and "forked history" in run.stdout
+
+
+async def test_records_of_one_message_on_two_chains_and_one_not_yet_checkpointed(
+        settings: Settings, registry: Registry, topology: None, tmp_path: Path) -> None:
+    identity = load_identity(settings.home, registry.broker_id)
+    quiet = AuditSettings(checkpoint_interval=3600, publish_deadline=2.0, tlog_checkpoint_records=10_000)
+
+    def records(prefix: str, count: int) -> list[dict[str, Any]]:
+        return [{"id": f"{prefix}{i}", "event": "shared", "decision": "share", "message": "m-both" if i == 1 else
+                 f"m-{prefix}{i}"} for i in range(count)]
+
+    async with connected(settings, settings.nats.url or "", name="proofs-test") as nc:
+        js = jetstream(nc, settings)
+        async with AuditWriter(js, identity, "a", quiet) as writer:
+            await writer.append(records("a", 5))
+        async with AuditWriter(js, identity, "b", quiet) as writer:  # its checkpoint comes when it closes
+            await writer.append(records("b", 3))
+            rc, _, err = await sgb("audit", "prove", "m-both", home=settings.home, url=settings.nats.url)
+            assert rc == 1 and "not yet covered by a transparency checkpoint: record b#1" in err, err
+        path = tmp_path / "both.json"
+        rc, _, err = await sgb("audit", "prove", "m-both", "--out", str(path), home=settings.home,
+                               url=settings.nats.url)
+    assert rc == 0, err
+    bundle = json.loads(path.read_bytes())
+    assert [(r["instance"], r["index"], r["id"]) for r in bundle["records"]] == [("a", 1, "a1"), ("b", 1, "b1")]
+    assert [c["instance"] for c in bundle["checkpoints"]] == ["a", "b"]
+    keys = [_vkey(settings, registry, instance) for instance in ("a", "b")]
+    assert bundle["keys"] == sorted(keys)
+    run = _offline(tmp_path, str(path), "--key", keys[0])  # a key of one chain does not vouch for the other's
+    assert run.returncode == 1 and "checkpoint 1: the note has no signature by a trusted key" in run.stdout
+    run = _offline(tmp_path, str(path), "--key", keys[0], "--key", keys[1])
+    assert run.returncode == 0 and "verified: 2 proofs hold" in run.stdout, run.stdout
