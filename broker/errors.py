@@ -148,7 +148,12 @@ class TransportError(BrokerError):
 
 
 class PublishTimeout(TransportError):
-    """JetStream did not acknowledge a publish within its deadline, after retries."""
+    """JetStream did not acknowledge a publish within its deadline, after retries. ``failed``:
+    the items not stored, where the publisher knows them (the rest of a batch was stored)."""
+
+    def __init__(self, message: str, *, failed: tuple[object, ...] = ()) -> None:
+        super().__init__(message)
+        self.failed = failed
 
 
 class InternalFailure(RejectedMessage):

@@ -10,10 +10,13 @@ import pytest
 
 from broker.config import Settings
 from broker.pipeline import loop
+from broker.pipeline.batch import Work
+from broker.pipeline.outcomes import Ingress
 from broker.pipeline.service import running_broker
-from tests.conftest import ClientFactory
+from broker.transport.publisher import Outgoing
+from tests.conftest import ClientFactory, make_settings
 from tests.helpers import drain, eventually, referral, sharing
-from tests.support.pipeline import Buggy
+from tests.support.pipeline import Buggy, queued
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -56,3 +59,18 @@ async def test_one_message_s_bug_replay_or_refusal_does_not_hold_up_its_batch(
     assert sorted(by_message[replayed_jti]) == ["replayed", "routed"]
     assert by_message[refused_jti] == ["not-permitted"]
     assert all(by_message[jti] == ["routed"] for jti, _ in sent if jti != replayed_jti)
+
+
+async def test_an_output_that_is_never_stored_holds_back_its_own_message_only(
+        settings: Settings, topology: None) -> None:
+    quick = make_settings(settings.home, settings.nats.url or "", publish_deadline=0.2, publish_attempts=2)
+    async with running_broker(quick, settings.nats.url or "") as broker:
+        def work(seq: int, subject: str) -> Work:
+            done = Work(Ingress("police-met", seq, 0.0, f"m{seq}"), b"", 1)
+            done.outputs, done.outcome = [Outgoing(subject, b"x", f"test-{seq}")], "shared"
+            return done
+
+        fine, refused = work(1, "sg.out.la-camden"), work(2, "nowhere.x")  # no stream takes the second
+        await broker.pipeline._store_batch([fine, refused])
+        assert (fine.retry, refused.retry) == ("", "transport")
+        assert await queued(broker.js, "la-camden") == 1

@@ -174,3 +174,14 @@ async def test_a_broker_scans_under_the_lease_and_gives_it_up_when_it_stops(sett
         await eventually(leading, what="the only broker to hold the deadline lease")
         assert await _holder(js) == settings.instance
     assert await _holder(js) is None
+
+
+async def test_an_instance_that_lost_its_own_answer_takes_its_lease_back_at_once(js: JetStreamContext) -> None:
+    """A renewal stored whose answer was lost, or the instance restarted under its name: the lease
+    in the bucket is its own, and it holds it again without waiting for it to expire."""
+    clock = Clock()
+    a, b = Instance(js, "broker-a", clock), Instance(js, "broker-b", clock)
+    assert await a.scanner.step() == 0
+    restarted = Instance(js, "broker-a", clock)  # knows no revision: as after a lost answer or a restart
+    assert await restarted.scanner.step() == 0 and restarted.lease.held
+    assert await b.scanner.step() is None and await _holder(js) == "broker-a"

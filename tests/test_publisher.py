@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 
 import pytest
 from nats.js.api import StreamConfig
@@ -57,3 +59,26 @@ async def test_a_refused_publish_is_an_answer_with_its_code_not_a_hang(settings:
         acks.drop(token)  # given up on: cancelled and forgotten, a late answer ignored
         assert unanswered.cancelled() and acks.waiting == 0
         assert acks_for(js) is acks  # one per connection
+
+
+async def test_what_is_never_stored_is_named_and_the_rest_is_stored(settings: Settings) -> None:
+    async with connected(settings, settings.nats.url or "", name="pub") as nc:
+        js = jetstream(nc, settings)
+        await js.add_stream(StreamConfig(name="SOME", subjects=["some.*"], duplicate_window=60))
+        items = [Outgoing("some.x", b"a", "id-a"), Outgoing("nowhere.x", b"b", "id-b"),
+                 Outgoing("some.x", b"c", "id-c")]
+        with pytest.raises(PublishTimeout) as caught:
+            await Publisher(js, deadline=0.2, attempts=2).publish_all(items)
+        assert caught.value.failed == (items[1],)
+        assert (await js.stream_info("SOME")).state.messages == 2
+
+
+async def test_a_connection_s_answers_go_with_it(settings: Settings) -> None:
+    async with connected(settings, settings.nats.url or "", name="pub") as nc:
+        js = jetstream(nc, settings)
+        acks = acks_for(js)
+        await acks.publish("nowhere.x", b"m", {})
+    held = weakref.ref(nc)
+    del nc, js, acks
+    gc.collect()
+    assert held() is None  # the one Acks per connection does not keep its connection alive

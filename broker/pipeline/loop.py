@@ -12,7 +12,8 @@ What goes wrong is told apart per message (:class:`~broker.pipeline.batch.Work`)
   stored with the batch, then the ack; never retried;
 - NATS unavailable or too slow for it alone (:class:`~broker.errors.TransportError`, from the
   one boundary in :mod:`broker.transport.errors`): nak'ed with a growing delay and redelivered,
-  while the batch's others are stored; if storing the batch fails, every message of it is
+  while the batch's others are stored. A delivery that is not stored holds back its own message
+  only; the audit records go in one block, so if that fails every message of the batch is
   nak'ed (what was stored is absorbed on redelivery by its deterministic ``Nats-Msg-Id``);
 - a bug of the broker's own (anything else): logged with its traceback as a bug, counted in
   ``sgb_internal_errors_total`` (never as a transport failure) and nak'ed with a delay, so the
@@ -41,7 +42,7 @@ from nats.js import JetStreamContext
 from broker import logs
 from broker.audit.chain import AuditWriter
 from broker.config import PipelineSettings
-from broker.errors import TransportError
+from broker.errors import PublishTimeout, TransportError
 from broker.pipeline.batch import Decider, Work, bound
 from broker.pipeline.intake import Intake
 from broker.pipeline.metrics import Metrics
@@ -189,28 +190,26 @@ class Pipeline:
     async def _handle_batch(self, msgs: Sequence[Msg]) -> None:
         """Decide the batch, store what it produced with one wait, ack what was stored and hand
         back the rest (see the module)."""
-        batch = [_work(msg) for msg in msgs]
+        batch: list[Work] = []
         try:
+            batch = [_work(msg) for msg in msgs]
             await self._decider.decide(batch)
             ready = [w for w in batch if w.outputs is not None]
             stored = time.perf_counter()
-            try:
-                await self.store([o for w in ready for o in w.outputs])  # type: ignore[union-attr]
-            except TransportError as exc:
-                log.warning("transport failure; batch will be redelivered", stage="publish", error=str(exc),
-                            messages=len(ready))
-                for work in ready:
-                    work.retry = "transport"
-            else:
-                await self._ack(ready)
-                done = time.perf_counter()
-                for work in ready:
-                    self.metrics.stage["store"].observe(done - stored)
-                    self.metrics.stage["total"].observe(done - work.started)
+            await self._store_batch(ready)
+            ready = [w for w in ready if not w.retry]
+            await self._ack(ready)
+            done = time.perf_counter()
+            for work in ready:
+                self.metrics.stage["store"].observe(done - stored)
+                self.metrics.stage["total"].observe(done - work.started)
         except Exception:  # a bug outside any one message's steps: every message goes back, none is lost
             self._count_internal()
             log.exception("internal error (a bug) handling a batch; its messages will be redelivered",
-                          stage="batch", messages=len(batch))
+                          stage="batch", messages=len(msgs))
+            if not batch:  # not even read: hand each back as it came
+                for msg in msgs:
+                    await self._hand_back(msg, 1)
             for work in batch:
                 if not work.acked:
                     work.retry = work.retry or "internal"
@@ -220,6 +219,33 @@ class Pipeline:
                     self.counters.retried += 1
                     self.metrics.retried.inc()
                 await self._hand_back(work.msg, work.deliveries)
+
+    async def _store_batch(self, ready: list[Work]) -> None:
+        """Store every output of ``ready`` with one wait. What could not be stored sets ``retry`` on
+        the messages it belongs to, and only on those: a delivery JetStream keeps refusing holds
+        back its own message, not the batch. The audit records go in one block, so if that fails
+        every message goes back (what was stored is absorbed as a repeat on redelivery)."""
+        messages = [o for w in ready for o in w.outputs if isinstance(o, Outgoing)]  # type: ignore[union-attr]
+        records = [o.record for w in ready for o in w.outputs if isinstance(o, AuditEntry)]  # type: ignore[union-attr]
+        published, appended = await asyncio.gather(self._publisher.publish_all(messages),
+                                                    self._audit.append(records), return_exceptions=True)
+        for outcome in (published, appended):
+            if isinstance(outcome, BaseException) and not isinstance(outcome, TransportError):
+                raise outcome  # a bug: the caller hands the batch back
+        if isinstance(appended, TransportError):
+            failing = set(range(len(ready)))
+            error = str(appended)
+        elif isinstance(published, TransportError):
+            failed = {id(o) for o in published.failed} if isinstance(published, PublishTimeout) else None
+            failing = {i for i, w in enumerate(ready)
+                       if failed is None or any(id(o) in failed for o in w.outputs)}  # type: ignore[union-attr]
+            error = str(published)
+        else:
+            return
+        log.warning("transport failure; messages will be redelivered", stage="publish", error=error,
+                    messages=len(failing), stored=len(ready) - len(failing))
+        for i in failing:
+            ready[i].retry = "transport"
 
     async def _ack(self, ready: list[Work]) -> None:
         """Count and ack each stored message. An ack that fails leaves its message to come back

@@ -125,8 +125,8 @@ class _Child:
 
     async def metrics(self) -> bytes | None:
         """Its metrics exposition; None when it is not running or does not answer in time."""
-        if not self.ready or self._writer is None:
-            return None
+        if not self.ready or self._writer is None or self._replies:
+            return None  # a child still owing its last answer is not asked again: nothing piles up
         reply: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
         self._replies.append(reply)  # answered in order; a late answer is read and dropped
         self.send(b"metrics")

@@ -24,6 +24,7 @@ import orjson
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from broker.errors import TransportError
 from broker.transport.errors import nats_failures
 
 _STATUS: Final = "Status"
@@ -59,7 +60,7 @@ class Acks:
     """The answers to one connection's publishes (see the module); make one with :func:`acks_for`."""
 
     def __init__(self, nc: NATS) -> None:
-        self._nc = nc
+        self._nc = weakref.ref(nc)  # not a strong one: the registry below is keyed by the connection
         self._pending: dict[str, asyncio.Future[Msg]] = {}
         self._prefix = ""
         self._count = 0
@@ -70,9 +71,10 @@ class Acks:
         async with self._started:
             if self._subscribed:
                 return
-            inbox = self._nc.new_inbox()
+            nc = self._connection()
+            inbox = nc.new_inbox()
             with nats_failures("the publish answers' subscription"):
-                await self._nc.subscribe(f"{inbox}.*", cb=self._answered)
+                await nc.subscribe(f"{inbox}.*", cb=self._answered)
             self._prefix = f"{inbox}."
             self._subscribed = True
 
@@ -91,11 +93,17 @@ class Acks:
         future: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
         self._pending[token] = future
         try:
-            await self._nc.publish(subject, data, reply=self._prefix + token, headers=headers)
+            await self._connection().publish(subject, data, reply=self._prefix + token, headers=headers)
         except BaseException:
-            del self._pending[token]
+            self._pending.pop(token, None)  # (its answer may have come during a forced flush)
             raise
         return token, future
+
+    def _connection(self) -> NATS:
+        nc = self._nc()
+        if nc is None:
+            raise TransportError("the connection is gone")
+        return nc
 
     def drop(self, token: str) -> None:
         """Give up on a publish's answer (a late one is then ignored)."""

@@ -59,10 +59,10 @@ class Lease:
                 self._set(await self._write(self._revision))
                 if self._revision is not None:
                     return True
-            revision, expires = await self._read()
-            if expires is not None and expires > self._clock():
-                return False
-            self._set(await self._write(revision))
+            revision, expires, holder = await self._read()
+            if expires is not None and expires > self._clock() and holder != self._holder:
+                return False  # held by another (held under our own name: a write of ours whose answer
+            self._set(await self._write(revision))  # was lost, or this instance restarted: ours again)
             return self._revision is not None
 
     async def release(self) -> None:
@@ -83,20 +83,23 @@ class Lease:
             self._on_change(revision is not None)
         self._revision = revision
 
-    async def _read(self) -> tuple[int, float | None]:
-        """The lease's revision (0: never written) and its expiry (None: free, deleted or unreadable)."""
+    async def _read(self) -> tuple[int, float | None, str | None]:
+        """The lease's revision (0: never written), its expiry (None: free, deleted or unreadable)
+        and its holder."""
         try:
             msg = await self._js.get_last_msg(_STREAM, self._subject)
         except NotFoundError:
-            return 0, None
+            return 0, None, None
         revision = msg.seq or 0
         if not msg.data or (msg.headers or {}).get("KV-Operation"):
-            return revision, None
+            return revision, None, None
         try:
-            expires = orjson.loads(msg.data).get("expires")
+            record = orjson.loads(msg.data)
+            expires, holder = record.get("expires"), record.get("holder")
         except (ValueError, AttributeError):
-            expires = None  # unreadable: the next taker writes over it
-        return revision, expires if isinstance(expires, (int, float)) else None
+            expires = holder = None  # unreadable: the next taker writes over it
+        return (revision, expires if isinstance(expires, (int, float)) else None,
+                holder if isinstance(holder, str) else None)
 
     async def _write(self, expected: int) -> int | None:
         """Write ``holder`` and a fresh expiry if the lease is still at revision ``expected``; the

@@ -39,38 +39,43 @@ class Publisher:
         self._attempts = attempts
 
     async def publish_all(self, items: Sequence[Outgoing]) -> None:
-        """Return once JetStream has stored every item; raise :class:`PublishTimeout` otherwise."""
+        """Return once JetStream has stored every item; raise :class:`PublishTimeout` otherwise,
+        naming in ``failed`` the items that were not stored (the others were)."""
         acks = acks_for(self._js)
         pending = list(items)
         last_error = "no acknowledgement"
         for attempt in range(self._attempts):
             sent: list[tuple[Outgoing, str, asyncio.Future[Any]]] = []
+            retry: list[Outgoing] = []
             try:
                 for item in pending:
-                    token, future = await acks.publish(item.subject, item.data,
-                                                       {"Nats-Msg-Id": item.msg_id, **item.headers})
-                    sent.append((item, token, future))
-            except NATS_FAILURES as exc:  # publish again below; PublishTimeout when attempts run out
-                last_error = describe(exc)
-            except TransportError as exc:  # the answers' subscription could not be made
-                last_error = str(exc)
-            if sent:
-                await asyncio.wait([f for _, _, f in sent], timeout=self._deadline)
-            retry = []
-            for item, token, future in sent:
-                if not future.done():
-                    acks.drop(token)
+                    try:
+                        token, future = await acks.publish(item.subject, item.data,
+                                                           {"Nats-Msg-Id": item.msg_id, **item.headers})
+                    except NATS_FAILURES as exc:  # this one again below; the others go on
+                        last_error = describe(exc)
+                        retry.append(item)
+                    except TransportError as exc:  # the answers' subscription could not be made
+                        last_error = str(exc)
+                        retry.append(item)
+                    else:
+                        sent.append((item, token, future))
+                if sent:
+                    await asyncio.wait([f for _, _, f in sent], timeout=self._deadline)
+            finally:  # also when cancelled: no answer is waited for any longer
+                for _, token, future in sent:
+                    if not future.done():
+                        acks.drop(token)
+            for item, _, future in sent:
+                stored = answer(future.result()) if future.done() and not future.cancelled() else None
+                if stored is None or not stored.stored:
+                    last_error = stored.error if stored is not None else last_error
                     retry.append(item)
-                    continue
-                stored = answer(future.result())
-                if not stored.stored:
-                    last_error = stored.error
-                    retry.append(item)
-            retry.extend(pending[len(sent):])
             if not retry:
                 return
             pending = retry
             log.warning("publish not acknowledged; re-publishing", count=len(pending), attempt=attempt + 1,
                         error=last_error)
             await asyncio.sleep(min(0.2 * 2**attempt, 2.0))
-        raise PublishTimeout(f"{len(pending)} publishes unacknowledged after {self._attempts} attempts ({last_error})")
+        raise PublishTimeout(f"{len(pending)} publishes unacknowledged after {self._attempts} attempts ({last_error})",
+                             failed=tuple(pending))

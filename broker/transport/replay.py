@@ -33,8 +33,8 @@ class ReplayGuard:
         """:meth:`claim` for a batch of ``(message id, ingress sequence)``, the creates in flight
         together (:class:`~broker.transport.acks.Acks`) and awaited once: for each, None when
         claimed, else the :class:`Replayed` or :class:`TransportError` that :meth:`claim` would
-        raise for it alone. The few claimed before (a redelivery, a replay) are then looked at one
-        by one."""
+        raise for it alone. Those claimed before (a redelivery, a replay) are then looked up
+        together."""
         if not claims:
             return []
         acks = acks_for(self._js)
@@ -49,21 +49,28 @@ class ReplayGuard:
         except TransportError as exc:
             for i in range(len(sent), len(claims)):
                 results[i] = exc
-        if sent:
-            await asyncio.wait([f for _, _, f in sent], timeout=self._timeout)
-        for i, token, future in sent:
-            if not future.done():
-                acks.drop(token)  # the message is redelivered and claims again
+        try:
+            if sent:
+                await asyncio.wait([f for _, _, f in sent], timeout=self._timeout)
+        finally:  # also when cancelled: no answer is waited for any longer
+            for _, token, future in sent:
+                if not future.done():
+                    acks.drop(token)  # the message is redelivered and claims again
+        before: list[int] = []  # claimed before: by the same stored message (a redelivery) or by a replay
+        for i, _, future in sent:
+            if future.cancelled():
                 results[i] = TransportError("the replay store: no answer in time; will retry")
                 continue
             claimed = answer(future.result())
             if claimed.err_code == WRONG_LAST_SEQUENCE:
-                try:
-                    await self.claim(*claims[i])
-                except (TransportError, Replayed) as err:
-                    results[i] = err
+                before.append(i)
             elif not claimed.stored:
                 results[i] = TransportError(f"the replay store: {claimed.error}; will retry")
+        looked = await asyncio.gather(*(self._held_by(*claims[i]) for i in before), return_exceptions=True)
+        for i, result in zip(before, looked, strict=True):
+            if isinstance(result, BaseException) and not isinstance(result, (TransportError, Replayed)):
+                raise result  # a bug
+            results[i] = result
         return results
 
     async def claim(self, message_id: str, ingress_seq: int) -> None:
@@ -80,9 +87,15 @@ class ReplayGuard:
             except APIError as exc:
                 if exc.err_code != WRONG_LAST_SEQUENCE:
                     raise
-            try:  # claimed before: by this stored message (a redelivery) or by another (a replay)
-                held = await self._js.get_last_msg(_STREAM, subject)
+        await self._held_by(message_id, ingress_seq)
+
+    async def _held_by(self, message_id: str, ingress_seq: int) -> None:
+        """A claim found made before: by this stored message (a redelivery: fine) or by another
+        (a replay: :class:`Replayed`)."""
+        with nats_failures("the replay store"):
+            try:
+                held = await self._js.get_last_msg(_STREAM, f"$KV.{SEEN_BUCKET}.{message_id}")
             except NotFoundError:  # expired between the two calls: claim again next delivery
                 raise TransportError("the replay store: the entry vanished; will retry") from None
-        if held.data != mine:
+        if held.data != str(ingress_seq).encode():
             raise Replayed("this message id was already received", field="/jti", rule="unique-message-id")
