@@ -208,12 +208,13 @@ class Scanner:
         if due > now:
             return 0
         await self._on_overdue(record)
-        self._known[subject] = None
         try:  # compare-and-set: a former holder still finishing its pass cannot mark it too
             await self._js.publish(subject, orjson.dumps(record | {"state": "overdue"}),
                                    headers={"Nats-Expected-Last-Subject-Sequence": str(msg.seq)})
         except APIError as exc:
             if exc.err_code != WRONG_LAST_SEQUENCE:
                 raise
+            self._known[subject] = None  # marked by another
             return 0
+        self._known[subject] = None  # only once marked: a mark NATS did not take is tried again next pass
         return 1
