@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from nats.js.errors import NotFoundError
 
 from broker.audit import notes, offline
@@ -205,3 +208,19 @@ async def test_records_of_one_message_on_two_chains_and_one_not_yet_checkpointed
     assert run.returncode == 1 and "checkpoint 1: the note has no signature by a trusted key" in run.stdout
     run = _offline(tmp_path, str(path), "--key", keys[0], "--key", keys[1])
     assert run.returncode == 0 and "verified: 2 proofs hold" in run.stdout, run.stdout
+
+
+_json = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
+                                                                                  max_size=3), max_leaves=12)
+
+@hsettings(max_examples=300, deadline=None)
+@given(st.fixed_dictionaries({"format": st.sampled_from(["sgb-audit-proof/1", "sgb-audit-consistency/1"]),
+                              "query": _json, "records": st.lists(st.dictionaries(st.sampled_from(
+                                  ["id", "message", "instance", "index", "record", "checkpoint", "proof"]), _json)),
+                              "checkpoints": _json, "old": _json, "new": _json, "proof": _json}))
+def test_any_document_gives_failures_never_an_exception(doc: dict[str, Any]) -> None:
+    key = notes.VerifierKey("sgb.invalid/audit/x", notes.ED25519, bytes(range(32)))
+    for check in (offline.check_bundle, offline.check_consistency):
+        held, failed = check(doc, [key])
+        assert failed and not held

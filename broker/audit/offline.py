@@ -454,7 +454,8 @@ def check_bundle(bundle: Any, trusted: Sequence[VerifierKey]) -> tuple[list[str]
     held: list[str] = []
     failed: list[str] = []
     checkpoints: dict[int, tuple[str, Checkpoint]] = {}
-    for i, entry in enumerate(bundle.get("checkpoints") or ()):
+    entries = bundle.get("checkpoints")
+    for i, entry in enumerate(entries if isinstance(entries, list) else ()):
         try:
             checkpoints[i] = _open(entry, trusted, f"checkpoint {i}")
         except NoteError as exc:
@@ -475,7 +476,8 @@ def check_bundle(bundle: Any, trusted: Sequence[VerifierKey]) -> tuple[list[str]
             failed.append(f"record {i}: its checkpoint is missing or does not verify")
             continue
         instance, cp = checkpoints[entry["checkpoint"]]
-        if claims != (entry.get("id"), entry.get("message"), entry.get("index")) or instance != entry.get("instance"):
+        if (claims != (entry.get("id"), entry.get("message"), entry.get("index")) or type(claims[2]) is not int
+                or instance != entry.get("instance")):
             failed.append(f"record {i}: the record is not the one its entry names (id, message, index, instance)")
         elif bundle.get("query") not in claims[:2]:
             failed.append(f"record {i}: neither its id nor its message is the bundle's query")
@@ -488,6 +490,8 @@ def check_bundle(bundle: Any, trusted: Sequence[VerifierKey]) -> tuple[list[str]
 
 def check_consistency(doc: Any, trusted: Sequence[VerifierKey]) -> tuple[list[str], list[str]]:
     """A consistency proof: both checkpoints signed by a trusted key, of one log, the newer extending the older."""
+    if not isinstance(doc, dict) or doc.get("format") != CONSISTENCY_FORMAT:
+        return [], [f"not a {CONSISTENCY_FORMAT} proof"]
     try:
         _, old = _open(doc.get("old"), trusted, "the old checkpoint")
         _, new = _open(doc.get("new"), trusted, "the new checkpoint")
