@@ -13,6 +13,8 @@ temporary home, fresh keys and its own embedded nats-server (``bench.common.envi
 (e) adapters in (``bench.adapters_in``): native documents mapped, checked, signed, sealed and
     published by the police and health adapters.
 (f) the one JWS reader (``bench.reader``) on a message and an audit block, against its floor.
+(g) the transparency log (``bench.merkle``, issue 16): proofs generated and verified on a
+    1,000,000-record tree, their sizes, and what the writer's tree and checkpoints cost a record.
 
 Writes ``bench/results.json`` and draws ``bench/latency.png``. A benchmark, not a test: numbers
 vary ±30 % between runs.
@@ -38,6 +40,7 @@ from bench.adapters_in import adapters_in
 from bench.audit import audit_bench
 from bench.common import PAYLOAD_BYTES, environment
 from bench.latency import latency_curve, plot
+from bench.merkle import checkpoint_cost, merkle_bench, writer_share
 from bench.reader import reader_bench
 from bench.throughput import crypto_floor, full_pipeline, raw_relay
 from broker import logs
@@ -57,8 +60,8 @@ GOALS = {  # issue 15
 
 def _sizes(args: argparse.Namespace) -> dict[str, int]:
     if args.quick:
-        return {"samples": args.samples or 1000, "relay": 2000, "backlog": 1000, "audit": 20_000}
-    return {"samples": args.samples or 10_000, "relay": 5000, "backlog": 5000, "audit": 100_000}
+        return {"samples": args.samples or 1000, "relay": 2000, "backlog": 1000, "audit": 20_000, "tlog": 100_000}
+    return {"samples": args.samples or 10_000, "relay": 5000, "backlog": 5000, "audit": 100_000, "tlog": 1_000_000}
 
 
 def _load() -> float:
@@ -128,13 +131,21 @@ async def main(args: argparse.Namespace) -> int:
     print(f"(d) audit, {sizes['audit']} records: verify {audit['verify_records_per_s']} rec/s; log page "
           f"{audit['log_first_page_ms']} ms, filtered {audit['log_filtered_ms']} ms, volumes "
           f"{audit['volumes_90_days_ms']} ms", flush=True)
+    tlog = {"tree": merkle_bench(sizes["tlog"]), "writer": checkpoint_cost()}
+    tree = tlog["tree"]
+    tlog["writer"]["share_of_one_broker_cpu"] = writer_share(tlog["writer"], one)
+    print(f"(g) transparency log, {sizes['tlog']} records: {tree['inclusion_proofs_per_s']} inclusion and "
+          f"{tree['consistency_proofs_per_s']} consistency proofs/s, {tree['inclusion_verifications_per_s']} and "
+          f"{tree['consistency_verifications_per_s']} verifications/s, inclusion proof "
+          f"{tree['inclusion_proof_bytes']['max']} B; writer {tlog['writer']['per_record_us']} µs a record "
+          f"({tlog['writer']['share_of_one_broker_cpu']} % of a broker's CPU a message)", flush=True)
     results = {
         "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
                     "load_1min": load | {"end": _load()}},
         "payload_bytes": PAYLOAD_BYTES, "quick": args.quick, "samples_per_point": sizes["samples"],
         "raw_relay": relay, "crypto_floor": floor, "full_pipeline": pipeline,
-        "audit": audit, "adapters_in": inbound, "reader": reader,
+        "audit": audit, "adapters_in": inbound, "reader": reader, "transparency_log": tlog,
         "seconds": round(time.perf_counter() - started, 1),
     }
     RESULTS.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))

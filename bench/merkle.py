@@ -13,7 +13,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from broker.audit.merkle import MerkleTree, leaf_hash, verify_consistency, verify_inclusion
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from broker.audit.merkle import Frontier, MerkleTree, leaf_hash, verify_consistency, verify_inclusion
+from broker.audit.notes import Checkpoint, NoteSigner, sign_note
 
 RECORD_BYTES = 600  # about one audit record of canonical JSON
 
@@ -28,7 +31,7 @@ def _rate(call: Callable[[], object], seconds: float = 1.0) -> int:
     return round(done / elapsed)
 
 
-def merkle_bench(records: int = 1_000_000, seed: int = 16) -> dict[str, Any]:
+def merkle_bench(records: int = 1_000_000, seed: int = 16, seconds: float = 1.0) -> dict[str, Any]:
     """Build time, memory, proof generation and verification rates, and proof sizes."""
     record = bytearray(random.Random(seed).randbytes(RECORD_BYTES))
     tree = MerkleTree()
@@ -72,12 +75,12 @@ def merkle_bench(records: int = 1_000_000, seed: int = 16) -> dict[str, Any]:
         "build_s": round(build_s, 2),
         "appends_per_s": round(records / build_s),
         "tree_mb": round(tree.nbytes / 1e6, 1),
-        "root_per_s_earlier_size": _rate(lambda: tree.root(earlier[pick()])),
-        "inclusion_proofs_per_s": _rate(lambda: tree.inclusion_proof(indices[pick()])),
-        "inclusion_proofs_per_s_earlier_size": _rate(at_earlier_size),
-        "consistency_proofs_per_s": _rate(lambda: tree.consistency_proof(earlier[pick()])),
-        "inclusion_verifications_per_s": _rate(verify_one_inclusion),
-        "consistency_verifications_per_s": _rate(verify_one_consistency),
+        "root_per_s_earlier_size": _rate(lambda: tree.root(earlier[pick()]), seconds),
+        "inclusion_proofs_per_s": _rate(lambda: tree.inclusion_proof(indices[pick()]), seconds),
+        "inclusion_proofs_per_s_earlier_size": _rate(at_earlier_size, seconds),
+        "consistency_proofs_per_s": _rate(lambda: tree.consistency_proof(earlier[pick()]), seconds),
+        "inclusion_verifications_per_s": _rate(verify_one_inclusion, seconds),
+        "consistency_verifications_per_s": _rate(verify_one_consistency, seconds),
         "inclusion_proof_bytes": {"mean": round(sum(inclusion_bytes) / len(inclusion_bytes)),
                                   "max": max(inclusion_bytes)},
         "consistency_proof_bytes": {"mean": round(sum(consistency_bytes) / len(consistency_bytes)),
@@ -85,9 +88,36 @@ def merkle_bench(records: int = 1_000_000, seed: int = 16) -> dict[str, Any]:
     }
 
 
+def checkpoint_cost(records: int = 200_000, every: int = 1000, seed: int = 16) -> dict[str, Any]:
+    """What the audit writer's side of the log costs per record on the hot path: a leaf hash and a
+    frontier append for every record, the root for every block, and a signed C2SP checkpoint every
+    ``every`` records (``[audit] tlog_checkpoint_records``); CPU time, one core."""
+    record = bytearray(random.Random(seed).randbytes(RECORD_BYTES))
+    frontier, key = Frontier(), Ed25519PrivateKey.generate()
+    signer = NoteSigner("sgb.invalid/audit/bench", key)
+    start = time.process_time()
+    for i in range(records):
+        record[:8] = i.to_bytes(8, "big")
+        frontier.append(leaf_hash(bytes(record)))
+        if i % 64 == 63:  # a block of 64 records states its root
+            frontier.root()
+        if i % every == every - 1:
+            sign_note(Checkpoint("sgb.invalid/audit/bench", frontier.size, frontier.root()).text(), [signer])
+    per_record_us = (time.process_time() - start) / records * 1e6
+    return {"records": records, "checkpoint_every": every, "per_record_us": round(per_record_us, 2)}
+
+
+def writer_share(writer: dict[str, Any], one: dict[str, Any]) -> float | None:
+    """The audit writer's tree and checkpoints as a percentage of one broker's CPU per message (a
+    referral makes two records): issue 16 allows at most 3 %."""
+    per_msg_ms = (one.get("cpu") or {}).get("brokers_ms_per_msg")
+    return round(2 * writer["per_record_us"] / 1000 / per_msg_ms * 100, 2) if per_msg_ms else None
+
+
 def main() -> int:
     records = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
     print(merkle_bench(records))
+    print(checkpoint_cost())
     return 0
 
 

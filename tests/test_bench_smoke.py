@@ -9,6 +9,7 @@ import pytest
 
 from bench.common import SERVE, serve_commands
 from bench.latency import latency_point, plot
+from bench.merkle import checkpoint_cost, merkle_bench, writer_share
 from bench.throughput import crypto_floor, full_pipeline
 
 
@@ -32,3 +33,13 @@ async def test_two_workers_drain_a_backlog_and_one_point_of_the_curve(tmp_path: 
     point["fraction_of_one_broker"] = 0.5
     assert plot([point], 200, tmp_path / "latency.png")
     assert (tmp_path / "latency.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_the_transparency_log_part_is_measured() -> None:
+    tree = merkle_bench(3000, seconds=0.02)
+    assert tree["records"] == 3000
+    assert tree["inclusion_proofs_per_s"] > 0 and tree["consistency_verifications_per_s"] > 0
+    assert tree["inclusion_proof_bytes"]["max"] == 32 * 12  # ceil(log2(3000)) hashes
+    writer = checkpoint_cost(2000, every=500)
+    assert writer["per_record_us"] > 0
+    assert writer_share(writer, {"cpu": {"brokers_ms_per_msg": 1.0}}) == round(2 * writer["per_record_us"] / 10, 2)
