@@ -521,18 +521,27 @@ def check_file(path: str, keys: Sequence[str]) -> int:
         print("no trusted key given (--key): the keys inside a bundle are not trusted on their own", file=sys.stderr)
         return 2
     consistency = isinstance(doc, dict) and doc.get("format") == CONSISTENCY_FORMAT
-    held, failed = (check_consistency if consistency else check_bundle)(doc, trusted)
+    return report(*(check_consistency if consistency else check_bundle)(doc, trusted))
+
+
+def report(held: Sequence[str], failed: Sequence[str]) -> int:
+    """Print what holds and what fails, then a summary line; 1 if anything fails, else 0."""
     print("".join(f"ok {line}\n" for line in held) + "".join(f"FAILED {line}\n" for line in failed)
           + (f"FAILED: {len(failed)} problems" if failed else f"verified: {len(held)} proofs hold"))
     return 1 if failed else 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="offline.py", description="Check an sgb audit proof bundle or "
-                                     "consistency proof offline, against broker keys you trust.")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """FILE and --key, for this script and ``sgb audit check``."""
     parser.add_argument("file", metavar="FILE", help=f"a {BUNDLE_FORMAT} bundle or {CONSISTENCY_FORMAT} proof")
     parser.add_argument("--key", action="append", default=[], metavar="VKEY",
                         help="a trusted verifier key of the broker's log, or a file of them; repeat for more")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="offline.py", description="Check an sgb audit proof bundle or "
+                                     "consistency proof offline, against broker keys you trust.")
+    add_arguments(parser)
     args = parser.parse_args(argv)
     return check_file(args.file, args.key)
 

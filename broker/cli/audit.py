@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from broker.audit import offline
 from broker.cli.common import EXIT_TAMPERED, emit
 from broker.config import Settings
 from broker.errors import BrokerError
@@ -45,9 +46,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], commo
     aprove.set_defaults(func=cmd_audit_prove)
     acheck = audit_sub.add_parser("check", parents=[common],
                                   help="check a proof bundle or consistency proof offline against trusted keys")
-    acheck.add_argument("file", metavar="BUNDLE")
-    acheck.add_argument("--key", action="append", default=[], metavar="VKEY",
-                        help="a trusted verifier key of the broker's log, or a file of them; repeat for more")
+    offline.add_arguments(acheck)
     acheck.set_defaults(func=cmd_audit_check)
     acons = audit_sub.add_parser("consistency", parents=[common],
                                  help="prove a later transparency checkpoint extends an earlier (exit 5 if not)")
@@ -184,15 +183,13 @@ async def cmd_audit_prove(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_audit_check(settings: Settings, args: argparse.Namespace) -> int:
-    from broker.audit.offline import check_file
-
-    return check_file(args.file, args.key)
+    return offline.check_file(args.file, args.key)
 
 
 async def cmd_audit_consistency(settings: Settings, args: argparse.Namespace) -> int:
     import orjson
 
-    from broker.audit import notes, offline
+    from broker.audit import notes
     from broker.audit.checkpoints import broker_note_keys
     from broker.audit.proofs import consistency, open_signed
 
@@ -219,12 +216,8 @@ async def cmd_audit_consistency(settings: Settings, args: argparse.Namespace) ->
     doc = consistency(chains[instance], instance, old, new)
     if args.out:
         Path(args.out).write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
-    held, failed = offline.check_consistency(doc, broker_note_keys(f"{base}/{instance}", keys))
-    for line in held:
-        print(f"ok {line}")
-    for line in failed:
-        print(f"FAILED {line}")
-    return 0 if not failed else EXIT_TAMPERED
+    failed = offline.report(*offline.check_consistency(doc, broker_note_keys(f"{base}/{instance}", keys)))
+    return EXIT_TAMPERED if failed else 0
 
 
 async def cmd_audit_vkey(settings: Settings, args: argparse.Namespace) -> int:
