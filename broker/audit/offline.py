@@ -479,7 +479,7 @@ def check_bundle(bundle: Any, trusted: Sequence[VerifierKey]) -> tuple[list[str]
         if (claims != (entry.get("id"), entry.get("message"), entry.get("index")) or type(claims[2]) is not int
                 or instance != entry.get("instance")):
             failed.append(f"record {i}: the record is not the one its entry names (id, message, index, instance)")
-        elif bundle.get("query") not in claims[:2]:
+        elif not isinstance(bundle.get("query"), str) or bundle["query"] not in claims[:2]:
             failed.append(f"record {i}: neither its id nor its message is the bundle's query")
         elif not verify_inclusion(leaf_hash(raw), claims[2], cp.size, proof, cp.root_hash):
             failed.append(f"record {i}: its inclusion proof does not lead to the root of checkpoint size {cp.size}")
