@@ -10,7 +10,9 @@ string, and every problem is named with where it came from.
 
 from __future__ import annotations
 
+import base64
 import functools
+import hashlib
 import math
 import os
 import re
@@ -60,6 +62,19 @@ class StreamSettings:
 
 
 
+@dataclass(frozen=True, slots=True)
+class AuditWitness:
+    """One witness the broker asks to cosign: its tlog-witness URL prefix and its verifier key."""
+
+    url: str
+    key: str
+
+    @property
+    def name(self) -> str:
+        """The witness's key name (the first part of its vkey), as metrics and logs name it."""
+        return self.key.split("+", 1)[0]
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AuditSettings:
     block_records: int = 512          # group commit: at most this many pending appends per block
@@ -70,6 +85,16 @@ class AuditSettings:
     checkpoint_interval: float = 60.0
     tlog_checkpoint_records: int = 1000   # a transparency checkpoint at least every this many records
     tlog_origin: str = "sgb.invalid/audit"  # + "/<instance>": the origin (log name) of each chain's tree
+    # witnesses asked to cosign each transparency checkpoint: a list of tables {url, key}, ``key`` the
+    # witness's type 0x04 vkey (``sgb witness key``); checked at load (docs/transparency.md "Witnesses")
+    witnesses: tuple[AuditWitness, ...] = ()
+    witness_quorum: int | None = None    # cosignatures a checkpoint needs; None: every configured witness
+    witness_deadline: float = 10.0       # one cosignature request
+
+    @property
+    def quorum(self) -> int:
+        """The cosignatures each checkpoint needs (0: the broker asks no witness)."""
+        return len(self.witnesses) if self.witness_quorum is None else self.witness_quorum
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -211,6 +236,12 @@ class Settings:
             problems.append("[audit] tlog_checkpoint_records must be 1 or more")
         if not re.fullmatch(r"[!-*,-~]+", audit.tlog_origin):
             problems.append("[audit] tlog_origin must be printable ASCII without spaces or '+' (a note key name)")
+        audit = sections["audit"] = replace(audit, witnesses=_audit_witnesses(audit.witnesses, problems))
+        if audit.witness_quorum is not None and not 0 <= audit.witness_quorum <= len(audit.witnesses):
+            problems.append(f"[audit] witness_quorum must be between 0 and the number of witnesses "
+                            f"({len(audit.witnesses)})")
+        if audit.witness_deadline <= 0:
+            problems.append("[audit] witness_deadline must be more than 0")
         witness = sections["witness"]
         if witness.max_body < 1024 or witness.request_deadline <= 0:
             problems.append("[witness] max_body must be at least 1024 and request_deadline more than 0")
@@ -220,6 +251,47 @@ class Settings:
         return cls(home=home_path, registry_path=registry, instance=instance,
                    rulebook_path=Path(rulebook) if rulebook else None, adapter_section=types.MappingProxyType(adapter),
                    **sections)
+
+
+def _audit_witnesses(given: tuple[Any, ...], problems: list[str]) -> tuple[AuditWitness, ...]:
+    """``[audit] witnesses`` as read (tables ``{url, key}``), each checked: an http(s) URL and a
+    cosignature (type 0x04) verifier key; the names of the keys differ."""
+    out: list[AuditWitness] = []
+    for i, item in enumerate(given):
+        where = f"[audit] witnesses[{i}]"
+        if isinstance(item, AuditWitness):
+            item = {"url": item.url, "key": item.key}
+        if not isinstance(item, Mapping) or set(item) != {"url", "key"}:
+            problems.append(f"{where} must be a table with exactly url and key")
+            continue
+        url, key = item["url"], item["key"]
+        if not isinstance(url, str) or not re.fullmatch(r"https?://[^\s]+", url):
+            problems.append(f"{where} url must be an http:// or https:// URL")
+            continue
+        if not isinstance(key, str) or not _cosignature_vkey(key):
+            problems.append(f"{where} key must be a witness's cosignature verifier key (type 0x04, as "
+                            "`sgb witness key` prints it)")
+            continue
+        out.append(AuditWitness(url, key))
+    names = [w.name for w in out]
+    if len(set(names)) != len(names):
+        problems.append("[audit] witnesses: two witnesses have keys of the same name")
+    return tuple(out)
+
+
+def _cosignature_vkey(vkey: str) -> bool:
+    """Whether ``vkey`` is a signed-note verifier key of type 0x04 (cosignature/v1, Ed25519) whose
+    key ID fits it (the full parse is :meth:`broker.audit.notes.VerifierKey.parse`, a layer above)."""
+    name, _, rest = vkey.partition("+")
+    key_id, _, encoded = rest.partition("+")
+    if not name or not re.fullmatch(r"[!-*,-~]+", name) or not re.fullmatch(r"[0-9a-f]{8}", key_id):
+        return False
+    try:
+        raw = base64.b64decode(encoded, validate=True)
+    except ValueError:
+        return False
+    return (len(raw) == 33 and raw[0] == 0x04
+            and hashlib.sha256(name.encode() + b"\n" + raw).digest()[:4] == bytes.fromhex(key_id))
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -305,6 +377,10 @@ def _converted(kind: type, value: Any) -> Any:
         if isinstance(number, float) and not number.is_integer():
             raise ValueError("a number (a whole one)")
         return int(number)
+    if kind is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError("a list")
+        return tuple(value)
     if kind is Mapping:
         if not isinstance(value, Mapping):
             raise ValueError("a table")

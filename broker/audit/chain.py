@@ -159,8 +159,10 @@ class AuditWriter:
     """Appends records to this instance's chain; :meth:`append` returns once they are durable."""
 
     def __init__(self, js: JetStreamContext, identity: Identity, instance: str, settings: AuditSettings,
-                 *, clock: Callable[[], float] = time.time, on_block: Callable[[], None] | None = None) -> None:
+                 *, clock: Callable[[], float] = time.time, on_block: Callable[[], None] | None = None,
+                 on_tlog: Callable[[bytes, int], None] | None = None) -> None:
         self._on_block = on_block
+        self._on_tlog = on_tlog
         self._js = js
         self._identity = identity
         self._instance = instance
@@ -177,7 +179,7 @@ class AuditWriter:
     async def __aenter__(self) -> AuditWriter:
         self.head = await self._stored_head()
         self._checkpoints = Checkpointer(self._js, self._identity, self._instance, self._settings, self._clock,
-                                         self.head)
+                                         self.head, on_tlog=self._on_tlog)
         self._task = asyncio.create_task(self._run(), name=f"sgb-audit-{self._instance}")
         log.info("audit chain opened", instance=self._instance, blocks=self.head.blocks, records=self.head.count)
         return self
@@ -368,9 +370,14 @@ def is_tlog(subject: str) -> bool:
     return subject.endswith(".tlog")
 
 
+def is_cosigned(subject: str) -> bool:
+    """A transparency checkpoint with witnesses' cosignatures (``sg.audit.<instance>.cosigned``)."""
+    return subject.endswith(".cosigned")
+
+
 def is_block(subject: str) -> bool:
-    """An audit block (``sg.audit.<instance>``): neither kind of checkpoint."""
-    return not (is_checkpoint(subject) or is_tlog(subject))
+    """An audit block (``sg.audit.<instance>``): no kind of checkpoint."""
+    return not (is_checkpoint(subject) or is_tlog(subject) or is_cosigned(subject))
 
 
 def block_records(data: bytes) -> list[dict[str, Any]]:

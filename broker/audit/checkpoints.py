@@ -87,8 +87,10 @@ class Checkpointer:
     every block and when idle)."""
 
     def __init__(self, js: JetStreamContext, identity: Identity, instance: str, settings: AuditSettings,
-                 clock: Callable[[], float], head: ChainHead) -> None:
+                 clock: Callable[[], float], head: ChainHead, *,
+                 on_tlog: Callable[[bytes, int], None] | None = None) -> None:
         self._js = js
+        self._on_tlog = on_tlog  # told each stored transparency checkpoint (note, size): the witnesses' cue
         self._identity = identity
         self._instance = instance
         self._settings = settings
@@ -128,3 +130,5 @@ class Checkpointer:
             await self._js.publish(tlog_subject(self._instance), note, timeout=self._settings.publish_deadline,
                                    headers={"Nats-Msg-Id": f"tlog-{self._instance}-{head.count}"})
         self._tlog_size, self._tlog_last = head.count, now
+        if self._on_tlog is not None:
+            self._on_tlog(note, head.count)

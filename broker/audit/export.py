@@ -19,7 +19,7 @@ from typing import IO, Any, Final
 import orjson
 from nats.js import JetStreamContext
 
-from broker.audit.chain import EXPORT_TYP, Stored, is_checkpoint, is_tlog, read_stream, sign
+from broker.audit.chain import EXPORT_TYP, Stored, is_checkpoint, is_cosigned, is_tlog, read_stream, sign
 from broker.audit.verify import Problem, Report, Verifier, broker_keys, broker_public_keys
 from broker.config import AuditSettings
 from broker.errors import InvalidEnvelope
@@ -34,7 +34,7 @@ FORMAT: Final = "sgb-audit-export/1"
 
 
 def _stored_time(stored: Stored) -> float:
-    if is_tlog(stored.subject):
+    if is_tlog(stored.subject) or is_cosigned(stored.subject):
         return stored.time  # a note states no time: when JetStream stored it
     token = stored.data
     try:
@@ -96,6 +96,8 @@ def verify_export(path: Path, registry: Registry, *, tlog_origin: str = AuditSet
                 problems.append(Problem("unreadable", "export", f"line {number} is not a stored block", number))
                 continue
             token, subject = item["token"].encode("utf-8"), str(item.get("subject", ""))
+            if is_cosigned(subject):
+                continue  # a checkpoint again, with witnesses' lines: its log signature is checked as .tlog
             if is_tlog(subject):
                 verifier.tlog(number, subject, token)
             elif is_checkpoint(subject):
@@ -130,6 +132,8 @@ async def verify_store(js: JetStreamContext, registry: Registry, *, witnesses: I
     any witness checkpoints (for example one saved from an earlier ``sgb audit verify``)."""
     verifier = Verifier(broker_keys(registry), note_keys=broker_public_keys(registry), tlog_origin=tlog_origin)
     async for stored in read_stream(js, stream=stream):
+        if is_cosigned(stored.subject):
+            continue  # a checkpoint again, with witnesses' lines: its log signature is checked as .tlog
         if is_tlog(stored.subject):
             verifier.tlog(stored.seq, stored.subject, stored.data)
         elif is_checkpoint(stored.subject):

@@ -18,7 +18,7 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from broker.audit.chain import is_checkpoint, is_tlog
+from broker.audit.chain import is_checkpoint, is_cosigned, is_tlog
 from broker.audit.checkpoints import CHECKPOINT_TYP
 from broker.audit.verify import Verifier
 from broker.errors import InvalidEnvelope, TransportError
@@ -118,7 +118,7 @@ class Indexer:
                     token = self._checked_checkpoint(msg.data)
                     if token is not None:
                         checkpoints.append(token)
-                elif is_tlog(msg.subject):
+                elif is_tlog(msg.subject) or is_cosigned(msg.subject):
                     pass  # transparency checkpoints are checked by `sgb audit verify`; nothing to index
                 else:
                     batch.append((seq, self._check(seq, msg.subject, msg.data)))

@@ -67,6 +67,9 @@ class Metrics:
         self.internal = Counter("sgb_internal_errors", "Messages that met a bug of the broker's own (nak'ed, and "
                                 "refused as internal from their fifth delivery), and deadline entries or scans "
                                 "that did (skipped, logged)", registry=r)
+        self.witness_refusals = Counter("sgb_witness_refusals", "Transparency checkpoints a witness refused as "
+                                        "inconsistent with what it cosigned (422: a fork it saw), by witness",
+                                        ["witness"], registry=r)
         self.audit_blocks = Counter("sgb_audit_blocks_written", "Signed audit blocks appended", registry=r)
         self.reconnects = Counter("sgb_nats_reconnects", "Reconnections to NATS", registry=r)
         self.stage_seconds = Histogram("sgb_pipeline_stage_seconds", "Time spent per pipeline stage", ["stage"],

@@ -17,6 +17,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from broker.audit.chain import AuditWriter
+from broker.audit.witnessing import Witnessing
 from broker.config import Settings
 from broker.errors import ConfigError, KeyStoreError
 from broker.identity.blindindex import SubjectIndex, load_subject_index
@@ -55,6 +56,7 @@ class Broker:
     subjects: SubjectIndex
     sweeper: Sweeper
     metrics: Metrics
+    witnesses: Witnessing  # asks [audit] witnesses to cosign this chain's checkpoints (inert without them)
 
     def reload_policy(self) -> bool:
         """Reload the rulebook (SIGHUP). Returns False, keeping the old rulebook, if the new one is bad."""
@@ -125,12 +127,16 @@ async def running_broker(settings: Settings, url: str, *, policy: Policy | None 
                          on_reconnect=metrics.reconnects.inc) as nc:
         js = jetstream(nc, settings)
         await ensure_topology(js, settings.streams, settings.pipeline, addressable(registry))
-        async with AuditWriter(js, identity, settings.instance, settings.audit,
-                               on_block=metrics.audit_blocks.inc) as audit, _pipeline(
-                settings, js, registry, catalogue, identity, policy, audit, audit_key, subjects, metrics) as (
-                pipeline, task, sweeper):
+        witnessing = Witnessing(js, settings.instance, settings.audit, metrics.witness_refusals)
+        async with (
+            witnessing,
+            AuditWriter(js, identity, settings.instance, settings.audit, on_block=metrics.audit_blocks.inc,
+                        on_tlog=witnessing.notify) as audit,
+            _pipeline(settings, js, registry, catalogue, identity, policy, audit, audit_key, subjects,
+                      metrics) as (pipeline, task, sweeper),
+        ):
             yield Broker(settings, registry, catalogue, identity, nc, js, pipeline, task, policy, audit, subjects,
-                         sweeper, metrics)
+                         sweeper, metrics, witnessing)
 
 
 @contextlib.asynccontextmanager

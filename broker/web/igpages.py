@@ -26,7 +26,7 @@ from broker.http.sessions import SESSIONS, Page, Sessions, signed_in
 from broker.http.tokens import Principal
 from broker.web import notshared, traceability
 from broker.web.actions import audit_action
-from broker.web.context import SERVICE
+from broker.web.context import BROKER_KEY, SERVICE
 from broker.web.integrity import last_verification
 from broker.web.params import record_query, reference
 from broker.web.problems import PRINCIPAL, Problem
@@ -194,7 +194,9 @@ async def charts(request: web.Request, who: Principal) -> web.Response:
 
 @page("ig-officer", "auditor", "operator")
 async def integrity(request: web.Request, who: Principal) -> web.Response:
-    return await render(request, "integrity.html", counts=await request.app[SERVICE].index.counts())
+    witnesses = request.app[BROKER_KEY].witnesses.check()
+    return await render(request, "integrity.html", counts=await request.app[SERVICE].index.counts(),
+                        witnesses=witnesses)
 
 
 @page("ig-officer", "auditor", "operator")

@@ -90,7 +90,7 @@ async def readiness(broker: Broker, service: AuditService | None, workers: Worke
     now = time.time()
     backlog = broker.metrics.backlog._value.get()
     limit = broker.settings.pipeline.ready_backlog
-    return {
+    checks = {
         "nats": Check("ok", "connected") if broker.nc.is_connected else Check("fail", "not connected to NATS"),
         "streams": await _streams(broker, min(broker.settings.nats.request_timeout, 2.0)),
         "keys": _keys(broker, now),
@@ -104,4 +104,8 @@ async def readiness(broker: Broker, service: AuditService | None, workers: Worke
         else Check("ok", "off"),
         "workers": _workers(workers),
     }
+    witnesses = broker.witnesses.check(now)
+    if witnesses is not None:  # absent when no witness is configured
+        checks["witnesses"] = witnesses
+    return checks
 

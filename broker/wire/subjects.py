@@ -52,3 +52,8 @@ def checkpoint_subject(instance: str) -> str:
 def tlog_subject(instance: str) -> str:
     """The chain's transparency checkpoints: C2SP tlog-checkpoint signed notes (issue 16)."""
     return f"sg.audit.{instance}.tlog"
+
+
+def cosigned_subject(instance: str) -> str:
+    """The chain's transparency checkpoints with the witnesses' verified cosignatures added (issue 16)."""
+    return f"sg.audit.{instance}.cosigned"

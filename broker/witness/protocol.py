@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from typing import Final
 
 from broker.audit import merkle, notes
+from broker.audit.witnessclient import MAX_PROOF_LINES as MAX_PROOF_LINES
+from broker.audit.witnessclient import encode_request as encode_request
 
-MAX_PROOF_LINES: Final = 63  # "The client MUST NOT send more than 63 consistency proof lines."
 _SIZE: Final = re.compile(rb"0|[1-9][0-9]{0,19}")
 
 
@@ -77,12 +78,6 @@ def parse_request(body: bytes) -> AddCheckpoint:
     if old_size > checkpoint.size:
         raise malformed("the old size is larger than the checkpoint's")
     return AddCheckpoint(old_size, tuple(proof), note, checkpoint)
-
-
-def encode_request(old_size: int, proof: list[bytes] | tuple[bytes, ...], note: bytes) -> bytes:
-    """The body a log sends (the client's side of :func:`parse_request`)."""
-    lines = [f"old {old_size}".encode("ascii"), *(base64.b64encode(h) for h in proof)]
-    return b"\n".join(lines) + b"\n\n" + note
 
 
 def open_signed(request: AddCheckpoint,
