@@ -21,6 +21,7 @@ from nats.js.errors import NotFoundError
 
 from broker.audit import notes
 from broker.audit.checkpoints import build_tlog_checkpoint, tlog_origin
+from broker.audit.export import verify_store
 from broker.audit.merkle import verify_consistency
 from broker.config import AuditWitness, Settings
 from broker.errors import ConfigError
@@ -120,8 +121,19 @@ async def test_each_checkpoint_is_cosigned_with_a_consistency_proof_from_the_las
         assert proof and verify_consistency(5, 12, proof, opened.checkpoint.root_hash, latest.root_hash)
         assert (await witness.state.latest(origin))[0] == 12  # type: ignore[index]
         assert (await readiness(broker, None))["witnesses"].state == "ok"
+        assert (await broker.witnesses.witness(str(second).encode(), 12)).cosigned  # equal size and root: again
         # other readers skip the cosigned notes: the chain verifies as before
-        assert await broker.witnesses.witness(str(second).encode(), 12)  # equal size, same root: cosigned again
+        report = await verify_store(broker.js, registry)
+        assert report.ok, report.problems
+    # a restarted broker rebuilds the tree from its chain; it does not know the witness's size (asks from 0,
+    # is told 12 with a 409, and proves from 12)
+    async with served_witness(tmp_path / "w.sqlite", cosigner, origin, _log_keys(registry, origin)) as (
+            witness, url), witnessed_broker(settings, url, cosigner) as broker:
+        await broker.audit.append(_records(12, 3))
+        await broker.audit.checkpoint_now()
+        await eventually(lambda: _cosigned(broker, 15), what="the cosigned checkpoint of size 15 after a restart")
+        assert broker.witnesses.tree.size == 15
+        assert (await witness.state.latest(origin))[0] == 15  # type: ignore[index]
 
 
 async def test_a_witness_that_is_down_is_a_warning_after_the_grace_and_the_broker_keeps_working(
