@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from broker.audit import offline
 from broker.audit.notes import (
     COSIGNATURE_V1,
     ED25519,
@@ -416,6 +417,15 @@ def test_cosignature_needs_the_cosignature_key_type() -> None:
         witness.sign(TEXT)
     with pytest.raises(NoteError):
         witness.sign(text, 2**63)
+
+
+def test_the_offline_checker_takes_only_log_keys() -> None:
+    """offline.py checks bundles against the log's keys (type 0x01): a witness's key (0x04) given
+    as ``--key`` is refused there, and only notes.py, which verifies cosignatures, takes it."""
+    witness = Cosigner("witness.example/w1", Ed25519PrivateKey.generate())
+    with pytest.raises(MalformedKey, match="unsupported signature type"):
+        offline.VerifierKey.parse(str(witness.key))
+    assert VerifierKey.parse(str(witness.key)) == witness.key
 
 
 def test_cosignature_timestamp_beyond_2_63_is_refused() -> None:

@@ -3,9 +3,10 @@
 One file, the standard library and ``cryptography`` only, nothing of the broker: an auditor runs
 ``python offline.py FILE --key VKEY``. The one home of RFC 9162 inclusion and consistency checks
 (:mod:`broker.audit.merkle` builds trees and proofs) and of parsing and verifying C2SP signed notes
-and tlog checkpoints (:mod:`broker.audit.notes` signs). Specs: C2SP at 5ba5ee8 (``signed-note``,
-``tlog-checkpoint``, ``tlog-cosignature``); reference code: golang.org/x/mod ``sumdb/note``.
-Only Ed25519: types 0x01 (the log) and 0x04 (witnesses); other lines are ignored like unknown keys'.
+and tlog checkpoints. Specs: C2SP at 5ba5ee8 (``signed-note``, ``tlog-checkpoint``); reference code:
+golang.org/x/mod ``sumdb/note``. Only what checking a bundle needs is here: Ed25519 keys of type 0x01
+(the log's); other lines, witnesses' cosignatures too, are ignored like unknown keys'.
+:mod:`broker.audit.notes` adds cosignature keys (type 0x04), vkey formatting and signing.
 Error messages are fixed text naming at most a key, a size or an index, never a record or note line.
 """
 
@@ -22,7 +23,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, ClassVar, Final, TypeVar
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -36,13 +37,12 @@ EMPTY_ROOT: Final = hashlib.sha256(b"").digest()
 """MTH({}): the root of the empty tree is the hash of the empty string (RFC 9162 2.1.1)."""
 
 ED25519: Final = 0x01  # signed-note.md, "Signature types"
-COSIGNATURE_V1: Final = 0x04  # tlog-cosignature.md: timestamped Ed25519 checkpoint cosignature
 MAX_SIGNATURES: Final = 100  # signed-note.md: at least 16; sumdb/note's limit. Bytes: room for 100 ML-DSA lines
 MAX_NOTE_BYTES: Final = 1 << 20
-MAX_TIMESTAMP: Final = 2**63 - 1  # tlog-cosignature.md: "It MUST NOT exceed 2^63 - 1"
 _DASH: Final = "\u2014 "  # em dash, space
 _SIZE: Final = re.compile(r"0|[1-9][0-9]{0,19}", re.ASCII)  # decimal, no leading zeroes
 _VKEY_ID: Final = re.compile(r"[0-9a-f]{8}", re.ASCII)  # "fixed length lowercase Base 16"
+_Key = TypeVar("_Key", bound="VerifierKey")  # parse gives the class it is called on (notes.VerifierKey)
 
 
 class NoteError(ValueError):
@@ -99,11 +99,6 @@ def key_id(name: str, sig_type: int, public_key: bytes) -> int:
     return int.from_bytes(digest[:4], "big")
 
 
-def cosignature_message(text: bytes, timestamp: int) -> bytes:
-    """tlog-cosignature.md, "Ed25519 signed message": the whole checkpoint text, extensions too."""
-    return f"cosignature/v1\ntime {timestamp}\n".encode("ascii") + text
-
-
 def note_text(text: str) -> bytes:
     """signed-note.md: UTF-8, a final newline, no control character but newline; empty lines may be."""
     if not text.endswith("\n"):
@@ -118,9 +113,11 @@ def note_text(text: str) -> bytes:
 
 @dataclass(frozen=True)
 class VerifierKey:
-    """A named public key of type 0x01 (note signatures) or 0x04 (cosignatures); ``str()`` is its
-    vkey, ``<name>+<hex key ID>+<base64(type || key)>`` (signed-note.md, "Verifier keys")."""
+    """A named Ed25519 public key of type 0x01, the log's, parsed from its vkey
+    ``<name>+<hex key ID>+<base64(type || key)>`` (signed-note.md, "Verifier keys").
+    :class:`broker.audit.notes.VerifierKey` also takes witnesses' keys (0x04) and formats vkeys."""
 
+    SIG_TYPES: ClassVar[tuple[int, ...]] = (ED25519,)
     name: str
     sig_type: int
     public_key: bytes
@@ -129,8 +126,9 @@ class VerifierKey:
     def __post_init__(self) -> None:
         if not valid_name(self.name):
             raise MalformedKey("key name is empty or holds a space, '+' or control character")
-        if self.sig_type not in (ED25519, COSIGNATURE_V1):
-            raise MalformedKey("unsupported signature type (only Ed25519, 0x01 and 0x04)")
+        if self.sig_type not in self.SIG_TYPES:
+            types = ", ".join(f"0x{t:02x}" for t in self.SIG_TYPES)
+            raise MalformedKey(f"unsupported signature type (only Ed25519: {types})")
         if len(self.public_key) != 32:
             raise MalformedKey("an Ed25519 public key is 32 bytes")
         object.__setattr__(self, "_key", Ed25519PublicKey.from_public_bytes(self.public_key))
@@ -139,12 +137,8 @@ class VerifierKey:
     def key_id(self) -> int:
         return key_id(self.name, self.sig_type, self.public_key)
 
-    def __str__(self) -> str:
-        material = base64.b64encode(bytes([self.sig_type]) + self.public_key).decode("ascii")
-        return f"{self.name}+{self.key_id:08x}+{material}"
-
     @classmethod
-    def parse(cls, vkey: str) -> VerifierKey:
+    def parse(cls: type[_Key], vkey: str) -> _Key:
         """A vkey string; the key ID must be the one the name and key give."""
         parts = vkey.split("+", 2)  # names hold no '+'; the base64 may
         if len(parts) != 3 or not _VKEY_ID.fullmatch(parts[1]):
@@ -159,24 +153,15 @@ class VerifierKey:
 
     def verify(self, text: bytes, signature: bytes) -> bool:
         """Whether ``signature`` (the bytes after the key ID) signs ``text`` by this key."""
-        if self.sig_type == COSIGNATURE_V1:
-            stamp = cosignature_timestamp(signature)
-            if stamp is None:
-                return False
-            text, signature = cosignature_message(text, stamp), signature[8:]
         try:
             self._key.verify(signature, text)
         except InvalidSignature:
             return False
         return True
 
-
-def cosignature_timestamp(signature: bytes) -> int | None:
-    """Of ``u64 timestamp || 64-byte Ed25519 signature`` (tlog-cosignature.md); None if not that."""
-    if len(signature) != 72:
+    def timestamp(self, signature: bytes) -> int | None:
+        """The time a signature by this key states: a note signature states none."""
         return None
-    timestamp = int.from_bytes(signature[:8], "big")
-    return timestamp if timestamp <= MAX_TIMESTAMP else None
 
 
 @dataclass(frozen=True)
@@ -287,8 +272,7 @@ def open_note(data: bytes | str, keys: Iterable[VerifierKey]) -> OpenedNote:
         elif not key.verify(text, sig.signature):
             raise BadSignature(f"the signature by {key.name}+{key.key_id:08x} does not verify")
         elif all(v.key != key for v in verified):
-            stamp = cosignature_timestamp(sig.signature) if key.sig_type == COSIGNATURE_V1 else None
-            verified.append(Verified(key, sig, stamp))
+            verified.append(Verified(key, sig, key.timestamp(sig.signature)))
     if not verified:
         raise UnverifiedNote("the note has no signature by a trusted key")
     return OpenedNote(note.text, tuple(verified), tuple(unverified))
@@ -342,16 +326,15 @@ class SignedCheckpoint:
 
     @property
     def cosignatures(self) -> tuple[Verified, ...]:
-        return tuple(v for v in self.note.verified if v.key.sig_type == COSIGNATURE_V1)
+        return tuple(v for v in self.note.verified if v.timestamp is not None)
 
 
 def open_checkpoint(data: bytes | str, *, origin: str, log_keys: Iterable[VerifierKey],
                     witness_keys: Iterable[VerifierKey] = ()) -> SignedCheckpoint:
     """A checkpoint of ``origin`` signed by one of ``log_keys`` (whose name SHOULD, not must, be the
-    origin), with the cosignatures by ``witness_keys`` that verified; the quorum is the caller's."""
+    origin), with the cosignatures by ``witness_keys`` that verified; the quorum is the caller's.
+    :func:`broker.audit.notes.open_checkpoint` checks that witness keys are cosignature keys."""
     logs, witnesses = tuple(log_keys), tuple(witness_keys)
-    if any(k.sig_type != COSIGNATURE_V1 for k in witnesses):
-        raise MalformedKey("witness keys are cosignature/v1 keys (signature type 0x04)")
     opened = open_note(data, logs + witnesses)
     if not any(v.key in logs for v in opened.verified):
         raise UnverifiedNote("the checkpoint has no signature by the log's key")
@@ -426,7 +409,6 @@ def verify_consistency(old_size: int, new_size: int, proof: Sequence[bytes], old
         fn >>= 1  # c.
         sn >>= 1
     return hmac.compare_digest(fr, old_root) and hmac.compare_digest(sr, new_root) and sn == 0  # 7.
-
 
 
 def _b64(text: object) -> bytes:
