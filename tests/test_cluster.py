@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -35,6 +34,7 @@ from broker.wire.registry import Registry, addressable
 from broker.wire.subjects import AUDIT, DELIVERY, INGRESS
 from tests.conftest import make_settings
 from tests.helpers import eventually, referral, sharing
+from tests.support.casesystem import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 MESSAGES = 2000
@@ -43,13 +43,10 @@ DELIVERY_ACK_WAIT = 10.0  # a delivery whose fetch died with its node comes back
 
 
 def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
+    ports: set[int] = set()
+    while len(ports) < n:
+        ports.add(free_port())
+    return sorted(ports)
 
 
 class Node:

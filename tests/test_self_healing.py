@@ -32,14 +32,11 @@ from broker.transport.connection import connected, jetstream
 from broker.wire.catalogue import Catalogue
 from broker.wire.registry import Registry
 from tests.helpers import eventually, referral, sharing
+from tests.support.casesystem import free_port
 
 pytestmark = pytest.mark.timeout(90)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @asynccontextmanager
@@ -125,7 +122,7 @@ async def _ping(url: str) -> bool:
 
 
 async def test_a_killed_broker_leaves_a_server_that_survives_its_own_logging(home: Path) -> None:
-    port = _free_port()
+    port = free_port()
     async with _serve(home, port) as first:
         await _until_status(port, "/readyz", 200, "the first broker to be ready")
         url, pid = _nats(home)
@@ -144,7 +141,7 @@ async def test_a_killed_broker_leaves_a_server_that_survives_its_own_logging(hom
 
 
 async def test_a_killed_nats_server_is_restarted_and_clients_carry_on(home: Path, tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     async with _serve(home, port) as serve:
         await _until_status(port, "/readyz", 200, "the broker to be ready")
         url, pid = _nats(home)
@@ -176,7 +173,7 @@ async def test_a_killed_nats_server_is_restarted_and_clients_carry_on(home: Path
 
 
 async def test_healthz_fails_while_nats_cannot_be_restarted_and_sigterm_keeps_the_deadline(home: Path) -> None:
-    port = _free_port()
+    port = free_port()
     config = home / "broker.toml"
     config.write_text("[nats]\nsupervise_interval = 0.2\nsupervise_give_up = 1.0\n[pipeline]\ndrain_timeout = 4.0\n")
     async with _serve(home, port, config) as serve:

@@ -4,6 +4,7 @@ webhook deliveries, and the adapter's deliverer run until it has handed over eno
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 from pathlib import Path
 from typing import Any
@@ -71,10 +72,18 @@ async def serve(system: CaseSystem, port: int | None = None) -> TestServer:
 
 
 def free_port() -> int:
-    """A port nobody listens on (yet): connections to it are refused."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port nobody listens on (yet): connections to it are refused. Taken below the kernel's
+    ephemeral range (32768 and up): a port from there can be handed to some client's outgoing
+    connection before the test binds it ("address already in use", seen in CI)."""
+    for _ in range(200):
+        port = random.randrange(20000, 32768)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 async def run_once(deliverer: Deliverer, *, until: int) -> None:
