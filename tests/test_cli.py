@@ -14,6 +14,7 @@ import pytest
 from broker.config import Settings
 from broker.pipeline.service import Broker
 from tests.helpers import eventually
+from tests.support.casesystem import free_port
 from tests.support.cli import sgb
 
 pytestmark = pytest.mark.timeout(120)
@@ -146,15 +147,12 @@ async def test_serve_http_offers_the_api_and_the_pages(tmp_path: Path) -> None:
     """``sgb serve --http`` as an operator runs it: probes, the OpenAPI document, a token from
     ``sgb token`` accepted by the API, the IG sign-in page; SIGTERM stops it cleanly."""
     import signal
-    import socket
 
     import aiohttp
 
     home = tmp_path / "h"
     assert (await sgb("keys", "init", home=home))[0] == 0
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SGB_")} | {"SGB_HOME": str(home)}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "broker.cli", "serve", "--workers", "1", "--http", f"127.0.0.1:{port}", env=env,

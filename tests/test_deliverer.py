@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -133,9 +132,7 @@ async def test_adapter_service_runs_as_a_process(broker: Broker, agency: ClientF
     import signal
     import sys
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     folder = tmp_path / "la-inbox"
     settings = broker.settings
     env = {k: v for k, v in os.environ.items() if not k.startswith("SGB_")} | {

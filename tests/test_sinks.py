@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from aiohttp.test_utils import TestServer
 from adapters.runtime.retries import RetryPolicy
 from adapters.runtime.sinks import DELIVERY_HEADER, DropFolderSink, WebhookSettings, WebhookSink, verify_webhook
 from adapters.sdk import DeliveryFailed
+from tests.support.casesystem import free_port
 
 SECRET = b"agency-webhook-secret-0123456789"
 
@@ -107,9 +107,7 @@ async def test_a_slow_receiver_times_out_per_attempt(receiver_factory: Any) -> N
 
 
 async def test_a_receiver_that_is_down_may_come_back() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # nobody listens here once closed
+    port = free_port()  # nobody listens here
     async with aiohttp.ClientSession() as session:
         with pytest.raises(DeliveryFailed) as caught:
             await sink(session, f"http://127.0.0.1:{port}/inbound").deliver("d-5", b"x", "text/plain")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import re
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -33,6 +32,7 @@ from broker.wire.subjects import AUDIT, cosigned_subject
 from broker.witness.service import Witness
 from broker.witness.state import WitnessState
 from tests.helpers import eventually
+from tests.support.casesystem import free_port
 from tests.support.web import sign_in
 
 pytestmark = pytest.mark.timeout(60)
@@ -86,10 +86,7 @@ async def _cosigned(broker: Broker, size: int) -> notes.Note | None:
 
 
 def _unused_url() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}/"
+    return f"http://127.0.0.1:{free_port()}/"
 
 
 async def _witness_forks(url: str) -> tuple[int, dict[str, Any]]:
