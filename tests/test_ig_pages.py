@@ -157,7 +157,7 @@ async def test_an_ig_officer_reviews_a_share_in_the_browser(browser_page: Any, l
     await page.get_by_role("link", name="Volumes").click()
     assert await page.locator("svg rect").count() >= 1
     await page.get_by_role("link", name="Integrity").first.click()
-    await page.get_by_role("button", name="Verify now").click()
+    await page.get_by_role("button", name="Verify the whole log").click()
     await page.locator("#integrity-state").wait_for()
     assert "verified" in await page.locator("#integrity-badge").inner_text()
     await page.screenshot(path=str(out / "6-integrity.png"), full_page=True)

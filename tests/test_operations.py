@@ -31,8 +31,8 @@ from tests.support.web import auth, until_recorded
 pytestmark = pytest.mark.timeout(90)
 Client = TestClient  # type: ignore[type-arg]
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-CHECKS = {"nats", "streams", "keys", "rulebook", "pipeline", "audit-writer", "audit-index", "backlog", "maintenance",
-          "workers"}
+CHECKS = {"nats", "streams", "keys", "rulebook", "pipeline", "audit-writer", "audit-index", "audit-integrity",
+          "backlog", "maintenance", "workers"}
 
 
 async def test_health_and_readiness_name_every_check(client: Client) -> None:

@@ -131,8 +131,11 @@ class Verifier:
     def __init__(self, keys: Callable[[str, float], _crypto.VerifyKey | None],
                  on_record: Callable[[dict[str, Any]], None] | None = None, *,
                  note_keys: Callable[[], Iterable[bytes]] = tuple,
-                 tlog_origin: str = AuditSettings().tlog_origin) -> None:
+                 tlog_origin: str = AuditSettings().tlog_origin, keep_states: bool = False) -> None:
         self._keys = keys
+        self._resumed: dict[str, tuple[int, int, str]] = {}  # instance -> (next block, size, head) trusted
+        self._keep_states = keep_states
+        self.states: dict[str, dict[int, dict[str, Any]]] = {}  # instance -> size -> the chain after a block
         self._note_keys = note_keys
         self._origin = tlog_origin
         self._trees: dict[str, Frontier | None] = {}
@@ -144,6 +147,17 @@ class Verifier:
         self._decisions: dict[str, str] = {}  # record id -> the decision first recorded under it
         self._on_record = on_record
         self.report = Report()
+
+    def resume(self, instance: str, *, block: int, size: int, head: str, frontier: Iterable[bytes]) -> None:
+        """Start ``instance``'s chain from a trusted point instead of genesis: its blocks from ``block``
+        on (``size`` records before them, the last hashing to ``head``), its tree from ``frontier``."""
+        tree = Frontier(frontier, size)
+        self._trees[instance] = tree
+        self._roots[instance] = {size: tree.root()}
+        self._resumed[instance] = (block, size, head)
+        self.report.chains[instance] = ChainReport(instance, records=size, head=head)
+        self.states[instance] = {size: {"block": block, "size": size, "head": head, "root": tree.root().hex(),
+                                        "frontier": [h.hex() for h in tree.hashes], "seq": None}}
 
     def _problem(self, kind: str, instance: str, detail: str, seq: int | None = None,
                  record: int | None = None) -> None:
@@ -204,6 +218,10 @@ class Verifier:
             elif h != head:
                 self._problem("changed", instance, "the last record of the block no longer matches its hash", seq,
                               first + count - 1)
+            elif self._keep_states and (tree := self._trees.get(instance)) is not None and tree.size == first + count:
+                self.states.setdefault(instance, {})[tree.size] = {
+                    "block": block + 1, "size": tree.size, "head": head, "root": tree.root().hex(),
+                    "frontier": [x.hex() for x in tree.hashes], "seq": seq}
         self.report.records += len(records)
         self._blocks.setdefault(instance, []).append(_Block(seq, block, first, count, prev, head, signed))
 
@@ -317,8 +335,8 @@ class Verifier:
         ordered = sorted(seen.values(), key=lambda b: b.block)
         if not ordered:
             return
-        expected_block, expected_first, head = (ordered[0].block, ordered[0].first, ordered[0].prev) if partial \
-            else (0, 0, GENESIS)
+        expected_block, expected_first, head = self._resumed.get(instance) or (
+            (ordered[0].block, ordered[0].first, ordered[0].prev) if partial else (0, 0, GENESIS))
         for b in ordered:
             if b.block > expected_block:
                 self._problem("removed", instance, f"blocks {expected_block}..{b.block - 1} (records "

@@ -11,6 +11,7 @@ import structlog
 from aiohttp import web
 
 from broker.audit.export import verify_store
+from broker.audit.incremental import TRUSTED, verify_incremental
 from broker.audit.index import AuditIndex
 from broker.errors import BrokerError
 from broker.web import traceability
@@ -34,9 +35,37 @@ async def run_verification(js: Any, registry: Any, index: AuditIndex, *,
         status = {"state": UNAVAILABLE, "at": now(), "detail": str(exc)}
     else:
         status = {"state": VERIFIED if report.ok else TAMPERED, "at": now(),
-                  "seconds": round(time.time() - started, 3)} | report.summary()
+                  "seconds": round(time.time() - started, 3)} | report.summary() | {"scope": "full"}
     await index.set_meta("integrity", status)
     log.info("audit verification", state=status["state"], records=status.get("records"))
+    return status
+
+
+async def run_incremental(js: Any, registry: Any, index: AuditIndex, *,
+                          tlog_origin: str | None = None) -> dict[str, Any]:
+    """Verify every chain from the last transparency checkpoint trusted (broker/audit/incremental.py);
+    trust the newest on success. A problem the last full verification found stays on the badge
+    until a full verification passes: this check does not look before its trusted points."""
+    started = time.time()
+    status: dict[str, Any]
+    previous = await index.meta("integrity") or {}
+    sticky = (previous.get("scope") == "full" and previous.get("state") == TAMPERED) or previous.get("sticky")
+    kept = {"problems": previous.get("problems", []), "sticky": True} if sticky else {}
+    try:
+        result = await verify_incremental(js, registry, await index.meta(TRUSTED) or {},
+                                          **({} if tlog_origin is None else {"tlog_origin": tlog_origin}))
+    except BrokerError as exc:
+        status = {"state": UNAVAILABLE, "at": now(), "detail": str(exc), "scope": "incremental"} | kept
+    else:
+        status = {"state": VERIFIED if result.report.ok else TAMPERED, "at": now(),
+                  "seconds": round(time.time() - started, 3)} | result.summary()
+        if result.report.ok:
+            await index.set_meta(TRUSTED, result.trusted)
+            if sticky:
+                status |= kept | {"state": TAMPERED,
+                                  "detail": "the last verification of the whole log found these problems"}
+    await index.set_meta("integrity", status)
+    log.info("audit verification", scope="incremental", state=status["state"], read=status.get("recordsRead"))
     return status
 
 

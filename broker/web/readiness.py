@@ -20,6 +20,8 @@ from broker.pipeline.workers import Workers
 from broker.policy.engine import ReloadablePolicy, RulebookPolicy
 from broker.transport.errors import nats_failures
 from broker.web.context import AuditService
+from broker.web.integrity import last_verification
+from broker.web.vocabulary import TAMPERED, VERIFIED
 from broker.wire.subjects import AUDIT, DELIVERY, INGRESS
 
 KEY_WARNING: Final = 14 * 86400.0
@@ -74,6 +76,22 @@ async def _index(service: AuditService | None) -> Check:
     return Check("ok", "writable")
 
 
+async def _integrity(service: AuditService | None) -> Check:
+    """The last integrity check (incremental, from the last trusted checkpoint, unless one of the
+    whole log ran since): a tampered log is a warning to act on, not a reason to stop taking work."""
+    if service is None:
+        return Check("ok", "not served by this process")
+    status = await last_verification(service.index)
+    state = status.get("state")
+    if state == VERIFIED:
+        read = f", {status['recordsRead']} records read" if "recordsRead" in status else ""
+        return Check("ok", f"verified at {status.get('at')} ({status.get('scope', 'full')}{read})")
+    if state == TAMPERED:
+        return Check("warn", f"the audit log fails verification: {len(status.get('problems', []))} problems "
+                     "(see the IG integrity page)")
+    return Check("ok", str(state).replace("-", " "))
+
+
 def _workers(workers: Workers | None) -> Check:
     if workers is None:
         return Check("ok", "1 of 1 running")
@@ -99,6 +117,7 @@ async def readiness(broker: Broker, service: AuditService | None, workers: Worke
         "audit-writer": Check("ok", f"{broker.audit.head.count} records in this instance's chain")
         if broker.audit.running else Check("fail", "the audit writer stopped"),
         "audit-index": await _index(service),
+        "audit-integrity": await _integrity(service),
         "backlog": Check("ok" if backlog < limit else "fail", f"{int(backlog)} waiting (limit {limit})"),
         "maintenance": Check("fail", "maintenance mode: taking no new work") if broker.pipeline.paused
         else Check("ok", "off"),
