@@ -53,6 +53,7 @@ CALLS: list[tuple[str, str, dict[str, Any] | None]] = [
     ("GET", "/api/v1/records", None),
     ("GET", "/api/v1/messages/{message}/trail", None),
     ("POST", "/api/v1/subject-search", {"nhsNumber": NHS}),
+    ("POST", "/api/v1/subjects/proof", {"nhsNumber": NHS}),
     ("GET", "/api/v1/reviews", None),
     ("POST", "/api/v1/reviews", {"item": "flag:{message}", "outcome": "proportionate"}),
     ("GET", "/api/v1/records.csv", None),

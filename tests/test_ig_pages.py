@@ -193,6 +193,7 @@ def test_web_app_has_no_route_without_an_owner() -> None:
     expected = {("GET", "/ig/export.csv"): readers, ("GET", "/ig/messages/{message}"): readers,
                 ("GET", "/ig/reviews"): readers, ("POST", "/ig/reviews"): officers,
                 ("GET", "/ig/subject"): officers, ("POST", "/ig/subject"): officers,
+                ("POST", "/ig/subject/proof"): officers,
                 ("GET", "/ig/rulebook"): readers, ("GET", "/ig/charts"): everyone,
                 ("GET", "/ig/integrity"): everyone, ("POST", "/ig/integrity"): everyone}
     guarded = {}

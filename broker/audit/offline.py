@@ -442,6 +442,9 @@ def check_bundle(bundle: Any, trusted: Sequence[VerifierKey]) -> tuple[list[str]
             checkpoints[i] = _open(entry, trusted, f"checkpoint {i}")
         except NoteError as exc:
             failed.append(f"checkpoint {i}: {exc}")
+    query = bundle.get("query")  # one id, or a list of them (a subject access's messages)
+    wanted = {query} if isinstance(query, str) else {q for q in query if isinstance(q, str)} if isinstance(
+        query, list) else set()
     records = bundle.get("records")
     if not isinstance(records, list) or not records:
         failed.append("the bundle holds no record")
@@ -461,8 +464,8 @@ def check_bundle(bundle: Any, trusted: Sequence[VerifierKey]) -> tuple[list[str]
         if (claims != (entry.get("id"), entry.get("message"), entry.get("index")) or type(claims[2]) is not int
                 or instance != entry.get("instance")):
             failed.append(f"record {i}: the record is not the one its entry names (id, message, index, instance)")
-        elif not isinstance(bundle.get("query"), str) or bundle["query"] not in claims[:2]:
-            failed.append(f"record {i}: neither its id nor its message is the bundle's query")
+        elif not any(isinstance(c, str) and c in wanted for c in claims[:2]):
+            failed.append(f"record {i}: neither its id nor its message is (in) the bundle's query")
         elif not verify_inclusion(leaf_hash(raw), claims[2], cp.size, proof, cp.root_hash):
             failed.append(f"record {i}: its inclusion proof does not lead to the root of checkpoint size {cp.size}")
         else:

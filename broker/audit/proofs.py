@@ -9,6 +9,7 @@ what this writes, with keys the checker trusts.
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,15 +80,17 @@ async def read_chains(js: JetStreamContext, tlog_origin: str, public_keys: list[
     return chains
 
 
-def prove(chains: dict[str, Chain], query: str) -> tuple[dict[str, Any], list[str]]:
-    """The ``sgb-audit-proof/1`` bundle of every record whose id or message is ``query``, and the
-    records (``<instance>#<n>``) no checkpoint covers yet, left out of it."""
+def prove(chains: dict[str, Chain], query: str | Sequence[str]) -> tuple[dict[str, Any], list[str]]:
+    """The ``sgb-audit-proof/1`` bundle of every record whose id or message is ``query`` (one id, or
+    a list of them: a subject access's messages), and the records (``<instance>#<n>``) no checkpoint
+    covers yet, left out of it."""
+    wanted = {query} if isinstance(query, str) else set(query)
     records: list[dict[str, Any]] = []
     checkpoints: list[dict[str, str]] = []
     keys: set[str] = set()
     pending: list[str] = []
     for instance, chain in sorted(chains.items()):
-        matching = [r for r in chain.records if query in (r.get("id"), r.get("message"))]
+        matching = [r for r in chain.records if r.get("id") in wanted or r.get("message") in wanted]
         latest = chain.latest()
         if matching and latest is not None:
             checkpoints.append(latest.entry(instance))
@@ -100,7 +103,8 @@ def prove(chains: dict[str, Chain], query: str) -> tuple[dict[str, Any], list[st
             records.append({"id": record.get("id"), "message": record.get("message"), "instance": instance,
                             "index": n, "record": _b64(record_bytes(record)), "checkpoint": len(checkpoints) - 1,
                             "proof": [_b64(h) for h in chain.tree.inclusion_proof(n, size)]})
-    bundle = {"format": offline.BUNDLE_FORMAT, "query": query, "records": records, "checkpoints": checkpoints,
+    bundle = {"format": offline.BUNDLE_FORMAT, "query": query if isinstance(query, str) else sorted(wanted),
+              "records": records, "checkpoints": checkpoints,
               "keys": sorted(keys)}
     return bundle, pending
 

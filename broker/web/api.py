@@ -14,7 +14,7 @@ from typing import Final
 
 from aiohttp import web
 
-from broker.web import integrity, operations, records, reviews, traceability
+from broker.web import integrity, operations, records, reviews, subjectproof, traceability
 from broker.web.openapi import document
 from broker.web.params import dumps
 
@@ -22,6 +22,7 @@ ROUTES: Final = (
     ("GET", "/api/v1/records", records.list_records),
     ("GET", "/api/v1/messages/{message}/trail", records.message_trail),
     ("POST", "/api/v1/subject-search", records.subject_search),
+    ("POST", "/api/v1/subjects/proof", subjectproof.subject_proof),
     ("GET", "/api/v1/reviews", reviews.list_reviews),
     ("POST", "/api/v1/reviews", reviews.record_review),
     ("GET", "/api/v1/records.csv", records.export_csv),

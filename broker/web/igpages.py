@@ -24,7 +24,7 @@ from broker.http import sessions
 from broker.http.pages import headers_middleware, stylesheet, templates
 from broker.http.sessions import SESSIONS, Page, Sessions, signed_in
 from broker.http.tokens import Principal
-from broker.web import notshared, traceability
+from broker.web import notshared, subjectproof, traceability
 from broker.web.actions import audit_action
 from broker.web.context import BROKER_KEY, SERVICE
 from broker.web.integrity import last_verification
@@ -37,6 +37,7 @@ from broker.web.vocabulary import DECISIONS, EVENTS, NEVER_VERIFIED, SUBJECT_SEA
 
 COOKIE: Final = "sgb_session"
 _TEMPLATES: Final = Path(__file__).parent / "templates"
+MAX_PROOF_MESSAGES: Final = 10_000
 
 security_headers: Final = headers_middleware(prefix="/ig/", images=True)
 
@@ -169,6 +170,17 @@ async def subject_search(request: web.Request, who: Principal) -> web.Response:
                         more=result.next is not None, basis=_basis)
 
 
+@page("ig-officer")
+async def subject_proof(request: web.Request, who: Principal) -> web.Response:
+    """The subject-access results (their message ids, as the search found them) as a proof bundle."""
+    form = await request.post()
+    messages = sorted({str(m) for m in form.getall("message", [])})
+    if not messages or len(messages) > MAX_PROOF_MESSAGES:
+        raise ConfigError(f"search again, then download the proof of 1 to {MAX_PROOF_MESSAGES} messages")
+    request[PRINCIPAL] = who
+    return subjectproof.attachment(await subjectproof.subject_bundle(request, messages, "subject-search-results"))
+
+
 @page("ig-officer", "auditor")
 async def rulebook(request: web.Request, who: Principal) -> web.Response:
     """The rulebook in force traced to the guidance (``sgb policy coverage`` as a page)."""
@@ -261,6 +273,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/ig/reviews", record_review)
     app.router.add_get("/ig/subject", subject_form)
     app.router.add_post("/ig/subject", subject_search)
+    app.router.add_post("/ig/subject/proof", subject_proof)
     app.router.add_get("/ig/rulebook", rulebook)
     app.router.add_get("/ig/charts", charts)
     app.router.add_get("/ig/integrity", integrity)

@@ -125,6 +125,15 @@ def document() -> dict[str, Any]:
                 _ok("SubjectResult", "messages and records about that child"),
                 requestBody={"required": True, "content": {"application/json": {
                     "schema": {"$ref": "#/components/schemas/SubjectSearch"}}}})},
+            "/api/v1/subjects/proof": {"post": _op(
+                "Everything recorded about one child (found as by the subject search) as an sgb-audit-proof/1 "
+                "bundle: the records, their inclusion proofs and the signed checkpoints, for the ICO or a court to "
+                "check offline (docs/transparency.md). It names the messages, never the child; the download is "
+                "audited with counts only", "ig-officer",
+                {"200": {"description": "the proof bundle, as an attachment", "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/ProofBundle"}}}}, "404": _PROBLEM, **_ERRORS},
+                requestBody={"required": True, "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/SubjectSearch"}}}})},
             "/api/v1/reviews": {
                 "get": _op("Items awaiting (or done) IG review", "ig-officer, auditor", _ok("ReviewPage", "items"),
                            parameters=[_q("state", " or ".join(REVIEW_STATES), _enum(REVIEW_STATES)), *_PAGING]),
@@ -249,6 +258,20 @@ def document() -> dict[str, Any]:
                     "messages": {"type": "array", "items": {"type": "string"}},
                     "items": {"type": "array", "items": {"$ref": "#/components/schemas/Record"}},
                     "next": {"type": ["string", "null"]}}},
+                "ProofBundle": {"type": "object", "required": ["format", "query", "records", "checkpoints", "keys"],
+                                "properties": {
+                    "format": {"const": "sgb-audit-proof/1"},
+                    "query": {"oneOf": [{"type": "string"}, _STRINGS], "description": "the message ids proved"},
+                    "records": {"type": "array", "items": {"type": "object", "properties": {
+                        "id": {"type": "string"}, "message": {"type": "string"}, "instance": {"type": "string"},
+                        "index": {"type": "integer"}, "record": {"type": "string", "contentEncoding": "base64"},
+                        "checkpoint": {"type": "integer"}, "proof": _STRINGS}}},
+                    "checkpoints": {"type": "array", "items": {"type": "object", "properties": {
+                        "instance": {"type": "string"}, "note": {"type": "string"}}}},
+                    "keys": _STRINGS,
+                    "pending": {"type": "object", "description": "records no checkpoint of their instance covers "
+                                "yet, left out (a later download covers them)", "properties": {
+                                    "records": _STRINGS, "detail": {"type": "string"}}}}},
                 "ReviewItem": {"type": "object", "required": ["item", "kind", "message", "reasons"], "properties": {
                     "item": {"type": "string"}, "kind": {"enum": ["flagged", "overdue"]},
                     "message": {"type": "string"}, "recipient": {"type": ["string", "null"]},

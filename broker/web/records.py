@@ -53,15 +53,22 @@ async def subject_search(request: web.Request) -> web.Response:
     """Records about one child, found by the keyed blind index (POST: identifiers stay out of URLs)."""
     body = await json_body(request)
     service = request.app[SERVICE]
+    messages, by = await find_subject(request, body)
+    params = {k: str(v) for k, v in body.items() if k in ("limit", "cursor", "since", "until") and v is not None}
+    page = await service.index.records(record_query(params, messages=messages))
+    await audit_action(request, SUBJECT_SEARCH, searchedBy=by, messagesFound=len(messages))
+    return web.json_response({"messages": messages, "items": page.items, "next": page.next}, dumps=dumps)
+
+
+async def find_subject(request: web.Request, body: Mapping[str, Any]) -> tuple[list[str], str]:
+    """The messages about the child a subject search names (through the keyed blind index), and how
+    it was named (``nhs-number`` or ``name-and-date-of-birth``, what the audit record may say)."""
+    service = request.app[SERVICE]
     tokens = service.subjects.search_tokens(
         nhs_number=string(body, "nhsNumber"), given=string(body, "givenName"), family=string(body, "familyName"),
         date_of_birth=string(body, "dateOfBirth"))
-    messages = await service.index.subject_messages(tokens)
-    params = {k: str(v) for k, v in body.items() if k in ("limit", "cursor", "since", "until") and v is not None}
-    page = await service.index.records(record_query(params, messages=messages))
     by = "nhs-number" if body.get("nhsNumber") else "name-and-date-of-birth"
-    await audit_action(request, SUBJECT_SEARCH, searchedBy=by, messagesFound=len(messages))
-    return web.json_response({"messages": messages, "items": page.items, "next": page.next}, dumps=dumps)
+    return await service.index.subject_messages(tokens), by
 
 
 async def stream_csv(request: web.Request) -> web.StreamResponse:

@@ -34,10 +34,11 @@ MESSAGE_EVENTS: Final = ("received", *DECISION_EVENTS, "overdue", "expired")
 # The officers' actions this web application records, each in its own audit record.
 REVIEWED: Final = "reviewed"
 SUBJECT_SEARCH: Final = "subject-search"
+SUBJECT_PROOF: Final = "subject-proof"  # a subject access downloaded as a proof bundle
 EXPORTED: Final = "exported"
 HOLD_PLACED: Final = "hold-placed"
 HOLD_RELEASED: Final = "hold-released"
-OFFICER_EVENTS: Final = (REVIEWED, SUBJECT_SEARCH, EXPORTED, HOLD_PLACED, HOLD_RELEASED)
+OFFICER_EVENTS: Final = (REVIEWED, SUBJECT_SEARCH, SUBJECT_PROOF, EXPORTED, HOLD_PLACED, HOLD_RELEASED)
 EVENTS: Final = (*MESSAGE_EVENTS, *OFFICER_EVENTS)
 DECISIONS: Final = tuple(DECISION_EVENTS.values())
 
