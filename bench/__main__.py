@@ -14,7 +14,8 @@ temporary home, fresh keys and its own embedded nats-server (``bench.common.envi
     published by the police and health adapters.
 (f) the one JWS reader (``bench.reader``) on a message and an audit block, against its floor.
 (g) the transparency log (``bench.merkle``, issue 16): proofs generated and verified on a
-    1,000,000-record tree, their sizes, and what the writer's tree and checkpoints cost a record.
+    1,000,000-record tree, their sizes, what the writer's tree and checkpoints cost a record, and
+    the size of a 100-record subject-access bundle (on a 100,000-record chain) and its offline check.
 
 Writes ``bench/results.json`` and draws ``bench/latency.png``. A benchmark, not a test: numbers
 vary ±30 % between runs.
@@ -40,7 +41,7 @@ from bench.adapters_in import adapters_in
 from bench.audit import audit_bench
 from bench.common import PAYLOAD_BYTES, environment
 from bench.latency import latency_curve, plot
-from bench.merkle import checkpoint_cost, merkle_bench, writer_share
+from bench.merkle import checkpoint_cost, merkle_bench, subject_bundle, writer_share
 from bench.reader import reader_bench
 from bench.throughput import crypto_floor, full_pipeline, raw_relay
 from broker import logs
@@ -131,14 +132,16 @@ async def main(args: argparse.Namespace) -> int:
     print(f"(d) audit, {sizes['audit']} records: verify {audit['verify_records_per_s']} rec/s; log page "
           f"{audit['log_first_page_ms']} ms, filtered {audit['log_filtered_ms']} ms, volumes "
           f"{audit['volumes_90_days_ms']} ms", flush=True)
-    tlog = {"tree": merkle_bench(sizes["tlog"]), "writer": checkpoint_cost()}
+    tlog = {"tree": merkle_bench(sizes["tlog"]), "writer": checkpoint_cost(),
+            "subject_bundle": subject_bundle(sizes["tlog"] // 10)}
     tree = tlog["tree"]
     tlog["writer"]["share_of_one_broker_cpu"] = writer_share(tlog["writer"], one)
     print(f"(g) transparency log, {sizes['tlog']} records: {tree['inclusion_proofs_per_s']} inclusion and "
           f"{tree['consistency_proofs_per_s']} consistency proofs/s, {tree['inclusion_verifications_per_s']} and "
           f"{tree['consistency_verifications_per_s']} verifications/s, inclusion proof "
           f"{tree['inclusion_proof_bytes']['max']} B; writer {tlog['writer']['per_record_us']} µs a record "
-          f"({tlog['writer']['share_of_one_broker_cpu']} % of a broker's CPU a message)", flush=True)
+          f"({tlog['writer']['share_of_one_broker_cpu']} % of a broker's CPU a message); a 100-record subject bundle "
+          f"{tlog['subject_bundle']['bundle_bytes']} B, checked in {tlog['subject_bundle']['check_ms']} ms", flush=True)
     results = {
         "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),

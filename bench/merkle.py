@@ -13,10 +13,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from broker.audit import offline, proofs
 from broker.audit.merkle import Frontier, MerkleTree, leaf_hash, verify_consistency, verify_inclusion
 from broker.audit.notes import Checkpoint, NoteSigner, sign_note
+from broker.audit.tree import record_bytes
 
 RECORD_BYTES = 600  # about one audit record of canonical JSON
 
@@ -114,10 +117,40 @@ def writer_share(writer: dict[str, Any], one: dict[str, Any]) -> float | None:
     return round(2 * writer["per_record_us"] / 1000 / per_msg_ms * 100, 2) if per_msg_ms else None
 
 
+def subject_bundle(records: int = 100_000, about: int = 100, seed: int = 16) -> dict[str, Any]:
+    """The size of a subject-access bundle of ``about`` records (one child's messages, spread over a
+    chain of ``records``), made by :func:`broker.audit.proofs.prove` as the API makes it, and the
+    time to check it offline (:func:`broker.audit.offline.check_bundle`) against the log's key."""
+    rnd = random.Random(seed)
+    origin, key = "sgb.invalid/audit/bench", Ed25519PrivateKey.generate()
+    ours = set(rnd.sample(range(records), about))
+    pad = "x" * 500  # about the metadata of one audit record
+    chain = proofs.Chain()
+    for n in range(records):
+        record = {"id": f"r-{n}", "n": n, "message": f"m-{n % 7}" if n in ours else f"other-{n}",
+                  "event": "shared", "prev": "0" * 64, "sharing": pad}
+        chain.records.append(record)
+        chain.tree.append(leaf_hash(record_bytes(record)))
+    note = sign_note(Checkpoint(origin, records, chain.tree.root()).text(), [NoteSigner(origin, key)])
+    chain.signed[records] = proofs.open_signed(note.encode(), origin,
+                                                [key.public_key().public_bytes_raw()])
+    wanted = sorted({chain.records[n]["message"] for n in ours})
+    bundle, pending = proofs.prove({"bench": chain}, wanted)
+    data = orjson.dumps(bundle)
+    trusted = [offline.VerifierKey.parse(k) for k in bundle["keys"]]
+    start = time.process_time()
+    _, failed = offline.check_bundle(orjson.loads(data), trusted)
+    check_ms = (time.process_time() - start) * 1000
+    assert not failed and not pending and len(bundle["records"]) == about
+    return {"records_in_log": records, "records_in_bundle": about, "bundle_bytes": len(data),
+            "check_ms": round(check_ms, 1)}
+
+
 def main() -> int:
     records = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
     print(merkle_bench(records))
     print(checkpoint_cost())
+    print(subject_bundle())
     return 0
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from bench.common import SERVE, serve_commands
 from bench.latency import latency_point, plot
-from bench.merkle import checkpoint_cost, merkle_bench, writer_share
+from bench.merkle import checkpoint_cost, merkle_bench, subject_bundle, writer_share
 from bench.throughput import crypto_floor, full_pipeline
 
 
@@ -43,3 +43,5 @@ def test_the_transparency_log_part_is_measured() -> None:
     writer = checkpoint_cost(2000, every=500)
     assert writer["per_record_us"] > 0
     assert writer_share(writer, {"cpu": {"brokers_ms_per_msg": 1.0}}) == round(2 * writer["per_record_us"] / 10, 2)
+    bundle = subject_bundle(2000, about=20)
+    assert bundle["records_in_bundle"] == 20 and bundle["bundle_bytes"] > 20 * 500
