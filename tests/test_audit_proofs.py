@@ -1,14 +1,15 @@
 """Proof bundles, their offline check and consistency proofs (issue 16), against a real broker on a
 real nats-server: ``sgb audit prove`` writes the bundle of a message's records, ``sgb audit check``
-and broker/audit/offline.py copied out and run isolated verify it with a trusted key only, tampering
+and the verifier an auditor gets (``sgb-verify.pyz``), run isolated, verify it with a trusted key only; tampering
 is named, and ``sgb audit consistency`` holds along a growing chain and fails on a forked checkpoint."""
 
 from __future__ import annotations
 
+import ast
 import base64
 import copy
+import importlib
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -58,12 +59,25 @@ async def _checkpointed(broker: Broker, settings: Settings, registry: Registry) 
 
 
 def _offline(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """broker/audit/offline.py copied alone to a folder and run isolated (-I): no broker to import."""
+    """The verifier an auditor gets (``sgb audit verifier``: one file) run isolated (-I) from a
+    folder of its own."""
     folder = tmp_path / "auditor"
     folder.mkdir(exist_ok=True)
-    shutil.copy(Path(offline.__file__), folder / "offline.py")
-    return subprocess.run([sys.executable, "-I", "offline.py", *args], cwd=folder, capture_output=True, text=True,
-                          timeout=60, check=False)
+    if not (folder / "sgb-verify.pyz").exists():
+        offline.build_verifier(folder / "sgb-verify.pyz")
+    return subprocess.run([sys.executable, "-I", "sgb-verify.pyz", *args], cwd=folder, capture_output=True,
+                          text=True, timeout=60, check=False)
+
+
+def test_the_verifier_needs_nothing_of_the_broker_but_its_two_modules() -> None:
+    """What sgb-verify.pyz packs imports only the standard library, ``cryptography`` and each other."""
+    packed = {"broker.audit.offline", "broker.audit.signednote"}
+    for name in packed:
+        tree = ast.parse(Path(importlib.import_module(name).__file__ or "").read_text())
+        imported = {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
+            a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        outside = {m for m in imported if m.split(".")[0] not in sys.stdlib_module_names | {"cryptography"}}
+        assert outside <= packed, (name, outside - packed)
 
 
 async def test_prove_and_check_a_message_end_to_end(

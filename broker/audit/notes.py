@@ -1,6 +1,6 @@
 """Signed notes, checkpoints and cosignatures in the C2SP formats (issue 16): signing and co-signing.
 
-Parsing and verifying notes, keys and checkpoints live in :mod:`broker.audit.offline`, the
+Parsing and verifying notes, keys and checkpoints live in :mod:`broker.audit.signednote`, packed into the
 verifier an auditor runs without the broker (standard library and ``cryptography`` only); they are
 imported here so that the broker uses one name for each. That file holds only what checking a proof
 bundle needs, so this module adds what only the log and its witnesses do: format vkeys, sign notes
@@ -18,8 +18,8 @@ from typing import ClassVar, Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from broker.audit import offline
-from broker.audit.offline import (
+from broker.audit import signednote
+from broker.audit.signednote import (
     ED25519,
     MAX_NOTE_BYTES,
     MAX_SIGNATURES,
@@ -68,7 +68,7 @@ def cosignature_timestamp(signature: bytes) -> int | None:
     return timestamp if timestamp <= MAX_TIMESTAMP else None
 
 
-class VerifierKey(offline.VerifierKey):
+class VerifierKey(signednote.VerifierKey):
     """The offline verifier's key, with witnesses' keys (type 0x04, cosignatures) too; ``str()`` is
     its vkey. The offline checker trusts only the log's keys (0x01) and ignores cosignatures."""
 
@@ -88,14 +88,14 @@ class VerifierKey(offline.VerifierKey):
         return cosignature_timestamp(signature) if self.sig_type == COSIGNATURE_V1 else None
 
 
-def open_checkpoint(data: bytes | str, *, origin: str, log_keys: Iterable[offline.VerifierKey],
-                    witness_keys: Iterable[offline.VerifierKey] = ()) -> SignedCheckpoint:
-    """:func:`broker.audit.offline.open_checkpoint`, once ``witness_keys`` are known to be
+def open_checkpoint(data: bytes | str, *, origin: str, log_keys: Iterable[signednote.VerifierKey],
+                    witness_keys: Iterable[signednote.VerifierKey] = ()) -> SignedCheckpoint:
+    """:func:`broker.audit.signednote.open_checkpoint`, once ``witness_keys`` are known to be
     cosignature/v1 keys: a witness's note key must not pass for its cosignatures."""
     witnesses = tuple(witness_keys)
     if any(k.sig_type != COSIGNATURE_V1 for k in witnesses):
         raise MalformedKey("witness keys are cosignature/v1 keys (signature type 0x04)")
-    return offline.open_checkpoint(data, origin=origin, log_keys=log_keys, witness_keys=witnesses)
+    return signednote.open_checkpoint(data, origin=origin, log_keys=log_keys, witness_keys=witnesses)
 
 
 class NoteSigner:

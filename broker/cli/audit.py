@@ -54,6 +54,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], commo
     acons.add_argument("new", metavar="NEW", help="likewise, the later checkpoint")
     acons.add_argument("--out", metavar="FILE", help="write the consistency proof here")
     acons.set_defaults(func=cmd_audit_consistency)
+    averifier = audit_sub.add_parser("verifier", parents=[common],
+                                     help="write the offline verifier (one file) for an auditor: sgb-verify.pyz")
+    averifier.add_argument("--out", metavar="FILE", default="sgb-verify.pyz", help="where (default: %(default)s)")
+    averifier.set_defaults(func=cmd_audit_verifier)
     avkey = audit_sub.add_parser("vkey", parents=[common],
                                  help="print the verifier keys of a chain's transparency checkpoints, to publish")
     avkey.add_argument("instance", nargs="?", metavar="INSTANCE", help="the instance chain (default: this one)")
@@ -184,6 +188,12 @@ async def cmd_audit_prove(settings: Settings, args: argparse.Namespace) -> int:
 
 async def cmd_audit_check(settings: Settings, args: argparse.Namespace) -> int:
     return offline.check_file(args.file, args.key)
+
+
+async def cmd_audit_verifier(settings: Settings, args: argparse.Namespace) -> int:
+    offline.build_verifier(Path(args.out))
+    print(f"wrote {args.out}: run it as  python {args.out} BUNDLE --key VKEY")
+    return 0
 
 
 async def cmd_audit_consistency(settings: Settings, args: argparse.Namespace) -> int:
