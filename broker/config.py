@@ -10,9 +10,7 @@ string, and every problem is named with where it came from.
 
 from __future__ import annotations
 
-import base64
 import functools
-import hashlib
 import math
 import os
 import re
@@ -26,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.errors import ConfigError
+from broker.witness_settings import AuditWitness, audit_witnesses
 
 _INSTANCE_RE = re.compile(r"[^a-z0-9-]+")
 
@@ -60,19 +59,6 @@ class StreamSettings:
     seen_ttl: float = 900.0               # replay window; must exceed max_age + max_future_skew
 
 
-
-
-@dataclass(frozen=True, slots=True)
-class AuditWitness:
-    """One witness the broker asks to cosign: its tlog-witness URL prefix and its verifier key."""
-
-    url: str
-    key: str
-
-    @property
-    def name(self) -> str:
-        """The witness's key name (the first part of its vkey), as metrics and logs name it."""
-        return self.key.split("+", 1)[0]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -236,7 +222,7 @@ class Settings:
             problems.append("[audit] tlog_checkpoint_records must be 1 or more")
         if not re.fullmatch(r"[!-*,-~]+", audit.tlog_origin):
             problems.append("[audit] tlog_origin must be printable ASCII without spaces or '+' (a note key name)")
-        audit = sections["audit"] = replace(audit, witnesses=_audit_witnesses(audit.witnesses, problems))
+        audit = sections["audit"] = replace(audit, witnesses=audit_witnesses(audit.witnesses, problems))
         if audit.witness_quorum is not None and not 0 <= audit.witness_quorum <= len(audit.witnesses):
             problems.append(f"[audit] witness_quorum must be between 0 and the number of witnesses "
                             f"({len(audit.witnesses)})")
@@ -251,47 +237,6 @@ class Settings:
         return cls(home=home_path, registry_path=registry, instance=instance,
                    rulebook_path=Path(rulebook) if rulebook else None, adapter_section=types.MappingProxyType(adapter),
                    **sections)
-
-
-def _audit_witnesses(given: tuple[Any, ...], problems: list[str]) -> tuple[AuditWitness, ...]:
-    """``[audit] witnesses`` as read (tables ``{url, key}``), each checked: an http(s) URL and a
-    cosignature (type 0x04) verifier key; the names of the keys differ."""
-    out: list[AuditWitness] = []
-    for i, item in enumerate(given):
-        where = f"[audit] witnesses[{i}]"
-        if isinstance(item, AuditWitness):
-            item = {"url": item.url, "key": item.key}
-        if not isinstance(item, Mapping) or set(item) != {"url", "key"}:
-            problems.append(f"{where} must be a table with exactly url and key")
-            continue
-        url, key = item["url"], item["key"]
-        if not isinstance(url, str) or not re.fullmatch(r"https?://[^\s]+", url):
-            problems.append(f"{where} url must be an http:// or https:// URL")
-            continue
-        if not isinstance(key, str) or not _cosignature_vkey(key):
-            problems.append(f"{where} key must be a witness's cosignature verifier key (type 0x04, as "
-                            "`sgb witness key` prints it)")
-            continue
-        out.append(AuditWitness(url, key))
-    names = [w.name for w in out]
-    if len(set(names)) != len(names):
-        problems.append("[audit] witnesses: two witnesses have keys of the same name")
-    return tuple(out)
-
-
-def _cosignature_vkey(vkey: str) -> bool:
-    """Whether ``vkey`` is a signed-note verifier key of type 0x04 (cosignature/v1, Ed25519) whose
-    key ID fits it (the full parse is :meth:`broker.audit.notes.VerifierKey.parse`, a layer above)."""
-    name, _, rest = vkey.partition("+")
-    key_id, _, encoded = rest.partition("+")
-    if not name or not re.fullmatch(r"[!-*,-~]+", name) or not re.fullmatch(r"[0-9a-f]{8}", key_id):
-        return False
-    try:
-        raw = base64.b64decode(encoded, validate=True)
-    except ValueError:
-        return False
-    return (len(raw) == 33 and raw[0] == 0x04
-            and hashlib.sha256(name.encode() + b"\n" + raw).digest()[:4] == bytes.fromhex(key_id))
 
 
 def read_toml(path: Path) -> dict[str, Any]:

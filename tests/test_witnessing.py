@@ -22,7 +22,7 @@ from broker.audit import notes
 from broker.audit.checkpoints import build_tlog_checkpoint, tlog_origin
 from broker.audit.export import verify_store
 from broker.audit.merkle import verify_consistency
-from broker.config import AuditWitness, Settings
+from broker.config import Settings
 from broker.errors import ConfigError
 from broker.pipeline.service import Broker, running_broker
 from broker.web.app import audit_service, make_app
@@ -31,6 +31,7 @@ from broker.wire.registry import Registry
 from broker.wire.subjects import AUDIT, cosigned_subject
 from broker.witness.service import Witness
 from broker.witness.state import WitnessState
+from broker.witness_settings import AuditWitness
 from tests.helpers import eventually
 from tests.support.casesystem import free_port
 from tests.support.web import sign_in

@@ -33,12 +33,13 @@ from broker.audit import notes
 from broker.audit.merkle import MerkleTree
 from broker.audit.tree import record_leaf
 from broker.audit.witnessclient import WitnessConflict, WitnessError, request_cosignature
-from broker.config import AuditSettings, AuditWitness
+from broker.config import AuditSettings
 from broker.errors import InvalidEnvelope, TransportError
 from broker.http.probes import Check
 from broker.transport.errors import nats_failures, quietly
 from broker.wire import jws
 from broker.wire.subjects import AUDIT, audit_subject, cosigned_subject, tlog_subject
+from broker.witness_settings import AuditWitness
 
 log = structlog.get_logger("sgb.audit.witness")
 
