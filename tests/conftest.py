@@ -14,8 +14,10 @@ from typing import Any
 import pytest
 import structlog
 from aiohttp.test_utils import TestClient, TestServer
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from adapters.sdk import AgencyClient, SeenStore
+from broker.audit import notes
 from broker.config import AuditSettings, NatsSettings, PipelineSettings, Settings, StreamSettings
 from broker.identity.devkeys import init_dev_keys
 from broker.identity.keys import load_identity
@@ -28,6 +30,7 @@ from broker.web.context import AuditService
 from broker.wire.catalogue import Catalogue
 from broker.wire.registry import Registry, addressable
 from tests.support.nats import SharedServer, emptied, no_clients_left, shared_server
+from tests.support.witness import ORIGIN
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "schemas" / "examples"
 
@@ -197,3 +200,15 @@ async def live_url(broker: Broker, service: AuditService) -> AsyncIterator[str]:
         yield str(server.make_url("")).rstrip("/")
     finally:
         await server.close()
+
+
+@pytest.fixture
+def log_signer() -> notes.NoteSigner:
+    """A transparency log's signing key (the witness tests)."""
+    return notes.NoteSigner(ORIGIN, Ed25519PrivateKey.generate())
+
+
+@pytest.fixture
+def cosigner() -> notes.Cosigner:
+    """A witness's cosigning key (the witness tests)."""
+    return notes.Cosigner("witness.example.test/w1", Ed25519PrivateKey.generate())
