@@ -21,6 +21,7 @@ from broker.audit import notes
 from broker.config import AuditSettings, NatsSettings, PipelineSettings, Settings, StreamSettings
 from broker.identity.devkeys import init_dev_keys
 from broker.identity.keys import load_identity
+from broker.pipeline import loop
 from broker.pipeline.service import Broker, running_broker
 from broker.transport.connection import connected, jetstream
 from broker.transport.natsserver import embedded_nats
@@ -212,3 +213,22 @@ def log_signer() -> notes.NoteSigner:
 def cosigner() -> notes.Cosigner:
     """A witness's cosigning key (the witness tests)."""
     return notes.Cosigner("witness.example.test/w1", Ed25519PrivateKey.generate())
+
+
+@pytest.fixture
+def short_naks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pipeline's nak delay cut to 50 ms, so a handed-back message comes back at once."""
+    monkeypatch.setattr(loop, "_NAK_DELAY_MAX", 0.05)
+
+
+@pytest.fixture
+async def js(settings: Settings, topology: None) -> AsyncIterator[Any]:
+    """A JetStream context on the test's server, its streams made (tests that drive a part alone)."""
+    async with connected(settings, settings.nats.url or "", name="test-js") as nc:
+        yield jetstream(nc, settings)
+
+
+@pytest.fixture
+def identity(home: Path, registry: Registry) -> Any:
+    """The broker's own identity (its keys) in the test's home."""
+    return load_identity(home, registry.broker_id)

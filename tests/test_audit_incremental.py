@@ -17,7 +17,7 @@ from broker.audit.export import verify_store
 from broker.audit.incremental import TRUSTED, verify_incremental
 from broker.audit.index import AuditIndex
 from broker.config import AuditSettings, Settings
-from broker.identity.keys import Identity, load_identity
+from broker.identity.keys import Identity
 from broker.transport.connection import connected, jetstream
 from broker.web.integrity import run_incremental
 from broker.web.vocabulary import TAMPERED, VERIFIED
@@ -30,17 +30,6 @@ pytestmark = pytest.mark.timeout(120)
 INSTANCE = "inc"
 FIRST, MORE, PER_BLOCK = 3000, 200, 100
 SETTINGS = AuditSettings(checkpoint_interval=3600)  # a transparency checkpoint every 1000 records, and on close
-
-
-@pytest.fixture
-async def js(settings: Settings, topology: None) -> Any:
-    async with connected(settings, settings.nats.url or "", name="incremental-test") as nc:
-        yield jetstream(nc, settings)
-
-
-@pytest.fixture
-def identity(home: Path, registry: Registry) -> Identity:
-    return load_identity(home, registry.broker_id)
 
 
 async def _write(js: JetStreamContext, identity: Identity, start: int, count: int) -> None:
@@ -76,13 +65,10 @@ async def test_a_second_run_reads_only_the_new_records_and_trusts_the_new_checkp
     assert third.report.ok and third.read == 0 and third.trusted == trusted
 
 
-async def test_tampering_after_the_trusted_point_is_named_and_trust_does_not_move(
-        two_runs: tuple[dict[str, Any], dict[str, Any], list[Stored]], settings: Settings, registry: Registry,
-        tmp_path: Path) -> None:
-    trusted, _, stored = two_runs
-    blocks = [s for s in stored if is_block(s.subject)]
-    target = blocks[-1]  # a block of the records after the first trusted checkpoint
-
+async def _with_a_changed_record(stored: list[Stored], target: Stored, trusted: dict[str, Any], settings: Settings,
+                                 registry: Registry, tmp_path: Path) -> tuple[Any, Any]:
+    """The incremental check from ``trusted`` and the full check, on a copy of the stream in which
+    one record of block ``target`` says another decision."""
     def changed(claims: dict[str, Any]) -> None:
         claims["records"][5]["decision"] = "withhold"
 
@@ -90,7 +76,17 @@ async def test_tampering_after_the_trusted_point_is_named_and_trust_does_not_mov
     async with tampered_copy(settings, tmp_path, messages, []) as url:
         full = await verify_copy(settings, registry, url)
         async with connected(settings, url, name="incremental") as nc:
-            result = await verify_incremental(jetstream(nc, settings), registry, trusted)
+            return await verify_incremental(jetstream(nc, settings), registry, trusted), full
+
+
+async def test_tampering_after_the_trusted_point_is_named_and_trust_does_not_move(
+        two_runs: tuple[dict[str, Any], dict[str, Any], list[Stored]], settings: Settings, registry: Registry,
+        tmp_path: Path) -> None:
+    trusted, _, stored = two_runs
+    blocks = [s for s in stored if is_block(s.subject)]
+    target = blocks[-1]  # a block of the records after the first trusted checkpoint
+
+    result, full = await _with_a_changed_record(stored, target, trusted, settings, registry, tmp_path)
     assert not result.report.ok and "changed" in kinds(result.report)
     assert kinds(result.report) == kinds(full), ([str(p) for p in result.report.problems],
                                                 [str(p) for p in full.problems])
@@ -103,14 +99,7 @@ async def test_tampering_before_the_trusted_point_is_left_to_the_full_check(
     _, trusted, stored = two_runs
     target = next(s for s in stored if is_block(s.subject))
 
-    def changed(claims: dict[str, Any]) -> None:
-        claims["records"][5]["decision"] = "withhold"
-
-    messages = [(s.subject, _edit(s.data, changed) if s is target else s.data) for s in stored]
-    async with tampered_copy(settings, tmp_path, messages, []) as url:
-        full = await verify_copy(settings, registry, url)
-        async with connected(settings, url, name="incremental") as nc:
-            result = await verify_incremental(jetstream(nc, settings), registry, trusted)
+    result, full = await _with_a_changed_record(stored, target, trusted, settings, registry, tmp_path)
     assert result.report.ok and result.read == 0  # that is what trusting the checkpoint means
     assert "changed" in kinds(full)
 

@@ -23,7 +23,6 @@ from broker.audit.tree import record_leaf
 from broker.config import AuditSettings, Settings
 from broker.identity.keys import Identity, load_identity
 from broker.pipeline.service import Broker
-from broker.transport.connection import connected, jetstream
 from broker.wire.jws import unverified
 from broker.wire.registry import Registry
 from broker.wire.subjects import AUDIT, audit_subject, tlog_subject
@@ -65,17 +64,6 @@ def _assert_blocks_state_the_tree(records: list[dict[str, Any]], blocks: list[di
         assert block["tree"]["root"] == tree.root(size).hex()
         assert len(block["tree"]["frontier"]) == size.bit_count()
     return tree
-
-
-@pytest.fixture
-async def js(settings: Settings, topology: None) -> Any:
-    async with connected(settings, settings.nats.url or "", name="tree-test") as nc:
-        yield jetstream(nc, settings)
-
-
-@pytest.fixture
-def identity(home: Path, registry: Registry) -> Identity:
-    return load_identity(home, registry.broker_id)
 
 
 async def test_blocks_state_the_tree_and_a_restarted_writer_carries_it_on(

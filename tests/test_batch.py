@@ -9,7 +9,6 @@ import uuid
 import pytest
 
 from broker.config import Settings
-from broker.pipeline import loop
 from broker.pipeline.batch import Work
 from broker.pipeline.outcomes import Ingress
 from broker.pipeline.service import running_broker
@@ -18,12 +17,7 @@ from tests.conftest import ClientFactory, make_settings
 from tests.helpers import drain, eventually, referral, sharing
 from tests.support.pipeline import Buggy, queued
 
-pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture(autouse=True)
-def _short_naks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(loop, "_NAK_DELAY_MAX", 0.05)  # the redelivery comes at once
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("short_naks")]  # redeliveries come at once
 
 
 async def test_one_message_s_bug_replay_or_refusal_does_not_hold_up_its_batch(

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -17,7 +17,6 @@ from broker import logs
 from broker.config import Settings
 from broker.pipeline import deadlines
 from broker.pipeline.service import running_broker
-from broker.transport.connection import connected, jetstream
 from broker.transport.lease import Lease
 from broker.wire.subjects import DEADLINES_BUCKET, LEASES_BUCKET
 from tests.helpers import eventually
@@ -54,12 +53,6 @@ class Instance:
 
     def bug(self) -> None:
         self.bugs += 1
-
-
-@pytest.fixture
-async def js(settings: Settings, topology: None) -> AsyncIterator[JetStreamContext]:
-    async with connected(settings, settings.nats.url or "", name="scanners") as nc:
-        yield jetstream(nc, settings)
 
 
 async def _open(js: JetStreamContext, message: str, due: float, **extra: Any) -> None:

@@ -11,7 +11,6 @@ from nats.js.errors import APIError
 
 from broker.config import Settings
 from broker.errors import TransportError
-from broker.pipeline import loop
 from broker.pipeline.batch import INTERNAL_GIVE_UP
 from broker.pipeline.service import running_broker
 from broker.transport.connection import connected, jetstream
@@ -21,7 +20,7 @@ from tests.helpers import drain, eventually, referral, sharing
 from tests.support.pipeline import Buggy as _Buggy
 from tests.support.pipeline import queued
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("short_naks")]  # redeliveries come at once
 
 
 @pytest.mark.parametrize("raised", [NatsTimeoutError(), TimeoutError(), ConnectionClosedError(), NoRespondersError(),
@@ -46,11 +45,6 @@ def test_best_effort_calls_ignore_only_nats_failures() -> None:
         raise KeyError("a bug is never swallowed")
     assert describe(APIError(code=400, err_code=10071, description="wrong last sequence")) == \
         "APIError 10071 (wrong last sequence)"
-
-
-@pytest.fixture(autouse=True)
-def _short_naks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(loop, "_NAK_DELAY_MAX", 0.05)  # the redeliveries come at once
 
 
 async def test_a_bug_is_not_a_transport_failure_and_the_message_survives_it(

@@ -16,9 +16,7 @@ import contextlib
 import os
 import signal
 import socket
-import sys
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -33,27 +31,18 @@ from broker.wire.catalogue import Catalogue
 from broker.wire.registry import Registry
 from tests.helpers import eventually, referral, sharing
 from tests.support.casesystem import free_port
+from tests.support.cli import serving
 
 pytestmark = pytest.mark.timeout(90)
 
 
 
 
-@asynccontextmanager
-async def _serve(home: Path, port: int, config: Path | None = None) -> AsyncIterator[asyncio.subprocess.Process]:
-    """``sgb serve --http`` in its own session, as an operator or systemd runs it."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SGB_")} | {"SGB_HOME": str(home)}
-    args = ["serve", "--workers", "1", "--http", f"127.0.0.1:{port}"] + (["--config", str(config)] if config else [])
-    with (home / f"serve-{port}.log").open("ab") as log:
-        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "broker.cli", *args, env=env,
-                                                    stdout=asyncio.subprocess.DEVNULL, stderr=log,
-                                                    start_new_session=True)
-    try:
-        yield proc
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+def _serve(home: Path, port: int, config: Path | None = None
+           ) -> contextlib.AbstractAsyncContextManager[asyncio.subprocess.Process]:
+    """``sgb serve --http`` with one worker."""
+    return serving(home, "--workers", "1", "--http", f"127.0.0.1:{port}",
+                   *(["--config", str(config)] if config else []), log=f"serve-{port}.log")
 
 
 async def _status(port: int, path: str) -> int | None:

@@ -15,9 +15,7 @@ import asyncio
 import contextlib
 import os
 import signal
-import sys
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -39,7 +37,7 @@ from broker.wire.catalogue import Catalogue
 from broker.wire.registry import Registry
 from tests.helpers import drain, eventually, referral, sharing
 from tests.support.casesystem import free_port
-from tests.support.cli import sgb
+from tests.support.cli import serving, sgb
 from tests.support.web import auth
 
 pytestmark = pytest.mark.timeout(120)
@@ -58,22 +56,10 @@ def home(tmp_path: Path) -> Iterator[Path]:
         os.kill(int((home / "nats" / "url").read_text().split()[1]), signal.SIGKILL)
 
 
-@asynccontextmanager
-async def _serve(home: Path, port: int) -> AsyncIterator[asyncio.subprocess.Process]:
-    """``sgb serve --workers 2 --http`` in its own session, its log (both workers') in the home."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SGB_")} | {
-        "SGB_HOME": str(home), "SGB_INSTANCE": INSTANCE}
-    args = ["serve", "--workers", "2", "--http", f"127.0.0.1:{port}", "--config", str(home / "broker.toml")]
-    with (home / "serve.log").open("ab") as log:
-        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "broker.cli", *args, env=env,
-                                                    stdout=asyncio.subprocess.DEVNULL, stderr=log,
-                                                    start_new_session=True)
-    try:
-        yield proc
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+def _serve(home: Path, port: int) -> contextlib.AbstractAsyncContextManager[asyncio.subprocess.Process]:
+    """``sgb serve --workers 2 --http``, its log (both workers') in the home."""
+    return serving(home, "--workers", "2", "--http", f"127.0.0.1:{port}", "--config", str(home / "broker.toml"),
+                   env={"SGB_INSTANCE": INSTANCE})
 
 
 def _settings(home: Path) -> Settings:
