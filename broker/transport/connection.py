@@ -147,5 +147,6 @@ async def connected(settings: Settings, url: str, *, name: str, party: str | Non
 
 
 def jetstream(nc: NATS, settings: Settings) -> JetStreamContext:
-    return nc.jetstream(timeout=settings.nats.request_timeout,
-                        publish_async_max_pending=max(4 * settings.pipeline.max_in_flight, 1024))
+    """A JetStream context whose requests wait ``[nats] request_timeout`` (pipelined publishes go
+    through :mod:`broker.transport.acks`, not nats-py's ``publish_async``)."""
+    return nc.jetstream(timeout=settings.nats.request_timeout)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from nats.js import JetStreamContext
-from nats.js.errors import APIError, NotFoundError
+from nats.js.errors import NotFoundError
 
 from broker.errors import Replayed, TransportError
 from broker.transport.acks import acks_for, answer
@@ -30,11 +30,11 @@ class ReplayGuard:
         self._timeout = timeout
 
     async def claim_all(self, claims: Sequence[tuple[str, int]]) -> list[BaseException | None]:
-        """:meth:`claim` for a batch of ``(message id, ingress sequence)``, the creates in flight
-        together (:class:`~broker.transport.acks.Acks`) and awaited once: for each, None when
-        claimed, else the :class:`Replayed` or :class:`TransportError` that :meth:`claim` would
-        raise for it alone. Those claimed before (a redelivery, a replay) are then looked up
-        together."""
+        """Record each message id of a batch of ``(message id, ingress sequence)`` as carried by that
+        stored message, the creates in flight together (:class:`~broker.transport.acks.Acks`) and
+        awaited once: for each, None when claimed, else :class:`Replayed` (another stored message
+        claimed it) or :class:`TransportError` (NATS did not answer for it). Those claimed before (a
+        redelivery, a replay) are then looked up together."""
         if not claims:
             return []
         acks = acks_for(self._js)
@@ -72,22 +72,6 @@ class ReplayGuard:
                 raise result  # a bug
             results[i] = result
         return results
-
-    async def claim(self, message_id: str, ingress_seq: int) -> None:
-        """Record ``message_id`` as carried by ``ingress_seq``; raise :class:`Replayed` if another
-        stored message already claimed it."""
-        subject = f"$KV.{SEEN_BUCKET}.{message_id}"
-        mine = str(ingress_seq).encode()
-        with nats_failures("the replay store"):
-            try:
-                await self._js.publish(
-                    subject, mine, timeout=self._timeout, headers={"Nats-Expected-Last-Subject-Sequence": "0"}
-                )
-                return
-            except APIError as exc:
-                if exc.err_code != WRONG_LAST_SEQUENCE:
-                    raise
-        await self._held_by(message_id, ingress_seq)
 
     async def _held_by(self, message_id: str, ingress_seq: int) -> None:
         """A claim found made before: by this stored message (a redelivery: fine) or by another
