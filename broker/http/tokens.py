@@ -32,7 +32,9 @@ from broker.wire.registry import Registry
 
 # ``dsl``: a school's designated safeguarding lead, for that school's Operation Encompass inbox
 # (adapters/school/inbox.py, audience ``sgb-inbox-<school>``). No API route or IG page accepts it.
-ROLES: Final = ("ig-officer", "auditor", "operator", "dsl")
+# ``dpo``: the partnership's Data Protection Officer (UK GDPR Art 37-39): the escalated reviews and
+# the monthly report, read-only.
+ROLES: Final = ("ig-officer", "auditor", "operator", "dsl", "dpo")
 ALGORITHMS: Final = ["EdDSA"]
 
 

@@ -20,7 +20,7 @@ from broker.web.context import SERVICE
 
 log = structlog.get_logger("sgb.api")
 
-IG, AUDITOR, OPERATOR = "ig-officer", "auditor", "operator"
+IG, AUDITOR, OPERATOR, DPO = "ig-officer", "auditor", "operator", "dpo"
 READERS: Final = (IG, AUDITOR)
 EVERYONE: Final = (IG, AUDITOR, OPERATOR)
 
