@@ -26,6 +26,7 @@ from broker.audit.indexer import Indexer as Indexer  # re-exported: the index an
 from broker.audit.query import Page, review_row, reviews
 from broker.audit.query import RecordQuery as RecordQuery  # re-exported: the index answers these
 from broker.audit.query import records as records_page
+from broker.audit.report import MonthlyReport, monthly_report
 from broker.audit.tables import MIGRATIONS, TABLES, apply_batch
 from broker.audit.tables import REVIEW_FLAGS as REVIEW_FLAGS  # re-exported: the vocabulary of the review queue
 from broker.audit.tables import REVIEW_OUTCOMES as REVIEW_OUTCOMES
@@ -163,6 +164,10 @@ class AuditIndex:
             return {"records": records, "openReviews": open_reviews}
 
         return await self._store.read(get)
+
+    async def monthly_report(self, month: str) -> MonthlyReport:
+        """The partnership board's counts for the month ``YYYY-MM`` (:mod:`broker.audit.report`)."""
+        return await self._store.read(lambda c: monthly_report(c, month))
 
     async def retention_counts(self, before: str) -> dict[str, Any]:
         def get(conn: sqlite3.Connection) -> dict[str, Any]:
