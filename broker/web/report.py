@@ -52,11 +52,8 @@ async def monthly(request: web.Request, who: Principal) -> web.Response:
 
 
 def _shift(month: str, by: int) -> str:
-    """``YYYY-MM`` moved ``by`` months (a bad month is left for :func:`month_bounds` to refuse)."""
-    try:
-        year, mon = (int(part) for part in month.split("-"))
-    except ValueError:
-        return month
+    """A valid ``YYYY-MM`` moved ``by`` months."""
+    year, mon = (int(part) for part in month.split("-"))
     index = year * 12 + mon - 1 + by
     return f"{index // 12:04d}-{index % 12 + 1:02d}"
 
