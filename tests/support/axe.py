@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from axe_playwright_python.async_playwright import Axe
+from axe_playwright_python.async_playwright import Axe  # type: ignore[import-untyped]
 
 # WCAG 2.0, 2.1 and 2.2 levels A and AA; best practices are left out, as they are no part of the standard.
 WCAG_AA = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22aa"]
