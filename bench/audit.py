@@ -17,6 +17,7 @@ async def audit_bench(home: Path, registry: Registry, n: int = 100_000) -> dict[
     signed, hash-chained blocks of that many records (no NATS: the cost of the work itself)."""
     from broker.audit.chain import Head, build_block
     from broker.audit.index import AuditIndex, RecordQuery
+    from broker.audit.query import ReviewQuery
     from broker.audit.verify import Verifier, broker_keys
 
     identity = load_identity(home, registry.broker_id)
@@ -68,7 +69,7 @@ async def audit_bench(home: Path, registry: Registry, n: int = 100_000) -> dict[
     await timed("log_filtered_ms", lambda: index.records(RecordQuery(
         equals={"agency": "health-camden", "event": "shared", "lawfulBasis": "UKGDPR_6_1_C"}, limit=50)))
     await timed("flagged_ms", lambda: index.records(RecordQuery(flagged=True, limit=50)))
-    await timed("review_queue_ms", lambda: index.reviews(limit=50))
+    await timed("review_queue_ms", lambda: index.reviews(ReviewQuery()))
     await timed("trail_ms", lambda: index.trail("m1234"))
     await timed("subject_search_ms", lambda: index.subject_messages(["k.777"]))
     today = dt.datetime.now(dt.UTC).date()

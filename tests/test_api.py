@@ -56,6 +56,7 @@ CALLS: list[tuple[str, str, dict[str, Any] | None]] = [
     ("POST", "/api/v1/subjects/proof", {"nhsNumber": NHS}),
     ("GET", "/api/v1/reviews", None),
     ("POST", "/api/v1/reviews", {"item": "flag:{message}", "outcome": "proportionate"}),
+    ("POST", "/api/v1/reviews/bulk", {"items": ["flag:{message}"], "outcome": "proportionate"}),
     ("GET", "/api/v1/records.csv", None),
     ("GET", "/api/v1/integrity", None),
     ("POST", "/api/v1/integrity/verify", None),
@@ -73,7 +74,7 @@ async def test_every_endpoint_and_role(client: Client, settings: Settings, agenc
     assert {(m, p) for m, p, _ in CALLS} == {(m, p) for m, p, _ in api.ROUTES}
     handlers = {(m, p): h for m, p, h in api.ROUTES}
     for role in ("ig-officer", "auditor", "operator"):
-        (message,) = await send_referrals(agency)  # a fresh flagged item per role, so reviews can succeed
+        (message,) = await send_referrals(agency, consent="REFUSED_OVERRIDDEN")  # a fresh item per role to review
         await until_indexed(client, settings, message)
         for method, path, body in CALLS:
             url = path.replace("{message}", message)

@@ -124,7 +124,7 @@ async def test_an_ig_officer_reviews_a_share_in_the_browser(browser_page: Any, l
     await page.screenshot(path=str(out / "1-log.png"), full_page=True)
 
     await page.get_by_label("Event").select_option("shared")
-    await page.get_by_label("Consent status").fill("REFUSED_OVERRIDDEN")
+    await page.get_by_label("Consent status").select_option("REFUSED_OVERRIDDEN")
     await page.get_by_role("button", name="Filter").click()
     rows = page.locator("table.records tbody tr")
     assert await rows.count() == 1
@@ -191,10 +191,12 @@ def test_web_app_has_no_route_without_an_owner() -> None:
     open_paths = {"/ig", "/ig/", "/ig/login", "/ig/logout", "/ig/ig.css"}  # "/ig/" is the log's, for readers
     readers, officers, everyone = {"ig-officer", "auditor"}, {"ig-officer"}, {"ig-officer", "auditor", "operator"}
     expected = {("GET", "/ig/export.csv"): readers, ("GET", "/ig/messages/{message}"): readers,
-                ("GET", "/ig/reviews"): readers, ("POST", "/ig/reviews"): officers,
+                ("GET", "/ig/reviews"): readers | {"dpo"}, ("POST", "/ig/reviews"): officers,
+                ("POST", "/ig/reviews/bulk"): officers, ("GET", "/ig/dpo"): readers | {"dpo"},
                 ("GET", "/ig/subject"): officers, ("POST", "/ig/subject"): officers,
                 ("POST", "/ig/subject/proof"): officers,
-                ("GET", "/ig/rulebook"): readers, ("GET", "/ig/charts"): everyone,
+                ("GET", "/ig/rulebook"): readers, ("GET", "/ig/report"): readers | {"dpo"},
+                ("GET", "/ig/charts"): everyone,
                 ("GET", "/ig/integrity"): everyone, ("POST", "/ig/integrity"): everyone}
     guarded = {}
     for route in app.router.routes():

@@ -19,6 +19,7 @@ from adapters.runtime.retries import RetryLedger
 from adapters.school.store import Inbox
 from adapters.sdk import Delivery, SeenStore
 from broker.audit.index import AuditIndex, RecordQuery
+from broker.audit.tables import MIGRATIONS
 from broker.errors import ConfigError, KeyStoreError, StoreError
 from broker.files import append_private, check_private, read_private, write_private
 from broker.store import Store, add_columns
@@ -158,7 +159,7 @@ async def test_an_audit_index_from_before_versions_opens_with_its_records(tmp_pa
         assert (await index.counts())["records"] == 1
     finally:
         index.close()
-    assert _version(path) == 1 and _mode(path) == 0o600
+    assert _version(path) == len(MIGRATIONS) and _mode(path) == 0o600
 
 
 async def test_a_seen_store_from_before_versions_opens_in_each_of_its_shapes(tmp_path: Path) -> None:

@@ -23,13 +23,14 @@ import orjson
 import structlog
 
 from broker.audit.indexer import Indexer as Indexer  # re-exported: the index and its follower go together
-from broker.audit.query import Page, review_row, reviews
+from broker.audit.query import Page, ReviewQuery, review_count, review_row, reviews
 from broker.audit.query import RecordQuery as RecordQuery  # re-exported: the index answers these
 from broker.audit.query import records as records_page
 from broker.audit.report import MonthlyReport, monthly_report
-from broker.audit.tables import MIGRATIONS, TABLES, apply_batch
-from broker.audit.tables import REVIEW_FLAGS as REVIEW_FLAGS  # re-exported: the vocabulary of the review queue
-from broker.audit.tables import REVIEW_OUTCOMES as REVIEW_OUTCOMES
+from broker.audit.tables import MIGRATIONS, TABLES, apply_batch, rederive
+from broker.audit.triage import REVIEW_FLAGS as REVIEW_FLAGS  # re-exported: the vocabulary of the review queue
+from broker.audit.triage import REVIEW_OUTCOMES as REVIEW_OUTCOMES
+from broker.audit.triage import Triage
 from broker.errors import ConfigError
 from broker.store import Store
 
@@ -40,8 +41,9 @@ T = TypeVar("T")
 class AuditIndex:
     """The index file. Writes go through one thread, reads through a small pool."""
 
-    def __init__(self, path: Path, *, readers: int = 4) -> None:
+    def __init__(self, path: Path, *, readers: int = 4, triage: Triage | None = None) -> None:
         self.path = path
+        self.triage = triage or Triage.from_section(None)
         self._store = Store(path, MIGRATIONS, name="audit-index", readers=readers)
         self.version = 0  # bumped after every write; lets waiters notice new records
         self._changed = asyncio.Event()
@@ -55,7 +57,8 @@ class AuditIndex:
 
     async def open(self, stream_created: str | None = None) -> None:
         """Bring the tables up to date; start afresh if the index was built from another stream
-        (one that was since re-created), since its sequence numbers would not match."""
+        (one that was since re-created), since its sequence numbers would not match; derive the
+        review queue again if the triage settings (or the registry they read) changed."""
         def prepare(conn: sqlite3.Connection) -> None:
             row = conn.execute("SELECT value FROM meta WHERE key = 'stream'").fetchone()
             if stream_created and row and orjson.loads(row[0]) != stream_created:
@@ -65,6 +68,18 @@ class AuditIndex:
             if stream_created:
                 conn.execute("INSERT OR REPLACE INTO meta VALUES ('stream', ?)",
                              (orjson.dumps(stream_created).decode(),))
+            digest = self.triage.digest()
+            row = conn.execute("SELECT value FROM meta WHERE key = 'triage'").fetchone()
+            if row is None or orjson.loads(row[0]) != digest:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    rederive(conn, self.triage)
+                    conn.execute("INSERT OR REPLACE INTO meta VALUES ('triage', ?)", (orjson.dumps(digest).decode(),))
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                log.info("review queue derived with the triage settings in force")
 
         await self._write(prepare)
 
@@ -79,7 +94,7 @@ class AuditIndex:
 
     async def apply(self, batch: Sequence[tuple[int, list[dict[str, Any]]]], checkpoints: Sequence[bytes],
                     last_seq: int) -> None:
-        await self._write(lambda c: apply_batch(c, batch, checkpoints, last_seq))
+        await self._write(lambda c: apply_batch(c, batch, checkpoints, last_seq, self.triage))
 
     async def set_meta(self, key: str, value: Any) -> None:
         await self._write(lambda c: c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
@@ -132,8 +147,21 @@ class AuditIndex:
 
         return await self._store.read(get)
 
-    async def reviews(self, *, state: str = "open", limit: int = 50, cursor: str | None = None) -> Page:
-        return await self._store.read(lambda c: reviews(c, state, limit, cursor))
+    async def reviews(self, q: ReviewQuery) -> Page:
+        return await self._store.read(lambda c: reviews(c, q))
+
+    async def review_count(self, q: ReviewQuery) -> int:
+        return await self._store.read(lambda c: review_count(c, q))
+
+    async def open_items(self, items: Sequence[str]) -> list[dict[str, Any]]:
+        """Those of ``items`` that await review (a bulk review records an outcome for these)."""
+        def get(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            marks = ",".join("?" * len(items))
+            rows = conn.execute(f"SELECT * FROM reviews WHERE outcome IS NULL AND item IN ({marks}) "  # noqa: S608
+                                "ORDER BY rank, at, item", list(items))
+            return [review_row(r) for r in rows]
+
+        return await self._store.read(get) if items else []
 
     async def review_item(self, item: str) -> dict[str, Any] | None:
         def get(conn: sqlite3.Connection) -> dict[str, Any] | None:

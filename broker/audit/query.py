@@ -99,16 +99,71 @@ def review_row(row: sqlite3.Row) -> dict[str, Any]:
     return item
 
 
-def reviews(conn: sqlite3.Connection, state: str, limit: int, cursor: str | None) -> Page:
-    """The IG review queue, open or reviewed, oldest first, keyset-paginated by ``(at, item)``."""
-    where = ["outcome IS NULL" if state == "open" else "outcome IS NOT NULL"]
+REVIEW_FILTERS: Final = {  # query parameter -> SQL condition on one value
+    "agency": "sender = ?", "type": "type = ?", "priority": "priority = ?", "reviewer": "reviewer = ?",
+    "outcome": "outcome = ?", "reason": "EXISTS (SELECT 1 FROM json_each(reviews.reasons) WHERE value = ?)",
+}
+ESCALATED: Final = ("not-proportionate", "breach")  # outcomes that go to the Data Protection Officer
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReviewQuery:
+    """Which part of the queue (``open``; ``done``; ``escalated``: outcomes for the DPO), filtered
+    by the keys of :data:`REVIEW_FILTERS`. Open items come highest priority first, then oldest;
+    reviewed ones newest review first."""
+
+    state: str = "open"
+    equals: Mapping[str, str] = field(default_factory=dict)
+    limit: int = 50
+    cursor: str | None = None
+
+
+def _review_filters(q: ReviewQuery) -> tuple[list[str], list[Any]]:
+    where = ["outcome IS NULL" if q.state == "open" else "outcome IS NOT NULL"]
     args: list[Any] = []
-    if cursor:
-        at, ident = decode_cursor(cursor)
-        where.append("(at > ? OR (at = ? AND item > ?))")
-        args.extend([at, at, ident])
-    rows = conn.execute(f"SELECT * FROM reviews WHERE {' AND '.join(where)} ORDER BY at, item LIMIT ?",  # noqa: S608
-                        [*args, limit + 1]).fetchall()
-    items = [review_row(r) for r in rows[:limit]]
-    nxt = encode_cursor(rows[limit - 1]["at"], rows[limit - 1]["item"]) if len(rows) > limit else None
+    if q.state == "escalated":
+        where.append(f"outcome IN ({','.join('?' * len(ESCALATED))})")
+        args.extend(ESCALATED)
+    for key, value in q.equals.items():
+        where.append(REVIEW_FILTERS[key])
+        args.append(value)
+    return where, args
+
+
+def reviews(conn: sqlite3.Connection, q: ReviewQuery) -> Page:
+    """The IG review queue, keyset-paginated: open by ``(rank, at, item)``, reviewed by ``(reviewed_at, item)``."""
+    where, args = _review_filters(q)
+    if q.state == "open":
+        if q.cursor:
+            position, ident = decode_cursor(q.cursor)
+            rank, _, at = position.partition("~")
+            where.append("(rank > ? OR (rank = ? AND (at > ? OR (at = ? AND item > ?))))")
+            args.extend([_int(rank), _int(rank), at, at, ident])
+        order = "rank, at, item"
+    else:
+        if q.cursor:
+            at, ident = decode_cursor(q.cursor)
+            where.append("(reviewed_at < ? OR (reviewed_at = ? AND item < ?))")
+            args.extend([at, at, ident])
+        order = "reviewed_at DESC, item DESC"
+    rows = conn.execute(f"SELECT * FROM reviews WHERE {' AND '.join(where)} ORDER BY {order} LIMIT ?",  # noqa: S608
+                        [*args, q.limit + 1]).fetchall()
+    items = [review_row(r) for r in rows[: q.limit]]
+    nxt = None
+    if len(rows) > q.limit:
+        last = rows[q.limit - 1]
+        nxt = encode_cursor(f"{last['rank']}~{last['at']}" if q.state == "open" else last["reviewed_at"], last["item"])
     return Page(items, nxt)
+
+
+def review_count(conn: sqlite3.Connection, q: ReviewQuery) -> int:
+    """How many items the query's filters match (the whole set a bulk review would cover)."""
+    where, args = _review_filters(q)
+    return int(conn.execute(f"SELECT count(*) FROM reviews WHERE {' AND '.join(where)}", args).fetchone()[0])  # noqa: S608
+
+
+def _int(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise ConfigError("the page cursor is not one this server gave out") from exc

@@ -4,7 +4,8 @@ The index is derived (:mod:`broker.audit.index`): a record is written once, by t
 with its subject tokens and its place in the IG review queue derived from it in the same
 transaction. Versions (``PRAGMA user_version``, :mod:`broker.store`): 1, the tables as first
 shipped (an index from before versions is version 0 with exactly these, so the same script
-brings it up).
+brings it up); 2, the triaged queue (:mod:`broker.audit.triage`: each item's priority and sample
+point, and the deliveries by type and recipient kind the rare-recipient test counts).
 """
 
 from __future__ import annotations
@@ -15,30 +16,9 @@ from typing import Any, Final
 
 import orjson
 
+from broker.audit.triage import RANKS, Triage, by_message, judge
 from broker.store import Migration
 from broker.wire.jws import unverified
-
-REVIEW_FLAGS: Final = {
-    "shared-without-consent": "Shared without consent",
-    "consent-overridden": "Consent overridden",
-    "emergency-without-consent-reason": "Emergency share, no consent reason",
-    "emergency-family-informed-unrecorded": "Emergency share, family-informed status not recorded",
-    "consent-as-basis": "Consent used as the basis by a public authority",
-    "without-consent-condition-with-consent": "Without-consent safeguarding condition claimed with consent given",
-    "emergency-consent-unrecorded": "Emergency share, consent not recorded",
-    "emergency-consent-contradiction": "Emergency share, consent record contradicts itself",
-    "advice-sought": "Advice sought before sharing",
-    "late": "Sent after the sender's statutory clock ran out",
-    "clock-unjudged": "Sent without the date the sender's statutory clock starts from",
-    "recipient-missing": "A recipient the law requires was not addressed",
-    "overdue": "Reply overdue",
-}
-REVIEW_OUTCOMES: Final = {
-    "proportionate": "Lawful, necessary and proportionate: no action",
-    "follow-up": "Follow up with the agency (practice or recording)",
-    "not-proportionate": "Not proportionate: escalate to the Data Protection Officer",
-    "breach": "Personal data breach: report under the breach procedure",
-}
 
 MIGRATIONS: Final[tuple[Migration, ...]] = ("""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -64,8 +44,17 @@ CREATE TABLE IF NOT EXISTS reviews (
 CREATE INDEX IF NOT EXISTS reviews_open ON reviews (outcome, at);
 CREATE TABLE IF NOT EXISTS checkpoints (instance TEXT PRIMARY KEY, count INTEGER NOT NULL, head TEXT NOT NULL,
   at TEXT NOT NULL, token BLOB NOT NULL);
-""",)
-TABLES: Final = ("records", "subjects", "reviews", "checkpoints", "meta")
+""", """
+ALTER TABLE reviews ADD COLUMN priority TEXT NOT NULL DEFAULT 'high';
+ALTER TABLE reviews ADD COLUMN rank INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE reviews ADD COLUMN point REAL;
+CREATE INDEX IF NOT EXISTS reviews_queue ON reviews (outcome, rank, at, item);
+CREATE INDEX IF NOT EXISTS reviews_reviewer ON reviews (reviewer, reviewed_at);
+CREATE TABLE IF NOT EXISTS triage_seen (type TEXT NOT NULL, kind TEXT NOT NULL, n INTEGER NOT NULL,
+  PRIMARY KEY (type, kind)) WITHOUT ROWID;
+""")
+TABLES: Final = ("records", "subjects", "reviews", "checkpoints", "triage_seen", "meta")
+DERIVED: Final = ("reviews", "triage_seen")  # what the triage settings shape
 
 _INSERT_RECORD: Final = "INSERT OR IGNORE INTO records VALUES (?" + ",?" * 21 + ")"
 
@@ -86,17 +75,13 @@ def _columns(seq: int, record: Mapping[str, Any]) -> tuple[Any, ...]:
 
 
 def apply_batch(conn: sqlite3.Connection, batch: Sequence[tuple[int, list[dict[str, Any]]]],
-                checkpoints: Sequence[bytes], last_seq: int) -> None:
+                checkpoints: Sequence[bytes], last_seq: int, triage: Triage) -> None:
     """Index verified records and checkpoints up to stream sequence ``last_seq``, in one transaction."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         for seq, records in batch:
-            for record in records:
-                if "id" not in record:
-                    continue
-                cur = conn.execute(_INSERT_RECORD, _columns(seq, record))
-                if cur.rowcount:
-                    _derive(conn, record)
+            fresh = [r for r in records if "id" in r and conn.execute(_INSERT_RECORD, _columns(seq, r)).rowcount]
+            _derive_all(conn, triage, fresh)
         for token in checkpoints:
             claims = unverified(token)[1]
             conn.execute("INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?) ON CONFLICT(instance) DO UPDATE SET "
@@ -110,23 +95,53 @@ def apply_batch(conn: sqlite3.Connection, batch: Sequence[tuple[int, list[dict[s
         raise
 
 
-def _derive(conn: sqlite3.Connection, record: Mapping[str, Any]) -> None:
-    """Subject tokens and the review queue, from a newly indexed record."""
+def _derive_all(conn: sqlite3.Connection, triage: Triage, records: Sequence[Mapping[str, Any]]) -> None:
+    """Subject tokens and the review queue, from the newly indexed records of one block."""
+    grouped = by_message(records)
+    for record in records:
+        _derive(conn, triage, record, grouped.get(record.get("message"), ()))
+
+
+def _derive(conn: sqlite3.Connection, triage: Triage, record: Mapping[str, Any],
+            siblings: Sequence[Mapping[str, Any]]) -> None:
     message, event = record.get("message"), record.get("event")
     for token in record.get("subjects") or ():
         conn.execute("INSERT OR IGNORE INTO subjects VALUES (?, ?)", (token, message))
-    flags = [f for f in record.get("flags") or () if f in REVIEW_FLAGS]
-    if event == "received" and flags:
-        conn.execute("INSERT OR IGNORE INTO reviews (item, kind, message, type, sender, reasons, at) "
-                     "VALUES (?, 'flagged', ?, ?, ?, ?, ?)",
-                     (f"flag:{message}", message, record.get("type"), record.get("sender"),
-                      orjson.dumps(flags).decode(), record.get("at")))
-    elif event == "overdue":
-        conn.execute("INSERT OR IGNORE INTO reviews (item, kind, message, recipient, type, sender, reasons, at) "
-                     "VALUES (?, 'overdue', ?, ?, ?, ?, '[\"overdue\"]', ?)",
+    if event == "received":
+        verdict = judge(conn, triage, record, siblings)
+        if verdict is not None:
+            conn.execute("INSERT OR IGNORE INTO reviews (item, kind, message, type, sender, reasons, at, priority, "
+                         "rank, point) VALUES (?, 'flagged', ?, ?, ?, ?, ?, ?, ?, ?)",
+                         (f"flag:{message}", message, record.get("type"), record.get("sender"),
+                          orjson.dumps(verdict.reasons).decode(), record.get("at"), verdict.priority,
+                          RANKS[verdict.priority], verdict.point))
+    elif event == "overdue" and (priority := triage.priority_of("overdue")) is not None:
+        conn.execute("INSERT OR IGNORE INTO reviews (item, kind, message, recipient, type, sender, reasons, at, "
+                     "priority, rank) VALUES (?, 'overdue', ?, ?, ?, ?, '[\"overdue\"]', ?, ?, ?)",
                      (f"overdue:{message}:{record.get('recipient')}", message, record.get("recipient"),
-                      record.get("type"), record.get("sender"), record.get("at")))
-    elif event == "reviewed":
-        conn.execute("UPDATE reviews SET outcome = ?, reviewer = ?, reviewed_at = ?, review_record = ? "
-                     "WHERE item = ?", (record.get("outcome"), record.get("reviewer"), record.get("at"),
-                                        record.get("id"), record.get("item")))
+                      record.get("type"), record.get("sender"), record.get("at"), priority, RANKS[priority]))
+    elif event == "reviewed":  # an outcome stays, even for an item the triage no longer picks
+        conn.execute("INSERT INTO reviews (item, kind, message, reasons, at, outcome, reviewer, reviewed_at, "
+                     "review_record, priority, rank) VALUES (?, 'reviewed', ?, ?, ?, ?, ?, ?, ?, 'high', 1) "
+                     "ON CONFLICT(item) DO UPDATE SET outcome = excluded.outcome, reviewer = excluded.reviewer, "
+                     "reviewed_at = excluded.reviewed_at, review_record = excluded.review_record",
+                     (record.get("item"), record.get("message"), orjson.dumps(record.get("reasons") or []).decode(),
+                      record.get("at"), record.get("outcome"), record.get("reviewer"), record.get("at"),
+                      record.get("id")))
+
+
+def rederive(conn: sqlite3.Connection, triage: Triage) -> None:
+    """The review queue derived again from the indexed records (the triage settings changed)."""
+    for table in DERIVED:
+        conn.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed names
+    rows = conn.execute("SELECT seq, body FROM records WHERE event IN ('received', 'shared', 'overdue', 'reviewed') "
+                        "ORDER BY seq, instance, n")
+    block: list[dict[str, Any]] = []
+    seq = None
+    for row in rows:
+        if row[0] != seq and block:
+            _derive_all(conn, triage, block)
+            block = []
+        seq = row[0]
+        block.append(orjson.loads(row[1]))
+    _derive_all(conn, triage, block)

@@ -18,6 +18,7 @@ import orjson
 from broker.policy.engine import RulebookPolicy
 from broker.policy.rulebook import Rule, Rulebook
 from broker.policy.scenarios import Scenario, ScenarioBook, play_all
+from broker.wire import lawfulbasis
 from broker.wire.catalogue import Catalogue
 
 # The vocabulary list each sharing field takes its codes from, and the general rule that checks it.
@@ -67,8 +68,7 @@ def guidance() -> dict[str, Any]:
 
 
 def vocabulary() -> dict[str, Any]:
-    doc: dict[str, Any] = orjson.loads((resources.files("schemas") / "vocabulary.v2.json").read_bytes())
-    return doc
+    return lawfulbasis.document()
 
 
 def clocks_of(rule: Rule) -> set[str]:

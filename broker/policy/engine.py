@@ -16,17 +16,15 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Final, Protocol
-
-import orjson
 
 from broker.errors import NoLawfulBasis, NotPermitted
 from broker.policy import pointer
 from broker.policy import rulebook as rulebooks
 from broker.policy.rulebook import DeadlineSpec, LateAfter, Rule, Rulebook
 from broker.policy.workdays import add_working_hours, due_after, parse_date
+from broker.wire import lawfulbasis
 from broker.wire.catalogue import Catalogue, MessageType
 from broker.wire.registry import Agency
 
@@ -96,7 +94,7 @@ class Vocabulary:
 
     @classmethod
     def load(cls) -> Vocabulary:
-        lists = orjson.loads((resources.files("schemas") / "vocabulary.v2.json").read_bytes())["lists"]
+        lists = lawfulbasis.lists()
         entries = [e for lst in lists.values() for e in lst]
         return cls(
             restricted=frozenset(e["code"] for e in lists["lawfulBasis"] if e.get("notForPublicAuthorities")),

@@ -175,6 +175,8 @@ class Rulebook:
     offence_data: Mapping[str, tuple[Condition, ...]] = field(default_factory=dict)
     # message type -> key suffixes of the clocks after a rule's first that it may close (worked out once)
     later_clocks: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # the IG review queue's triage, as the (schema-checked) section reads: the audit index applies it
+    triage: Mapping[str, Any] = field(default_factory=dict)
 
     def rule_for(self, type_name: str, sender_kind: str) -> Rule | None:
         for rule in self.rules:
@@ -258,7 +260,7 @@ def parse(doc: Any, catalogue: Catalogue, *, source: str = "<rulebook>") -> Rule
                                   tuple(g.get("flags", ()))) for g in doc["general"]},
         rules=tuple(rules), source=source,
         offence_data={t: () if v == "always" else _conditions(v) for t, v in offences["types"].items()},
-        later_clocks=_later_clocks(rules),
+        later_clocks=_later_clocks(rules), triage=doc.get("triage", {}),
     )
 
 

@@ -18,12 +18,19 @@ from broker.web.problems import principal
 
 async def audit_action(request: web.Request, event: str, **fields: Any) -> dict[str, Any]:
     """Append an audit record of an officer's action; returns it once durable."""
+    return (await audit_actions(request, event, [fields]))[0]
+
+
+async def audit_actions(request: web.Request, event: str, each: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One audit record per entry of ``each`` (one action on many items, as a bulk review), all
+    durable together in one block; returns them."""
     service = request.app[SERVICE]
     who = principal(request)
-    record = {"v": 1, "id": str(uuid.uuid4()), "at": now(), "instance": service.instance, "event": event,
-              "actor": who.sub, "roles": sorted(who.roles)} | fields
-    await service.append([record])
-    return record
+    at = now()
+    records = [{"v": 1, "id": str(uuid.uuid4()), "at": at, "instance": service.instance, "event": event,
+                "actor": who.sub, "roles": sorted(who.roles)} | fields for fields in each]
+    await service.append(records)
+    return records
 
 
 async def wait_indexed(index: AuditIndex, probe: Callable[[], Awaitable[Any]], timeout: float = 3.0) -> None:

@@ -25,6 +25,7 @@ ROUTES: Final = (
     ("POST", "/api/v1/subjects/proof", subjectproof.subject_proof),
     ("GET", "/api/v1/reviews", reviews.list_reviews),
     ("POST", "/api/v1/reviews", reviews.record_review),
+    ("POST", "/api/v1/reviews/bulk", reviews.record_bulk_review),
     ("GET", "/api/v1/records.csv", records.export_csv),
     ("GET", "/api/v1/integrity", integrity.integrity),
     ("POST", "/api/v1/integrity/verify", integrity.verify_now),

@@ -15,6 +15,7 @@ import structlog
 from aiohttp import web
 
 from broker.audit.index import AuditIndex, Indexer
+from broker.audit.triage import AgencyFacts, Triage
 from broker.audit.verify import broker_keys
 from broker.http import probes
 from broker.http.probes import Check
@@ -28,6 +29,7 @@ from broker.web import api, igpages, readiness
 from broker.web.context import BROKER_KEY, SERVICE, AuditService
 from broker.web.integrity import run_incremental, run_verification
 from broker.web.problems import api_middleware
+from broker.web.traceability import rulebook_in_force
 from broker.wire.subjects import AUDIT, DELIVERY
 
 log = structlog.get_logger("sgb.http")
@@ -46,7 +48,7 @@ async def audit_service(broker: Broker, workers: Workers | None = None) -> Async
     """The index (caught up before this yields), its follower, and the periodic verification;
     maintenance mode switched on ``broker`` and on its ``workers``."""
     settings = broker.settings
-    index = AuditIndex(settings.index_path)
+    index = AuditIndex(settings.index_path, triage=triage_in_force(broker))
     with nats_failures("the audit stream"):
         info = await broker.js.stream_info(AUDIT)
     await index.open(stream_created=str(info.created))
@@ -105,6 +107,13 @@ async def audit_service(broker: Broker, workers: Workers | None = None) -> Async
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
         index.close()
+
+
+def triage_in_force(broker: Broker) -> Triage:
+    """The review queue's triage: the rulebook's ``triage`` section over the registry's agencies."""
+    book = rulebook_in_force(broker.policy)
+    agencies = {a.id: AgencyFacts(a.kind, a.safeguarding_partner) for a in broker.registry.agencies.values()}
+    return Triage.from_section(book.triage if book is not None else None, agencies)
 
 
 def make_app(broker: Broker, service: AuditService | None = None, *,

@@ -17,21 +17,20 @@ from urllib.parse import urlencode
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from broker.audit.index import REVIEW_FLAGS, REVIEW_OUTCOMES
 from broker.audit.query import RecordQuery
 from broker.errors import ConfigError, TransportError
 from broker.http import sessions
 from broker.http.pages import headers_middleware, stylesheet, templates
 from broker.http.sessions import SESSIONS, Page, Sessions, signed_in
 from broker.http.tokens import Principal
-from broker.web import notshared, subjectproof, traceability
+from broker.web import notshared, report, reviewpages, subjectproof, traceability
 from broker.web.actions import audit_action
+from broker.web.choices import filter_choices, labeller
 from broker.web.context import BROKER_KEY, SERVICE
 from broker.web.integrity import last_verification
-from broker.web.params import record_query, reference
-from broker.web.problems import PRINCIPAL, Problem
+from broker.web.params import record_query
+from broker.web.problems import AUDITOR, DPO, IG, PRINCIPAL, Problem
 from broker.web.records import stream_csv
-from broker.web.reviews import review, review_state
 from broker.web.trailview import summarise
 from broker.web.vocabulary import DECISIONS, EVENTS, NEVER_VERIFIED, SUBJECT_SEARCH, VOLUMES_BY
 
@@ -49,7 +48,7 @@ def _verify(request: web.Request, token: str) -> Principal:
 async def _globals(request: web.Request, who: Principal | None) -> dict[str, Any]:
     """What every IG page shows: the integrity badge (to someone signed in) and where it is."""
     integrity = await last_verification(request.app[SERVICE].index) if who else {"state": NEVER_VERIFIED}
-    return {"integrity": integrity, "path": request.path, "reason_label": notshared.label}
+    return {"integrity": integrity, "path": request.path, "reason_label": notshared.label, **labeller(request.app)}
 
 
 def _sessions() -> Sessions:
@@ -100,7 +99,8 @@ async def sharing_log(request: web.Request, who: Principal) -> web.Response:
     csv_link = "/ig/export.csv?" + urlencode({k: v for k, v in params.items() if k != "cursor"})
     return await render(request, "log.html", records=result.items, filters=params, next_link=next_link,
                         csv_link=csv_link, events=EVENTS, decisions=DECISIONS, basis=_basis,
-                        not_shared_reasons=notshared.LABELS)
+                        not_shared_reasons=notshared.LABELS, choices=filter_choices(request.app),
+                        here=urlencode({k: v for k, v in params.items() if k != "cursor"}))
 
 
 @page("ig-officer", "auditor")
@@ -118,28 +118,6 @@ async def trail(request: web.Request, who: Principal) -> web.Response:
                             message="There are no audit records for that message id.")
     return await render(request, "trail.html", message=message, records=records,
                         summary=summarise(records, message), basis=_basis)
-
-
-@page("ig-officer", "auditor")
-async def reviews(request: web.Request, who: Principal) -> web.Response:
-    state = review_state(request.query.get("state"))
-    result = await request.app[SERVICE].index.reviews(state=state, limit=50, cursor=request.query.get("cursor") or None)
-    next_link = "?" + urlencode({"state": state, "cursor": result.next}) if result.next else None
-    return await render(request, "reviews.html", items=result.items, state=state, next_link=next_link,
-                        reasons=REVIEW_FLAGS, outcomes=REVIEW_OUTCOMES, can_review=who.has("ig-officer"),
-                        done=request.query.get("done"))
-
-
-@page("ig-officer")
-async def record_review(request: web.Request, who: Principal) -> web.StreamResponse:
-    form = await request.post()
-    item, outcome = str(form.get("item", "")), str(form.get("outcome", ""))
-    ref = reference(str(form.get("reference", "")).strip() or None)
-    if outcome not in REVIEW_OUTCOMES:
-        raise ConfigError("choose an outcome")
-    request[PRINCIPAL] = who
-    await review(request, item, outcome, ref)
-    raise web.HTTPSeeOther("/ig/reviews?" + urlencode({"done": item}))
 
 
 @page("ig-officer")
@@ -220,7 +198,7 @@ async def verify_now(request: web.Request, who: Principal) -> web.StreamResponse
 async def home(request: web.Request) -> web.StreamResponse:
     who = _who(request)
     if who is not None and not who.has("ig-officer", "auditor"):
-        raise web.HTTPSeeOther("/ig/integrity")
+        raise web.HTTPSeeOther("/ig/reviews?state=escalated" if who.has(DPO) else "/ig/integrity")
     return await sharing_log(request)
 
 
@@ -269,12 +247,15 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/ig/ig.css", stylesheet(_TEMPLATES / "ig.css"))
     app.router.add_get("/ig/export.csv", export_csv)
     app.router.add_get("/ig/messages/{message}", trail)
-    app.router.add_get("/ig/reviews", reviews)
-    app.router.add_post("/ig/reviews", record_review)
+    app.router.add_get("/ig/reviews", page(IG, AUDITOR, DPO)(reviewpages.queue))
+    app.router.add_post("/ig/reviews", page(IG)(reviewpages.record_one))
+    app.router.add_post("/ig/reviews/bulk", page(IG)(reviewpages.record_bulk))
+    app.router.add_get("/ig/dpo", page(IG, AUDITOR, DPO)(reviewpages.dpo_home))
     app.router.add_get("/ig/subject", subject_form)
     app.router.add_post("/ig/subject", subject_search)
     app.router.add_post("/ig/subject/proof", subject_proof)
     app.router.add_get("/ig/rulebook", rulebook)
+    app.router.add_get("/ig/report", page(*report.ROLES)(report.monthly))
     app.router.add_get("/ig/charts", charts)
     app.router.add_get("/ig/integrity", integrity)
     app.router.add_post("/ig/integrity", verify_now)

@@ -13,6 +13,7 @@ from broker.audit.query import FILTERS
 from broker.pipeline.retention import HOLD_REASONS
 from broker.web import notshared, traceability
 from broker.web.params import MAX_LIMIT
+from broker.web.reviews import PRIORITY_CHOICES, REASONS
 from broker.web.trailview import STANDINGS
 from broker.web.vocabulary import (
     DECISIONS,
@@ -135,8 +136,14 @@ def document() -> dict[str, Any]:
                 requestBody={"required": True, "content": {"application/json": {
                     "schema": {"$ref": "#/components/schemas/SubjectSearch"}}}})},
             "/api/v1/reviews": {
-                "get": _op("Items awaiting (or done) IG review", "ig-officer, auditor", _ok("ReviewPage", "items"),
-                           parameters=[_q("state", " or ".join(REVIEW_STATES), _enum(REVIEW_STATES)), *_PAGING]),
+                "get": _op("Items awaiting IG review, highest priority first (the rulebook's triage), or reviewed, "
+                           "or escalated to the DPO; filtered", "ig-officer, auditor", _ok("ReviewPage", "items"),
+                           parameters=[_q("state", " or ".join(REVIEW_STATES), _enum(REVIEW_STATES)),
+                                       _q("agency", "sending agency id"), _q("type", "message type"),
+                                       _q("priority", "triage priority", _enum(PRIORITY_CHOICES)),
+                                       _q("reason", "a reason the item gives", _enum(list(REASONS))),
+                                       _q("reviewer", "who reviewed it"),
+                                       _q("outcome", "review outcome", _enum(list(REVIEW_OUTCOMES))), *_PAGING]),
                 "post": _op("Record a review outcome (an audit record in its turn)", "ig-officer",
                             {"201": {"description": "the audit record of the review", "content": {
                                 "application/json": {"schema": {"$ref": "#/components/schemas/Record"}}}},
@@ -144,6 +151,18 @@ def document() -> dict[str, Any]:
                             requestBody={"required": True, "content": {"application/json": {
                                 "schema": {"$ref": "#/components/schemas/ReviewOutcome"}}}}),
             },
+            "/api/v1/reviews/bulk": {"post": _op(
+                "One outcome for up to 200 items an officer has read (each an audit record; items reviewed "
+                "meanwhile are skipped)", "ig-officer",
+                {"201": {"description": "the audit records, and how many items were skipped", "content": {
+                    "application/json": {"schema": {"type": "object", "properties": {
+                        "recorded": {"type": "array", "items": {"$ref": "#/components/schemas/Record"}},
+                        "skipped": {"type": "integer"}}}}}}, **_ERRORS},
+                requestBody={"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["items", "outcome"], "properties": {
+                        "items": {"type": "array", "minItems": 1, "maxItems": 200, "items": {"type": "string"}},
+                        "outcome": {"enum": list(REVIEW_OUTCOMES)},
+                        "reference": {"type": "string", "maxLength": 40, "pattern": "^[A-Za-z0-9/-]+$"}}}}}})},
             "/api/v1/integrity": {"get": _op("The last verification of the log", "ig-officer, auditor, operator",
                                              _ok("Integrity", "integrity status"))},
             "/api/v1/integrity/verify": {"post": _op("Verify every chain now", "ig-officer, auditor, operator",
@@ -273,14 +292,16 @@ def document() -> dict[str, Any]:
                                 "yet, left out (a later download covers them)", "properties": {
                                     "records": _STRINGS, "detail": {"type": "string"}}}}},
                 "ReviewItem": {"type": "object", "required": ["item", "kind", "message", "reasons"], "properties": {
-                    "item": {"type": "string"}, "kind": {"enum": ["flagged", "overdue"]},
+                    "item": {"type": "string"}, "kind": {"enum": ["flagged", "overdue", "reviewed"]},
+                    "priority": _enum(PRIORITY_CHOICES), "rank": {"type": "integer"},
+                    "point": {"type": ["number", "null"], "description": "a sampled item's SHA-256(record id) / 2^256"},
                     "message": {"type": "string"}, "recipient": {"type": ["string", "null"]},
                     "reasons": {"type": "array", "items": {"type": "string"}},
                     "outcome": {"type": ["string", "null"]}, "reviewer": {"type": ["string", "null"]}}},
                 "ReviewPage": {"type": "object", "required": ["items"], "properties": {
                     "items": {"type": "array", "items": {"$ref": "#/components/schemas/ReviewItem"}},
-                    "next": {"type": ["string", "null"]}, "reasons": {"type": "object"},
-                    "outcomes": {"type": "object"}}},
+                    "next": {"type": ["string", "null"]}, "matching": {"type": "integer"},
+                    "reasons": {"type": "object"}, "outcomes": {"type": "object"}}},
                 "ReviewOutcome": {"type": "object", "required": ["item", "outcome"], "properties": {
                     "item": {"type": "string", "minLength": 1}, "outcome": {"enum": list(REVIEW_OUTCOMES)},
                     "reference": {"type": "string", "maxLength": 40, "pattern": "^[A-Za-z0-9/-]+$",

@@ -1,37 +1,56 @@
-"""The IG review queue through the API: the items flagged or overdue, and an officer's outcome
-for one of them (an audit record in its turn)."""
+"""The IG review queue through the API: the triaged items (:mod:`broker.audit.triage`), an
+officer's outcome for one of them or for a filtered set at once (each an audit record in its
+turn), and the outcomes escalated to the Data Protection Officer."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
 
 from aiohttp import web
 
 from broker.audit.index import REVIEW_FLAGS, REVIEW_OUTCOMES
+from broker.audit.query import REVIEW_FILTERS, ReviewQuery
+from broker.audit.triage import DERIVED_REASONS, PRIORITIES, SAMPLE
 from broker.errors import ConfigError
-from broker.web.actions import audit_action, wait_indexed
+from broker.web.actions import audit_actions, wait_indexed
 from broker.web.context import SERVICE
 from broker.web.params import dumps, json_body, page_limit, reference, string
 from broker.web.problems import IG, READERS, Problem, principal, requires
 from broker.web.vocabulary import REVIEW_STATES, REVIEWED
 
+REASONS: Final = {**REVIEW_FLAGS, **DERIVED_REASONS}  # every reason an item can give, with its label
+PRIORITY_CHOICES: Final = (*PRIORITIES, SAMPLE)
+MAX_BULK: Final = 200  # items one bulk review may cover: a page of the queue at most a few times over
 
-def review_state(value: str | None) -> str:
-    """Which part of the queue: ``open`` (the default) or ``done``."""
-    state = value or REVIEW_STATES[0]
+
+def review_query(params: Mapping[str, str], *, limit: int = 50) -> ReviewQuery:
+    """The queue's filters from query parameters: ``state`` (open, done, escalated), the keys of
+    :data:`~broker.audit.query.REVIEW_FILTERS`, ``cursor``. A value is checked against its list."""
+    state = params.get("state") or REVIEW_STATES[0]
     if state not in REVIEW_STATES:
         raise ConfigError(f"state is {' or '.join(REVIEW_STATES)}")
-    return state
+    equals = {k: params[k] for k in REVIEW_FILTERS if params.get(k)}
+    for key, value in equals.items():
+        if len(value) > 200:
+            raise ConfigError(f"{key} is too long")
+    if "priority" in equals and equals["priority"] not in PRIORITY_CHOICES:
+        raise ConfigError(f"priority is one of {', '.join(PRIORITY_CHOICES)}")
+    if "reason" in equals and equals["reason"] not in REASONS:
+        raise ConfigError("reason is one of the review queue's reasons (see reasons in GET /api/v1/reviews)")
+    if "outcome" in equals and equals["outcome"] not in REVIEW_OUTCOMES:
+        raise ConfigError(f"outcome is one of {', '.join(REVIEW_OUTCOMES)}")
+    return ReviewQuery(state=state, equals=equals, limit=limit, cursor=params.get("cursor") or None)
 
 
 @requires(*READERS)
 async def list_reviews(request: web.Request) -> web.Response:
-    """Items for IG review: shares without consent, consent overridden, advice sought, late, overdue."""
-    page = await request.app[SERVICE].index.reviews(state=review_state(request.query.get("state")),
-                                                    limit=page_limit(request.query),
-                                                    cursor=request.query.get("cursor") or None)
-    return web.json_response({"items": page.items, "next": page.next,
-                              "reasons": REVIEW_FLAGS, "outcomes": REVIEW_OUTCOMES}, dumps=dumps)
+    """Items for IG review, highest priority first, with the reasons the triage gave."""
+    q = review_query(request.query, limit=page_limit(request.query))
+    index = request.app[SERVICE].index
+    page = await index.reviews(q)
+    return web.json_response({"items": page.items, "next": page.next, "matching": await index.review_count(q),
+                              "reasons": REASONS, "outcomes": REVIEW_OUTCOMES}, dumps=dumps)
 
 
 @requires(IG)
@@ -41,22 +60,48 @@ async def record_review(request: web.Request) -> web.Response:
     item_id, outcome = string(body, "item"), string(body, "outcome")
     if not item_id or outcome not in REVIEW_OUTCOMES:
         raise ConfigError(f"give the item and an outcome: one of {', '.join(REVIEW_OUTCOMES)}")
-    record = await review(request, item_id, outcome, reference(string(body, "reference")))
+    (record,) = await review(request, [item_id], outcome, reference(string(body, "reference")), single=True)
     return web.json_response(record, status=201, dumps=dumps)
 
 
-async def review(request: web.Request, item_id: str, outcome: str, ref: str | None) -> dict[str, Any]:
-    """Record ``outcome`` for the review item ``item_id``; returns the audit record once indexed."""
+@requires(IG)
+async def record_bulk_review(request: web.Request) -> web.Response:
+    """One outcome for many items (a filtered set the officer has read): an audit record each."""
+    body = await json_body(request)
+    items, outcome = body.get("items"), string(body, "outcome")
+    if not isinstance(items, list) or not all(isinstance(i, str) and 0 < len(i) <= 200 for i in items):
+        raise ConfigError("items is a list of review item ids")
+    if outcome not in REVIEW_OUTCOMES:
+        raise ConfigError(f"outcome is one of {', '.join(REVIEW_OUTCOMES)}")
+    records = await review(request, items, outcome, reference(string(body, "reference")))
+    return web.json_response({"recorded": records, "skipped": len(set(items)) - len(records)}, status=201,
+                             dumps=dumps)
+
+
+async def review(request: web.Request, item_ids: Sequence[str], outcome: str, ref: str | None, *,
+                 single: bool = False) -> list[dict[str, Any]]:
+    """Record ``outcome`` for each of ``item_ids`` that awaits review; returns their audit records
+    once indexed. One item (``single``) that is unknown or reviewed already is an error; in a bulk
+    review, those are skipped (another officer may have reviewed one meanwhile)."""
+    unique = list(dict.fromkeys(item_ids))
+    if not unique or len(unique) > MAX_BULK:
+        raise ConfigError(f"review 1 to {MAX_BULK} items at once")
     service = request.app[SERVICE]
-    item = await service.index.review_item(item_id)
-    if item is None:
-        raise Problem(404, "not-found", "no review item with that id")
-    if item["outcome"] is not None:
-        raise Problem(409, "already-reviewed", "that item has a review outcome already")
-    fields: dict[str, Any] = {"item": item_id, "message": item["message"], "outcome": outcome,
-                              "reviewer": principal(request).sub, "reasons": item["reasons"]}
-    if ref:
-        fields["reference"] = ref
-    record = await audit_action(request, REVIEWED, **fields)
-    await wait_indexed(service.index, lambda: service.index.record(record["id"]))
-    return record
+    if single:
+        item = await service.index.review_item(unique[0])
+        if item is None:
+            raise Problem(404, "not-found", "no review item with that id")
+        if item["outcome"] is not None:
+            raise Problem(409, "already-reviewed", "that item has a review outcome already")
+    items = await service.index.open_items(unique)
+    if not items:
+        if single:
+            raise Problem(409, "already-reviewed", "that item has a review outcome already")
+        return []
+    reviewer = principal(request).sub
+    each = [{"item": it["item"], "message": it["message"], "outcome": outcome, "reviewer": reviewer,
+             "reasons": it["reasons"]} | ({"reference": ref} if ref else {}) for it in items]
+    records = await audit_actions(request, REVIEWED, each)
+    last = records[-1]["id"]
+    await wait_indexed(service.index, lambda: service.index.record(last))
+    return records

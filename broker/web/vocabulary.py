@@ -42,7 +42,7 @@ OFFICER_EVENTS: Final = (REVIEWED, SUBJECT_SEARCH, SUBJECT_PROOF, EXPORTED, HOLD
 EVENTS: Final = (*MESSAGE_EVENTS, *OFFICER_EVENTS)
 DECISIONS: Final = tuple(DECISION_EVENTS.values())
 
-REVIEW_STATES: Final = ("open", "done")
+REVIEW_STATES: Final = ("open", "done", "escalated")  # escalated: outcomes for the DPO
 # what the index counts decisions by (AuditIndex.volumes), and its label
 VOLUMES_BY: Final = {"lawfulBasis": "Lawful basis", "agency": "Sending agency", "decision": "Decision"}
 # What the last verification of the audit log found (the integrity badge).

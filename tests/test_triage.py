@@ -1,0 +1,162 @@
+"""The review queue's triage (issue 17, part 1) on a real SQLite index: which records become items,
+at what priority and with which reasons, from the shipped rulebook's ``triage`` section; the
+sample an auditor can recompute from record ids; the rare-recipient count; and the queue derived
+again, outcomes kept, when the settings change. The same records through a real broker are in
+tests/test_triage_day.py."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from broker.audit.index import AuditIndex
+from broker.audit.query import ReviewQuery
+from broker.audit.triage import AgencyFacts, Triage, sample_point
+from broker.errors import ConfigError
+from broker.policy import rulebook as rulebooks
+from broker.wire.catalogue import Catalogue
+
+pytestmark = pytest.mark.timeout(60)
+
+AGENCIES = {"police-met": AgencyFacts("police", True), "la-camden": AgencyFacts("local-authority", True),
+            "health-camden": AgencyFacts("health", True), "school-hillside": AgencyFacts("school", False)}
+ROUTINE = {"consentStatus": "NOT_SOUGHT", "nonConsentReason": "WOULD_PREJUDICE_PROTECTION", "urgency": "URGENT",
+           "lawfulBasis": "UKGDPR_6_1_E"}
+
+
+def shipped_triage(agencies: Mapping[str, AgencyFacts] = AGENCIES) -> Triage:
+    book = rulebooks.load(rulebooks.DEFAULT_RULEBOOK, Catalogue())
+    return Triage.from_section(book.triage, agencies)
+
+
+@pytest.fixture
+async def index(tmp_path: Path) -> AsyncIterator[AuditIndex]:
+    idx = AuditIndex(tmp_path / "index.sqlite", triage=shipped_triage())
+    await idx.open(stream_created="s1")
+    try:
+        yield idx
+    finally:
+        idx.close()
+
+
+def message(n: int, *, typ: str = "referral", to: tuple[str, ...] = ("la-camden",), flags: tuple[str, ...] = (),
+            sharing: Mapping[str, Any] | None = None, rules: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """A message's records as the broker writes them: received, then one shared record per recipient."""
+    mid = f"m-{n:04d}"
+    base = {"message": mid, "type": typ, "sender": "police-met", "sharing": dict(sharing or ROUTINE),
+            "at": f"2026-11-29T10:{n // 60 % 60:02d}:{n % 60:02d}Z", "instance": "i1"}
+    received = base | {"id": f"r-{mid}", "event": "received", "n": 1, "to": list(to)}
+    if flags:
+        received["flags"] = list(flags)
+    return [received, *(base | {"id": f"s-{mid}-{r}", "event": "shared", "recipient": r, "n": 2 + i,
+                               "rules": list(rules)} for i, r in enumerate(to))]
+
+
+async def apply(index: AuditIndex, *blocks: list[dict[str, Any]]) -> None:
+    last = await index.last_seq()
+    await index.apply([(last + i, records) for i, records in enumerate(blocks, 1)], [], last + len(blocks))
+
+
+async def queue(index: AuditIndex, state: str = "open", **equals: str) -> list[dict[str, Any]]:
+    return (await index.reviews(ReviewQuery(state=state, equals=equals, limit=500))).items
+
+
+async def test_the_rules_pick_their_items_highest_priority_first(index: AuditIndex) -> None:
+    routine = [message(n, flags=("shared-without-consent",)) for n in range(1, 6)]
+    await apply(index,
+                message(10, flags=("advice-sought", "shared-without-consent")),
+                message(11, flags=("consent-overridden",), sharing=ROUTINE | {"consentStatus": "REFUSED_OVERRIDDEN"}),
+                message(12, sharing=ROUTINE | {"urgency": "EMERGENCY"}, flags=("shared-without-consent",)),
+                message(13, rules=("identity.protect",), flags=("shared-without-consent",)),
+                message(14, typ="encompass-notification", to=("school-hillside",),
+                        sharing=ROUTINE | {"criminalOffenceCondition": "DPA_SCH1_P18"}),
+                message(15, flags=("late",)),
+                message(16, flags=("clock-unjudged",)),
+                *routine)
+    items = await queue(index)
+    picked = {i["message"]: (i["priority"], i["reasons"]) for i in items if i["priority"] != "sample"}
+    assert picked == {
+        "m-0010": ("medium", ["advice-sought", "shared-without-consent"]),
+        "m-0011": ("high", ["consent-overridden"]),
+        "m-0012": ("high", ["emergency", "shared-without-consent"]),
+        "m-0013": ("high", ["protected-identity", "shared-without-consent"]),
+        "m-0014": ("medium", ["sensitive-to-non-partner"]),
+        "m-0015": ("high", ["late"]),
+        "m-0016": ("low", ["clock-unjudged"]),
+    }
+    ranks = [i["rank"] for i in items]
+    assert ranks == sorted(ranks)  # high, then medium, then low, then the sample
+    assert [i["message"] for i in items if i["priority"] == "high"] == ["m-0011", "m-0012", "m-0013", "m-0015"]
+    assert {i["message"] for i in await queue(index, priority="medium")} == {"m-0010", "m-0014"}
+    assert {i["message"] for i in await queue(index, reason="emergency")} == {"m-0012"}
+    assert not any(i["message"] in {f"m-{n:04d}" for n in range(1, 6)} and i["priority"] != "sample" for i in items)
+
+
+async def test_routine_shares_without_consent_are_sampled_reproducibly_from_the_record_id(index: AuditIndex) -> None:
+    blocks = [message(n, flags=("shared-without-consent",)) for n in range(400)]
+    await apply(index, *blocks)
+    # what an auditor computes from the record ids alone, without the broker's code
+    expected = {b[0]["message"] for b in blocks
+                if int(hashlib.sha256(b[0]["id"].encode()).hexdigest(), 16) / 2**256 < 0.05}
+    items = await queue(index)
+    assert {i["message"] for i in items} == expected
+    assert 5 <= len(expected) <= 40  # about 5 % of 400: the sample is neither everything nor nothing
+    for item in items:
+        assert item["priority"] == "sample" and item["reasons"] == ["sample", "shared-without-consent"]
+        assert item["point"] == pytest.approx(sample_point(f"r-{item['message']}"))
+    consent_given = message(999, sharing=ROUTINE | {"consentStatus": "GIVEN"})
+    await apply(index, consent_given)
+    assert "m-0999" not in {i["message"] for i in await queue(index)}  # nothing to review, nothing sampled
+
+
+async def test_a_recipient_kind_rare_for_the_type_is_picked_once_the_type_has_history(index: AuditIndex) -> None:
+    early = message(1, to=("health-camden",))  # no history yet: nothing is rare
+    usual = [message(n, to=("la-camden",)) for n in range(2, 42)]
+    rare = message(50, to=("health-camden",))
+    again = message(51, to=("la-camden",))
+    await apply(index, early, *usual, rare, again)
+    picked = {i["message"]: i["reasons"] for i in await queue(index)}
+    assert picked == {"m-0050": ["rare-recipient"]}
+
+
+async def test_changed_settings_derive_the_queue_again_and_keep_the_outcomes(tmp_path: Path) -> None:
+    path = tmp_path / "index.sqlite"
+    first = AuditIndex(path, triage=shipped_triage())
+    await first.open(stream_created="s1")
+    await apply(first, message(1, flags=("advice-sought",)), message(2, flags=("consent-overridden",)))
+    reviewed = {"id": "rv-1", "event": "reviewed", "instance": "i1", "n": 9, "at": "2026-11-29T12:00:00Z",
+                "item": "flag:m-0001", "message": "m-0001", "outcome": "breach", "reviewer": "ig-sam",
+                "reasons": ["advice-sought"]}
+    await apply(first, [reviewed])
+    first.close()
+    # advice sought no longer picked: its item stays, with its outcome, for the record of who decided what
+    book = rulebooks.load(rulebooks.DEFAULT_RULEBOOK, Catalogue())
+    section = dict(book.triage) | {"reasons": {k: v for k, v in book.triage["reasons"].items()
+                                               if k != "advice-sought"}}
+    second = AuditIndex(path, triage=Triage.from_section(section, AGENCIES))
+    await second.open(stream_created="s1")
+    try:
+        assert [i["message"] for i in await queue(second)] == ["m-0002"]
+        (done,) = await queue(second, state="escalated")
+        assert (done["item"], done["outcome"], done["reviewer"]) == ("flag:m-0001", "breach", "ig-sam")
+        assert [i["item"] for i in await queue(second, state="done", reviewer="ig-sam")] == ["flag:m-0001"]
+    finally:
+        second.close()
+
+
+def test_a_triage_naming_an_unknown_reason_is_refused() -> None:
+    with pytest.raises(ConfigError, match="does not know: made-up"):
+        Triage.from_section({"reasons": {"made-up": {"priority": "high", "cite": ["x"]}}, "sample": {}})
+
+
+def test_the_shipped_triage_cites_every_reason_and_covers_every_flag() -> None:
+    from broker.audit.index import REVIEW_FLAGS
+
+    book = rulebooks.load(rulebooks.DEFAULT_RULEBOOK, Catalogue())
+    named = set(book.triage["reasons"]) | set(book.triage["sample"]["reasons"])
+    assert set(REVIEW_FLAGS) <= named  # no flag the broker raises is silently dropped from review
+    assert all(spec["cite"] for spec in book.triage["reasons"].values())
