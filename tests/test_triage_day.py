@@ -5,7 +5,9 @@ Officer then sees, with axe-core at zero WCAG 2.2 AA violations on every page.""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from tests.support.web import auth, shots, token, until_indexed
 
 pytestmark = pytest.mark.timeout(150)
 Client = TestClient  # type: ignore[type-arg]
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def chosen_jti(*, sampled: bool) -> str:
@@ -60,7 +63,7 @@ async def send_day(agency: ClientFactory, routine: int, *, sampled: int = 1) -> 
 
 
 async def test_a_days_queue_holds_only_what_the_rules_pick_and_the_sample(client: Client, settings: Settings,
-                                                                         agency: ClientFactory) -> None:
+                                                                         agency: ClientFactory, tmp_path: Path) -> None:
     sent = await send_day(agency, routine=40)
     await until_indexed(client, settings, sent["given"][-1], timeout=5)
     h = auth(settings, "auditor")
@@ -79,6 +82,16 @@ async def test_a_days_queue_holds_only_what_the_rules_pick_and_the_sample(client
     assert [i["priority"] for i in body["items"]][:3] == ["high"] * 3
     r = await client.get("/api/v1/reviews?priority=sample", headers=h)
     assert {i["message"] for i in (await r.json())["items"]} == sampled
+    # docs/information-governance.md's recomputation, run as written over the log's CSV
+    csv = await (await client.get("/api/v1/records.csv?event=received&flagged=true", headers=h)).read()
+    (tmp_path / "received.csv").write_bytes(csv)
+    doc = (ROOT / "docs" / "information-governance.md").read_text()
+    script = doc.split("python3 - received.csv <<'EOF'\n", 1)[1].split("\nEOF\n", 1)[0]
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-I", "-", str(tmp_path / "received.csv"),
+                                                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+    stdout, _ = await asyncio.wait_for(proc.communicate(script.encode()), 30)
+    assert proc.returncode == 0
+    assert {line.split()[0] for line in stdout.decode().splitlines() if line.endswith(" sampled")} == sampled
     for bad in ("priority=urgent", "reason=made-up", "state=later", "outcome=fine"):
         r = await client.get(f"/api/v1/reviews?{bad}", headers=h)
         assert r.status == 400 and bad.split("=")[1] not in (await r.json())["detail"]
