@@ -143,6 +143,7 @@ async def test_changed_settings_derive_the_queue_again_and_keep_the_outcomes(tmp
         assert [i["message"] for i in await queue(second)] == ["m-0002"]
         (done,) = await queue(second, state="escalated")
         assert (done["item"], done["outcome"], done["reviewer"]) == ("flag:m-0001", "breach", "ig-sam")
+        assert (done["type"], done["sender"]) == ("referral", "police-met")  # still says what was reviewed
         assert [i["item"] for i in await queue(second, state="done", reviewer="ig-sam")] == ["flag:m-0001"]
     finally:
         second.close()

@@ -121,13 +121,15 @@ def _derive(conn: sqlite3.Connection, triage: Triage, record: Mapping[str, Any],
                      (f"overdue:{message}:{record.get('recipient')}", message, record.get("recipient"),
                       record.get("type"), record.get("sender"), record.get("at"), priority, RANKS[priority]))
     elif event == "reviewed":  # an outcome stays, even for an item the triage no longer picks
-        conn.execute("INSERT INTO reviews (item, kind, message, reasons, at, outcome, reviewer, reviewed_at, "
-                     "review_record, priority, rank) VALUES (?, 'reviewed', ?, ?, ?, ?, ?, ?, ?, 'high', 1) "
-                     "ON CONFLICT(item) DO UPDATE SET outcome = excluded.outcome, reviewer = excluded.reviewer, "
-                     "reviewed_at = excluded.reviewed_at, review_record = excluded.review_record",
+        conn.execute("INSERT INTO reviews (item, kind, message, type, sender, reasons, at, outcome, reviewer, "
+                     "reviewed_at, review_record, priority, rank) SELECT ?, 'reviewed', ?, r.type, r.sender, ?, ?, ?, "
+                     "?, ?, ?, 'high', 1 FROM (SELECT NULL) LEFT JOIN records r ON r.message = ? AND "
+                     "r.event = 'received' WHERE true ON CONFLICT(item) DO UPDATE SET outcome = excluded.outcome, "
+                     "reviewer = excluded.reviewer, reviewed_at = excluded.reviewed_at, "
+                     "review_record = excluded.review_record",
                      (record.get("item"), record.get("message"), orjson.dumps(record.get("reasons") or []).decode(),
                       record.get("at"), record.get("outcome"), record.get("reviewer"), record.get("at"),
-                      record.get("id")))
+                      record.get("id"), record.get("message")))
 
 
 def rederive(conn: sqlite3.Connection, triage: Triage) -> None:
