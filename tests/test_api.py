@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import contextlib
+import sqlite3
 import time
 from typing import Any
 
@@ -22,6 +24,7 @@ from broker.web.params import MAX_LIMIT
 from broker.web.vocabulary import EVENTS
 from broker.wire.registry import Registry
 from tests.conftest import ClientFactory
+from tests.helpers import referral, sharing
 from tests.support.cli import sgb
 from tests.support.sending import NHS, NOT_SHARED_WORDS, send_not_to_share, send_referrals
 from tests.support.web import auth, token, until_indexed, until_recorded
@@ -345,8 +348,12 @@ async def test_internal_errors_never_leak(client: Client, settings: Settings, se
 async def test_reindex_rebuilds_the_same_index(client: Client, settings: Settings, agency: ClientFactory,
                                                service: AuditService) -> None:
 
-    ids = await send_referrals(agency, count=2)
-    await until_indexed(client, settings, ids[-1])
+    ids = await send_referrals(agency, count=2) + await send_referrals(agency, consent="REFUSED_OVERRIDDEN")
+    police = await agency("police-met")  # advice sought: medium in the shipped triage (high without one)
+    advice = await police.send(typ="referral", to=["la-camden"], payload=referral(),
+                               sharing=sharing() | {"adviceSought": {"from": "IG_OFFICER"}})
+    await police.wait_outcome(advice, timeout=10)
+    await until_indexed(client, settings, advice)
     before = await service.index.counts()
     copy = settings.home / "reindexed.sqlite"
     env_home = settings.home
@@ -354,3 +361,10 @@ async def test_reindex_rebuilds_the_same_index(client: Client, settings: Setting
         "SGB_AUDIT_INDEX": str(copy)})
     assert rc == 0, err
     assert f"{before['records']} records" in out
+
+    def queue(path: object) -> list[tuple[Any, ...]]:  # the triaged queue, as the rulebook's triage derives it
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+            return conn.execute("SELECT item, priority, rank, point, reasons FROM reviews ORDER BY item").fetchall()
+
+    assert queue(copy) == queue(settings.index_path)
+    assert {(row[0], row[1]) for row in queue(copy)} >= {(f"flag:{ids[-1]}", "high"), (f"flag:{advice}", "medium")}

@@ -106,13 +106,17 @@ async def cmd_audit_verify(settings: Settings, args: argparse.Namespace) -> int:
 async def cmd_audit_reindex(settings: Settings, args: argparse.Namespace) -> int:
     from broker.audit.index import AuditIndex, Indexer
     from broker.audit.verify import broker_keys
+    from broker.policy import rulebook as rulebooks
+    from broker.web.app import triage_for
     from broker.wire.subjects import AUDIT
 
-    registry = Registry.load(settings.registry_path, Catalogue())
+    catalogue = Catalogue()
+    registry = Registry.load(settings.registry_path, catalogue)
+    book = rulebooks.load(settings.rulebook_path or rulebooks.DEFAULT_RULEBOOK, catalogue)
     path = settings.index_path
     for suffix in ("", "-wal", "-shm"):
         Path(str(path) + suffix).unlink(missing_ok=True)
-    index = AuditIndex(path)
+    index = AuditIndex(path, triage=triage_for(book, registry))  # the queue the broker would derive
     try:
         async with nats_location(settings) as url, connected(settings, url, name="sgb-audit-reindex") as nc:
             js = jetstream(nc, settings)

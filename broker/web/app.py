@@ -22,6 +22,7 @@ from broker.http.probes import Check
 from broker.http.tokens import TokenVerifier
 from broker.pipeline.service import Broker
 from broker.pipeline.workers import Workers
+from broker.policy.rulebook import Rulebook
 from broker.timestamps import iso
 from broker.transport.errors import nats_failures
 from broker.transport.natsserver import EmbeddedServer
@@ -30,6 +31,7 @@ from broker.web.context import BROKER_KEY, SERVICE, AuditService
 from broker.web.integrity import run_incremental, run_verification
 from broker.web.problems import api_middleware
 from broker.web.traceability import rulebook_in_force
+from broker.wire.registry import Registry
 from broker.wire.subjects import AUDIT, DELIVERY
 
 log = structlog.get_logger("sgb.http")
@@ -109,11 +111,14 @@ async def audit_service(broker: Broker, workers: Workers | None = None) -> Async
         index.close()
 
 
-def triage_in_force(broker: Broker) -> Triage:
+def triage_for(book: Rulebook | None, registry: Registry) -> Triage:
     """The review queue's triage: the rulebook's ``triage`` section over the registry's agencies."""
-    book = rulebook_in_force(broker.policy)
-    agencies = {a.id: AgencyFacts(a.kind, a.safeguarding_partner) for a in broker.registry.agencies.values()}
+    agencies = {a.id: AgencyFacts(a.kind, a.safeguarding_partner) for a in registry.agencies.values()}
     return Triage.from_section(book.triage if book is not None else None, agencies)
+
+
+def triage_in_force(broker: Broker) -> Triage:
+    return triage_for(rulebook_in_force(broker.policy), broker.registry)
 
 
 def make_app(broker: Broker, service: AuditService | None = None, *,
