@@ -7,6 +7,7 @@ tests/test_triage_day.py."""
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from broker.policy import rulebook as rulebooks
 from broker.wire.catalogue import Catalogue
 
 pytestmark = pytest.mark.timeout(60)
+ROOT = Path(__file__).resolve().parent.parent
 
 AGENCIES = {"police-met": AgencyFacts("police", True), "la-camden": AgencyFacts("local-authority", True),
             "health-camden": AgencyFacts("health", True), "school-hillside": AgencyFacts("school", False)}
@@ -149,9 +151,18 @@ async def test_changed_settings_derive_the_queue_again_and_keep_the_outcomes(tmp
         second.close()
 
 
-def test_a_triage_naming_an_unknown_reason_is_refused() -> None:
+def test_a_triage_naming_an_unknown_reason_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not know: made-up"):
         Triage.from_section({"reasons": {"made-up": {"priority": "high", "cite": ["x"]}}, "sample": {}})
+    # and the rulebook's schema knows the same reasons, so `sgb policy check` and a reload refuse it too
+    from broker.web.reviews import REASONS
+
+    schema = json.loads((ROOT / "schemas" / "rulebook.v1.json").read_text())["properties"]["triage"]["properties"]
+    assert set(schema["reasons"]["propertyNames"]["enum"]) == set(REASONS) - {"sample"}
+    text = rulebooks.DEFAULT_RULEBOOK.read_text().replace("    advice-sought:\n", "    advice-given:\n", 1)
+    (tmp_path / "rulebook.yaml").write_text(text)
+    with pytest.raises(ConfigError, match="/triage/reasons"):
+        rulebooks.load(tmp_path / "rulebook.yaml", Catalogue())
 
 
 def test_the_shipped_triage_cites_every_reason_and_covers_every_flag() -> None:
