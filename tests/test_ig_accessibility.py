@@ -27,7 +27,8 @@ pytestmark = pytest.mark.timeout(150)
 _FOCUSED = """() => {
   const e = document.activeElement, style = getComputedStyle(e);
   return {tag: e.tagName.toLowerCase(), id: e.id, name: e.getAttribute('name'), type: e.getAttribute('type'),
-          href: e.getAttribute('href'),
+          href: e.getAttribute('href'), value: e.value,
+          buttons: e.form ? [...e.form.querySelectorAll('button')].map(b => b.textContent.trim()) : [],
           text: (e.textContent || '').trim(), label: e.labels && e.labels.length ? e.labels[0].textContent.trim() : '',
           checked: !!e.checked,
           ring: (style.outlineStyle !== 'none' && parseFloat(style.outlineWidth) > 0) || style.boxShadow !== 'none'};
@@ -70,6 +71,18 @@ async def keyboard_sign_in(page: Any, url: str, access: str) -> None:
     await page.keyboard.press("Enter")
 
 
+async def choose(page: Any, field: dict[str, Any], value: str, *, limit: int = 40) -> None:
+    """Set the focused field to ``value`` by keyboard: a select by its arrow keys, a text field by typing."""
+    if field["tag"] != "select":
+        await page.keyboard.type(value)
+        return
+    for _ in range(limit):
+        if (await focused(page))["value"] == value:
+            return
+        await page.keyboard.press("ArrowDown")
+    raise AssertionError(f"{value!r} not among the first {limit} choices of {field['label']}")
+
+
 @pytest.fixture
 async def school(broker: Broker, agency: ClientFactory, settings: Settings,
                  registry: Registry) -> AsyncIterator[School]:
@@ -107,14 +120,17 @@ async def test_every_ig_page_has_no_wcag_violation(browser_page: Any, live_url: 
     await page.wait_for_url(f"{live_url}/ig/")
     await page.keyboard.press("Tab")  # the skip link, shown on focus, is checked too (its contrast)
     await assert_accessible(page, "/ig/ with the skip link shown")
-    for path in ("/ig/", "/ig/?consentStatus=REFUSED_OVERRIDDEN", "/ig/reviews", f"/ig/messages/{message}",
-                 "/ig/subject", "/ig/charts", "/ig/integrity", "/ig/rulebook", "/ig/messages/no-such-message"):
-        await page.goto(f"{live_url}{path}")
+    for path in ("/ig/", "/ig/?consentStatus=REFUSED_OVERRIDDEN", "/ig/reviews", "/ig/reviews?state=escalated",
+                 f"/ig/messages/{message}", "/ig/subject", "/ig/charts", "/ig/integrity", "/ig/rulebook",
+                 "/ig/report", "/ig/messages/no-such-message"):
+        response = await page.goto(f"{live_url}{path}")
+        assert response.status == (404 if "no-such" in path else 200), path  # the page itself, not an error
         await assert_accessible(page, path)
+    form = page.locator("form", has=page.get_by_role("button", name="Record review")).first
     await page.goto(f"{live_url}/ig/reviews")
-    await page.locator("input[name=outcome]").first.check()
-    await page.get_by_role("button", name="Record review").first.click()
-    await page.get_by_role("status").wait_for()
+    await form.locator("input[name=outcome]").first.check()
+    await form.get_by_role("button", name="Record review").click()
+    await page.locator("[role=status]", has_text="Review recorded").wait_for()
     await assert_accessible(page, "the review queue with its confirmation")
     await page.goto(f"{live_url}/ig/reviews?state=done")
     assert "ig-sam" in await page.locator("main").inner_text()
@@ -169,8 +185,8 @@ async def test_an_ig_officer_signs_in_and_filters_the_log_with_the_keyboard(
     assert page.url == f"{live_url}/ig/"
     await skip_link_first(page)
 
-    await tab_until(page, "the consent status filter", lambda f: f["label"] == "Consent status")
-    await page.keyboard.type("REFUSED_OVERRIDDEN")
+    await choose(page, await tab_until(page, "the consent status filter", lambda f: f["label"] == "Consent status"),
+                 "REFUSED_OVERRIDDEN")
     await tab_until(page, "the Filter button", lambda f: f["tag"] == "button" and f["text"] == "Filter")
     await page.keyboard.press("Enter")
     await page.wait_for_url("**consentStatus=REFUSED_OVERRIDDEN**")
@@ -197,8 +213,8 @@ async def test_an_ig_officer_records_a_review_with_the_keyboard(
     await page.goto(f"{live_url}/ig/reviews")  # as a bookmark would (the nav's link is a tab stop, tested above)
     await skip_link_first(page)
 
-    first = await tab_until(page, "the review form's first outcome",
-                            lambda f: f["tag"] == "input" and f["name"] == "outcome")
+    first = await tab_until(page, "an item's review form's first outcome",
+                            lambda f: f["name"] == "outcome" and "Record review" in f["buttons"])
     assert first["type"] == "radio" and not first["checked"]
     await page.keyboard.press("Space")  # Space checks the focused radio button
     assert (await focused(page))["checked"]
@@ -208,9 +224,8 @@ async def test_an_ig_officer_records_a_review_with_the_keyboard(
     await tab_until(page, "the Record review button", lambda f: f["tag"] == "button" and f["text"] == "Record review",
                     limit=5)
     await page.keyboard.press("Enter")
-    status = page.get_by_role("status")
-    await status.wait_for()
-    assert "Review recorded" in await status.inner_text()  # role=status: a screen reader announces it
+    status = page.get_by_role("status").filter(has_text="Review recorded")
+    await status.wait_for()  # role=status: a screen reader announces it
     await page.screenshot(path=str(shots(tmp_path) / "a11y-review-recorded.png"), full_page=True)
 
     await page.goto(f"{live_url}/ig/reviews?state=done")
