@@ -10,11 +10,8 @@ wrapped by :func:`broker.web.igpages.page` where the route is added, as igpages 
 from __future__ import annotations
 
 import datetime as dt
-import functools
-from importlib import resources
 from typing import Any, Final
 
-import orjson
 from aiohttp import web
 
 from broker.audit.index import REVIEW_OUTCOMES
@@ -24,9 +21,9 @@ from broker.http.tokens import Principal
 from broker.web.context import BROKER_KEY, SERVICE
 from broker.web.integrity import last_verification
 from broker.web.params import now
+from broker.wire import lawfulbasis
 
 ROLES: Final = ("ig-officer", "auditor", "dpo")
-_BASES: Final = ("lawfulBasis", "lawEnforcementBasis")  # what the index's lawful_basis column holds
 
 
 async def monthly(request: web.Request, who: Principal) -> web.Response:
@@ -46,7 +43,7 @@ async def monthly(request: web.Request, who: Principal) -> web.Response:
     return await request.app[SESSIONS].render(
         request, "report.html", who=who, report=report, title=_title(month),
         previous=_shift(month, -1), following=following if following <= today.strftime("%Y-%m") else None,
-        chart=hbar_chart(report.shared_by_type), agency=agency, basis=basis_label, outcomes=REVIEW_OUTCOMES,
+        chart=hbar_chart(report.shared_by_type), agency=agency, basis=lawfulbasis.label, outcomes=REVIEW_OUTCOMES,
         verification=await last_verification(request.app[SERVICE].index), witnesses=broker.witnesses.check(),
         partnership=registry.broker.name, generated=now())
 
@@ -60,17 +57,6 @@ def _shift(month: str, by: int) -> str:
 
 def _title(month: str) -> str:
     return dt.date.fromisoformat(month + "-01").strftime("%B %Y")
-
-
-@functools.cache
-def _basis_labels() -> dict[str, str]:
-    lists = orjson.loads((resources.files("schemas") / "vocabulary.v2.json").read_bytes())["lists"]
-    return {e["code"]: f"{e['citation'].split(';')[0]} {e['label']}" for name in _BASES for e in lists[name]}
-
-
-def basis_label(code: str) -> str:
-    """A lawful-basis code as the board reads it ("UK GDPR Art 6(1)(e) Public task"); else the code."""
-    return _basis_labels().get(code, code)
 
 
 def hbar_chart(counts: Counts, *, width: int = 640, bar: int = 24, gap: int = 10, label: int = 220
