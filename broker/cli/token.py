@@ -5,14 +5,16 @@ from __future__ import annotations
 import argparse
 
 from broker.config import Settings
+from broker.http.tokens import ROLES
 from broker.identity.keys import load_identity
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     token = sub.add_parser("token", parents=[common], help="mint a development API token (dev issuer key)")
     token.add_argument("--role", action="append", required=True,
-                       choices=["ig-officer", "auditor", "operator", "dsl"],
-                       help="a role (repeat for more); dsl: a school's designated safeguarding lead")
+                       choices=ROLES,
+                       help="a role (repeat for more); dsl: a school's designated safeguarding lead; dpo: the "
+                            "Data Protection Officer (escalated reviews, the monthly report)")
     token.add_argument("--audience", metavar="AUD",
                        help="the service that accepts it (default: the API's audience); a school's Operation "
                             "Encompass inbox takes sgb-inbox-<school id> (with --role dsl)")
