@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,8 @@ def message(n: int, *, typ: str = "referral", to: tuple[str, ...] = ("la-camden"
     """A message's records as the broker writes them: received, then one shared record per recipient."""
     mid = f"m-{n:04d}"
     base = {"message": mid, "type": typ, "sender": "police-met", "sharing": dict(sharing or ROUTINE),
-            "at": f"2026-11-29T10:{n // 60 % 60:02d}:{n % 60:02d}Z", "instance": "i1"}
+            "at": f"2026-11-29T{10 + n // 3600:02d}:{n // 60 % 60:02d}:{n % 60:02d}.{n * 7 % 1000:03d}Z",
+            "instance": "i1"}
     received = base | {"id": f"r-{mid}", "event": "received", "n": 1, "to": list(to)}
     if flags:
         received["flags"] = list(flags)
@@ -98,18 +100,18 @@ async def test_the_rules_pick_their_items_highest_priority_first(index: AuditInd
     assert not any(i["message"] in {f"m-{n:04d}" for n in range(1, 6)} and i["priority"] != "sample" for i in items)
 
 
-async def test_routine_shares_without_consent_are_sampled_reproducibly_from_the_record_id(index: AuditIndex) -> None:
+async def test_routine_shares_without_consent_are_sampled_reproducibly_from_the_record(index: AuditIndex) -> None:
     blocks = [message(n, flags=("shared-without-consent",)) for n in range(400)]
     await apply(index, *blocks)
-    # what an auditor computes from the record ids alone, without the broker's code
+    # what an auditor computes from each record's id and time alone, without the broker's code
     expected = {b[0]["message"] for b in blocks
-                if int(hashlib.sha256(b[0]["id"].encode()).hexdigest(), 16) / 2**256 < 0.05}
+                if int(hashlib.sha256(f"{b[0]['id']}|{b[0]['at']}".encode()).hexdigest(), 16) / 2**256 < 0.05}
     items = await queue(index)
     assert {i["message"] for i in items} == expected
     assert 5 <= len(expected) <= 40  # about 5 % of 400: the sample is neither everything nor nothing
     for item in items:
         assert item["priority"] == "sample" and item["reasons"] == ["sample", "shared-without-consent"]
-        assert item["point"] == pytest.approx(sample_point(f"r-{item['message']}"))
+        assert item["point"] == pytest.approx(sample_point(f"r-{item['message']}", item["at"]))
     consent_given = message(999, sharing=ROUTINE | {"consentStatus": "GIVEN"})
     await apply(index, consent_given)
     assert "m-0999" not in {i["message"] for i in await queue(index)}  # nothing to review, nothing sampled
@@ -120,9 +122,67 @@ async def test_a_recipient_kind_rare_for_the_type_is_picked_once_the_type_has_hi
     usual = [message(n, to=("la-camden",)) for n in range(2, 42)]
     rare = message(50, to=("health-camden",))
     again = message(51, to=("la-camden",))
-    await apply(index, early, *usual, rare, again)
+    receipt = message(52, typ="receipt", to=("health-camden",), sharing={"consentStatus": "NOT_APPLICABLE"})
+    unknown = message(53, typ="encompass-notification", to=("school-new",),  # joined after the index started
+                      sharing=ROUTINE | {"criminalOffenceCondition": "DPA_SCH1_P18"})
+    await apply(index, early, *usual, rare, again, receipt, unknown)
+    await apply(index, rare)  # the same block again (a repeat): nothing counted twice
     picked = {i["message"]: i["reasons"] for i in await queue(index)}
-    assert picked == {"m-0050": ["rare-recipient"]}
+    assert picked == {"m-0050": ["rare-recipient"], "m-0053": ["sensitive-to-non-partner"]}
+
+
+async def test_the_queue_pages_across_priorities_without_losing_or_repeating_an_item(index: AuditIndex) -> None:
+    flags = ("consent-overridden", "advice-sought", "clock-unjudged")
+    await apply(index, *(message(n, flags=(flags[n % 3],)) for n in range(23)))
+    whole = [i["item"] for i in await queue(index)]
+    paged: list[str] = []
+    cursor = None
+    while True:
+        page = await index.reviews(ReviewQuery(limit=4, cursor=cursor))
+        paged += [i["item"] for i in page.items]
+        if page.next is None:
+            break
+        cursor = page.next
+    assert paged == whole and len(whole) == 23
+
+
+async def test_deriving_again_in_steps_gives_the_queue_indexing_gave(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from broker.audit import tables
+
+    monkeypatch.setattr(tables, "REDERIVE_RECORDS", 7)  # many small transactions
+    path = tmp_path / "index.sqlite"
+    live = AuditIndex(path, triage=shipped_triage())
+    await live.open(stream_created="s1")
+    blocks = [message(n, to=("la-camden",) if n % 9 else ("health-camden",),
+                      flags=("shared-without-consent",) if n % 4 else ("advice-sought",)) for n in range(120)]
+    await apply(live, *blocks)
+
+    def state(conn: sqlite3.Connection) -> tuple[list[Any], list[Any]]:
+        return (conn.execute("SELECT item, priority, rank, point, reasons FROM reviews ORDER BY item").fetchall(),
+                conn.execute("SELECT * FROM triage_seen ORDER BY type, kind").fetchall())
+
+    before = await live._store.read(state)
+    live.close()
+    # a registry change (a new agency) means a new digest: the queue is derived again, the same
+    again = AuditIndex(path, triage=shipped_triage(AGENCIES | {"charity-x": AgencyFacts("charity", False)}))
+    await again.open(stream_created="s1")
+    try:
+        assert await again._store.read(state) == before
+        assert await again.meta("triage") == again.triage.digest()
+    finally:
+        again.close()
+    # back to the first settings, and the broker stopped after the first step: the next start resumes
+    third = AuditIndex(path, triage=shipped_triage())
+    digest = third.triage.digest()
+    await third._store.write(lambda c: tables.start_rederive(c, digest))
+    stopped_at = await third._store.write(lambda c: tables.rederive_step(c, third.triage, digest, 0))
+    assert (await third.meta("triage")) == {"pending": digest, "after": stopped_at}
+    await third.open(stream_created="s1")
+    try:
+        assert await third._store.read(state) == before
+    finally:
+        third.close()
 
 
 async def test_changed_settings_derive_the_queue_again_and_keep_the_outcomes(tmp_path: Path) -> None:

@@ -6,9 +6,9 @@ Officer then sees, with axe-core at zero WCAG 2.2 AA violations on every page.""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -16,45 +16,47 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 from aiohttp.test_utils import TestClient
 
-from broker.audit.triage import sample_point
 from broker.config import Settings
-from broker.wire.ids import derived_id
-from tests.conftest import ClientFactory
+from broker.policy import rulebook as rulebooks
+from broker.web import reviews
+from tests.conftest import ClientFactory, make_settings
 from tests.helpers import drain, referral, sharing
 from tests.support.axe import assert_accessible
 from tests.support.web import auth, shots, token, until_indexed
+from tests.support.web import sign_in as sign_in_pages
 
 pytestmark = pytest.mark.timeout(150)
 Client = TestClient  # type: ignore[type-arg]
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def chosen_jti(*, sampled: bool) -> str:
-    """A message id whose received record the 5 % sample does (or does not) pick."""
-    while True:
-        jti = str(uuid.uuid4())
-        if (sample_point(derived_id("audit", jti, "received")) < 0.05) is sampled:
-            return jti
+@pytest.fixture
+def settings(home: Path, nats_url: str, request: pytest.FixtureRequest) -> Settings:
+    """The test broker's settings; a test marked ``sample_everything`` runs the shipped rulebook
+    with the sample rate at 1, so that each routine share is sampled (the browser journey needs one)."""
+    base = make_settings(home, nats_url)
+    if request.node.get_closest_marker("sample_everything") is None:
+        return base
+    text = rulebooks.DEFAULT_RULEBOOK.read_text()
+    assert "\n    rate: 0.05\n" in text
+    (home / "rulebook.yaml").write_text(text.replace("\n    rate: 0.05\n", "\n    rate: 1.0\n"))
+    return dataclasses.replace(base, rulebook_path=home / "rulebook.yaml")
 
 
-async def send_day(agency: ClientFactory, routine: int, *, sampled: int = 1) -> dict[str, list[str]]:
-    """Police referrals to the LA: ``routine`` without consent (reason recorded), ``sampled`` of them
-    with ids the sample picks; two with consent overridden, one emergency, one after advice, two
-    with consent. Returns the message ids by kind."""
+async def send_day(agency: ClientFactory, routine: int) -> dict[str, list[str]]:
+    """Police referrals to the LA: ``routine`` without consent (reason recorded), two with consent
+    overridden, one emergency, one after advice, two with consent. Returns the message ids by kind."""
     police, la = await agency("police-met"), await agency("la-camden")
     given = {k: v for k, v in sharing().items() if k != "nonConsentReason"} | {
         "consentStatus": "GIVEN", "lawEnforcementBasis": "DPA_S35_CONSENT", "specialCategoryCondition": "UKGDPR_9_2_A",
         "criminalOffenceCondition": "DPA_SCH1_CONSENT"}
-    plan: list[tuple[str, dict[str, Any], str | None]] = (
-        [("routine", sharing(), None)] * routine + [("routine", sharing(), chosen_jti(sampled=True))] * sampled
-        + [("overridden", sharing() | {"consentStatus": "REFUSED_OVERRIDDEN"}, None)] * 2
-        + [("emergency", sharing() | {"urgency": "EMERGENCY"}, None),
-           ("advice", sharing() | {"adviceSought": {"from": "IG_OFFICER"}}, None)]
-        + [("given", given, None)] * 2)
+    plan: list[tuple[str, dict[str, Any]]] = (
+        [("routine", sharing())] * routine + [("overridden", sharing() | {"consentStatus": "REFUSED_OVERRIDDEN"})] * 2
+        + [("emergency", sharing() | {"urgency": "EMERGENCY"}),
+           ("advice", sharing() | {"adviceSought": {"from": "IG_OFFICER"}})] + [("given", given)] * 2)
     sent: dict[str, list[str]] = {}
-    for kind, share, jti in plan:
-        jti = await police.send(typ="referral", to=["la-camden"], payload=referral(), sharing=share,
-                                **({"jti": jti} if jti else {}))
+    for kind, share in plan:
+        jti = await police.send(typ="referral", to=["la-camden"], payload=referral(), sharing=share)
         outcome = await police.wait_outcome(jti, timeout=10)
         assert outcome.type == "receipt", outcome.payload
         sent.setdefault(kind, []).append(jti)
@@ -68,11 +70,10 @@ async def test_a_days_queue_holds_only_what_the_rules_pick_and_the_sample(client
     await until_indexed(client, settings, sent["given"][-1], timeout=5)
     h = auth(settings, "auditor")
     received = (await (await client.get("/api/v1/records?event=received&limit=500", headers=h)).json())["items"]
-    assert len(received) == 47
-    # the sample, as an auditor recomputes it from the record ids alone
+    assert len(received) == 46
+    # the sample, as an auditor recomputes it from the records' ids and times alone
     sampled = {r["message"] for r in received if r["message"] in sent["routine"]
-               and int(hashlib.sha256(r["id"].encode()).hexdigest(), 16) / 2**256 < 0.05}
-    assert sent["routine"][-1] in sampled
+               and int(hashlib.sha256(f"{r['id']}|{r['at']}".encode()).hexdigest(), 16) / 2**256 < 0.05}
     body = await (await client.get("/api/v1/reviews?limit=500", headers=h)).json()
     queue = {i["message"]: (i["priority"], i["reasons"][0]) for i in body["items"]}
     assert queue == {**{m: ("high", "consent-overridden") for m in sent["overridden"]},
@@ -99,7 +100,7 @@ async def test_a_days_queue_holds_only_what_the_rules_pick_and_the_sample(client
 
 async def test_bulk_review_through_the_api_records_each_item(client: Client, settings: Settings,
                                                             agency: ClientFactory) -> None:
-    sent = await send_day(agency, routine=0, sampled=0)
+    sent = await send_day(agency, routine=0)
     await until_indexed(client, settings, sent["given"][-1], timeout=5)
     h = auth(settings, "ig-officer")
     items = [f"flag:{m}" for m in sent["overridden"]]
@@ -113,7 +114,13 @@ async def test_bulk_review_through_the_api_records_each_item(client: Client, set
     assert (await r.json()) == {"recorded": [], "skipped": 2}  # reviewed already: nothing recorded twice
     escalated = await (await client.get("/api/v1/reviews?state=escalated", headers=h)).json()
     assert sorted(i["item"] for i in escalated["items"]) == sorted(items)
+    r = await client.post("/api/v1/reviews/bulk", json={"filters": {"reason": "advice-sought"}, "outcome": "follow-up"},
+                          headers=h)  # the whole of a filtered view
+    assert [x["message"] for x in (await r.json())["recorded"]] == sent["advice"]
+    assert (await r.json())["recorded"][0]["bulk"] == 1
     for bad in ({"items": [], "outcome": "breach"}, {"items": items, "outcome": "fine"}, {"items": "x"},
+                {"filters": {"priority": "urgent"}, "outcome": "breach"},
+                {"filters": {"reason": 3}, "outcome": "breach"},
                 {"items": [f"i{n}" for n in range(201)], "outcome": "breach"}):
         r = await client.post("/api/v1/reviews/bulk", json=bad, headers=h)
         assert r.status == 400, bad
@@ -130,6 +137,7 @@ async def sign_in(page: Any, live_url: str, settings: Settings, role: str, sub: 
     await page.get_by_role("heading", level=1).wait_for()
 
 
+@pytest.mark.sample_everything
 async def test_a_reviewer_triages_samples_bulk_reviews_and_escalates_to_the_dpo(
         browser_page: Any, live_url: str, settings: Settings, agency: ClientFactory, client: Client,
         tmp_path: Path) -> None:
@@ -141,7 +149,7 @@ async def test_a_reviewer_triages_samples_bulk_reviews_and_escalates_to_the_dpo(
     # triage: the highest priority first, each with its reason
     await page.get_by_role("link", name="Review queue").click()
     first = page.locator("section.item").first
-    assert "high" in await first.locator(".prio").inner_text()
+    assert "high" in (await first.locator(".prio").inner_text()).lower()
     assert "Consent overridden" in await first.inner_text()
     await assert_accessible(page, "the review queue")
     await page.screenshot(path=str(out / "triage-1-queue.png"), full_page=True)
@@ -151,13 +159,15 @@ async def test_a_reviewer_triages_samples_bulk_reviews_and_escalates_to_the_dpo(
     await page.get_by_role("button", name="Filter").click()
     assert parse_qs(urlparse(page.url).query)["priority"] == ["sample"]
     shared_view = page.url
-    sample = page.locator("section.item", has_text="Random sample")
-    assert sent["routine"][-1] in await sample.get_by_role("link", name="trail").first.get_attribute("href")
+    assert await page.locator("section.item").count() == 3  # every routine share, at this test's rate of 1
+    sample = page.locator("section.item", has_text="Random sample").first
+    assert sent["routine"][0] in await sample.get_by_role("link", name="trail").get_attribute("href")
     assert "below the sampling rate" in await sample.inner_text()
     await sample.get_by_label("Lawful, necessary and proportionate").check()
     await sample.get_by_role("button", name="Record review").click()
     await page.locator("#review-done").wait_for()
-    assert "priority=sample" in page.url  # back to the same view
+    assert "priority=sample" in page.url and "outcome" not in page.url  # back to the same view
+    assert await page.locator("section.item").count() == 2
     await assert_accessible(page, "the sampled view after a review")
 
     # bulk: every consent-overridden share, selected, escalated to the DPO at once
@@ -176,8 +186,8 @@ async def test_a_reviewer_triages_samples_bulk_reviews_and_escalates_to_the_dpo(
     await page.get_by_role("link", name="My reviews").click()
     assert await page.locator("section.item").count() == 3
     await assert_accessible(page, "my reviews")
-    await page.goto(shared_view)  # the shared link still shows the sample view, now empty
-    assert await page.locator("section.item").count() == 0
+    await page.goto(shared_view)  # the shared link still shows the sample view, less the one reviewed
+    assert await page.locator("section.item").count() == 2
 
     # the DPO: the escalated outcomes, read-only
     await page.get_by_role("button", name="Sign out").click()
@@ -189,4 +199,26 @@ async def test_a_reviewer_triages_samples_bulk_reviews_and_escalates_to_the_dpo(
     assert "by ig-sam" in await items.first.inner_text() and "Not proportionate" in await items.first.inner_text()
     assert await page.locator("form.review").count() == 0
     await assert_accessible(page, "the DPO's view")
+    await page.goto(f"{live_url}/ig/reviews?state=open")  # the DPO reads the queue, and cannot review
+    assert await page.locator("section.item").count() == 4  # 2 sampled, the emergency, the advice sought
+    assert await page.locator("main form[method=post], [name=item], [name=outcome]").count() == 0
     await page.screenshot(path=str(out / "triage-3-dpo.png"), full_page=True)
+
+
+async def test_the_page_reviews_all_of_a_view_and_refuses_a_view_too_large(client: Client, settings: Settings,
+                                                                          agency: ClientFactory,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    sent = await send_day(agency, routine=0)
+    await until_indexed(client, settings, sent["given"][-1], timeout=5)
+    csrf = await sign_in_pages(client, settings, "ig-officer")
+    form = {"csrf": csrf, "state": "open", "priority": "high", "scope": "all", "outcome": "follow-up"}
+    monkeypatch.setattr(reviews, "MAX_BULK", 2)  # three high-priority items: more than a bulk review may cover
+    r = await client.post("/ig/reviews/bulk", data=form)
+    assert r.status == 400 and "more than 2 items match" in await r.text()
+    monkeypatch.undo()
+    r = await client.post("/ig/reviews/bulk", data=form, allow_redirects=False)
+    assert r.status == 303 and r.headers["Location"] == "/ig/reviews?state=open&priority=high&done=3"
+    body = await (await client.get("/api/v1/reviews?state=done", headers=auth(settings, "auditor"))).json()
+    assert sorted(i["message"] for i in body["items"]) == sorted(sent["overridden"] + sent["emergency"])
+    page = await (await client.get("/ig/reviews?done=%3Cb%3Ehello")).text()
+    assert "hello" not in page  # the notice says a number, never text from the address

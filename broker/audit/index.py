@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import sqlite3
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,7 +29,7 @@ from broker.audit.query import Page, ReviewQuery, review_count, review_row, revi
 from broker.audit.query import RecordQuery as RecordQuery  # re-exported: the index answers these
 from broker.audit.query import records as records_page
 from broker.audit.report import MonthlyReport, monthly_report
-from broker.audit.tables import MIGRATIONS, TABLES, apply_batch, rederive
+from broker.audit.tables import MIGRATIONS, TABLES, apply_batch, rederive_step, start_rederive
 from broker.audit.triage import REVIEW_FLAGS as REVIEW_FLAGS  # re-exported: the vocabulary of the review queue
 from broker.audit.triage import REVIEW_OUTCOMES as REVIEW_OUTCOMES
 from broker.audit.triage import Triage
@@ -68,20 +70,26 @@ class AuditIndex:
             if stream_created:
                 conn.execute("INSERT OR REPLACE INTO meta VALUES ('stream', ?)",
                              (orjson.dumps(stream_created).decode(),))
-            digest = self.triage.digest()
-            row = conn.execute("SELECT value FROM meta WHERE key = 'triage'").fetchone()
-            if row is None or orjson.loads(row[0]) != digest:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    rederive(conn, self.triage)
-                    conn.execute("INSERT OR REPLACE INTO meta VALUES ('triage', ?)", (orjson.dumps(digest).decode(),))
-                    conn.execute("COMMIT")
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-                log.info("review queue derived with the triage settings in force")
 
         await self._write(prepare)
+        await self._derive_queue()
+
+    async def _derive_queue(self) -> None:
+        """The review queue derived again if the triage settings (or the registry they read)
+        changed, in steps of one transaction each, so a large index neither holds the writer for
+        long nor starts over if the broker stops half-way."""
+        digest = self.triage.digest()
+        state = await self.meta("triage")
+        if state == digest:
+            return
+        if not (isinstance(state, dict) and state.get("pending") == digest):
+            await self._write(lambda c: start_rederive(c, digest))
+            state = {"pending": digest, "after": 0}
+        after: int | None = int(state["after"])
+        started = time.monotonic()
+        while after is not None:
+            after = await self._write(functools.partial(rederive_step, triage=self.triage, digest=digest, after=after))
+        log.info("review queue derived with the triage settings in force", seconds=round(time.monotonic() - started, 2))
 
     def close(self) -> None:
         self._store.close()

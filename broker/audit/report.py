@@ -115,7 +115,9 @@ def monthly_report(conn: sqlite3.Connection, month: str) -> MonthlyReport:
     overdue = tuple(OverdueClocks(str(r[0] or "-"), str(r[1] or "-"), str(r[2] or "-"), int(r[3]), int(r[4] or 0))
                     for r in conn.execute(_OVERDUE, (since, until)))
     reviews = conn.execute(
-        "SELECT count(*), count(*) FILTER (WHERE outcome IS NULL) FROM reviews WHERE at >= ? AND at < ?",
+        # an item kept only for its outcome (the triage no longer picks it) was not put in the queue
+        "SELECT count(*), count(*) FILTER (WHERE outcome IS NULL) FROM reviews WHERE at >= ? AND at < ? "
+        "AND kind != 'reviewed'",
         (since, until)).fetchone()
     return MonthlyReport(
         month=month, since=since, until=until,

@@ -16,7 +16,7 @@ from typing import Any, Final
 
 import orjson
 
-from broker.audit.triage import RANKS, Triage, by_message, judge
+from broker.audit.triage import RANKS, SAMPLE, Triage, by_message, judge
 from broker.store import Migration
 from broker.wire.jws import unverified
 
@@ -50,6 +50,7 @@ ALTER TABLE reviews ADD COLUMN rank INTEGER NOT NULL DEFAULT 1;
 ALTER TABLE reviews ADD COLUMN point REAL;
 CREATE INDEX IF NOT EXISTS reviews_queue ON reviews (outcome, rank, at, item);
 CREATE INDEX IF NOT EXISTS reviews_reviewer ON reviews (reviewer, reviewed_at);
+CREATE INDEX IF NOT EXISTS records_seq ON records (seq);
 CREATE TABLE IF NOT EXISTS triage_seen (type TEXT NOT NULL, kind TEXT NOT NULL, n INTEGER NOT NULL,
   PRIMARY KEY (type, kind)) WITHOUT ROWID;
 """)
@@ -120,24 +121,39 @@ def _derive(conn: sqlite3.Connection, triage: Triage, record: Mapping[str, Any],
                      "priority, rank) VALUES (?, 'overdue', ?, ?, ?, ?, '[\"overdue\"]', ?, ?, ?)",
                      (f"overdue:{message}:{record.get('recipient')}", message, record.get("recipient"),
                       record.get("type"), record.get("sender"), record.get("at"), priority, RANKS[priority]))
-    elif event == "reviewed":  # an outcome stays, even for an item the triage no longer picks
+    elif event == "reviewed":  # the first outcome stands; it stays even for an item the triage no longer picks
+        priority = str(record.get("priority")) if record.get("priority") in RANKS else SAMPLE
         conn.execute("INSERT INTO reviews (item, kind, message, type, sender, reasons, at, outcome, reviewer, "
-                     "reviewed_at, review_record, priority, rank) SELECT ?, 'reviewed', ?, r.type, r.sender, ?, ?, ?, "
-                     "?, ?, ?, 'high', 1 FROM (SELECT NULL) LEFT JOIN records r ON r.message = ? AND "
-                     "r.event = 'received' WHERE true ON CONFLICT(item) DO UPDATE SET outcome = excluded.outcome, "
+                     "reviewed_at, review_record, priority, rank) SELECT ?, 'reviewed', ?, r.type, r.sender, ?, "
+                     "COALESCE(r.at, ?), ?, ?, ?, ?, ?, ? FROM (SELECT NULL) LEFT JOIN records r ON r.message = ? "
+                     "AND r.event = 'received' WHERE true ON CONFLICT(item) DO UPDATE SET outcome = excluded.outcome, "
                      "reviewer = excluded.reviewer, reviewed_at = excluded.reviewed_at, "
-                     "review_record = excluded.review_record",
+                     "review_record = excluded.review_record WHERE reviews.outcome IS NULL",
                      (record.get("item"), record.get("message"), orjson.dumps(record.get("reasons") or []).decode(),
                       record.get("at"), record.get("outcome"), record.get("reviewer"), record.get("at"),
-                      record.get("id"), record.get("message")))
+                      record.get("id"), priority, RANKS[priority], record.get("message")))
 
 
-def rederive(conn: sqlite3.Connection, triage: Triage) -> None:
-    """The review queue derived again from the indexed records (the triage settings changed)."""
+REDERIVE_RECORDS: Final = 20_000  # about the records one transaction of :func:`rederive_step` covers (~1 s)
+
+
+def start_rederive(conn: sqlite3.Connection, digest: str) -> None:
+    """Begin deriving the queue again: empty what the triage shapes and note where it stands."""
     for table in DERIVED:
         conn.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed names
-    rows = conn.execute("SELECT seq, body FROM records WHERE event IN ('received', 'shared', 'overdue', 'reviewed') "
-                        "ORDER BY seq, instance, n")
+    conn.execute("INSERT OR REPLACE INTO meta VALUES ('triage', ?)",
+                 (orjson.dumps({"pending": digest, "after": 0}).decode(),))
+
+
+def rederive_step(conn: sqlite3.Connection, triage: Triage, digest: str, after: int) -> int | None:
+    """Derive the queue from the next :data:`REDERIVE_RECORDS` records or so (whole stream messages)
+    after stream sequence ``after``, noting the progress in the same transaction (so an interrupted run resumes there);
+    returns where it got to, or None once every record is done."""
+    last = conn.execute("SELECT seq FROM records WHERE seq > ? ORDER BY seq LIMIT 1 OFFSET ?",
+                        (after, REDERIVE_RECORDS - 1)).fetchone()
+    upto = last[0] if last else None
+    rows = conn.execute("SELECT seq, body FROM records WHERE seq > ? AND (? IS NULL OR seq <= ?) AND event IN "
+                        "('received', 'shared', 'overdue', 'reviewed') ORDER BY seq, instance, n", (after, upto, upto))
     block: list[dict[str, Any]] = []
     seq = None
     for row in rows:
@@ -147,3 +163,6 @@ def rederive(conn: sqlite3.Connection, triage: Triage) -> None:
         seq = row[0]
         block.append(orjson.loads(row[1]))
     _derive_all(conn, triage, block)
+    state = digest if upto is None else {"pending": digest, "after": upto}
+    conn.execute("INSERT OR REPLACE INTO meta VALUES ('triage', ?)", (orjson.dumps(state).decode(),))
+    return upto

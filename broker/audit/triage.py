@@ -4,15 +4,18 @@ Every share without consent is flagged, and in a partnership that is thousands a
 them routine and lawful (information sharing advice 2024, golden rule 3). The rulebook's
 ``triage`` section (``broker/policy/rulebook.yaml``) names the reasons that put a message in the
 queue and their priority; routine shares without consent go to a random sample instead. The
-sample is reproducible: a record is sampled when the SHA-256 of its id, read as a fraction of
-2^256, is below the rate, so an auditor can recompute it from the record id alone
-(:func:`sample_point`) and see that nobody chose the sample by hand.
+sample is reproducible: a record is sampled when the SHA-256 of its id and the time the broker
+received the message (``<id>|<at>``), read as a fraction of 2^256, is below the rate, so an
+auditor can recompute it from the log (:func:`sample_point`) and see that nobody chose the sample
+by hand; the time, which the sender cannot fix in advance, keeps a sender from choosing message
+ids that escape it.
 
 The triage is derived when the index takes a record in (:mod:`broker.audit.tables`), from the
 record, the records of the same message in its block, the registry's agency kinds, and what was
 shared before (for the rare-recipient test), so rebuilding the index from the stream rebuilds
 the same queue. When the triage settings or the registry change, the index derives the queue
-again from its records (:func:`rederive`), keeping every review outcome.
+again from its records at its next start (:func:`broker.audit.tables.rederive_step`), keeping every
+review outcome; a rulebook or registry reloaded while running applies to the queue from then.
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ DERIVED_REASONS: Final = {
                                 "safeguarding partner",
     SAMPLE: "Random sample of routine shares without consent",
 }
+NO_PERSONAL_DATA: Final = "NOT_APPLICABLE"  # the consent status of a message that carries none
 _SENSITIVE_FIELDS: Final = ("specialCategoryCondition", "criminalOffenceCondition", "lawEnforcementBasis")
 
 
@@ -119,9 +123,9 @@ class Triage:
         })).hexdigest()
 
 
-def sample_point(record_id: str) -> float:
-    """Where a record falls in [0, 1): SHA-256 of its id over 2^256. Sampled when below the rate."""
-    return int.from_bytes(hashlib.sha256(record_id.encode()).digest(), "big") / 2**256
+def sample_point(record_id: str, at: str) -> float:
+    """Where a record falls in [0, 1): SHA-256 of ``<id>|<at>`` over 2^256. Sampled when below the rate."""
+    return int.from_bytes(hashlib.sha256(f"{record_id}|{at}".encode()).digest(), "big") / 2**256
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,11 +146,14 @@ def judge(conn: sqlite3.Connection, triage: Triage, received: Mapping[str, Any],
     derived: list[str] = []
     if sharing.get("urgency") == "EMERGENCY":
         derived.append("emergency")
-    shared = [r for r in siblings if r.get("event") == "shared"]
+    # a receipt, a rejection or an overdue notice carries no personal data: no recipient of it is unusual
+    shared = [r for r in siblings if r.get("event") == "shared"] if sharing.get("consentStatus") != NO_PERSONAL_DATA \
+        else []
     if sharing.get("protectedIdentities") or any("identity.protect" in (r.get("rules") or ()) for r in shared):
         derived.append("protected-identity")
     facts = [triage.agencies.get(str(r.get("recipient"))) for r in shared]
-    if any(sharing.get(f) for f in _SENSITIVE_FIELDS) and any(f is not None and not f.partner for f in facts):
+    # an agency the registry did not know when the index started is not taken for a partner
+    if any(sharing.get(f) for f in _SENSITIVE_FIELDS) and any(f is None or not f.partner for f in facts):
         derived.append("sensitive-to-non-partner")
     if _rare(conn, triage, str(received.get("type")), [f.kind if f else "unknown" for f in facts]):
         derived.append("rare-recipient")
@@ -156,7 +163,7 @@ def judge(conn: sqlite3.Connection, triage: Triage, received: Mapping[str, Any],
         top = [r for _, r in ranked]
         return Verdict(PRIORITIES[ranked[0][0] - 1], tuple(dict.fromkeys([*top, *reasons])))
     if any(r in triage.sampled for r in reasons):
-        point = sample_point(str(received["id"]))
+        point = sample_point(str(received["id"]), str(received.get("at", "")))
         if point < triage.sample_rate:
             return Verdict(SAMPLE, (SAMPLE, *reasons), point)
     return None

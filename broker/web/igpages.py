@@ -169,7 +169,7 @@ async def rulebook(request: web.Request, who: Principal) -> web.Response:
     return await render(request, "rulebook.html", view=view, kinds=traceability.KINDS)
 
 
-@page("ig-officer", "auditor", "operator")
+@page("ig-officer", "auditor", "operator", DPO)
 async def charts(request: web.Request, who: Principal) -> web.Response:
     by = request.query.get("by", next(iter(VOLUMES_BY)))
     days = int(request.query.get("days", "30")) if request.query.get("days", "30").isdigit() else 30
@@ -182,7 +182,7 @@ async def charts(request: web.Request, who: Principal) -> web.Response:
     return await render(request, "charts.html", by=by, days=days, chart=chart, rows=rows, groupings=VOLUMES_BY)
 
 
-@page("ig-officer", "auditor", "operator")
+@page("ig-officer", "auditor", "operator", DPO)
 async def integrity(request: web.Request, who: Principal) -> web.Response:
     witnesses = request.app[BROKER_KEY].witnesses.check()
     return await render(request, "integrity.html", counts=await request.app[SERVICE].index.counts(),
@@ -250,7 +250,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/ig/reviews", page(IG, AUDITOR, DPO)(reviewpages.queue))
     app.router.add_post("/ig/reviews", page(IG)(reviewpages.record_one))
     app.router.add_post("/ig/reviews/bulk", page(IG)(reviewpages.record_bulk))
-    app.router.add_get("/ig/dpo", page(IG, AUDITOR, DPO)(reviewpages.dpo_home))
     app.router.add_get("/ig/subject", subject_form)
     app.router.add_post("/ig/subject", subject_search)
     app.router.add_post("/ig/subject/proof", subject_proof)

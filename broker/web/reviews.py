@@ -66,16 +66,32 @@ async def record_review(request: web.Request) -> web.Response:
 
 @requires(IG)
 async def record_bulk_review(request: web.Request) -> web.Response:
-    """One outcome for many items (a filtered set the officer has read): an audit record each."""
+    """One outcome for many items the officer has read: the ``items`` listed, or every open item
+    matching ``filters`` (refused if more than :data:`MAX_BULK` match); an audit record each."""
     body = await json_body(request)
     items, outcome = body.get("items"), string(body, "outcome")
+    if isinstance(body.get("filters"), dict) and items is None:
+        items = await matching_items(request, body["filters"])
     if not isinstance(items, list) or not all(isinstance(i, str) and 0 < len(i) <= 200 for i in items):
-        raise ConfigError("items is a list of review item ids")
+        raise ConfigError("give items (a list of review item ids) or filters (an object of the queue's filters)")
     if outcome not in REVIEW_OUTCOMES:
         raise ConfigError(f"outcome is one of {', '.join(REVIEW_OUTCOMES)}")
     records = await review(request, items, outcome, reference(string(body, "reference")))
     return web.json_response({"recorded": records, "skipped": len(set(items)) - len(records)}, status=201,
                              dumps=dumps)
+
+
+async def matching_items(request: web.Request, filters: Mapping[str, Any]) -> list[str]:
+    """The ids of every open item a view of the queue matches, for a bulk review of the whole set."""
+    if not all(isinstance(v, str) for v in filters.values()):
+        raise ConfigError("filters are the queue's filters, each a string")
+    # open items have no outcome: an outcome given here is the one to record, not a filter
+    q = review_query({k: filters[k] for k in REVIEW_FILTERS if k in filters and k != "outcome"} | {"state": "open"},
+                     limit=MAX_BULK)
+    index = request.app[SERVICE].index
+    if await index.review_count(q) > MAX_BULK:
+        raise ConfigError(f"more than {MAX_BULK} items match: narrow the view, or review them in parts")
+    return [item["item"] for item in (await index.reviews(q)).items]
 
 
 async def review(request: web.Request, item_ids: Sequence[str], outcome: str, ref: str | None, *,
@@ -99,8 +115,10 @@ async def review(request: web.Request, item_ids: Sequence[str], outcome: str, re
             raise Problem(409, "already-reviewed", "that item has a review outcome already")
         return []
     reviewer = principal(request).sub
+    bulk = {} if single else {"bulk": len(items)}  # how many one decision covered, for whoever audits it
     each = [{"item": it["item"], "message": it["message"], "outcome": outcome, "reviewer": reviewer,
-             "reasons": it["reasons"]} | ({"reference": ref} if ref else {}) for it in items]
+             "reasons": it["reasons"], "priority": it["priority"]} | bulk | ({"reference": ref} if ref else {})
+            for it in items]
     records = await audit_actions(request, REVIEWED, each)
     last = records[-1]["id"]
     await wait_indexed(service.index, lambda: service.index.record(last))
