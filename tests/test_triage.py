@@ -232,3 +232,18 @@ def test_the_shipped_triage_cites_every_reason_and_covers_every_flag() -> None:
     named = set(book.triage["reasons"]) | set(book.triage["sample"]["reasons"])
     assert set(REVIEW_FLAGS) <= named  # no flag the broker raises is silently dropped from review
     assert all(spec["cite"] for spec in book.triage["reasons"].values())
+
+
+async def test_the_first_outcome_indexed_stands(index: AuditIndex) -> None:
+    """Two officers recording an outcome for one item at once: both are in the log, the queue keeps the first."""
+    await apply(index, message(1, flags=("consent-overridden",)))
+
+    def review(n: int, outcome: str, reviewer: str) -> dict[str, Any]:
+        return {"id": f"rv-{n}", "event": "reviewed", "instance": "i1", "n": 9 + n, "at": f"2026-11-29T12:00:0{n}Z",
+                "item": "flag:m-0001", "message": "m-0001", "outcome": outcome, "reviewer": reviewer,
+                "reasons": ["consent-overridden"], "priority": "high"}
+
+    await apply(index, [review(1, "breach", "ig-sam"), review(2, "proportionate", "ig-jo")])
+    (item,) = await queue(index, state="done")
+    assert (item["outcome"], item["reviewer"], item["review_record"], item["priority"]) == (
+        "breach", "ig-sam", "rv-1", "high")

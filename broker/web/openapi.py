@@ -152,15 +152,19 @@ def document() -> dict[str, Any]:
                                 "schema": {"$ref": "#/components/schemas/ReviewOutcome"}}}}),
             },
             "/api/v1/reviews/bulk": {"post": _op(
-                "One outcome for up to 200 items an officer has read (each an audit record; items reviewed "
-                "meanwhile are skipped)", "ig-officer",
+                "One outcome for up to 200 items an officer has read: the items listed, or every open item "
+                "matching the queue's filters (refused if more than 200 match); each an audit record saying how "
+                "many the decision covered; items reviewed meanwhile are skipped", "ig-officer",
                 {"201": {"description": "the audit records, and how many items were skipped", "content": {
                     "application/json": {"schema": {"type": "object", "properties": {
                         "recorded": {"type": "array", "items": {"$ref": "#/components/schemas/Record"}},
                         "skipped": {"type": "integer"}}}}}}, **_ERRORS},
                 requestBody={"required": True, "content": {"application/json": {"schema": {
-                    "type": "object", "required": ["items", "outcome"], "properties": {
+                    "type": "object", "required": ["outcome"], "oneOf": [{"required": ["items"]},
+                                                                          {"required": ["filters"]}], "properties": {
                         "items": {"type": "array", "minItems": 1, "maxItems": 200, "items": {"type": "string"}},
+                        "filters": {"type": "object", "description": "the GET /api/v1/reviews filters of the view",
+                                    "additionalProperties": {"type": "string"}},
                         "outcome": {"enum": list(REVIEW_OUTCOMES)},
                         "reference": {"type": "string", "maxLength": 40, "pattern": "^[A-Za-z0-9/-]+$"}}}}}})},
             "/api/v1/integrity": {"get": _op("The last verification of the log", "ig-officer, auditor, operator",
