@@ -18,8 +18,10 @@ from broker.config import Settings
 from broker.pipeline.service import Broker, running_broker
 from broker.policy import scenarios
 from broker.policy.rulebook import DEFAULT_RULEBOOK
+from broker.policy.rulebook import load as load_rulebook
 from broker.web import traceability
 from broker.web.app import audit_service, make_app
+from broker.wire.catalogue import Catalogue
 from tests.support.web import auth, shots, sign_in, token
 
 pytestmark = pytest.mark.timeout(120)
@@ -168,6 +170,12 @@ async def test_the_rulebook_page_is_for_ig_officers_and_auditors(client: Client,
     view = await coverage(client, settings)
     assert f'<h2 id="gaps">{view["total"]} items, {view["gaps"]} gaps</h2>' in page
     assert page.count('<tr id="clock-') == sum(1 for r in view["rows"] if r["kind"] == "clock")
+    # the review queue's triage, each reason with its priority and source, from the rulebook in force
+    book = load_rulebook(DEFAULT_RULEBOOK, Catalogue())
+    assert page.count('<tr id="triage-') == len(book.triage["reasons"])
+    row = page.split('<tr id="triage-consent-overridden">', 1)[1].split("</tr>", 1)[0]
+    assert "Consent overridden" in row and "<td>high</td>" in row and "golden rule 4" in row
+    assert "sampled at 5 %" in page
 
 
 # -- a real browser -------------------------------------------------------------------------------

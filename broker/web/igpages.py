@@ -31,6 +31,7 @@ from broker.web.integrity import last_verification
 from broker.web.params import record_query
 from broker.web.problems import AUDITOR, DPO, IG, PRINCIPAL, Problem
 from broker.web.records import stream_csv
+from broker.web.reviews import REASONS
 from broker.web.trailview import summarise
 from broker.web.vocabulary import DECISIONS, EVENTS, NEVER_VERIFIED, SUBJECT_SEARCH, VOLUMES_BY
 
@@ -166,7 +167,9 @@ async def rulebook(request: web.Request, who: Principal) -> web.Response:
     if view is None:
         return await render(request, "error.html", status=404, title="No rulebook",
                             message="This broker's policy is not a rulebook: there is nothing to trace.")
-    return await render(request, "rulebook.html", view=view, kinds=traceability.KINDS)
+    book = traceability.rulebook_in_force(request.app[BROKER_KEY].policy)
+    return await render(request, "rulebook.html", view=view, kinds=traceability.KINDS,
+                        triage=book.triage if book is not None else {}, reasons=REASONS)
 
 
 @page("ig-officer", "auditor", "operator", DPO)
