@@ -56,6 +56,43 @@ async def test_readiness_fails_on_a_missing_stream_and_a_backlog(client: Client,
     assert r.status == 503 and body["checks"]["streams"] == {"state": "fail", "detail": "missing: SG_DELIVERY"}
 
 
+async def test_a_bug_in_the_index_follower_is_said_on_readiness_and_retried(
+        client: Client, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A block the index cannot take in (here: deriving the queue meets a bug) must not stop the IG
+    pages silently: readiness warns while it lasts, and the follower indexes the block once it can."""
+    from broker.audit import tables
+
+    broken = asyncio.Event()
+    broken.set()
+    derive = tables._derive_all
+
+    def buggy(*args: Any) -> Any:
+        if broken.is_set():
+            raise RuntimeError("a bug")
+        return derive(*args)
+
+    monkeypatch.setattr(tables, "_derive_all", buggy)
+    r = await client.post("/api/v1/subject-search", json={"nhsNumber": "9434765919"},
+                          headers=auth(settings, "ig-officer"))  # an officer's action: an audit record
+    assert r.status == 200
+
+    async def warned() -> dict[str, Any] | None:
+        check: dict[str, Any] = (await (await client.get("/readyz")).json())["checks"]["audit-index"]
+        return check if check["state"] == "warn" else None
+
+    check = await eventually(warned, what="readiness warning of the index follower")
+    assert "RuntimeError" in check["detail"] and (await client.get("/readyz")).status == 200  # still takes work
+
+    async def indexed() -> bool:
+        r = await client.get("/api/v1/records?event=subject-search", headers=auth(settings, "auditor"))
+        return bool((await r.json())["items"])
+
+    assert not await indexed()
+    broken.clear()
+    await eventually(indexed, what="the officer's action indexed once the follower could", timeout=15)
+    assert (await (await client.get("/readyz")).json())["checks"]["audit-index"]["state"] == "ok"
+
+
 async def test_maintenance_mode_holds_new_work_and_reports_503(client: Client, settings: Settings,
                                                                agency: ClientFactory) -> None:
     r = await client.put("/api/v1/maintenance", json={"on": True}, headers=auth(settings, "operator"))

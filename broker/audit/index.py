@@ -48,6 +48,7 @@ class AuditIndex:
         self.triage = triage or Triage.from_section(None)
         self._store = Store(path, MIGRATIONS, name="audit-index", readers=readers)
         self.version = 0  # bumped after every write; lets waiters notice new records
+        self.follower_failure: str | None = None  # what stopped the follower last, until a block is indexed
         self._changed = asyncio.Event()
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -103,6 +104,7 @@ class AuditIndex:
     async def apply(self, batch: Sequence[tuple[int, list[dict[str, Any]]]], checkpoints: Sequence[bytes],
                     last_seq: int) -> None:
         await self._write(lambda c: apply_batch(c, batch, checkpoints, last_seq, self.triage))
+        self.follower_failure = None
 
     async def set_meta(self, key: str, value: Any) -> None:
         await self._write(lambda c: c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",

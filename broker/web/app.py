@@ -60,10 +60,19 @@ async def audit_service(broker: Broker, workers: Workers | None = None) -> Async
     stop = asyncio.Event()
 
     async def follow() -> None:
+        """Follow the log into the index; a NATS failure or a bug (said on /readyz) is retried,
+        backing off to 10 s, so the IG pages never go stale silently."""
+        pause = 0.5
         while not stop.is_set():
-            await indexer.run(stop=stop)
-            if not stop.is_set():
-                await asyncio.sleep(0.5)
+            try:
+                await indexer.run(stop=stop)
+                pause = 0.5
+            except Exception as exc:  # a bug: logged, shown on /readyz, retried from the last indexed block
+                index.follower_failure = type(exc).__name__
+                log.exception("the audit index follower failed (a bug); it will try again")
+                pause = min(pause * 2, 10.0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), pause)
 
     async def verify() -> dict[str, object]:
         return await run_verification(broker.js, broker.registry, index, tlog_origin=settings.audit.tlog_origin)

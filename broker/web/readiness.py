@@ -73,6 +73,9 @@ async def _index(service: AuditService | None) -> Check:
         await asyncio.wait_for(service.index.set_meta("probe", time.time()), 2.0)
     except Exception as exc:  # sqlite3.Error, StoreError, its deadline: any failure is "not writable"
         return Check("fail", f"the audit index cannot be written ({type(exc).__name__})")
+    if service.index.follower_failure:  # the pages go stale; the broker still takes work
+        return Check("warn", f"the audit index stopped following the log ({service.index.follower_failure}, "
+                     "a bug: see the log); it keeps trying")
     return Check("ok", "writable")
 
 
