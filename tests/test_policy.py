@@ -18,6 +18,7 @@ from broker.errors import ConfigError
 from broker.policy import coverage, pointer, scenarios
 from broker.policy import rulebook as rulebooks
 from broker.policy.engine import Decision, RulebookPolicy
+from broker.wire import lawfulbasis
 from broker.wire.catalogue import Catalogue
 from broker.wire.registry import Agency
 from tests.helpers import example
@@ -78,7 +79,7 @@ def test_every_golden_rule_clock_and_code_is_covered() -> None:
     assert not report.failing
     kinds = {kind: {r.id for r in report.rows if r.kind == kind} for kind in ("golden-rule", "clock", "code")}
     assert len(kinds["golden-rule"]) == 14
-    assert len(kinds["code"]) == sum(len(coverage.vocabulary()["lists"][n]) for n, _ in coverage.CODE_LISTS)
+    assert len(kinds["code"]) == sum(len(lawfulbasis.lists()[n]) for n, _ in coverage.CODE_LISTS)
     gaps = {(r.kind, r.id): r.gap for r in report.gaps}
     assert gaps == {("clock", c): "no rule" for c in KNOWN_CLOCK_GAPS}
 

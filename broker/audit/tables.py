@@ -122,6 +122,8 @@ def _derive(conn: sqlite3.Connection, triage: Triage, record: Mapping[str, Any],
                      (f"overdue:{message}:{record.get('recipient')}", message, record.get("recipient"),
                       record.get("type"), record.get("sender"), record.get("at"), priority, RANKS[priority]))
     elif event == "reviewed":  # the first outcome stands; it stays even for an item the triage no longer picks
+        # (the message's type, sender and time come from its received record, if indexed; SQLite needs the
+        # "WHERE true" to read ON CONFLICT after a join as the upsert clause)
         priority = str(record.get("priority")) if record.get("priority") in RANKS else SAMPLE
         conn.execute("INSERT INTO reviews (item, kind, message, type, sender, reasons, at, outcome, reviewer, "
                      "reviewed_at, review_record, priority, rank) SELECT ?, 'reviewed', ?, r.type, r.sender, ?, "

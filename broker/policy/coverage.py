@@ -67,10 +67,6 @@ def guidance() -> dict[str, Any]:
     return doc
 
 
-def vocabulary() -> dict[str, Any]:
-    return lawfulbasis.document()
-
-
 def clocks_of(rule: Rule) -> set[str]:
     """The clocks a rule runs: its deadlines', the local RAG timescale laid over one, its lateAfter's."""
     found = set()
@@ -135,7 +131,7 @@ def report(book: Rulebook, scenarios: ScenarioBook, catalogue: Catalogue) -> Rep
         note = "; ".join(n for n in (c["kind"], c.get("unverified", "")) if n)
         rows.append(row("clock", c["id"], c["says"], c["cite"], [r.id for r in book.rules if c["id"] in clocks_of(r)],
                         note))
-    lists = vocabulary()["lists"]
+    lists = lawfulbasis.lists()
     for list_name, _ in CODE_LISTS:
         for entry in lists[list_name]:
             code = entry["code"]
