@@ -19,7 +19,7 @@ from tests.conftest import ClientFactory
 from tests.support.axe import assert_accessible
 from tests.support.school import School, notify, school_inbox
 from tests.support.sending import NHS, send_referrals
-from tests.support.web import STAFF, Client, dsl_token, shots, token, until_indexed
+from tests.support.web import STAFF, Client, dsl_token, snap, token, until_indexed
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -144,7 +144,7 @@ async def test_every_ig_page_has_no_wcag_violation(browser_page: Any, live_url: 
     await page.get_by_role("button", name="Verify the whole log").click()
     await page.locator("#integrity-state").wait_for()
     await assert_accessible(page, "the integrity page after a full check")
-    await page.screenshot(path=str(shots(tmp_path) / "a11y-integrity.png"), full_page=True)
+    await snap(page, "a11y-integrity.png")
 
 
 async def test_every_inbox_page_has_no_wcag_violation(browser_page: Any, school: School, inbox_url: str,
@@ -226,7 +226,7 @@ async def test_an_ig_officer_records_a_review_with_the_keyboard(
     await page.keyboard.press("Enter")
     status = page.get_by_role("status").filter(has_text="Review recorded")
     await status.wait_for()  # role=status: a screen reader announces it
-    await page.screenshot(path=str(shots(tmp_path) / "a11y-review-recorded.png"), full_page=True)
+    await snap(page, "a11y-review-recorded.png")
 
     await page.goto(f"{live_url}/ig/reviews?state=done")
     assert second["label"] in await page.locator("main").inner_text()  # the outcome chosen by arrow key

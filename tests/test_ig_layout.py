@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient
 from broker.config import Settings
 from tests.conftest import ClientFactory
 from tests.support.sending import send_referrals
-from tests.support.web import shots, token, until_indexed
+from tests.support.web import snap, token, until_indexed
 
 pytestmark = pytest.mark.timeout(120)
 Client = TestClient  # type: ignore[type-arg]
@@ -41,7 +41,7 @@ _MEASURE = """() => {
 async def test_every_page_reflows_at_320px_and_200_percent_zoom(browser_page: Any, live_url: str, settings: Settings,
                                                                 agency: ClientFactory, client: Client,
                                                                 tmp_path: Path) -> None:
-    page, out = browser_page, shots(tmp_path)
+    page = browser_page
     (message,) = await send_referrals(agency, consent="REFUSED_OVERRIDDEN")
     await until_indexed(client, settings, message)
     await page.goto(f"{live_url}/ig/login")
@@ -62,8 +62,7 @@ async def test_every_page_reflows_at_320px_and_200_percent_zoom(browser_page: An
             for choice in seen["choices"]:
                 if not (choice["label"] and choice["sameLine"] and choice["before"]):
                     problems.append(f"{path} at {name}: {choice['id']} is not on one line before its label")
-            await page.screenshot(path=str(out / f"{name}-{path.strip('/').replace('/', '-')[:40]}.png"),
-                                  full_page=True)
+            await snap(page, f"{name}-{path.strip('/').replace('/', '-')[:40]}.png")
     assert not problems, "\n".join(problems)
     await page.goto(f"{live_url}/ig/reviews")
     assert await page.locator("input[type=radio]").count() >= 4  # the review form was measured

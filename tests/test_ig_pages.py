@@ -1,6 +1,6 @@
 """The IG officers' pages: server behaviour through pytest-aiohttp, and a real headless Chromium
 (Debian's, driven by Playwright) signing in, filtering, opening a trail, recording a review and
-searching for a child. Screenshots go to ``$SGB_SCREENSHOTS`` (default: the test's tmp dir).
+searching for a child. Screenshots go to ``$SGB_SCREENSHOTS`` when it is set.
 
 Outside CI the browser tests skip when no Chromium is installed; in CI (``CI=true``) a missing
 browser fails them.
@@ -20,7 +20,7 @@ from broker.config import Settings
 from broker.web.context import AuditService
 from tests.conftest import ClientFactory
 from tests.support.sending import NHS, NOT_SHARED_WORDS, send_not_to_share, send_referrals
-from tests.support.web import shots, sign_in, token, until_indexed, until_recorded
+from tests.support.web import sign_in, snap, token, until_indexed, until_recorded
 
 pytestmark = pytest.mark.timeout(120)
 Client = TestClient  # type: ignore[type-arg]
@@ -110,7 +110,7 @@ async def test_pages_render_quickly_on_a_large_log(client: Client, settings: Set
 async def test_an_ig_officer_reviews_a_share_in_the_browser(browser_page: Any, live_url: str, settings: Settings,
                                                             agency: ClientFactory, client: Client,
                                                             tmp_path: Path) -> None:
-    page, out = browser_page, shots(tmp_path)
+    page = browser_page
     (flagged,) = await send_referrals(agency, consent="REFUSED_OVERRIDDEN")
     (plain,) = await send_referrals(agency, consent="GIVEN")
     await until_indexed(client, settings, plain)
@@ -121,20 +121,20 @@ async def test_an_ig_officer_reviews_a_share_in_the_browser(browser_page: Any, l
     await page.get_by_role("button", name="Sign in").click()
     await page.wait_for_url(f"{live_url}/ig/")
     await page.get_by_role("heading", name="Sharing log").wait_for()
-    await page.screenshot(path=str(out / "1-log.png"), full_page=True)
+    await snap(page, "1-log.png")
 
     await page.get_by_label("Event").select_option("shared")
     await page.get_by_label("Consent status").select_option("REFUSED_OVERRIDDEN")
     await page.get_by_role("button", name="Filter").click()
     rows = page.locator("table.records tbody tr")
     assert await rows.count() == 1
-    await page.screenshot(path=str(out / "2-filtered.png"), full_page=True)
+    await snap(page, "2-filtered.png")
 
     await rows.first.get_by_role("link").click()
     await page.get_by_role("heading", name=f"Trail of message {flagged}").wait_for()
     decision = page.get_by_role("table", name="Decision per recipient")
     assert "la-camden" in await decision.inner_text() and "share" in await decision.inner_text()
-    await page.screenshot(path=str(out / "3-trail.png"), full_page=True)
+    await snap(page, "3-trail.png")
 
     await page.get_by_role("link", name="Review queue").click()
     item = page.locator("section.item", has_text="Consent overridden")
@@ -143,7 +143,7 @@ async def test_an_ig_officer_reviews_a_share_in_the_browser(browser_page: Any, l
     await item.get_by_role("button", name="Record review").click()
     await page.locator("#review-done").wait_for()
     assert await page.locator("section.item", has_text="Consent overridden").count() == 0
-    await page.screenshot(path=str(out / "4-reviewed.png"), full_page=True)
+    await snap(page, "4-reviewed.png")
     await page.get_by_role("link", name="Reviewed").click()
     assert "ig-sam" in await page.locator("main").inner_text()
 
@@ -152,7 +152,7 @@ async def test_an_ig_officer_reviews_a_share_in_the_browser(browser_page: Any, l
     await page.get_by_role("button", name="Search").click()
     await page.locator("#results").wait_for()
     assert "2 messages found" in await page.locator("#results").inner_text()
-    await page.screenshot(path=str(out / "5-subject.png"), full_page=True)
+    await snap(page, "5-subject.png")
 
     await page.get_by_role("link", name="Volumes").click()
     assert await page.locator("svg rect").count() >= 1
@@ -160,8 +160,7 @@ async def test_an_ig_officer_reviews_a_share_in_the_browser(browser_page: Any, l
     await page.get_by_role("button", name="Verify the whole log").click()
     await page.locator("#integrity-state").wait_for()
     assert "verified" in await page.locator("#integrity-badge").inner_text()
-    await page.screenshot(path=str(out / "6-integrity.png"), full_page=True)
-    assert all((out / f).stat().st_size > 1000 for f in ("1-log.png", "4-reviewed.png", "6-integrity.png"))
+    await snap(page, "6-integrity.png")
 
 
 async def test_keyboard_only_navigation(browser_page: Any, live_url: str, settings: Settings) -> None:

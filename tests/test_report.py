@@ -20,7 +20,7 @@ from tests.conftest import ClientFactory
 from tests.helpers import referral, sharing
 from tests.support.axe import assert_accessible
 from tests.support.sending import send_not_to_share, send_referrals
-from tests.support.web import auth, shots, sign_in, token, until_indexed, until_recorded
+from tests.support.web import auth, sign_in, snap, token, until_indexed, until_recorded
 
 pytestmark = pytest.mark.timeout(120)
 Client = TestClient  # type: ignore[type-arg]
@@ -152,7 +152,7 @@ async def test_overdue_clocks_met_later_and_the_months_edges(tmp_path: Path) -> 
 async def test_a_dpo_opens_changes_and_prints_the_report(browser_page: Any, live_url: str, settings: Settings,
                                                          agency: ClientFactory, client: Client,
                                                          tmp_path: Path) -> None:
-    page, out = browser_page, shots(tmp_path)
+    page = browser_page
     (message,) = await send_referrals(agency)
     await until_indexed(client, settings, message)
 
@@ -170,7 +170,7 @@ async def test_a_dpo_opens_changes_and_prints_the_report(browser_page: Any, live
     assert await page.get_by_role("table", name="Shares by message type").locator("tbody tr").count() == 1
     assert await page.locator("table").count() >= 9
     await assert_accessible(page, "/ig/report")
-    await page.screenshot(path=str(out / "report-1-screen.png"), full_page=True)
+    await snap(page, "report-1-screen.png")
 
     await page.emulate_media(media="print")
     await page.set_viewport_size({"width": 680, "height": 960})  # A4's width inside 15 mm margins, at 96 dpi
@@ -180,7 +180,7 @@ async def test_a_dpo_opens_changes_and_prints_the_report(browser_page: Any, live
         t.getBoundingClientRect().right > document.documentElement.clientWidth + 1
         || t.scrollWidth > t.clientWidth + 1).map(t => t.id || t.tagName)""")
     assert cut == []
-    await page.screenshot(path=str(out / "report-2-print.png"), full_page=True)
-    await page.pdf(path=str(out / "report.pdf"), format="A4", print_background=False)
-    pdf = (out / "report.pdf").read_bytes()
+    await snap(page, "report-2-print.png")
+    await page.pdf(path=str(tmp_path / "report.pdf"), format="A4", print_background=False)
+    pdf = (tmp_path / "report.pdf").read_bytes()
     assert pdf.startswith(b"%PDF") and len(pdf) > 5000

@@ -22,7 +22,7 @@ from broker.policy.rulebook import load as load_rulebook
 from broker.web import traceability
 from broker.web.app import audit_service, make_app
 from broker.wire.catalogue import Catalogue
-from tests.support.web import auth, shots, sign_in, token
+from tests.support.web import auth, sign_in, snap, token
 
 pytestmark = pytest.mark.timeout(120)
 Client = TestClient  # type: ignore[type-arg]
@@ -185,7 +185,7 @@ async def test_an_auditor_reads_the_traceability_table_by_keyboard(
         rulebook_with_a_gap: Path, own: tuple[Broker, Client], browser_page: Any, settings: Settings,
         tmp_path: Path) -> None:
     """On a rulebook with one gap (the shipped one has none): the gap list links to its row."""
-    page, out = browser_page, shots(tmp_path)
+    page = browser_page
     live_url = str(own[1].server.make_url("")).rstrip("/")
     await page.goto(f"{live_url}/ig/login")
     await page.get_by_label("Access token").fill(token(settings, "auditor"))
@@ -210,7 +210,7 @@ async def test_an_auditor_reads_the_traceability_table_by_keyboard(
     assert "Gap" not in await consent.inner_text()
     death = item("child-death-notification")
     assert "Gap: no rule" in await death.inner_text() and "gap" in (await death.get_attribute("class") or "")
-    await page.screenshot(path=str(out / "rulebook.png"), full_page=True)
+    await snap(page, "rulebook.png")
 
     for _ in range(60):  # the gap list links to each gap's row
         await page.keyboard.press("Tab")

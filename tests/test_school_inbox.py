@@ -2,7 +2,7 @@
 notifies school-hillside; the adapter's Deliverer hands the notice to the inbox still sealed;
 the DSL signs in, reads it and acknowledges it, and police-met receives the ``accepted``
 receipt once; the list's paging and a notice without the police's instruction; and the same in a
-real Chromium (keyboard only; screenshots to ``$SGB_SCREENSHOTS``, default the test's tmp dir).
+real Chromium (keyboard only; screenshots to ``$SGB_SCREENSHOTS`` when it is set).
 Who may sign in, an unreachable broker and key rotations: tests/test_school_inbox_access.py.
 """
 
@@ -32,7 +32,7 @@ from tests.support.school import (
     police_receipts,
     school_inbox,
 )
-from tests.support.web import SCHOOL, STAFF, Client, dsl_token, shots, sign_in_inbox
+from tests.support.web import SCHOOL, STAFF, Client, dsl_token, sign_in_inbox, snap
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -170,7 +170,7 @@ async def tab_to(page: Any, text: str, *, limit: int = 25) -> None:
 
 async def test_the_dsl_acknowledges_with_the_keyboard_in_a_real_browser(
         browser_page: Any, school: School, settings: Settings, tmp_path: Path) -> None:
-    page, out = browser_page, shots(tmp_path)
+    page = browser_page
     message = await notify(school)
     server = TestServer(school.app, host="127.0.0.1")
     await server.start_server()
@@ -184,7 +184,7 @@ async def test_the_dsl_acknowledges_with_the_keyboard_in_a_real_browser(
         assert await page.evaluate("document.activeElement.id") == "token"
         assert await page.evaluate("getComputedStyle(document.activeElement).outlineStyle") == "solid"  # focus shows
         await page.keyboard.type(dsl_token(settings))
-        await page.screenshot(path=str(out / "inbox-1-sign-in.png"), full_page=True)
+        await snap(page, "inbox-1-sign-in.png")
         await page.keyboard.press("Tab")
         await page.keyboard.press("Enter")
         await page.get_by_role("heading", name="Operation Encompass notices").wait_for()
@@ -200,7 +200,7 @@ async def test_the_dsl_acknowledges_with_the_keyboard_in_a_real_browser(
             .filter(e => e.tagName === 'BUTTON' ? !e.textContent.trim() : (!e.labels || !e.labels.length))
             .map(e => e.name)""")
         assert unlabelled == []
-        await page.screenshot(path=str(out / "inbox-2-list.png"), full_page=True)
+        await snap(page, "inbox-2-list.png")
 
         await tab_to(page, "Ada Okafor-Demo")  # the notice's link
         await page.keyboard.press("Enter")
@@ -214,8 +214,7 @@ async def test_the_dsl_acknowledges_with_the_keyboard_in_a_real_browser(
         await page.locator("#done").wait_for()
         assert "The police have been sent a receipt" in await page.locator("#done").inner_text()
         assert f"Acknowledged by {STAFF}" in await page.locator("main").inner_text()
-        await page.screenshot(path=str(out / "inbox-3-acknowledged.png"), full_page=True)
+        await snap(page, "inbox-3-acknowledged.png")
     finally:
         await server.close()
     assert len(accepted(await police_receipts(school.police, message, want=3))) == 1
-    assert all((out / f"inbox-{n}.png").stat().st_size > 1000 for n in ("1-sign-in", "2-list", "3-acknowledged"))

@@ -1,5 +1,5 @@
 """Signing in to the broker's web app and its API as an IG officer or auditor, and to a school's
-inbox as its designated safeguarding lead; waiting for the audit index; where screenshots go."""
+inbox as its designated safeguarding lead; waiting for the audit index; screenshots for a person to look at."""
 
 from __future__ import annotations
 
@@ -90,7 +90,11 @@ async def until_indexed(client: Client, settings: Settings, message: str, timeou
     return time.monotonic() - started
 
 
-def shots(tmp_path: Path) -> Path:
-    target = Path(os.environ.get("SGB_SCREENSHOTS") or tmp_path / "screenshots")
-    target.mkdir(parents=True, exist_ok=True)
-    return target
+async def snap(page: Any, name: str) -> None:
+    """A full-page screenshot to ``$SGB_SCREENSHOTS``, for a person to look at; none when it is
+    unset, since it asserts nothing and a long page's full-page shot can take seconds on a loaded
+    machine."""
+    if not (target := os.environ.get("SGB_SCREENSHOTS")):
+        return
+    Path(target).mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(Path(target) / name), full_page=True, timeout=60_000)
