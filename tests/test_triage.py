@@ -247,3 +247,28 @@ async def test_the_first_outcome_indexed_stands(index: AuditIndex) -> None:
     (item,) = await queue(index, state="done")
     assert (item["outcome"], item["reviewer"], item["review_record"], item["priority"]) == (
         "breach", "ig-sam", "rv-1", "high")
+
+
+async def test_the_queue_filters_by_recipient_lawful_basis_and_consent(index: AuditIndex) -> None:
+    both = ("la-camden", "school-hillside")
+    police_basis = {k: v for k, v in ROUTINE.items() if k != "lawfulBasis"} | {"lawEnforcementBasis": "DPA_SCH8_P4"}
+    overdue = {"id": "o-m-0030", "event": "overdue", "message": "m-0030", "recipient": "la-camden", "n": 1,
+               "type": "referral", "sender": "police-met", "at": "2026-12-01T10:00:00.000Z", "instance": "i1"}
+    await apply(index,
+                message(30, to=both, flags=("advice-sought",)),
+                message(31, flags=("consent-overridden",), sharing=ROUTINE | {"consentStatus": "REFUSED_OVERRIDDEN"}),
+                message(32, flags=("advice-sought",), sharing=police_basis),
+                [overdue])
+
+    async def items(**equals: str) -> set[str]:
+        return {i["item"] for i in await queue(index, **equals)}
+
+    # an item about a message matches any recipient it was shared with; one about a recipient, only that one
+    assert await items(recipient="school-hillside") == {"flag:m-0030"}
+    assert await items(recipient="la-camden") == {"flag:m-0030", "flag:m-0031", "flag:m-0032",
+                                                  "overdue:m-0030:la-camden"}
+    assert await items(lawfulBasis="DPA_SCH8_P4") == {"flag:m-0032"}
+    assert await items(lawfulBasis="UKGDPR_6_1_E") == {"flag:m-0030", "flag:m-0031", "overdue:m-0030:la-camden"}
+    assert await items(consentStatus="REFUSED_OVERRIDDEN") == {"flag:m-0031"}
+    assert await items(consentStatus="NOT_SOUGHT", recipient="school-hillside") == {"flag:m-0030"}
+    assert await index.review_count(ReviewQuery(equals={"consentStatus": "NOT_SOUGHT"})) == 3

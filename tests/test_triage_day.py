@@ -173,8 +173,12 @@ async def test_a_reviewer_triages_samples_bulk_reviews_and_escalates_to_the_dpo(
     assert await page.locator("section.item").count() == 2
     await assert_accessible(page, "the sampled view after a review")
 
-    # bulk: every consent-overridden share, selected, escalated to the DPO at once
-    await page.goto(f"{live_url}/ig/reviews?state=open&reason=consent-overridden")
+    # bulk: every consent-overridden share to the LA, filtered by choices, selected, escalated at once
+    await page.goto(f"{live_url}/ig/reviews")
+    await page.get_by_label("Consent status").select_option("REFUSED_OVERRIDDEN")
+    await page.get_by_label("Recipient").select_option("la-camden")
+    await page.get_by_role("button", name="Filter").click()
+    assert parse_qs(urlparse(page.url).query)["consentStatus"] == ["REFUSED_OVERRIDDEN"]
     await page.get_by_role("link", name="select all").click()
     assert await page.locator("input[type=checkbox][name=item]:checked").count() == 2
     bulk = page.locator("form#bulk")

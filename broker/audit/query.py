@@ -99,9 +99,14 @@ def review_row(row: sqlite3.Row) -> dict[str, Any]:
     return item
 
 
-REVIEW_FILTERS: Final = {  # query parameter -> SQL condition on one value
+_OF_MESSAGE: Final = "EXISTS (SELECT 1 FROM records r WHERE r.message = reviews.message AND r.event = "
+REVIEW_FILTERS: Final = {  # query parameter -> SQL condition on one value (each ? takes it)
     "agency": "sender = ?", "type": "type = ?", "priority": "priority = ?", "reviewer": "reviewer = ?",
     "outcome": "outcome = ?", "reason": "EXISTS (SELECT 1 FROM json_each(reviews.reasons) WHERE value = ?)",
+    # an item about one recipient is that recipient's; an item about a message, any it was shared with
+    "recipient": f"coalesce(recipient = ?, {_OF_MESSAGE}'shared' AND r.recipient = ?))",
+    "lawfulBasis": f"{_OF_MESSAGE}'received' AND r.lawful_basis = ?)",
+    "consentStatus": f"{_OF_MESSAGE}'received' AND r.consent = ?)",
 }
 ESCALATED: Final = ("not-proportionate", "breach")  # outcomes that go to the Data Protection Officer
 
@@ -126,7 +131,7 @@ def _review_filters(q: ReviewQuery) -> tuple[list[str], list[Any]]:
         args.extend(ESCALATED)
     for key, value in q.equals.items():
         where.append(REVIEW_FILTERS[key])
-        args.append(value)
+        args.extend([value] * REVIEW_FILTERS[key].count("?"))
     return where, args
 
 
