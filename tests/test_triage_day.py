@@ -17,10 +17,12 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from broker.config import Settings
+from broker.pipeline.service import Broker
 from broker.policy import rulebook as rulebooks
 from broker.web import reviews
+from broker.web.context import AuditService
 from tests.conftest import ClientFactory, make_settings
-from tests.helpers import drain, referral, sharing
+from tests.helpers import drain, eventually, referral, sharing
 from tests.support.axe import assert_accessible
 from tests.support.web import auth, snap, token, until_indexed
 from tests.support.web import sign_in as sign_in_pages
@@ -32,14 +34,17 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture
 def settings(home: Path, nats_url: str, request: pytest.FixtureRequest) -> Settings:
-    """The test broker's settings; a test marked ``sample_everything`` runs the shipped rulebook
-    with the sample rate at 1, so that each routine share is sampled (the browser journey needs one)."""
-    base = make_settings(home, nats_url)
-    if request.node.get_closest_marker("sample_everything") is None:
+    """The test broker's settings; a test marked ``own_rulebook`` runs a copy of the shipped
+    rulebook that it may change and reload, one marked ``sample_everything`` a copy with the sample
+    rate at 1, so that each routine share is sampled (the browser journey needs one)."""
+    base, marked = make_settings(home, nats_url), request.node.get_closest_marker
+    if marked("sample_everything") is None and marked("own_rulebook") is None:
         return base
     text = rulebooks.DEFAULT_RULEBOOK.read_text()
-    assert "\n    rate: 0.05\n" in text
-    (home / "rulebook.yaml").write_text(text.replace("\n    rate: 0.05\n", "\n    rate: 1.0\n"))
+    if marked("sample_everything") is not None:
+        assert "\n    rate: 0.05\n" in text
+        text = text.replace("\n    rate: 0.05\n", "\n    rate: 1.0\n")
+    (home / "rulebook.yaml").write_text(text)
     return dataclasses.replace(base, rulebook_path=home / "rulebook.yaml")
 
 
@@ -229,3 +234,46 @@ async def test_the_page_reviews_all_of_a_view_and_refuses_a_view_too_large(clien
     assert sorted(i["message"] for i in body["items"]) == sorted(sent["overridden"] + sent["emergency"])
     page = await (await client.get("/ig/reviews?done=%3Cb%3Ehello")).text()
     assert "hello" not in page  # the notice says a number, never text from the address
+
+
+@pytest.mark.own_rulebook
+async def test_a_reloaded_triage_derives_the_queue_again_and_keeps_the_outcomes(
+        client: Client, settings: Settings, broker: Broker, service: AuditService, agency: ClientFactory) -> None:
+    assert settings.rulebook_path is not None
+    sent = await send_day(agency, routine=0)
+    await until_indexed(client, settings, sent["given"][-1], timeout=5)
+    h = auth(settings, "ig-officer")
+    r = await client.post("/api/v1/reviews/bulk", json={"items": [f"flag:{sent['overridden'][0]}"],
+                                                        "outcome": "proportionate"}, headers=h)
+    assert r.status == 201
+    service.retriage()  # nothing changed: nothing derived
+    assert not service.index.deriving
+    service.index.deriving = True  # what a long re-derivation shows meanwhile: a warning, and a notice
+    check = (await (await client.get("/readyz")).json())["checks"]["audit-index"]
+    assert check["state"] == "warn" and "derived again" in check["detail"]
+    await sign_in_pages(client, settings, "ig-officer")
+    assert 'id="deriving"' in await (await client.get("/ig/reviews")).text()
+    service.index.deriving = False
+
+    async def queue() -> dict[str, str]:
+        body = await (await client.get("/api/v1/reviews?limit=500", headers=h)).json()
+        return {i["message"]: i["priority"] for i in body["items"]}
+
+    assert (await queue())[sent["advice"][0]] == "medium"
+    text = settings.rulebook_path.read_text()
+    advice = "    advice-sought:\n      priority: medium\n"
+    assert advice in text
+    settings.rulebook_path.write_text(text.replace(advice, advice.replace("medium", "high")))
+    assert broker.reload_policy()
+    service.retriage()  # as SIGHUP does, after the rulebook
+
+    async def rederived() -> bool:
+        return not service.index.deriving and (await queue()).get(sent["advice"][0]) == "high"
+
+    await eventually(rederived, what="the queue derived under the reloaded triage", timeout=10)
+    assert await queue() == {m: "high" for m in [*sent["overridden"][1:], *sent["emergency"], *sent["advice"]]}
+    done = await (await client.get("/api/v1/reviews?state=done", headers=h)).json()
+    assert [i["message"] for i in done["items"]] == sent["overridden"][:1]  # the outcome recorded before stands
+    later = await send_day(agency, routine=0)  # indexed under the reloaded triage
+    await until_indexed(client, settings, later["given"][-1], timeout=5)
+    assert (await queue())[later["advice"][0]] == "high"

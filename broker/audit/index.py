@@ -49,7 +49,9 @@ class AuditIndex:
         self._store = Store(path, MIGRATIONS, name="audit-index", readers=readers)
         self.version = 0  # bumped after every write; lets waiters notice new records
         self.follower_failure: str | None = None  # what stopped the follower last, until a block is indexed
+        self.deriving = False  # the queue is being derived again (after a reload): it is incomplete meanwhile
         self._changed = asyncio.Event()
+        self._applying = asyncio.Lock()  # a block is indexed under one triage, never half under another
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         result = await self._store.write(fn)
@@ -92,6 +94,16 @@ class AuditIndex:
             after = await self._write(functools.partial(rederive_step, triage=self.triage, digest=digest, after=after))
         log.info("review queue derived with the triage settings in force", seconds=round(time.monotonic() - started, 2))
 
+    async def retriage(self, triage: Triage) -> None:
+        """Take ``triage`` (a reloaded rulebook or registry) and derive the queue again, between
+        two blocks: indexing waits meanwhile."""
+        async with self._applying:
+            self.triage, self.deriving = triage, True
+            try:
+                await self._derive_queue()
+            finally:
+                self.deriving = False
+
     def close(self) -> None:
         self._store.close()
 
@@ -103,7 +115,8 @@ class AuditIndex:
 
     async def apply(self, batch: Sequence[tuple[int, list[dict[str, Any]]]], checkpoints: Sequence[bytes],
                     last_seq: int) -> None:
-        await self._write(lambda c: apply_batch(c, batch, checkpoints, last_seq, self.triage))
+        async with self._applying:
+            await self._write(lambda c: apply_batch(c, batch, checkpoints, last_seq, self.triage))
         self.follower_failure = None
 
     async def set_meta(self, key: str, value: Any) -> None:

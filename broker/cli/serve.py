@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from broker.pipeline.service import Broker
     from broker.pipeline.workers import Workers
     from broker.transport.natsserver import EmbeddedServer
+    from broker.web.context import AuditService
 
 log = structlog.get_logger("sgb.cli")
 
@@ -75,10 +76,10 @@ async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
                 _worker_command(settings, args), os.environ | {"SGB_NATS_URL": url}, settings.instance, count,
                 stop_within=settings.pipeline.drain_timeout))
         broker = await stack.enter_async_context(running_broker(settings, url))
-        loop.add_signal_handler(signal.SIGHUP, _reload, broker, workers)
         waits: set[asyncio.Future[Any]] = {broker.task}
         if channel is not None:
             waits.add(asyncio.create_task(answer_supervisor(broker, channel), name="sgb-supervisor-channel"))
+        service = None
         if args.http:
             from broker.web.app import audit_service
 
@@ -89,6 +90,7 @@ async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
             stack.push_async_callback(runner.cleanup)
             await web.TCPSite(runner, host or "127.0.0.1", int(port)).start()
             log.info("http listening", address=args.http)
+        loop.add_signal_handler(signal.SIGHUP, _reload, broker, workers, service)
         waits.add(asyncio.create_task(stop.wait()))
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         for waiting in waits - {broker.task}:
@@ -102,11 +104,14 @@ async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _reload(broker: Broker, workers: Workers | None) -> None:
-    """SIGHUP: the registry, the broker's keys and the rulebook, here and in every child worker."""
+def _reload(broker: Broker, workers: Workers | None, service: AuditService | None) -> None:
+    """SIGHUP: the registry, the broker's keys and the rulebook, here and in every child worker;
+    then the review queue's triage, which reads the rulebook and the registry."""
     broker.reload()
     if workers is not None:
         workers.reload()
+    if service is not None:
+        service.retriage()
 
 
 def _worker_command(settings: Settings, args: argparse.Namespace) -> Callable[[int], list[str]]:

@@ -106,11 +106,17 @@ async def audit_service(broker: Broker, workers: Workers | None = None) -> Async
 
     tasks = [asyncio.create_task(follow(), name="sgb-audit-index"),
              asyncio.create_task(verify_periodically(), name="sgb-audit-verify")]
+
+    def retriage() -> None:
+        wanted = triage_in_force(broker)
+        if wanted.digest() != index.triage.digest():
+            log.info("the triage changed with the reload; deriving the review queue again")
+            tasks.append(asyncio.create_task(index.retriage(wanted), name="sgb-audit-retriage"))
     try:
         yield AuditService(index=index, tokens=TokenVerifier(broker.registry, settings.api),
                                subjects=broker.subjects, append=broker.audit.append, instance=settings.instance,
                                verify=verify, holds=broker.sweeper.holds, retention=retention,
-                               maintenance=maintenance)
+                               maintenance=maintenance, retriage=retriage)
     finally:
         stop.set()
         _, pending = await asyncio.wait(tasks, timeout=5.0)

@@ -76,6 +76,8 @@ async def _index(service: AuditService | None) -> Check:
     if service.index.follower_failure:  # the pages go stale; the broker still takes work
         return Check("warn", f"the audit index stopped following the log ({service.index.follower_failure}, "
                      "a bug: see the log); it keeps trying")
+    if service.index.deriving:  # after a reload changed the triage: the queue is incomplete meanwhile
+        return Check("warn", "the review queue is being derived again under the reloaded triage")
     return Check("ok", "writable")
 
 
