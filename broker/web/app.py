@@ -107,11 +107,17 @@ async def audit_service(broker: Broker, workers: Workers | None = None) -> Async
     tasks = [asyncio.create_task(follow(), name="sgb-audit-index"),
              asyncio.create_task(verify_periodically(), name="sgb-audit-verify")]
 
+    async def rederive(wanted: Triage) -> None:
+        try:
+            await index.retriage(wanted)
+        except Exception:  # a bug: said; the next start resumes the derivation where it stopped
+            log.exception("deriving the review queue again failed (a bug); the next start finishes it")
+
     def retriage() -> None:
         wanted = triage_in_force(broker)
         if wanted.digest() != index.triage.digest():
             log.info("the triage changed with the reload; deriving the review queue again")
-            tasks.append(asyncio.create_task(index.retriage(wanted), name="sgb-audit-retriage"))
+            tasks.append(asyncio.create_task(rederive(wanted), name="sgb-audit-retriage"))
     try:
         yield AuditService(index=index, tokens=TokenVerifier(broker.registry, settings.api),
                                subjects=broker.subjects, append=broker.audit.append, instance=settings.instance,
