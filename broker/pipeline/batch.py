@@ -128,10 +128,12 @@ class Decider:
                                             claims["sharing"], opened.payload, received=work.ingress.stored_at)  # type: ignore[union-attr]
 
     def _accept(self, work: Work) -> None:
+        now = self._outcomes.clock()
+        work.decision = self._outcomes.keyed(work.decision, now)  # type: ignore[arg-type]
         work.outputs = self._outcomes.accepted(work.ingress, work.opened, work.decision,  # type: ignore[arg-type]
-                                               closes=work.closes)
+                                               closes=work.closes, now=now)
         work.outcome = "shared"
-        self._count_decision(work.auth.claims["typ"], work.decision)  # type: ignore[union-attr, arg-type]
+        self._count_decision(work.auth.claims["typ"], work.decision)  # type: ignore[union-attr]
 
     def _step(self, work: Work, step: Callable[[Work], None]) -> None:
         """Run one step for a message still on its way, turning what goes wrong into its outcome;

@@ -14,11 +14,14 @@ clock's due date, and each recipient's public key, made from the registry's byte
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
+
+import structlog
 
 from broker.errors import RejectedMessage
 from broker.identity.blindindex import SubjectIndex
@@ -26,7 +29,7 @@ from broker.identity.keys import Identity
 from broker.pipeline import deadlines
 from broker.pipeline.intake import Opened
 from broker.policy import pointer
-from broker.policy.engine import Decision
+from broker.policy.engine import Decision, RecipientDecision
 from broker.policy.rulebook import DeadlineSpec
 from broker.timestamps import iso
 from broker.transport.publisher import Outgoing
@@ -34,6 +37,10 @@ from broker.wire import _crypto, hpke, jws
 from broker.wire.ids import ADMIN_SHARING, derived_id
 from broker.wire.registry import PublicKey, Registry
 from broker.wire.subjects import delivery_subject
+
+log = structlog.get_logger("sgb.broker")
+
+NO_KEY: Final = ("no-recipient-key", "registry.encryption-key")  # a recipient refused for want of a key
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,17 +109,41 @@ class Outcomes:
             claims["origin"] = dict(origin)
         return jws.sign(claims, self.broker.signing_key, self.broker.sig_kid)
 
+    def sealable(self, agency_id: str, now: float) -> bool:
+        """Whether ``agency_id`` has an encryption key valid ``now``; if not, said to the operator."""
+        agency = self.registry.get(agency_id)
+        if agency is not None and agency.sealable(now):
+            return True
+        log.error("an agency has no valid encryption key: nothing can be sealed to it until its keys are "
+                  "rotated (sgb keys rotate)", agency=agency_id)
+        return False
+
+    def keyed(self, decision: Decision, now: float) -> Decision:
+        """``decision`` with each recipient that has no encryption key valid ``now`` refused
+        (``no-recipient-key``; its keys expired unrotated), so that the others still receive the
+        message and the sender hears at once which recipient did not, rather than the whole
+        message failing at every delivery."""
+        unkeyed = {rd.recipient for rd in decision.shared if not self.sealable(rd.recipient, now)}
+        if not unkeyed:
+            return decision
+        code, rule = NO_KEY
+        return dataclasses.replace(decision, recipients=tuple(
+            rd if rd.recipient not in unkeyed else RecipientDecision(
+                rd.recipient, False, (*rd.rules, rule), code=code,
+                reason="the recipient has no valid encryption key; its keys must be rotated before it can receive")
+            for rd in decision.recipients))
+
     # -- accepted ---------------------------------------------------------------------
 
     def accepted(self, ingress: Ingress, opened: Opened, decision: Decision, *,
-                 closes: tuple[str, ...] = ()) -> list[Output]:
+                 closes: tuple[str, ...] = (), now: float | None = None) -> list[Output]:
         """``closes``: this message is the reply a deadline on ``re`` was waiting for, owed by these
         parties (its audit records say ``meetsDeadline``; every party's entry is closed). An agency's
         receipt's records carry its ``receiptStatus`` and ``receiptFor`` (the message it is about), so
-        the trail shows where that message stands."""
+        the trail shows where that message stands. ``decision`` has been :meth:`keyed` at ``now``."""
         claims = opened.auth.claims
         jti, sender = claims["jti"], opened.auth.sender.id
-        now = self.clock()
+        now = self.clock() if now is None else now
         at = iso(now)
         origin = {"iss": sender, "jti": jti, "digest": jws.digest(opened.auth.token)}
         digest = _crypto.keyed_digest(self.audit_key, opened.plaintext)
@@ -197,6 +228,8 @@ class Outcomes:
         if decision.refused and not opened.mtype.record_only:
             receipt["refused"] = [{"recipient": r.recipient, "code": r.code, "rule": r.rules[0]}
                                   for r in decision.refused]
+        if not self.sealable(sender, now):
+            return out  # delivered, but no receipt can be sealed to the sender: said to the operator
         receipt_id = derived_id("receipt", jti)
         out.append(Outgoing(delivery_subject(sender), self.seal(
             jti=receipt_id, typ="receipt", ver=1, recipient=sender, plaintext=jws.dumps(receipt),
@@ -230,6 +263,8 @@ class Outcomes:
         out: list[Output] = [self._audit(record)]
         if self.registry.get(ingress.subject_agency) is None:
             return out  # nobody to tell: no such agency (only possible without NATS permissions)
+        if not self.sealable(ingress.subject_agency, now):
+            return out  # nobody can be told securely: said to the operator
         body: dict[str, Any] = {
             "messageId": message_id[:128], "code": error.code, "reason": error.reason[:500],
             "at": at, "retryable": error.retryable,

@@ -71,6 +71,10 @@ class Agency:
                 return key
         raise ConfigError(f"agency {self.id} has no valid encryption key")
 
+    def sealable(self, when: float) -> bool:
+        """Whether anything can be sealed to this agency at ``when`` (an encryption key valid then)."""
+        return any(key.use == "enc" and key.valid_at(when) for key in self.keys)
+
 
 @dataclass(frozen=True, slots=True)
 class _Contents:

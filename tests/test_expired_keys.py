@@ -1,0 +1,79 @@
+"""An agency whose encryption keys expired without a rotation (``docs/operating.md``): nothing can
+be sealed to it. A message to it and to others reaches the others at once, and the sender's
+receipt names the recipient it could not reach (``no-recipient-key``), rather than the whole
+message failing as a bug at every delivery until it is refused; an agency that cannot be sent a
+receipt or a rejection still has its message handled, and the operator is told."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+import structlog.testing
+
+from broker.audit.reading import read_audit
+from broker.config import Settings
+from broker.pipeline.service import Broker
+from tests.conftest import ClientFactory
+from tests.helpers import drain, example, referral, sharing
+from tests.support.pipeline import queued, settled
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def expire(settings: Settings, broker: Broker, agency: str) -> None:
+    """``agency``'s encryption keys all past their ``notAfter``, and the broker reloaded (SIGHUP)."""
+    doc = orjson.loads(settings.registry_path.read_bytes())
+    (entry,) = [e for e in doc["agencies"] if e["id"] == agency]
+    for key in entry["keys"]:
+        if key["use"] == "enc":
+            key["notAfter"] = "2001-01-01T00:00:00Z"
+    settings.registry_path.write_bytes(orjson.dumps(doc))
+    assert broker.reload()
+
+
+async def records(broker: Broker, message: str) -> list[dict[str, Any]]:
+    return [r async for r in read_audit(broker.js) if r.get("message") == message]
+
+
+async def test_a_recipient_without_a_valid_key_is_refused_and_the_others_receive(
+        broker: Broker, agency: ClientFactory, settings: Settings) -> None:
+    la, police = await agency("la-camden"), await agency("police-met")
+    expire(settings, broker, "health-camden")
+    payload = example("strategy-discussion.example.json") | {"kind": "record", "s47Initiated": True}
+    with structlog.testing.capture_logs() as logs:
+        jti = await la.send(typ="strategy-discussion", to=["police-met", "health-camden"], payload=payload,
+                            sharing=sharing("strategy-discussion"))
+        outcome = await la.wait_outcome(jti, timeout=10)
+    assert [e["agency"] for e in logs if e["event"].startswith("an agency has no valid encryption key")] == [
+        "health-camden"]  # once for the message
+    assert outcome.type == "receipt"
+    assert outcome.payload["recipients"] == ["police-met"]
+    assert outcome.payload["refused"] == [{"recipient": "health-camden", "code": "no-recipient-key",
+                                           "rule": "strategy-discussion.la-to-partners"}]
+    assert [d.type for d in await drain(police, want=1)] == ["strategy-discussion"]
+    await settled(broker.js)
+    assert await queued(broker.js, "health-camden") == 0
+    assert broker.pipeline.counters.internal == 0 and broker.pipeline.counters.retried == 0
+    refused = [r for r in await records(broker, jti) if r["event"] == "refused"]
+    assert [(r["recipient"], r["code"], r["rules"][-1]) for r in refused] == [
+        ("health-camden", "no-recipient-key", "registry.encryption-key")]
+
+
+async def test_a_sender_without_a_valid_key_is_still_heard_and_the_operator_told(
+        broker: Broker, agency: ClientFactory, settings: Settings) -> None:
+    police, la = await agency("police-met"), await agency("la-camden")
+    expire(settings, broker, "police-met")
+    with structlog.testing.capture_logs() as logs:
+        shared = await police.send(typ="referral", to=["la-camden"], payload=referral(), sharing=sharing())
+        refused = await police.send(typ="referral", to=["school-hillside"], payload=referral(),
+                                    sharing=sharing())  # refused by the rulebook: a rejection, not sealable either
+        assert [d.type for d in await drain(la, want=1)] == ["referral"]
+        await settled(broker.js)
+    told = [e for e in logs if e["event"].startswith("an agency has no valid encryption key")]
+    assert len(told) == 2 and {e["agency"] for e in told} == {"police-met"} and told[0]["log_level"] == "error"
+    assert await queued(broker.js, "police-met") == 0  # no receipt, no rejection: nothing to seal them to
+    assert broker.pipeline.counters.internal == 0 and broker.pipeline.counters.retried == 0
+    assert {r["event"] for r in await records(broker, shared)} == {"received", "shared"}
+    assert [(r["event"], r["code"]) for r in await records(broker, refused)] == [("rejected", "not-permitted")]
