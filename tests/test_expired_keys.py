@@ -6,6 +6,8 @@ receipt or a rejection still has its message handled, and the operator is told."
 
 from __future__ import annotations
 
+import datetime as dt
+import time
 from typing import Any
 
 import orjson
@@ -14,6 +16,7 @@ import structlog.testing
 
 from broker.audit.reading import read_audit
 from broker.config import Settings
+from broker.pipeline import deadlines
 from broker.pipeline.service import Broker
 from tests.conftest import ClientFactory
 from tests.helpers import drain, example, referral, sharing
@@ -77,3 +80,23 @@ async def test_a_sender_without_a_valid_key_is_still_heard_and_the_operator_told
     assert broker.pipeline.counters.internal == 0 and broker.pipeline.counters.retried == 0
     assert {r["event"] for r in await records(broker, shared)} == {"received", "shared"}
     assert [(r["event"], r["code"]) for r in await records(broker, refused)] == [("rejected", "not-permitted")]
+
+
+async def test_an_overdue_notice_reaches_the_side_that_can_still_be_sealed_to(
+        broker: Broker, agency: ClientFactory, settings: Settings) -> None:
+    la, health = await agency("la-camden"), await agency("health-camden")
+    request = example("information-request.example.json") | {
+        "respondBy": (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat(timespec="seconds")}
+    jti = await la.send(typ="information-request", to=["health-camden"], payload=request,
+                        sharing=sharing("information-request"))
+    assert (await la.wait_outcome(jti, timeout=10)).type == "receipt"
+    assert [d.type for d in await drain(health, want=1)] == ["information-request"]
+    expire(settings, broker, "health-camden")
+    scanner = deadlines.Scanner(broker.js, broker.pipeline.on_overdue, clock=lambda: time.time() + 7200)
+    assert await scanner.scan_once() == 1  # past respondBy
+    (notice,) = await drain(la, want=1)
+    assert notice.type == "overdue-notice" and notice.payload["recipient"] == "health-camden"
+    await settled(broker.js)
+    assert await queued(broker.js, "health-camden") == 0
+    assert [r["recipient"] for r in await records(broker, jti) if r["event"] == "overdue"] == ["health-camden"]
+    assert broker.pipeline.counters.overdue == 1 and broker.pipeline.counters.internal == 0

@@ -284,7 +284,7 @@ class Outcomes:
 
     def overdue(self, entry: Mapping[str, Any]) -> list[Output]:
         """Overdue notices to both sides of a deadline that passed (and to every party that owed it
-        with the sender), and an audit record."""
+        with the sender; but none to a party nothing can be sealed to), and an audit record."""
         message, recipient, suffix = entry["message"], entry["recipient"], entry.get("keySuffix", "")
         now = self.clock()
         at, due = iso(now), iso(entry["due"])
@@ -292,6 +292,8 @@ class Outcomes:
                 "expected": entry["expect"], "at": at, "rule": entry["rule"], "says": entry["says"]}
         out: list[Output] = []
         for party in dict.fromkeys((entry["sender"], recipient, *entry.get("owedBy", ()))):
+            if not self.sealable(party, now):
+                continue
             notice_id = derived_id("overdue", message, recipient + suffix, party)
             out.append(Outgoing(delivery_subject(party), self.seal(
                 jti=notice_id, typ="overdue-notice", ver=1, recipient=party, plaintext=jws.dumps(body),
