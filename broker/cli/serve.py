@@ -76,10 +76,11 @@ async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
                 _worker_command(settings, args), os.environ | {"SGB_NATS_URL": url}, settings.instance, count,
                 stop_within=settings.pipeline.drain_timeout))
         broker = await stack.enter_async_context(running_broker(settings, url))
+        service: AuditService | None = None  # the handler reads it when called: set once the pages run
+        loop.add_signal_handler(signal.SIGHUP, lambda: _reload(broker, workers, service))
         waits: set[asyncio.Future[Any]] = {broker.task}
         if channel is not None:
             waits.add(asyncio.create_task(answer_supervisor(broker, channel), name="sgb-supervisor-channel"))
-        service = None
         if args.http:
             from broker.web.app import audit_service
 
@@ -90,7 +91,6 @@ async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
             stack.push_async_callback(runner.cleanup)
             await web.TCPSite(runner, host or "127.0.0.1", int(port)).start()
             log.info("http listening", address=args.http)
-        loop.add_signal_handler(signal.SIGHUP, _reload, broker, workers, service)
         waits.add(asyncio.create_task(stop.wait()))
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         for waiting in waits - {broker.task}:

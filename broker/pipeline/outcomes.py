@@ -129,7 +129,7 @@ class Outcomes:
         code, rule = NO_KEY
         return dataclasses.replace(decision, recipients=tuple(
             rd if rd.recipient not in unkeyed else RecipientDecision(
-                rd.recipient, False, (*rd.rules, rule), code=code,
+                rd.recipient, False, (rule, *rd.rules), code=code,
                 reason="the recipient has no valid encryption key; its keys must be rotated before it can receive")
             for rd in decision.recipients))
 
