@@ -2,10 +2,11 @@
 
 The standard library and ``cryptography`` only, with :mod:`broker.audit.signednote` and nothing
 else of the broker: ``sgb audit verifier`` packs the two into one file, ``sgb-verify.pyz``, that an
-auditor runs as ``python sgb-verify.pyz FILE --key VKEY``. The one home of RFC 9162 inclusion and
-consistency checks (:mod:`broker.audit.merkle` builds trees and proofs) and of checking a proof
-bundle or a consistency proof. Error messages are fixed text naming at most a key, a size or an
-index, never a record or note line.
+auditor runs as ``python sgb-verify.pyz FILE --key VKEY [--witness VKEY --quorum N]``. The one home
+of RFC 9162 inclusion and consistency checks (:mod:`broker.audit.merkle` builds trees and proofs) and
+of checking a proof bundle or a consistency proof, and with ``--witness`` that each checkpoint carries
+a quorum of trusted witnesses' cosignatures. Error messages are fixed text naming at most a key, a
+size or an index, never a record or note line.
 """
 
 from __future__ import annotations
@@ -19,14 +20,25 @@ import sys
 import tempfile
 import zipapp
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-from broker.audit.signednote import Checkpoint, NoteError, VerifierKey, WrongOrigin, open_checkpoint, parse_note
+from broker.audit.signednote import (
+    Checkpoint,
+    CosignatureKey,
+    NoteError,
+    UnverifiedNote,
+    VerifierKey,
+    WrongOrigin,
+    open_checkpoint,
+    parse_note,
+)
 
-__all__ = ["BUNDLE_FORMAT", "CONSISTENCY_FORMAT", "EMPTY_ROOT", "HASH_SIZE", "NODE_PREFIX", "VerifierKey",
-           "build_verifier", "check_bundle", "check_consistency", "check_file", "leaf_hash", "main", "open_checkpoint",
-           "verify_consistency", "verify_inclusion"]
+__all__ = ["BUNDLE_FORMAT", "CONSISTENCY_FORMAT", "EMPTY_ROOT", "HASH_SIZE", "NODE_PREFIX", "CosignatureKey",
+           "VerifierKey", "Witnesses", "build_verifier", "check_bundle", "check_consistency", "check_file", "leaf_hash",
+           "main", "open_checkpoint", "verify_consistency", "verify_inclusion"]
 
 BUNDLE_FORMAT: Final = "sgb-audit-proof/1"
 CONSISTENCY_FORMAT: Final = "sgb-audit-consistency/1"
@@ -112,20 +124,54 @@ def _b64(text: object) -> bytes:
     return base64.b64decode(text, validate=True)
 
 
-def _open(entry: Any, trusted: Sequence[VerifierKey], what: str) -> tuple[str, Checkpoint]:
-    """A checkpoint entry ``{"instance", "note"}``: signed by a trusted key, of that instance's log."""
+@dataclass(frozen=True)
+class Witnesses:
+    """The witnesses the checker trusts (cosignature/v1 keys) and how many of them must have cosigned
+    each checkpoint: without them a checkpoint is the log's word alone (docs/transparency.md)."""
+
+    keys: tuple[CosignatureKey, ...] = ()
+    quorum: int = 0
+
+    def __post_init__(self) -> None:
+        if len(set(self.keys)) != len(self.keys) or (1 <= self.quorum <= len(self.keys)) != bool(self.keys):
+            raise ValueError("the quorum is between 1 and the number of (distinct) witnesses, or 0 without them")
+
+
+def _when(timestamp: int | None) -> str:
+    """A cosignature's time, readable; a time past the calendar's years stays a number."""
+    try:
+        return datetime.fromtimestamp(timestamp or 0, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, ValueError, OSError):
+        return f"unix time {timestamp}"
+
+
+def _open(entry: Any, trusted: Sequence[VerifierKey], what: str,
+          witnesses: Witnesses = Witnesses()) -> tuple[str, Checkpoint, str | None]:
+    """A checkpoint entry ``{"instance", "note"}``: signed by a trusted key, of that instance's log, and
+    cosigned by the quorum of ``witnesses`` (then also the line naming them and their times)."""
     instance, note = (entry.get("instance"), entry.get("note")) if isinstance(entry, dict) else (None, None)
     if not isinstance(instance, str) or not isinstance(note, str):
         raise NoteError(f"{what} is not an object with an instance and a note")
     origin = Checkpoint.parse(parse_note(note).text).origin
     if not origin.endswith("/" + instance):
         raise WrongOrigin(f"{what} is not of the log of its instance")
-    return instance, open_checkpoint(note, origin=origin, log_keys=trusted).checkpoint
+    signed = open_checkpoint(note, origin=origin, log_keys=trusted, witness_keys=witnesses.keys)
+    if not witnesses.keys:
+        return instance, signed.checkpoint, None
+    cosigned = signed.cosignatures
+    said = (f"size {signed.checkpoint.size} of {origin}: cosigned by {len(cosigned)} of the {len(witnesses.keys)} "
+            "trusted witnesses")
+    if len(cosigned) < witnesses.quorum:
+        raise UnverifiedNote(f"{said}, fewer than the quorum of {witnesses.quorum}")
+    by = ", ".join(f"{v.key.name}+{v.key.key_id:08x} at {_when(v.timestamp)}" for v in cosigned)
+    return instance, signed.checkpoint, f"{what}, {said} (quorum {witnesses.quorum}): {by}"
 
 
-def check_bundle(bundle: Any, trusted: Sequence[VerifierKey]) -> tuple[list[str], list[str]]:
-    """A proof bundle against trusted keys only: each checkpoint's signature, each record's claims (id,
-    message, index, instance, the query) and its inclusion proof. Returns what holds and what fails."""
+def check_bundle(bundle: Any, trusted: Sequence[VerifierKey],
+                 witnesses: Witnesses = Witnesses()) -> tuple[list[str], list[str]]:
+    """A proof bundle against trusted keys only: each checkpoint's signature (and with ``witnesses``
+    its quorum of cosignatures), each record's claims (id, message, index, instance, the query) and
+    its inclusion proof. Returns what holds and what fails."""
     if not isinstance(bundle, dict) or bundle.get("format") != BUNDLE_FORMAT:
         return [], [f"not a {BUNDLE_FORMAT} bundle"]
     held: list[str] = []
@@ -134,9 +180,13 @@ def check_bundle(bundle: Any, trusted: Sequence[VerifierKey]) -> tuple[list[str]
     entries = bundle.get("checkpoints")
     for i, entry in enumerate(entries if isinstance(entries, list) else ()):
         try:
-            checkpoints[i] = _open(entry, trusted, f"checkpoint {i}")
+            instance, cp, cosigned = _open(entry, trusted, f"checkpoint {i}", witnesses)
         except NoteError as exc:
             failed.append(f"checkpoint {i}: {exc}")
+            continue
+        checkpoints[i] = instance, cp
+        if cosigned is not None:
+            held.append(cosigned)
     query = bundle.get("query")  # one id, or a list of them (a subject access's messages)
     wanted = {query} if isinstance(query, str) else {q for q in query if isinstance(q, str)} if isinstance(
         query, list) else set()
@@ -168,31 +218,59 @@ def check_bundle(bundle: Any, trusted: Sequence[VerifierKey]) -> tuple[list[str]
     return held, failed
 
 
-def check_consistency(doc: Any, trusted: Sequence[VerifierKey]) -> tuple[list[str], list[str]]:
-    """A consistency proof: both checkpoints signed by a trusted key, of one log, the newer extending the older."""
+def check_consistency(doc: Any, trusted: Sequence[VerifierKey],
+                      witnesses: Witnesses = Witnesses()) -> tuple[list[str], list[str]]:
+    """A consistency proof: both checkpoints signed by a trusted key (and with ``witnesses`` cosigned
+    by their quorum), of one log, the newer extending the older."""
     if not isinstance(doc, dict) or doc.get("format") != CONSISTENCY_FORMAT:
         return [], [f"not a {CONSISTENCY_FORMAT} proof"]
+    opened: list[tuple[str, Checkpoint, str | None]] = []
+    failed: list[str] = []
+    for side in ("old", "new"):
+        try:
+            opened.append(_open(doc.get(side), trusted, f"the {side} checkpoint", witnesses))
+        except NoteError as exc:
+            failed.append(f"the {side} checkpoint: {exc}")
     try:
-        _, old = _open(doc.get("old"), trusted, "the old checkpoint")
-        _, new = _open(doc.get("new"), trusted, "the new checkpoint")
         proof = [_b64(h) for h in doc["proof"]]
-    except NoteError as exc:
-        return [], [str(exc)]
     except (KeyError, TypeError, ValueError):
-        return [], ["the consistency proof is malformed"]
+        failed.append("the consistency proof is malformed")
+    if failed:
+        return [], failed
+    (_, old, old_cosigned), (_, new, new_cosigned) = opened
     if old.origin != new.origin:
         return [], ["the two checkpoints are of different logs"]
     if not verify_consistency(old.size, new.size, proof, old.root_hash, new.root_hash):
         return [], [f"the tree of size {new.size} does NOT extend the tree of size {old.size}: a forked history"]
-    return [f"the tree of size {new.size} of {new.origin} extends the tree of size {old.size}"], []
+    cosigned = [line for line in (old_cosigned, new_cosigned) if line is not None]
+    return [*cosigned, f"the tree of size {new.size} of {new.origin} extends the tree of size {old.size}"], []
 
 
-def check_file(path: str, keys: Sequence[str]) -> int:
+def _vkeys(values: Sequence[str]) -> list[str]:
+    """Each value a vkey, or a file of them, one a line (a vkey always holds '+', a path need not)."""
+    return [k for v in values for k in (Path(v).read_text().split() if "+" not in v and Path(v).is_file() else [v])]
+
+
+def _witnesses(values: Sequence[str], quorum: int | None) -> Witnesses:
+    """``--witness`` keys (type 0x04 only) and ``--quorum`` (default 1 with any witness)."""
+    keys: list[CosignatureKey] = []
+    for vkey in dict.fromkeys(_vkeys(values)):
+        try:
+            keys.append(CosignatureKey.parse(vkey))
+        except NoteError as exc:
+            raise NoteError(f"--witness {vkey.split('+')[0]} is not a witness's cosignature key (cosignature/v1, "
+                            f"type 0x04; a log's key goes to --key): {exc}") from None
+    if quorum is not None and not 1 <= quorum <= len(keys):
+        raise NoteError(f"--quorum {quorum} is not between 1 and the number of --witness keys ({len(keys)})")
+    return Witnesses(tuple(keys), (1 if quorum is None else quorum) if keys else 0)
+
+
+def check_file(path: str, keys: Sequence[str], witnesses: Sequence[str] = (), quorum: int | None = None) -> int:
     """Check a bundle or consistency proof and print a line per result: 0 all holds, 1 not, 2 cannot check.
-    Each key is a verifier key or a file of them, one a line."""
+    Each key or witness is a verifier key or a file of them, one a line."""
     try:
-        trusted = [VerifierKey.parse(k) for v in keys for k in (
-            Path(v).read_text().split() if "+" not in v and Path(v).is_file() else [v])]
+        trusted = [VerifierKey.parse(k) for k in _vkeys(keys)]
+        cosigners = _witnesses(witnesses, quorum)
         doc = json.loads(Path(path).read_bytes())
     except (OSError, ValueError) as exc:
         print(f"cannot check {path}: {exc if isinstance(exc, NoteError) else type(exc).__name__}", file=sys.stderr)
@@ -201,21 +279,29 @@ def check_file(path: str, keys: Sequence[str]) -> int:
         print("no trusted key given (--key): the keys inside a bundle are not trusted on their own", file=sys.stderr)
         return 2
     consistency = isinstance(doc, dict) and doc.get("format") == CONSISTENCY_FORMAT
-    return report(*(check_consistency if consistency else check_bundle)(doc, trusted))
+    held, failed = (check_consistency if consistency else check_bundle)(doc, trusted, cosigners)
+    return report(held, failed, "" if cosigners.keys else "the checkpoints' witness cosignatures were not checked "
+                  "(no --witness): they are the log's word alone")
 
 
-def report(held: Sequence[str], failed: Sequence[str]) -> int:
-    """Print what holds and what fails, then a summary line; 1 if anything fails, else 0."""
+def report(held: Sequence[str], failed: Sequence[str], note: str = "") -> int:
+    """Print what holds and what fails, then a summary line (and ``note``); 1 if anything fails, else 0."""
     print("".join(f"ok {line}\n" for line in held) + "".join(f"FAILED {line}\n" for line in failed)
-          + (f"FAILED: {len(failed)} problems" if failed else f"verified: {len(held)} proofs hold"))
+          + (f"FAILED: {len(failed)} problems" if failed else f"verified: {len(held)} proofs hold")
+          + (f"\n{note}" if note else ""))
     return 1 if failed else 0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """FILE and --key, for this script and ``sgb audit check``."""
+    """FILE, --key, --witness and --quorum, for this script and ``sgb audit check``."""
     parser.add_argument("file", metavar="FILE", help=f"a {BUNDLE_FORMAT} bundle or {CONSISTENCY_FORMAT} proof")
     parser.add_argument("--key", action="append", default=[], metavar="VKEY",
                         help="a trusted verifier key of the broker's log, or a file of them; repeat for more")
+    parser.add_argument("--witness", action="append", default=[], metavar="VKEY",
+                        help="a trusted witness's cosignature key (type 0x04), or a file of them; repeat for more. "
+                        "Each checkpoint must then carry the quorum of their cosignatures")
+    parser.add_argument("--quorum", type=int, metavar="N",
+                        help="how many of the --witness keys must have cosigned each checkpoint (default 1)")
 
 
 def build_verifier(out: Path) -> None:
@@ -239,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      "consistency proof offline, against broker keys you trust.")
     add_arguments(parser)
     args = parser.parse_args(argv)
-    return check_file(args.file, args.key)
+    return check_file(args.file, args.key, args.witness, args.quorum)
 
 
 if __name__ == "__main__":

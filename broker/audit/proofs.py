@@ -2,8 +2,10 @@
 
 Each instance chain's tree is built again by reading the chain (records in block order, leaf ``i``
 the canonical bytes of record ``n = i``); its transparency checkpoints are the notes on
-``sg.audit.<instance>.tlog`` that the broker's key signed. :mod:`broker.audit.offline` checks
-what this writes, with keys the checker trusts.
+``sg.audit.<instance>.tlog`` that the broker's key signed, each replaced by the same checkpoint
+from ``sg.audit.<instance>.cosigned`` where the witnesses cosigned it, so that bundles and
+consistency proofs carry their cosignatures. :mod:`broker.audit.offline` checks what this writes,
+with keys (and witnesses) the checker trusts.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 from nats.js import JetStreamContext
 
 from broker.audit import notes, offline
-from broker.audit.chain import block_records, is_block, is_tlog, read_stream
+from broker.audit.chain import block_records, is_block, is_cosigned, is_tlog, read_stream
 from broker.audit.checkpoints import broker_note_keys
 from broker.audit.merkle import MerkleTree
 from broker.audit.tree import record_bytes
@@ -36,6 +38,10 @@ class Signed:
 
     def entry(self, instance: str) -> dict[str, str]:
         return {"instance": instance, "note": self.note}
+
+    def lines(self) -> int:
+        """How many signature lines the note carries: the log's and, cosigned, its witnesses'."""
+        return len(notes.parse_note(self.note).signatures)
 
 
 @dataclass
@@ -58,13 +64,17 @@ def open_signed(data: bytes, origin: str, public_keys: list[bytes]) -> Signed:
 
 
 async def read_chains(js: JetStreamContext, tlog_origin: str, public_keys: list[bytes]) -> dict[str, Chain]:
-    """Every instance chain's records, tree and signed transparency checkpoints, from the audit stream."""
+    """Every instance chain's records, tree and signed transparency checkpoints, from the audit stream;
+    a checkpoint the witnesses cosigned as its cosigned note."""
     chains: dict[str, Chain] = {}
     tlogs: list[tuple[str, bytes]] = []
+    cosigned: list[tuple[str, bytes]] = []
     async for stored in read_stream(js):
         instance = stored.subject.removeprefix("sg.audit.")
         if is_tlog(stored.subject):
             tlogs.append((instance.removesuffix(".tlog"), stored.data))
+        elif is_cosigned(stored.subject):
+            cosigned.append((instance.removesuffix(".cosigned"), stored.data))
         elif is_block(stored.subject):
             chain = chains.setdefault(instance, Chain())
             for record in block_records(stored.data):
@@ -77,6 +87,15 @@ async def read_chains(js: JetStreamContext, tlog_origin: str, public_keys: list[
         except notes.NoteError:
             continue  # sgb audit verify names it
         chains.setdefault(instance, Chain()).signed.setdefault(signed.checkpoint.size, signed)
+    for instance, data in cosigned:
+        try:
+            signed = open_signed(data, f"{tlog_origin}/{instance}", public_keys)
+        except notes.NoteError:
+            continue  # one the log did not sign is no checkpoint of it
+        stored_as = chains.setdefault(instance, Chain()).signed
+        kept = stored_as.setdefault(signed.checkpoint.size, signed)
+        if kept.checkpoint == signed.checkpoint and signed.lines() >= kept.lines():
+            stored_as[signed.checkpoint.size] = signed  # the same tree, with the most witnesses' lines
     return chains
 
 

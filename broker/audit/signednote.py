@@ -1,13 +1,14 @@
 """C2SP signed notes and tlog checkpoints, read and verified (issue 16; docs/transparency.md).
 
-The one home of parsing and verifying them: :mod:`broker.audit.offline` checks proofs with it, and
-:mod:`broker.audit.notes` adds cosignature keys (type 0x04), vkey formatting and signing on top.
-Standard library and ``cryptography`` only, nothing else of the broker: it is packed with
-:mod:`~broker.audit.offline` into the verifier an auditor runs (``sgb audit verifier``). Specs:
-C2SP at 5ba5ee8 (``signed-note``, ``tlog-checkpoint``); reference code: golang.org/x/mod
-``sumdb/note``. Only Ed25519 keys of type 0x01 (the log's) verify here; other lines, witnesses'
-cosignatures too, are ignored like unknown keys'. Error messages are fixed text naming at most a
-key or an origin, never a note line.
+The one home of parsing and verifying them, witnesses' cosignatures too: :mod:`broker.audit.offline`
+checks proofs and their cosignature quorum with it, and :mod:`broker.audit.notes` adds vkey formatting,
+signing and co-signing on top. Standard library and ``cryptography`` only, nothing else of the broker:
+it is packed with :mod:`~broker.audit.offline` into the verifier an auditor runs (``sgb audit
+verifier``). Specs: C2SP at 5ba5ee8 (``signed-note``, ``tlog-checkpoint``, ``tlog-cosignature``);
+reference code: golang.org/x/mod ``sumdb/note``. Ed25519 only: the log's keys (type 0x01,
+:class:`VerifierKey`) and witnesses' (cosignature/v1, type 0x04, :class:`CosignatureKey`); lines of
+other types are ignored like unknown keys'. Error messages are fixed text naming at most a key or an
+origin, never a note line.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 ED25519: Final = 0x01  # signed-note.md, "Signature types"
+COSIGNATURE_V1: Final = 0x04  # tlog-cosignature.md: timestamped Ed25519 checkpoint cosignature
+MAX_TIMESTAMP: Final = 2**63 - 1  # tlog-cosignature.md: "It MUST NOT exceed 2^63 - 1"
 MAX_SIGNATURES: Final = 100  # signed-note.md: at least 16; sumdb/note's limit. Bytes: room for 100 ML-DSA lines
 MAX_NOTE_BYTES: Final = 1 << 20
 _DASH: Final = "\u2014 "  # em dash, space
@@ -97,11 +100,25 @@ def note_text(text: str) -> bytes:
         raise MalformedNote("note text is not valid UTF-8") from None
 
 
+def cosignature_message(text: bytes, timestamp: int) -> bytes:
+    """tlog-cosignature.md, "Ed25519 signed message": the whole checkpoint text, extensions too."""
+    return f"cosignature/v1\ntime {timestamp}\n".encode("ascii") + text
+
+
+def cosignature_timestamp(signature: bytes) -> int | None:
+    """Of ``u64 timestamp || 64-byte Ed25519 signature`` (tlog-cosignature.md); None if not that."""
+    if len(signature) != 72:
+        return None
+    timestamp = int.from_bytes(signature[:8], "big")
+    return timestamp if timestamp <= MAX_TIMESTAMP else None
+
+
 @dataclass(frozen=True)
 class VerifierKey:
     """A named Ed25519 public key of type 0x01, the log's, parsed from its vkey
-    ``<name>+<hex key ID>+<base64(type || key)>`` (signed-note.md, "Verifier keys").
-    :class:`broker.audit.notes.VerifierKey` also takes witnesses' keys (0x04) and formats vkeys."""
+    ``<name>+<hex key ID>+<base64(type || key)>`` (signed-note.md, "Verifier keys"). Subclasses
+    admit type 0x04, whose lines this verifies as cosignature/v1: :class:`CosignatureKey` (only
+    that) and :class:`broker.audit.notes.VerifierKey` (both, and formats vkeys)."""
 
     SIG_TYPES: ClassVar[tuple[int, ...]] = (ED25519,)
     name: str
@@ -138,7 +155,13 @@ class VerifierKey:
         return key
 
     def verify(self, text: bytes, signature: bytes) -> bool:
-        """Whether ``signature`` (the bytes after the key ID) signs ``text`` by this key."""
+        """Whether ``signature`` (the bytes after the key ID) signs ``text`` by this key; a
+        cosignature signs its timestamp and the text (tlog-cosignature.md)."""
+        if self.sig_type == COSIGNATURE_V1:
+            stamp = cosignature_timestamp(signature)
+            if stamp is None:
+                return False
+            text, signature = cosignature_message(text, stamp), signature[8:]
         try:
             self._key.verify(signature, text)
         except InvalidSignature:
@@ -146,8 +169,15 @@ class VerifierKey:
         return True
 
     def timestamp(self, signature: bytes) -> int | None:
-        """The time a signature by this key states: a note signature states none."""
-        return None
+        """The time a signature by this key states: a cosignature's, a note signature none."""
+        return cosignature_timestamp(signature) if self.sig_type == COSIGNATURE_V1 else None
+
+
+class CosignatureKey(VerifierKey):
+    """A witness's key, cosignature/v1 (type 0x04) only: what the offline verifier's ``--witness``
+    takes, so a log's key cannot pass for a witness there, nor a witness's for the log (``--key``)."""
+
+    SIG_TYPES: ClassVar[tuple[int, ...]] = (COSIGNATURE_V1,)
 
 
 @dataclass(frozen=True)
@@ -319,8 +349,10 @@ def open_checkpoint(data: bytes | str, *, origin: str, log_keys: Iterable[Verifi
                     witness_keys: Iterable[VerifierKey] = ()) -> SignedCheckpoint:
     """A checkpoint of ``origin`` signed by one of ``log_keys`` (whose name SHOULD, not must, be the
     origin), with the cosignatures by ``witness_keys`` that verified; the quorum is the caller's.
-    :func:`broker.audit.notes.open_checkpoint` checks that witness keys are cosignature keys."""
+    Witness keys must be cosignature/v1 keys: a witness's note key must not pass for its cosignatures."""
     logs, witnesses = tuple(log_keys), tuple(witness_keys)
+    if any(k.sig_type != COSIGNATURE_V1 for k in witnesses):
+        raise MalformedKey("witness keys are cosignature/v1 keys (signature type 0x04)")
     opened = open_note(data, logs + witnesses)
     if not any(v.key in logs for v in opened.verified):
         raise UnverifiedNote("the checkpoint has no signature by the log's key")

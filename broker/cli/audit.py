@@ -191,12 +191,12 @@ async def cmd_audit_prove(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_audit_check(settings: Settings, args: argparse.Namespace) -> int:
-    return offline.check_file(args.file, args.key)
+    return offline.check_file(args.file, args.key, args.witness, args.quorum)
 
 
 async def cmd_audit_verifier(settings: Settings, args: argparse.Namespace) -> int:
     offline.build_verifier(Path(args.out))
-    print(f"wrote {args.out}: run it as  python {args.out} BUNDLE --key VKEY")
+    print(f"wrote {args.out}: run it as  python {args.out} BUNDLE --key VKEY [--witness VKEY]")
     return 0
 
 
