@@ -235,6 +235,8 @@ _json = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_siz
                               "checkpoints": _json, "old": _json, "new": _json, "proof": _json}))
 def test_any_document_gives_failures_never_an_exception(doc: dict[str, Any]) -> None:
     key = notes.VerifierKey("sgb.invalid/audit/x", notes.ED25519, bytes(range(32)))
+    witness = offline.CosignatureKey("witness.example.test/w1", notes.COSIGNATURE_V1, bytes(range(1, 33)))
     for check in (offline.check_bundle, offline.check_consistency):
-        held, failed = check(doc, [key])
-        assert failed and not held
+        for witnesses in (offline.Witnesses(), offline.Witnesses((witness,), 1)):
+            held, failed = check(doc, [key], witnesses)
+            assert failed and not held

@@ -1,0 +1,186 @@
+"""Proof bundles carrying the witnesses' cosignatures (issue 16): a real broker on a real nats-server
+asks a real ``sgb witness`` served in-process; ``prove`` and ``sgb audit consistency`` put the cosigned
+note in what they write, and the verifier an auditor gets (``sgb-verify.pyz``, run isolated) checks
+that each checkpoint carries the quorum of trusted witnesses' cosignatures (``--witness``, ``--quorum``)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+
+from broker.audit import notes, offline
+from broker.audit.checkpoints import tlog_origin
+from broker.audit.proofs import prove, read_chains
+from broker.audit.verify import broker_public_keys
+from broker.config import Settings
+from broker.pipeline.service import Broker
+from broker.wire.registry import Registry
+from tests.helpers import eventually
+from tests.support.cli import sgb
+from tests.test_audit_proofs import _offline, _vkey
+from tests.test_witnessing import _cosigned, _log_keys, _records, served_witness, witnessed_broker
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def cosigner() -> notes.Cosigner:
+    return notes.Cosigner("witness.example.test/w1", Ed25519PrivateKey.generate())
+
+
+async def _bundle(broker: Broker, registry: Registry, query: str, tmp_path: Path) -> tuple[dict[str, Any], str]:
+    """The bundle ``prove`` gives of ``query``, and the file it was written to."""
+    chains = await read_chains(broker.js, broker.settings.audit.tlog_origin, broker_public_keys(registry)())
+    bundle, pending = prove(chains, query)
+    assert bundle["records"] and not pending
+    path = tmp_path / f"{query}.json"
+    path.write_text(json.dumps(bundle))
+    return bundle, str(path)
+
+
+def _cosigned_by(key: notes.VerifierKey, note: str, origin: str, registry: Registry) -> str:
+    """How the verifier names one cosignature of ``note``: the witness's key and the time it states."""
+    opened = notes.open_checkpoint(note, origin=origin, log_keys=_log_keys(registry, origin), witness_keys=[key])
+    (cosignature,) = opened.cosignatures
+    when = datetime.fromtimestamp(cosignature.timestamp or 0, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return f"{key.name}+{key.key_id:08x} at {when}"
+
+
+async def test_a_bundle_carries_the_witness_cosignature_and_the_verifier_needs_the_quorum(
+        settings: Settings, topology: None, registry: Registry, tmp_path: Path, cosigner: notes.Cosigner) -> None:
+    origin = tlog_origin(settings.audit, settings.instance)
+    async with served_witness(tmp_path / "w.sqlite", cosigner, origin, _log_keys(registry, origin)) as (
+            _, url), witnessed_broker(settings, url, cosigner) as broker:
+        await broker.audit.append(_records(0, 5))
+        await broker.audit.checkpoint_now()
+        await eventually(lambda: _cosigned(broker, 5), what="the cosigned checkpoint of size 5")
+        bundle, path = await _bundle(broker, registry, "wm2", tmp_path)
+    note = bundle["checkpoints"][0]["note"]
+    assert [s.name for s in notes.parse_note(note).signatures] == [origin, cosigner.key.name]
+    assert bundle["format"] == "sgb-audit-proof/1" and bundle["keys"] == [_vkey(settings, registry, settings.instance)]
+    vkey, witness = bundle["keys"][0], str(cosigner.key)
+
+    run = _offline(tmp_path, path, "--key", vkey, "--witness", witness)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert (f"ok checkpoint 0, size 5 of {origin}: cosigned by 1 of the 1 trusted witnesses (quorum 1): "
+            f"{_cosigned_by(cosigner.key, note, origin, registry)}\n") in run.stdout
+    assert "ok record w2: leaf 2" in run.stdout and "not checked" not in run.stdout
+    keys = tmp_path / "witnesses.txt"  # a file of witness keys, like --key
+    other = notes.Cosigner("witness.example.test/w2", Ed25519PrivateKey.generate())
+    keys.write_text(f"{witness}\n{other.key}\n")
+    run = _offline(tmp_path, path, "--key", vkey, "--witness", str(keys))
+    assert run.returncode == 0 and "cosigned by 1 of the 2 trusted witnesses (quorum 1)" in run.stdout, run.stdout
+    rc, out, err = await sgb("audit", "check", path, "--key", vkey, "--witness", witness, home=settings.home)
+    assert rc == 0 and "cosigned by 1 of the 1 trusted witnesses" in out, out + err
+    run = _offline(tmp_path, path, "--key", vkey)  # as before, and it says what it did not check
+    assert run.returncode == 0 and "witness cosignatures were not checked" in run.stdout
+
+    # another witness's key: the checkpoint is not cosigned by a trusted witness, nor its record proved
+    run = _offline(tmp_path, path, "--key", vkey, "--witness", str(other.key))
+    assert run.returncode == 1
+    assert (f"FAILED checkpoint 0: size 5 of {origin}: cosigned by 0 of the 1 trusted witnesses, fewer than the "
+            "quorum of 1") in run.stdout
+    assert "FAILED record 0: its checkpoint is missing or does not verify" in run.stdout
+    run = _offline(tmp_path, path, "--key", vkey, "--witness", witness, "--witness", str(other.key), "--quorum", "2")
+    assert run.returncode == 1 and "cosigned by 1 of the 2 trusted witnesses, fewer than the quorum of 2" in run.stdout
+
+    # what cannot be checked: a quorum above the witnesses given, a log's key as a witness
+    run = _offline(tmp_path, path, "--key", vkey, "--witness", witness, "--quorum", "2")
+    assert run.returncode == 2 and "--quorum 2 is not between 1 and the number of --witness keys (1)" in run.stderr
+    run = _offline(tmp_path, path, "--key", vkey, "--witness", vkey)
+    assert run.returncode == 2 and f"--witness {origin} is not a witness's cosignature key" in run.stderr
+    assert not run.stdout
+
+
+async def test_a_consistency_proof_between_two_cosigned_checkpoints(
+        settings: Settings, topology: None, registry: Registry, tmp_path: Path, cosigner: notes.Cosigner) -> None:
+    instance = settings.instance
+    origin = tlog_origin(settings.audit, instance)
+    async with served_witness(tmp_path / "w.sqlite", cosigner, origin, _log_keys(registry, origin)) as (
+            _, url), witnessed_broker(settings, url, cosigner) as broker:
+        for start, count in ((0, 5), (5, 7)):
+            await broker.audit.append(_records(start, count))
+            await broker.audit.checkpoint_now()
+            await eventually(lambda size=start + count: _cosigned(broker, size),
+                             what=f"the cosigned checkpoint of size {start + count}")
+        path = tmp_path / "consistency.json"
+        rc, out, err = await sgb("audit", "consistency", f"{instance}:5", f"{instance}:12", "--out", str(path),
+                                 home=settings.home, url=settings.nats.url)
+    assert rc == 0 and "extends the tree of size 5" in out, out + err
+    doc = json.loads(path.read_bytes())
+    for side in ("old", "new"):
+        assert [s.name for s in notes.parse_note(doc[side]["note"]).signatures] == [origin, cosigner.key.name]
+    vkey, witness = _vkey(settings, registry, instance), str(cosigner.key)
+    run = _offline(tmp_path, str(path), "--key", vkey, "--witness", witness)
+    assert run.returncode == 0, run.stdout + run.stderr
+    for side, size in (("old", 5), ("new", 12)):
+        assert (f"ok the {side} checkpoint, size {size} of {origin}: cosigned by 1 of the 1 trusted witnesses "
+                f"(quorum 1): {_cosigned_by(cosigner.key, doc[side]['note'], origin, registry)}") in run.stdout
+    assert f"ok the tree of size 12 of {origin} extends the tree of size 5" in run.stdout
+    other = notes.Cosigner("witness.example.test/w2", Ed25519PrivateKey.generate())
+    run = _offline(tmp_path, str(path), "--key", vkey, "--witness", str(other.key))
+    assert run.returncode == 1 and "extends" not in run.stdout
+    for side, size in (("old", 5), ("new", 12)):
+        assert (f"FAILED the {side} checkpoint: size {size} of {origin}: cosigned by 0 of the 1 trusted witnesses, "
+                "fewer than the quorum of 1") in run.stdout
+
+
+async def test_a_checkpoint_never_cosigned_fails_with_a_witness_and_passes_without(
+        broker: Broker, settings: Settings, registry: Registry, tmp_path: Path, cosigner: notes.Cosigner) -> None:
+    assert not broker.witnesses.enabled  # no witness configured
+    origin = tlog_origin(settings.audit, settings.instance)
+    await broker.audit.append(_records(0, 3))
+    await broker.audit.checkpoint_now()
+    bundle, path = await _bundle(broker, registry, "wm1", tmp_path)
+    assert [s.name for s in notes.parse_note(bundle["checkpoints"][0]["note"]).signatures] == [origin]
+    vkey = _vkey(settings, registry, settings.instance)
+    run = _offline(tmp_path, path, "--key", vkey, "--witness", str(cosigner.key))
+    assert run.returncode == 1
+    assert "cosigned by 0 of the 1 trusted witnesses, fewer than the quorum of 1" in run.stdout
+    rc, out, _ = await sgb("audit", "check", path, "--key", vkey, "--witness", str(cosigner.key), home=settings.home)
+    assert rc == 1 and "fewer than the quorum of 1" in out
+    run = _offline(tmp_path, path, "--key", vkey)
+    assert run.returncode == 0 and "verified: 1 proofs hold" in run.stdout
+    assert "the checkpoints' witness cosignatures were not checked" in run.stdout
+
+
+_LOG = notes.NoteSigner("sgb.invalid/audit/x", Ed25519PrivateKey.from_private_bytes(bytes(range(32))))
+_WITNESS = notes.Cosigner("witness.example.test/w1", Ed25519PrivateKey.from_private_bytes(bytes(range(1, 33))))
+_RECORD = json.dumps({"id": "r", "message": "m", "n": 0}).encode()
+
+
+def _one_record_bundle(note: str) -> dict[str, Any]:
+    """A bundle of one record, the whole tree of size 1 (its root is its leaf hash, its proof empty)."""
+    return {"format": "sgb-audit-proof/1", "query": "m",
+            "records": [{"id": "r", "message": "m", "instance": "x", "index": 0, "checkpoint": 0, "proof": [],
+                         "record": base64.b64encode(_RECORD).decode()}],
+            "checkpoints": [{"instance": "x", "note": note}]}
+
+
+@hsettings(max_examples=200, deadline=None)
+@given(when=st.integers(0, notes.MAX_TIMESTAMP), at=st.integers(0, 10_000), insert=st.text(max_size=6),
+       cut=st.booleans(), quorum=st.integers(1, 2))
+def test_a_cosigned_bundle_changed_anyhow_gives_failures_never_an_exception(
+        when: int, at: int, insert: str, cut: bool, quorum: int) -> None:
+    """Any cosignature time (past the calendar's years too) and any change to the note: a result, never
+    an exception; the note as signed holds."""
+    text = notes.Checkpoint("sgb.invalid/audit/x", 1, offline.leaf_hash(_RECORD)).text()
+    note = notes.sign_note(text, [_LOG], [_WITNESS.sign(text, when)])
+    other = offline.CosignatureKey("witness.example.test/w2", notes.COSIGNATURE_V1, bytes(32 * [7]))
+    witnesses = offline.Witnesses((offline.CosignatureKey.parse(str(_WITNESS.key)), other), quorum)
+    trusted = [offline.VerifierKey.parse(str(_LOG.key))]
+    held, failed = offline.check_bundle(_one_record_bundle(note), trusted, witnesses)
+    assert (held and not failed) if quorum == 1 else (failed and not held)
+    i = at % (len(note) + 1)
+    changed = note[:i] + insert + note[i + (1 if cut else 0):]
+    held, failed = offline.check_bundle(_one_record_bundle(changed), trusted, witnesses)
+    assert held or failed
