@@ -6,7 +6,9 @@ that each checkpoint carries the quorum of trusted witnesses' cosignatures (``--
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,20 @@ def cosigner() -> notes.Cosigner:
     return notes.Cosigner("witness.example.test/w1", Ed25519PrivateKey.generate())
 
 
+@contextlib.asynccontextmanager
+async def _cosigning(settings: Settings, registry: Registry, tmp_path: Path, cosigner: notes.Cosigner,
+                     *sizes: int) -> AsyncIterator[Broker]:
+    """A broker whose served witness has cosigned a checkpoint at each of ``sizes`` (records w0, w1, ...)."""
+    origin = tlog_origin(settings.audit, settings.instance)
+    async with served_witness(tmp_path / "w.sqlite", cosigner, origin, _log_keys(registry, origin)) as (
+            _, url), witnessed_broker(settings, url, cosigner) as broker:
+        for start, size in zip((0, *sizes), sizes, strict=False):
+            await broker.audit.append(_records(start, size - start))
+            await broker.audit.checkpoint_now()
+            await eventually(lambda size=size: _cosigned(broker, size), what=f"the cosigned checkpoint of size {size}")
+        yield broker
+
+
 async def _bundle(broker: Broker, registry: Registry, query: str, tmp_path: Path) -> tuple[dict[str, Any], str]:
     """The bundle ``prove`` gives of ``query``, and the file it was written to."""
     chains = await read_chains(broker.js, broker.settings.audit.tlog_origin, broker_public_keys(registry)())
@@ -58,11 +74,7 @@ def _cosigned_by(key: notes.VerifierKey, note: str, origin: str, registry: Regis
 async def test_a_bundle_carries_the_witness_cosignature_and_the_verifier_needs_the_quorum(
         settings: Settings, topology: None, registry: Registry, tmp_path: Path, cosigner: notes.Cosigner) -> None:
     origin = tlog_origin(settings.audit, settings.instance)
-    async with served_witness(tmp_path / "w.sqlite", cosigner, origin, _log_keys(registry, origin)) as (
-            _, url), witnessed_broker(settings, url, cosigner) as broker:
-        await broker.audit.append(_records(0, 5))
-        await broker.audit.checkpoint_now()
-        await eventually(lambda: _cosigned(broker, 5), what="the cosigned checkpoint of size 5")
+    async with _cosigning(settings, registry, tmp_path, cosigner, 5) as broker:
         bundle, path = await _bundle(broker, registry, "wm2", tmp_path)
     note = bundle["checkpoints"][0]["note"]
     assert [s.name for s in notes.parse_note(note).signatures] == [origin, cosigner.key.name]
@@ -105,13 +117,7 @@ async def test_a_consistency_proof_between_two_cosigned_checkpoints(
         settings: Settings, topology: None, registry: Registry, tmp_path: Path, cosigner: notes.Cosigner) -> None:
     instance = settings.instance
     origin = tlog_origin(settings.audit, instance)
-    async with served_witness(tmp_path / "w.sqlite", cosigner, origin, _log_keys(registry, origin)) as (
-            _, url), witnessed_broker(settings, url, cosigner) as broker:
-        for start, count in ((0, 5), (5, 7)):
-            await broker.audit.append(_records(start, count))
-            await broker.audit.checkpoint_now()
-            await eventually(lambda size=start + count: _cosigned(broker, size),
-                             what=f"the cosigned checkpoint of size {start + count}")
+    async with _cosigning(settings, registry, tmp_path, cosigner, 5, 12):
         path = tmp_path / "consistency.json"
         rc, out, err = await sgb("audit", "consistency", f"{instance}:5", f"{instance}:12", "--out", str(path),
                                  home=settings.home, url=settings.nats.url)
