@@ -26,6 +26,7 @@ from broker.audit.verify import broker_public_keys
 from broker.config import Settings
 from broker.pipeline.service import Broker
 from broker.wire.registry import Registry
+from broker.wire.subjects import AUDIT, cosigned_subject, tlog_subject
 from tests.helpers import eventually
 from tests.support.cli import sgb
 from tests.test_audit_proofs import _offline, _vkey
@@ -157,6 +158,28 @@ async def test_a_checkpoint_never_cosigned_fails_with_a_witness_and_passes_witho
     run = _offline(tmp_path, path, "--key", vkey)
     assert run.returncode == 0 and "verified: 1 proofs hold" in run.stdout
     assert "the checkpoints' witness cosignatures were not checked" in run.stdout
+
+
+async def test_a_record_is_proved_against_the_latest_cosigned_checkpoint_that_covers_it(
+        broker: Broker, settings: Settings, registry: Registry, tmp_path: Path, cosigner: notes.Cosigner) -> None:
+    """The latest checkpoint may not be cosigned yet (a subject access forces one just before it
+    reads): a record an earlier cosigned checkpoint covers is proved against that one."""
+    instance, vkey, witness = settings.instance, _vkey(settings, registry, settings.instance), str(cosigner.key)
+    await broker.audit.append(_records(0, 3))
+    await broker.audit.checkpoint_now()
+    note = notes.parse_note((await broker.js.get_last_msg(AUDIT, tlog_subject(instance))).data or b"")
+    cosigned = notes.sign_note(note.text, [], (*note.signatures, cosigner.sign(note.text)))  # as witnessing.py
+    await broker.js.publish(cosigned_subject(instance), cosigned.encode())
+    await broker.audit.append(_records(3, 2))
+    await broker.audit.checkpoint_now()  # size 5, not cosigned
+    early, early_path = await _bundle(broker, registry, "wm1", tmp_path)
+    late, late_path = await _bundle(broker, registry, "wm4", tmp_path)
+    assert early["checkpoints"][0]["note"] == cosigned
+    assert notes.Checkpoint.parse(notes.parse_note(late["checkpoints"][0]["note"]).text).size == 5
+    run = _offline(tmp_path, early_path, "--key", vkey, "--witness", witness)
+    assert run.returncode == 0 and "ok record w1: leaf 1 of" in run.stdout and "tree of size 3" in run.stdout
+    run = _offline(tmp_path, late_path, "--key", vkey, "--witness", witness)
+    assert run.returncode == 1 and "size 5 of" in run.stdout and "fewer than the quorum of 1" in run.stdout
 
 
 _LOG = notes.NoteSigner("sgb.invalid/audit/x", Ed25519PrivateKey.from_private_bytes(bytes(range(32))))

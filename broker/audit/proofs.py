@@ -30,11 +30,13 @@ def _b64(data: bytes) -> str:
 
 @dataclass
 class Signed:
-    """A transparency checkpoint the broker's key signed: the note as stored, the keys that verify it."""
+    """A transparency checkpoint the broker's key signed: the note as stored, the keys that verify it;
+    ``cosigned`` when the note is the one with the witnesses' lines."""
 
     checkpoint: notes.Checkpoint
     note: str
     keys: list[str]
+    cosigned: bool = False
 
     def entry(self, instance: str) -> dict[str, str]:
         return {"instance": instance, "note": self.note}
@@ -50,11 +52,14 @@ class Chain:
     tree: MerkleTree = field(default_factory=MerkleTree)
     signed: dict[int, Signed] = field(default_factory=dict)  # by size
 
-    def latest(self) -> Signed | None:
-        """The largest signed checkpoint whose root is this chain's tree at its size."""
+    def latest(self, covering: int = 0) -> Signed | None:
+        """The largest signed checkpoint whose root is this chain's tree at its size; the largest
+        cosigned one instead if it covers the first ``covering`` records, since the latest may not be
+        cosigned yet (a subject access forces one just before it reads)."""
         good = [s for size, s in self.signed.items()
                 if size <= self.tree.size and self.tree.root(size) == s.checkpoint.root_hash]
-        return max(good, key=lambda s: s.checkpoint.size, default=None)
+        cosigned = [s for s in good if s.cosigned and s.checkpoint.size >= covering]
+        return max(cosigned or good, key=lambda s: s.checkpoint.size, default=None)
 
 
 def open_signed(data: bytes, origin: str, public_keys: list[bytes]) -> Signed:
@@ -95,6 +100,7 @@ async def read_chains(js: JetStreamContext, tlog_origin: str, public_keys: list[
         stored_as = chains.setdefault(instance, Chain()).signed
         kept = stored_as.setdefault(signed.checkpoint.size, signed)
         if kept.checkpoint == signed.checkpoint and signed.lines() >= kept.lines():
+            signed.cosigned = True
             stored_as[signed.checkpoint.size] = signed  # the same tree, with the most witnesses' lines
     return chains
 
@@ -110,7 +116,7 @@ def prove(chains: dict[str, Chain], query: str | Sequence[str]) -> tuple[dict[st
     pending: list[str] = []
     for instance, chain in sorted(chains.items()):
         matching = [r for r in chain.records if r.get("id") in wanted or r.get("message") in wanted]
-        latest = chain.latest()
+        latest = chain.latest(max((r["n"] + 1 for r in matching), default=0))
         if matching and latest is not None:
             checkpoints.append(latest.entry(instance))
             keys.update(latest.keys)
