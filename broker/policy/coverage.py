@@ -40,8 +40,8 @@ class Row:
 
     @property
     def gap(self) -> str | None:
-        if not self.rules:
-            return "no rule"
+        if not self.rules:  # a text not verified is not cited, so no rule implementing it is no gap
+            return None if self.kind == "golden-rule" and self.note else "no rule"
         if not self.scenarios:
             return "no scenario"
         return None
@@ -126,7 +126,7 @@ def report(book: Rulebook, scenarios: ScenarioBook, catalogue: Catalogue) -> Rep
     for g in guidance()["goldenRules"]:
         rule_ids = [rid for rid, gen in book.general.items() if g["id"] in gen.golden_rules]
         rule_ids += [r.id for r in book.rules if g["id"] in r.golden_rules]
-        rows.append(row("golden-rule", g["id"], g["text"], g["source"], rule_ids))
+        rows.append(row("golden-rule", g["id"], g["text"], g["source"], rule_ids, g.get("unverified", "")))
     for c in guidance()["clocks"]:
         note = "; ".join(n for n in (c["kind"], c.get("unverified", "")) if n)
         rows.append(row("clock", c["id"], c["says"], c["cite"], [r.id for r in book.rules if c["id"] in clocks_of(r)],
