@@ -182,6 +182,27 @@ async def test_a_record_is_proved_against_the_latest_cosigned_checkpoint_that_co
     assert run.returncode == 1 and "size 5 of" in run.stdout and "fewer than the quorum of 1" in run.stdout
 
 
+async def test_cosignatures_of_one_checkpoint_stored_in_two_rounds_make_one_quorum(
+        broker: Broker, settings: Settings, registry: Registry, tmp_path: Path, cosigner: notes.Cosigner) -> None:
+    """Each round of asking the witnesses stores that round's lines only: a quorum may span rounds."""
+    instance, vkey = settings.instance, _vkey(settings, registry, settings.instance)
+    other = notes.Cosigner("witness.example.test/w2", Ed25519PrivateKey.generate())
+    await broker.audit.append(_records(0, 3))
+    await broker.audit.checkpoint_now()
+    note = notes.parse_note((await broker.js.get_last_msg(AUDIT, tlog_subject(instance))).data or b"")
+    for witness in (cosigner, other, cosigner):  # a round each; the first witness answers twice
+        cosigned = notes.sign_note(note.text, [], (*note.signatures, witness.sign(note.text)))
+        await broker.js.publish(cosigned_subject(instance), cosigned.encode())
+    bundle, path = await _bundle(broker, registry, "wm1", tmp_path)
+    # the log's line and one a witness (the first round's of the witness that answered twice)
+    assert [s.name for s in notes.parse_note(bundle["checkpoints"][0]["note"]).signatures] == [
+        f"sgb.invalid/audit/{instance}", "witness.example.test/w1", "witness.example.test/w2"]
+    run = _offline(tmp_path, path, "--key", vkey, "--witness", str(cosigner.key), "--witness", str(other.key),
+                   "--quorum", "2")
+    assert run.returncode == 0, run.stdout
+    assert "witness.example.test/w1" in run.stdout and "witness.example.test/w2" in run.stdout
+
+
 _LOG = notes.NoteSigner("sgb.invalid/audit/x", Ed25519PrivateKey.from_private_bytes(bytes(range(32))))
 _WITNESS = notes.Cosigner("witness.example.test/w1", Ed25519PrivateKey.from_private_bytes(bytes(range(1, 33))))
 _RECORD = json.dumps({"id": "r", "message": "m", "n": 0}).encode()

@@ -41,10 +41,6 @@ class Signed:
     def entry(self, instance: str) -> dict[str, str]:
         return {"instance": instance, "note": self.note}
 
-    def lines(self) -> int:
-        """How many signature lines the note carries: the log's and, cosigned, its witnesses'."""
-        return len(notes.parse_note(self.note).signatures)
-
 
 @dataclass
 class Chain:
@@ -99,10 +95,20 @@ async def read_chains(js: JetStreamContext, tlog_origin: str, public_keys: list[
             continue  # one the log did not sign is no checkpoint of it
         stored_as = chains.setdefault(instance, Chain()).signed
         kept = stored_as.setdefault(signed.checkpoint.size, signed)
-        if kept.checkpoint == signed.checkpoint and signed.lines() >= kept.lines():
-            signed.cosigned = True
-            stored_as[signed.checkpoint.size] = signed  # the same tree, with the most witnesses' lines
+        if kept.checkpoint == signed.checkpoint:  # the same tree: every round's witnesses' lines in one note
+            signed.note, signed.cosigned = _merged(kept.note, signed.note), True
+            stored_as[signed.checkpoint.size] = signed
     return chains
+
+
+def _merged(kept: str, new: str) -> str:
+    """The note ``kept`` with the signature lines of ``new`` (the same text) by keys it lacks: each
+    round of asking the witnesses stores that round's lines only, and a quorum may span rounds."""
+    a, b = notes.parse_note(kept), notes.parse_note(new)
+    lines: dict[tuple[str, int], notes.Signature] = {}
+    for line in (*a.signatures, *b.signatures):
+        lines.setdefault((line.name, line.key_id), line)  # one line a key: the first round's
+    return str(notes.Note(a.text, tuple(lines.values())[:notes.MAX_SIGNATURES]))
 
 
 def prove(chains: dict[str, Chain], query: str | Sequence[str]) -> tuple[dict[str, Any], list[str]]:
