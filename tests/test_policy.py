@@ -119,6 +119,12 @@ def test_a_bad_rulebook_is_refused_naming_each_problem(tmp_path: Any) -> None:
     with pytest.raises(ConfigError) as info:
         rulebooks.load(bad, Catalogue())
     assert "parking-fine" in str(info.value) and "used twice" in str(info.value)
+    holder = "      CA1989_S27: [local-authority]\n"
+    assert holder in rulebooks.DEFAULT_RULEBOOK.read_text()  # a power held for a gateway the rule does not list
+    extra = holder + "      CA2004_S16C: [police-force]\n"
+    bad.write_text(rulebooks.DEFAULT_RULEBOOK.read_text().replace(holder, extra))
+    with pytest.raises(ConfigError, match="gatewaysFrom/CA2004_S16C: not one of the rule's gateways"):
+        rulebooks.load(bad, Catalogue())
     bad.write_text("rulebook: sgb-rulebook\nversion: 1\n")
     with pytest.raises(ConfigError, match="invalid"):
         rulebooks.load(bad, Catalogue())

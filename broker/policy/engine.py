@@ -216,6 +216,10 @@ class RulebookPolicy:
             if sender.kind in self.vocabulary.gateway_not_from.get(gateway, ()):
                 raise NoLawfulBasis(f"this gateway does not cover disclosures by a {sender.kind} agency",
                                     field=f"/sharing/statutoryGateways/{i}", rule="basis.gateway-available")
+            holders = rule.gateways_from.get(gateway)
+            if holders is not None and sender.organisation_type not in holders:
+                raise NoLawfulBasis(f"this gateway is a power of another body, not of the sender, for {rule.type}",
+                                    field=f"/sharing/statutoryGateways/{i}", rule=rule.id)
         if rule.gateways and not set(gateways) & rule.gateways:
             raise NoLawfulBasis("a statutory gateway for this share is required",
                                 field="/sharing/statutoryGateways", rule=rule.id)

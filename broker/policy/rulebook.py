@@ -148,6 +148,7 @@ class Rule:
     must_notify: tuple[MustNotify, ...] = ()
     partners_only: bool = False  # only a statutory safeguarding partner may send it
     consent_required: bool = False  # shared only with the family's consent (consentStatus GIVEN)
+    gateways_from: Mapping[str, frozenset[str]] = field(default_factory=dict)  # gateway -> organisationTypes holding it
 
     @property
     def deadline(self) -> DeadlineSpec | None:
@@ -240,7 +241,10 @@ def parse(doc: Any, catalogue: Catalogue, *, source: str = "<rulebook>") -> Rule
                               for m in r.get("mustNotify", ())),
             partners_only=r.get("fromPartnersOnly", False),
             consent_required=r.get("consentRequired", False),
+            gateways_from={k: frozenset(v) for k, v in r.get("gatewaysFrom", {}).items()},
         ))
+        problems += [f"{where}/gatewaysFrom/{code}: not one of the rule's gateways"
+                     for code in r.get("gatewaysFrom", {}) if code not in r.get("gateways", ())]
         problems += _unknown_pointers(catalogue, r["type"], where, _pointers(r))
     offences = doc["criminalOffenceData"]
     for typ, spec in offences["types"].items():
