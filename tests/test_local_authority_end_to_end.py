@@ -167,8 +167,8 @@ async def test_an_information_request_answered_from_the_case_system(
     types = ("information-response", "referral-outcome")
     async with _la_adapter(la, registry, catalogue, types, tmp_path) as (system, submitter, _):
         request = example("information-request.example.json")
-        request_id = await health.send(typ="information-request", to=["la-camden"], payload=request,
-                                       sharing=sharing("information-request"))
+        request_id = await health.send(typ="information-request", to=["la-camden"], payload=request,  # s47 is the LA's
+                                       sharing=sharing("information-request") | {"statutoryGateways": ["CA2004_S11"]})
         await eventually(lambda: bool(system.of_type("information-request")), what="the request in the case system")
         wrong = [EVENTS[1] | {"inReplyTo": request_id}]
         with pytest.raises(Unmappable) as caught:
