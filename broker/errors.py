@@ -19,6 +19,7 @@
     │   ├── UnknownRecipient        ``unknown-recipient``
     │   ├── NotPermitted            ``not-permitted``
     │   ├── NoLawfulBasis           ``no-lawful-basis``
+    │   ├── NoRecipientKey          ``no-recipient-key``: no recipient has a valid encryption key
     │   └── InternalFailure         ``internal``: a fault of ours; send it again
     ├── InvalidEnvelope             a delivery an adapter cannot verify or open (one error, no oracle)
     ├── StoreError                  a local SQLite store cannot be used (newer file, closed, past its deadline)
@@ -119,13 +120,21 @@ class NoLawfulBasis(RejectedMessage):
     code = "no-lawful-basis"
 
 
+class NoRecipientKey(RejectedMessage):
+    """Nothing can be sealed to any recipient: their encryption keys expired unrotated. Send it
+    again once the operator has rotated them."""
+
+    code = "no-recipient-key"
+    retryable = True
+
+
 REJECTION_CODES: tuple[str, ...] = tuple(
     sorted(
         cls.code
         for cls in (
             Malformed, TooLarge, BadSignature, UnknownKey, SenderMismatch, Stale, Replayed,
             Undecryptable, UnknownType, SchemaInvalid, UnknownRecipient, NotPermitted,
-            NoLawfulBasis,
+            NoLawfulBasis, NoRecipientKey,
         )
     )
 )

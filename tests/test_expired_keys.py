@@ -19,8 +19,9 @@ from broker.config import Settings
 from broker.pipeline import deadlines
 from broker.pipeline.service import Broker
 from tests.conftest import ClientFactory
-from tests.helpers import drain, example, referral, sharing
+from tests.helpers import drain, eventually, example, referral, sharing
 from tests.support.pipeline import queued, settled
+from tests.test_retention import emptied, expired_records, sweeper_past_retention
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -64,6 +65,20 @@ async def test_a_recipient_without_a_valid_key_is_refused_and_the_others_receive
         ("health-camden", "no-recipient-key", ["registry.encryption-key", "strategy-discussion.la-to-partners"])]
 
 
+async def test_a_message_none_of_whose_recipients_has_a_valid_key_is_rejected(
+        broker: Broker, agency: ClientFactory, settings: Settings) -> None:
+    police = await agency("police-met")
+    expire(settings, broker, "la-camden")
+    jti = await police.send(typ="referral", to=["la-camden"], payload=referral(), sharing=sharing())
+    outcome = await police.wait_outcome(jti, timeout=10)
+    assert outcome.type == "rejection"
+    assert (outcome.payload["code"], outcome.payload["field"], outcome.payload["rule"], outcome.payload["retryable"]) \
+        == ("no-recipient-key", "/to", "registry.encryption-key", True)
+    await settled(broker.js)
+    assert await queued(broker.js, "la-camden") == 0 and broker.pipeline.counters.internal == 0
+    assert [(r["event"], r["code"]) for r in await records(broker, jti)] == [("rejected", "no-recipient-key")]
+
+
 async def test_a_sender_without_a_valid_key_is_still_heard_and_the_operator_told(
         broker: Broker, agency: ClientFactory, settings: Settings) -> None:
     police, la = await agency("police-met"), await agency("la-camden")
@@ -100,3 +115,17 @@ async def test_an_overdue_notice_reaches_the_side_that_can_still_be_sealed_to(
     assert await queued(broker.js, "health-camden") == 0
     assert [r["recipient"] for r in await records(broker, jti) if r["event"] == "overdue"] == ["health-camden"]
     assert broker.pipeline.counters.overdue == 1 and broker.pipeline.counters.internal == 0
+
+
+async def test_the_retention_sweep_goes_on_past_a_sender_without_a_valid_key(
+        broker: Broker, agency: ClientFactory, settings: Settings) -> None:
+    police = await agency("police-met")
+    message = await police.send(typ="referral", to=["la-camden"], payload=referral(), sharing=sharing())
+    assert (await police.wait_outcome(message, timeout=10)).type == "receipt"
+    await eventually(lambda: emptied(settings, "police-met"), what="police-met's receipt to be acked")
+    expire(settings, broker, "police-met")
+    sweeper = sweeper_past_retention(broker)  # the LA never collected it
+    assert await sweeper.sweep() == 1
+    assert await queued(broker.js, "la-camden") == 0  # expired, so no personal data kept past retention
+    assert await queued(broker.js, "police-met") == 0  # no not-delivered notice: nothing to seal it to
+    assert await expired_records(settings) == [(message, "la-camden")]

@@ -23,7 +23,7 @@ from typing import Any, Final
 
 import structlog
 
-from broker.errors import RejectedMessage
+from broker.errors import NoRecipientKey, RejectedMessage
 from broker.identity.blindindex import SubjectIndex
 from broker.identity.keys import Identity
 from broker.pipeline import deadlines
@@ -40,7 +40,7 @@ from broker.wire.subjects import delivery_subject
 
 log = structlog.get_logger("sgb.broker")
 
-NO_KEY: Final = ("no-recipient-key", "registry.encryption-key")  # a recipient refused for want of a key
+NO_KEY: Final = (NoRecipientKey.code, "registry.encryption-key")  # a recipient refused for want of a key
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,11 +122,14 @@ class Outcomes:
         """``decision`` with each recipient that has no encryption key valid ``now`` refused
         (``no-recipient-key``; its keys expired unrotated), so that the others still receive the
         message and the sender hears at once which recipient did not, rather than the whole
-        message failing at every delivery."""
+        message failing at every delivery; refused whole (:class:`NoRecipientKey`) when none is left."""
         unkeyed = {rd.recipient for rd in decision.shared if not self.sealable(rd.recipient, now)}
         if not unkeyed:
             return decision
         code, rule = NO_KEY
+        if len(unkeyed) == len(decision.shared):  # nobody left to receive it: a rejection, not a receipt
+            raise NoRecipientKey("no recipient has a valid encryption key; its keys must be rotated before it "
+                                 "can receive", field="/to", rule=rule)
         return dataclasses.replace(decision, recipients=tuple(
             rd if rd.recipient not in unkeyed else RecipientDecision(
                 rd.recipient, False, (rule, *rd.rules), code=code,

@@ -171,6 +171,8 @@ class Sweeper:
         sender = origin.get("iss")
         if typ in ADMIN_TYPES or not sender or self._outcomes.registry.get(str(sender)) is None:
             return out  # no notice about a notice
+        if not self._outcomes.sealable(str(sender), self._clock()):
+            return out  # its keys expired unrotated: said to the operator; the sweep goes on
         body = {"messageId": message, "status": "not-delivered", "at": iso(self._clock()),
                 "recipients": [item.recipient], "note": "not collected by the recipient within the retention period"}
         notice_id = derived_id("not-delivered", item.claims.get("jti", item.seq))
