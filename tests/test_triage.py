@@ -6,6 +6,7 @@ tests/test_triage_day.py."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import sqlite3
@@ -183,6 +184,42 @@ async def test_deriving_again_in_steps_gives_the_queue_indexing_gave(tmp_path: P
         assert await third._store.read(state) == before
     finally:
         third.close()
+
+
+async def test_blocks_indexed_while_a_reload_derives_the_queue_are_judged_once_under_the_new_triage(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reload derives the queue again while the follower goes on indexing: each block waits for
+    the derivation, so none is judged twice (its deliveries counted twice for rare recipients)."""
+    from broker.audit import tables
+
+    monkeypatch.setattr(tables, "REDERIVE_RECORDS", 5)  # many steps, room for a block between two
+    blocks = [message(n, to=("la-camden",) if n % 7 else ("health-camden",), flags=("shared-without-consent",))
+              for n in range(60)]
+    later = [message(n, to=("la-camden", "health-camden"), flags=("advice-sought",)) for n in range(60, 90)]
+    new = shipped_triage(AGENCIES | {"charity-x": AgencyFacts("charity", False)})
+
+    def state(conn: sqlite3.Connection) -> tuple[list[Any], list[Any]]:
+        return (conn.execute("SELECT item, priority, reasons FROM reviews ORDER BY item").fetchall(),
+                conn.execute("SELECT * FROM triage_seen ORDER BY type, kind").fetchall())
+
+    live = AuditIndex(tmp_path / "live.sqlite", triage=shipped_triage())
+    fresh = AuditIndex(tmp_path / "fresh.sqlite", triage=new)
+    await live.open(stream_created="s1")
+    await fresh.open(stream_created="s1")
+    try:
+        await apply(live, *blocks)
+
+        async def follow() -> None:  # as the follower does, a block at a time
+            for block in later:
+                await apply(live, block)
+
+        await asyncio.gather(live.retriage(new), follow())
+        await apply(fresh, *blocks, *later)
+        assert await live._store.read(state) == await fresh._store.read(state)
+        assert not live.deriving and live.derive_failure is None and await live.meta("triage") == new.digest()
+    finally:
+        live.close()
+        fresh.close()
 
 
 async def test_changed_settings_derive_the_queue_again_and_keep_the_outcomes(tmp_path: Path) -> None:

@@ -236,44 +236,78 @@ async def test_the_page_reviews_all_of_a_view_and_refuses_a_view_too_large(clien
     assert "hello" not in page  # the notice says a number, never text from the address
 
 
-@pytest.mark.own_rulebook
-async def test_a_reloaded_triage_derives_the_queue_again_and_keeps_the_outcomes(
-        client: Client, settings: Settings, broker: Broker, service: AuditService, agency: ClientFactory) -> None:
+def raise_advice(settings: Settings, broker: Broker) -> None:
+    """The rulebook's triage changed (advice sought: medium to high) and reloaded, as SIGHUP does."""
     assert settings.rulebook_path is not None
-    sent = await send_day(agency, routine=0)
-    await until_indexed(client, settings, sent["given"][-1], timeout=5)
-    h = auth(settings, "ig-officer")
-    r = await client.post("/api/v1/reviews/bulk", json={"items": [f"flag:{sent['overridden'][0]}"],
-                                                        "outcome": "proportionate"}, headers=h)
-    assert r.status == 201
-    service.retriage()  # nothing changed: nothing derived
-    assert not service.index.deriving
-    service.index.deriving = True  # what a long re-derivation shows meanwhile: a warning, and a notice
-    check = (await (await client.get("/readyz")).json())["checks"]["audit-index"]
-    assert check["state"] == "warn" and "derived again" in check["detail"]
-    await sign_in_pages(client, settings, "ig-officer")
-    assert 'id="deriving"' in await (await client.get("/ig/reviews")).text()
-    service.index.deriving = False
-
-    async def queue() -> dict[str, str]:
-        body = await (await client.get("/api/v1/reviews?limit=500", headers=h)).json()
-        return {i["message"]: i["priority"] for i in body["items"]}
-
-    assert (await queue())[sent["advice"][0]] == "medium"
-    text = settings.rulebook_path.read_text()
-    advice = "    advice-sought:\n      priority: medium\n"
+    text, advice = settings.rulebook_path.read_text(), "    advice-sought:\n      priority: medium\n"
     assert advice in text
     settings.rulebook_path.write_text(text.replace(advice, advice.replace("medium", "high")))
     assert broker.reload_policy()
+
+
+async def priorities(client: Client, settings: Settings) -> dict[str, str]:
+    body = await (await client.get("/api/v1/reviews?limit=500", headers=auth(settings, "auditor"))).json()
+    return {i["message"]: i["priority"] for i in body["items"]}
+
+
+@pytest.mark.own_rulebook
+async def test_a_reloaded_triage_derives_the_queue_again_and_keeps_the_outcomes(
+        client: Client, settings: Settings, broker: Broker, service: AuditService, agency: ClientFactory) -> None:
+    sent = await send_day(agency, routine=0)
+    await until_indexed(client, settings, sent["given"][-1], timeout=5)
+    reviewed = {"items": [f"flag:{sent['overridden'][0]}"], "outcome": "proportionate"}
+    r = await client.post("/api/v1/reviews/bulk", json=reviewed, headers=auth(settings, "ig-officer"))
+    assert r.status == 201
+    assert (await priorities(client, settings))[sent["advice"][0]] == "medium"
+    raise_advice(settings, broker)
     service.retriage()  # as SIGHUP does, after the rulebook
 
     async def rederived() -> bool:
-        return not service.index.deriving and (await queue()).get(sent["advice"][0]) == "high"
+        return not service.index.deriving and (await priorities(client, settings)).get(sent["advice"][0]) == "high"
 
     await eventually(rederived, what="the queue derived under the reloaded triage", timeout=10)
-    assert await queue() == {m: "high" for m in [*sent["overridden"][1:], *sent["emergency"], *sent["advice"]]}
-    done = await (await client.get("/api/v1/reviews?state=done", headers=h)).json()
+    assert await priorities(client, settings) == {
+        m: "high" for m in [*sent["overridden"][1:], *sent["emergency"], *sent["advice"]]}
+    done = await (await client.get("/api/v1/reviews?state=done", headers=auth(settings, "auditor"))).json()
     assert [i["message"] for i in done["items"]] == sent["overridden"][:1]  # the outcome recorded before stands
     later = await send_day(agency, routine=0)  # indexed under the reloaded triage
     await until_indexed(client, settings, later["given"][-1], timeout=5)
-    assert (await queue())[later["advice"][0]] == "high"
+    assert (await priorities(client, settings))[later["advice"][0]] == "high"
+
+
+@pytest.mark.own_rulebook
+async def test_a_derivation_that_fails_is_said_and_tried_again(
+        client: Client, settings: Settings, broker: Broker, service: AuditService, agency: ClientFactory,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from broker.audit import index as index_module
+
+    sent = await send_day(agency, routine=0)
+    await until_indexed(client, settings, sent["given"][-1], timeout=5)
+    broken, step = asyncio.Event(), index_module.rederive_step
+    broken.set()
+
+    def buggy(*args: Any, **kwargs: Any) -> Any:
+        if broken.is_set():
+            raise RuntimeError("a bug")
+        return step(*args, **kwargs)
+
+    monkeypatch.setattr(index_module, "rederive_step", buggy)
+    raise_advice(settings, broker)
+    service.retriage()
+
+    async def warned() -> dict[str, Any] | None:
+        check: dict[str, Any] = (await (await client.get("/readyz")).json())["checks"]["audit-index"]
+        return check if check["state"] == "warn" else None
+
+    check = await eventually(warned, what="readiness warning of the failed derivation")
+    assert "deriving the review queue again failed (RuntimeError" in check["detail"]
+    await sign_in_pages(client, settings, "ig-officer")
+    assert 'id="deriving"' in await (await client.get("/ig/reviews")).text()  # the queue may be incomplete
+    broken.clear()
+
+    async def mended() -> bool:
+        check = (await (await client.get("/readyz")).json())["checks"]["audit-index"]
+        return check["state"] == "ok" and (await priorities(client, settings)).get(sent["advice"][0]) == "high"
+
+    await eventually(mended, what="the derivation tried again and finished", timeout=15)
+    assert 'id="deriving"' not in await (await client.get("/ig/reviews")).text()

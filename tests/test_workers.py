@@ -3,7 +3,7 @@
 
 - Both take work; each keeps its own audit chain and both chains verify; ``/metrics`` counts
   what both received; SIGTERM stops the whole tree within the drain deadline.
-- SIGHUP and maintenance mode reach the child; a child killed with SIGKILL is started again and
+- SIGHUP and maintenance mode reach the child (and a SIGHUP that changes the triage, the review queue); a child killed with SIGKILL is started again and
   ``/readyz`` says so meanwhile; when the supervisor itself is killed, the child stops by itself.
 - How many: ``--workers``, else ``[pipeline] workers`` or ``SGB_WORKERS``, else the cores; how
   ``/metrics`` merges the workers' metrics.
@@ -32,6 +32,7 @@ from broker.identity.devkeys import init_dev_keys
 from broker.identity.keys import load_identity
 from broker.pipeline.metrics import Metrics
 from broker.pipeline.workers import merged
+from broker.policy.rulebook import DEFAULT_RULEBOOK
 from broker.transport.connection import connected, jetstream
 from broker.wire.catalogue import Catalogue
 from broker.wire.registry import Registry
@@ -50,7 +51,9 @@ def home(tmp_path: Path) -> Iterator[Path]:
     home = tmp_path / "h"
     init_dev_keys(home, home / "registry.json")
     # small fetches, so that both workers take a share of a burst
-    (home / "broker.toml").write_text(f"[pipeline]\nfetch_batch = 2\nmax_in_flight = 4\ndrain_timeout = {DRAIN}\n")
+    (home / "rulebook.yaml").write_text(DEFAULT_RULEBOOK.read_text())  # a copy the SIGHUP test changes
+    (home / "broker.toml").write_text(f"rulebook = \"{home / 'rulebook.yaml'}\"\n[pipeline]\nfetch_batch = 2\n"
+                                      f"max_in_flight = 4\ndrain_timeout = {DRAIN}\n")
     yield home
     with contextlib.suppress(OSError, ValueError):  # the embedded nats-server, when a test left it running
         os.kill(int((home / "nats" / "url").read_text().split()[1]), signal.SIGKILL)
@@ -146,8 +149,14 @@ async def test_a_killed_worker_comes_back_and_a_killed_supervisor_leaves_no_orph
         await _until_ready(port, True, "both workers to be ready")
         (child,) = _children(serve.pid)
 
+        # a rulebook whose triage changed: SIGHUP reloads it in both, and the pages derive the queue again
+        text, advice = DEFAULT_RULEBOOK.read_text(), "    advice-sought:\n      priority: medium\n"
+        assert advice in text
+        (home / "rulebook.yaml").write_text(text.replace(advice, advice.replace("medium", "high")))
         serve.send_signal(signal.SIGHUP)  # reloaded by both
         await eventually(lambda: _logged(home, "rulebook reloaded") == 2, what="both workers to reload")
+        await eventually(lambda: _logged(home, "review queue derived with the triage settings in force") == 2,
+                         what="the review queue derived again under the reloaded triage (once at start)")
         headers = auth(_settings(home), "operator")
         async with aiohttp.ClientSession() as http:
             for on, event in ((True, "maintenance mode on: taking no new work"),

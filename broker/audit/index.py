@@ -50,6 +50,7 @@ class AuditIndex:
         self.version = 0  # bumped after every write; lets waiters notice new records
         self.follower_failure: str | None = None  # what stopped the follower last, until a block is indexed
         self.deriving = False  # the queue is being derived again (after a reload): it is incomplete meanwhile
+        self.derive_failure: str | None = None  # what stopped that last (a bug), until a derivation succeeds
         self._changed = asyncio.Event()
         self._applying = asyncio.Lock()  # a block is indexed under one triage, never half under another
 
@@ -101,6 +102,11 @@ class AuditIndex:
             self.triage, self.deriving = triage, True
             try:
                 await self._derive_queue()
+            except Exception as exc:
+                self.derive_failure = type(exc).__name__
+                raise
+            else:
+                self.derive_failure = None
             finally:
                 self.deriving = False
 

@@ -91,6 +91,7 @@ async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
             stack.push_async_callback(runner.cleanup)
             await web.TCPSite(runner, host or "127.0.0.1", int(port)).start()
             log.info("http listening", address=args.http)
+            service.retriage()  # a SIGHUP taken while the pages started
         waits.add(asyncio.create_task(stop.wait()))
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         for waiting in waits - {broker.task}:
@@ -98,6 +99,7 @@ async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         if broker.task.done() and broker.task.exception() is not None:
             raise BrokerError(f"pipeline stopped: {broker.task.exception()}")
     finally:
+        loop.remove_signal_handler(signal.SIGHUP)  # nothing to reload into once the stack unwinds
         if workers is not None:
             workers.stop()  # the children drain while this one does
         await _close_within(stack, settings.pipeline.drain_timeout, server)

@@ -104,27 +104,41 @@ async def audit_service(broker: Broker, workers: Workers | None = None) -> Async
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), settings.api.integrity_interval)
 
-    tasks = [asyncio.create_task(follow(), name="sgb-audit-index"),
-             asyncio.create_task(verify_periodically(), name="sgb-audit-verify")]
+    rederive_asked = asyncio.Event()  # a reload (SIGHUP) may have changed the triage
 
-    async def rederive(wanted: Triage) -> None:
-        try:
-            await index.retriage(wanted)
-        except Exception:  # a bug: said; the next start resumes the derivation where it stopped
-            log.exception("deriving the review queue again failed (a bug); the next start finishes it")
-
-    def retriage() -> None:
-        wanted = triage_in_force(broker)
-        if wanted.digest() != index.triage.digest():
+    async def rederive() -> None:
+        """Derive the queue again under the triage in force whenever a reload asks; the latest
+        reload wins, however many come meanwhile. A failure (a bug) is said on /readyz and the
+        queue page and tried again, backing off to a minute."""
+        pause = 1.0
+        while not stop.is_set():
+            await rederive_asked.wait()
+            rederive_asked.clear()
+            wanted = triage_in_force(broker)
+            if stop.is_set() or (wanted.digest() == index.triage.digest() and index.derive_failure is None):
+                continue
             log.info("the triage changed with the reload; deriving the review queue again")
-            tasks.append(asyncio.create_task(rederive(wanted), name="sgb-audit-retriage"))
+            try:
+                await index.retriage(wanted)
+                pause = 1.0
+            except Exception:  # the index keeps where it stood: the retry (or the next start) resumes there
+                log.exception("deriving the review queue again failed (a bug); it will try again")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), pause)
+                pause = min(pause * 2, 60.0)
+                rederive_asked.set()
+
+    tasks = [asyncio.create_task(follow(), name="sgb-audit-index"),
+             asyncio.create_task(verify_periodically(), name="sgb-audit-verify"),
+             asyncio.create_task(rederive(), name="sgb-audit-rederive")]
     try:
         yield AuditService(index=index, tokens=TokenVerifier(broker.registry, settings.api),
                                subjects=broker.subjects, append=broker.audit.append, instance=settings.instance,
                                verify=verify, holds=broker.sweeper.holds, retention=retention,
-                               maintenance=maintenance, retriage=retriage)
+                               maintenance=maintenance, retriage=rederive_asked.set)
     finally:
         stop.set()
+        rederive_asked.set()  # wakes it to see the stop
         _, pending = await asyncio.wait(tasks, timeout=5.0)
         for task in pending:
             task.cancel()

@@ -29,7 +29,7 @@ class AuditService:
     holds: Holds
     retention: Callable[[], Awaitable[dict[str, Any]]]
     maintenance: Callable[[bool | None], bool]  # set (or with None, read) maintenance mode
-    retriage: Callable[[], None]  # after a reload: the queue derived again if its triage changed
+    retriage: Callable[[], None]  # after a reload: the queue derived again (in the background) if its triage changed
 
 
 SERVICE: Final = web.AppKey("audit_service", AuditService)

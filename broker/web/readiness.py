@@ -76,6 +76,9 @@ async def _index(service: AuditService | None) -> Check:
     if service.index.follower_failure:  # the pages go stale; the broker still takes work
         return Check("warn", f"the audit index stopped following the log ({service.index.follower_failure}, "
                      "a bug: see the log); it keeps trying")
+    if service.index.derive_failure:  # the queue stays incomplete until a retry (or the next start) finishes
+        return Check("warn", f"deriving the review queue again failed ({service.index.derive_failure}, a bug: "
+                     "see the log); it keeps trying")
     if service.index.deriving:  # after a reload changed the triage: the queue is incomplete meanwhile
         return Check("warn", "the review queue is being derived again under the reloaded triage")
     return Check("ok", "writable")
