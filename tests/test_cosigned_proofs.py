@@ -112,6 +112,10 @@ async def test_a_bundle_carries_the_witness_cosignature_and_the_verifier_needs_t
     run = _offline(tmp_path, path, "--key", vkey, "--witness", vkey)
     assert run.returncode == 2 and f"--witness {origin} is not a witness's cosignature key" in run.stderr
     assert not run.stdout
+    # one witness's key under a second name is not a second witness (a cosignature does not sign the name)
+    alias = str(notes.VerifierKey("witness.example.test/alias", notes.COSIGNATURE_V1, cosigner.key.public_key))
+    run = _offline(tmp_path, path, "--key", vkey, "--witness", witness, "--witness", alias, "--quorum", "2")
+    assert run.returncode == 2 and "one public key under two names" in run.stderr
 
 
 async def test_a_consistency_proof_between_two_cosigned_checkpoints(
@@ -234,3 +238,18 @@ def test_a_cosigned_bundle_changed_anyhow_gives_failures_never_an_exception(
     changed = note[:i] + insert + note[i + (1 if cut else 0):]
     held, failed = offline.check_bundle(_one_record_bundle(changed), trusted, witnesses)
     assert held or failed
+
+
+def test_a_witness_counts_once_however_many_names_its_key_goes_by() -> None:
+    """A copied cosignature line under another name verifies with the same public key: one witness."""
+    text = notes.Checkpoint("sgb.invalid/audit/x", 1, offline.leaf_hash(_RECORD)).text()
+    line = _WITNESS.sign(text, 1_700_000_000)
+    key = offline.CosignatureKey.parse(str(_WITNESS.key))
+    alias = offline.CosignatureKey("witness.example.test/alias", notes.COSIGNATURE_V1, key.public_key)
+    copied = notes.Signature(alias.name, alias.key_id, line.signature)
+    note = notes.sign_note(text, [_LOG], [line, copied])
+    with pytest.raises(ValueError, match="distinct"):
+        offline.Witnesses((key, alias), 2)
+    held, failed = offline.check_bundle(_one_record_bundle(note), [offline.VerifierKey.parse(str(_LOG.key))],
+                                        offline.Witnesses((key,), 1))
+    assert not failed and any("cosigned by 1 of the 1 trusted witnesses" in h for h in held)

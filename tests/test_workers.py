@@ -3,8 +3,9 @@
 
 - Both take work; each keeps its own audit chain and both chains verify; ``/metrics`` counts
   what both received; SIGTERM stops the whole tree within the drain deadline.
-- SIGHUP and maintenance mode reach the child (and a SIGHUP that changes the triage, the review queue); a child killed with SIGKILL is started again and
-  ``/readyz`` says so meanwhile; when the supervisor itself is killed, the child stops by itself.
+- SIGHUP and maintenance mode reach the child (a SIGHUP that changes the triage, the review
+  queue too); a child killed with SIGKILL is started again and ``/readyz`` says so meanwhile;
+  when the supervisor itself is killed, the child stops by itself.
 - How many: ``--workers``, else ``[pipeline] workers`` or ``SGB_WORKERS``, else the cores; how
   ``/metrics`` merges the workers' metrics.
 """

@@ -133,7 +133,9 @@ class Witnesses:
     quorum: int = 0
 
     def __post_init__(self) -> None:
-        if len(set(self.keys)) != len(self.keys) or (1 <= self.quorum <= len(self.keys)) != bool(self.keys):
+        # one public key under two names is one witness: a cosignature does not sign the key's name
+        if len({k.public_key for k in self.keys}) != len(self.keys) or (
+                1 <= self.quorum <= len(self.keys)) != bool(self.keys):
             raise ValueError("the quorum is between 1 and the number of (distinct) witnesses, or 0 without them")
 
 
@@ -158,7 +160,7 @@ def _open(entry: Any, trusted: Sequence[VerifierKey], what: str,
     signed = open_checkpoint(note, origin=origin, log_keys=trusted, witness_keys=witnesses.keys)
     if not witnesses.keys:
         return instance, signed.checkpoint, None
-    cosigned = signed.cosignatures
+    cosigned = tuple({v.key.public_key: v for v in signed.cosignatures}.values())  # a witness counts once
     said = (f"size {signed.checkpoint.size} of {origin}: cosigned by {len(cosigned)} of the {len(witnesses.keys)} "
             "trusted witnesses")
     if len(cosigned) < witnesses.quorum:
@@ -260,6 +262,8 @@ def _witnesses(values: Sequence[str], quorum: int | None) -> Witnesses:
         except NoteError as exc:
             raise NoteError(f"--witness {vkey.split('+')[0]} is not a witness's cosignature key (cosignature/v1, "
                             f"type 0x04; a log's key goes to --key): {exc}") from None
+    if len({k.public_key for k in keys}) != len(keys):
+        raise NoteError("two --witness keys are one public key under two names: one witness, counted once")
     if quorum is not None and not 1 <= quorum <= len(keys):
         raise NoteError(f"--quorum {quorum} is not between 1 and the number of --witness keys ({len(keys)})")
     return Witnesses(tuple(keys), (1 if quorum is None else quorum) if keys else 0)
