@@ -66,6 +66,9 @@ def _section(name: str, catalogue: Catalogue, rules: list[Rule]) -> list[str]:
         out += [f"  - Clock `{d.clock}`: {_deadline(d)}" for d in rule.deadlines]
         if rule.late_after is not None:
             out.append(f"  - Clock `{rule.late_after.clock}`: {_late(rule.late_after)}")
+        if rule.gateways_from:
+            out.append("  - Gateways only their holders claim: " + "; ".join(
+                f"`{code}` from {', '.join(sorted(holders))}" for code, holders in sorted(rule.gateways_from.items())))
         out.append("  - Legal source: " + "; ".join(rule.cite))
     return out
 

@@ -26,7 +26,8 @@ MAX_BULK: Final = 200  # items one bulk review may cover: a page of the queue at
 
 def review_query(params: Mapping[str, str], *, limit: int = 50) -> ReviewQuery:
     """The queue's filters from query parameters: ``state`` (open, done, escalated), the keys of
-    :data:`~broker.audit.query.REVIEW_FILTERS`, ``cursor``. A value is checked against its list."""
+    :data:`~broker.audit.query.REVIEW_FILTERS`, ``cursor``. A priority, reason or outcome is checked
+    against its list; an agency, type, basis or consent code the log does not hold matches nothing."""
     state = params.get("state") or REVIEW_STATES[0]
     if state not in REVIEW_STATES:
         raise ConfigError(f"state is {' or '.join(REVIEW_STATES)}")
