@@ -60,6 +60,8 @@ async def test_a_recipient_without_a_valid_key_is_refused_and_the_others_receive
     await settled(broker.js)
     assert await queued(broker.js, "health-camden") == 0
     assert broker.pipeline.counters.internal == 0 and broker.pipeline.counters.retried == 0
+    (received,) = [r for r in await records(broker, jti) if r["event"] == "received"]
+    assert "recipient-unreachable" in received["flags"]  # for the IG officer: high priority in the queue
     refused = [r for r in await records(broker, jti) if r["event"] == "refused"]
     assert [(r["recipient"], r["code"], r["rules"][:2]) for r in refused] == [
         ("health-camden", "no-recipient-key", ["registry.encryption-key", "strategy-discussion.la-to-partners"])]

@@ -43,6 +43,7 @@ REVIEW_FLAGS: Final = {
     "late": "Sent after the sender's statutory clock ran out",
     "clock-unjudged": "Sent without the date the sender's statutory clock starts from",
     "recipient-missing": "A recipient the law requires was not addressed",
+    "recipient-unreachable": "An addressed recipient could not receive it: its keys expired unrotated",
     "overdue": "Reply overdue",
 }
 REVIEW_OUTCOMES: Final = {

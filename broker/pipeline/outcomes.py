@@ -130,7 +130,7 @@ class Outcomes:
         if len(unkeyed) == len(decision.shared):  # nobody left to receive it: a rejection, not a receipt
             raise NoRecipientKey("no recipient has a valid encryption key; its keys must be rotated before it "
                                  "can receive", field="/to", rule=rule)
-        return dataclasses.replace(decision, recipients=tuple(
+        return dataclasses.replace(decision, flags=(*decision.flags, "recipient-unreachable"), recipients=tuple(
             rd if rd.recipient not in unkeyed else RecipientDecision(
                 rd.recipient, False, (rule, *rd.rules), code=code,
                 reason="the recipient has no valid encryption key; its keys must be rotated before it can receive")
