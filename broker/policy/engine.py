@@ -196,12 +196,12 @@ class RulebookPolicy:
                                     field=f"/sharing/{name}", rule=rule.id)
         if self._carries_offence_data(mtype.name, payload):
             if police_part3:
-                applied.append("basis.law-enforcement")  # DPA 2018 Part 3: a Sch 8 condition
+                applied.append("basis.law-enforcement")  # DPA 2018 Part 3: s35(4) consent, or s35(5) and Sch 8
             elif "criminalOffenceCondition" in sharing:
                 applied.append("basis.criminal-offence")  # UK GDPR Art 10 with a DPA 2018 Sch 1 condition
             elif sender.kind == "police":
-                raise NoLawfulBasis("the payload carries criminal offence data: police need a DPA 2018 Sch 8 "
-                                    "condition, or an Art 10 condition when sharing under UK GDPR",
+                raise NoLawfulBasis("the payload carries criminal offence data: police give their DPA 2018 Part 3 "
+                                    "basis, or an Art 10 condition when sharing under UK GDPR",
                                     field="/sharing/lawEnforcementBasis", rule="basis.law-enforcement")
             else:
                 raise NoLawfulBasis("the payload carries criminal offence data; an Art 10 condition is required",
