@@ -77,8 +77,10 @@ def rulebook_with_a_gap(rulebook_copy: Path) -> Path:
     """The copy without the child death notification's own clock (and the scenario that tests it):
     the guidance's clock ``child-death-notification`` then has no rule."""
     text = rulebook_copy.read_text(encoding="utf-8")
-    clock = ("    lateAfter: {field: /dateTimeOfDeath, clockHours: 24, clock: child-death-notification,\n"
-             "                says: \"Notify the child death review partners within 24 hours of the death\"}\n")
+    clock = ("    lateAfter: {field: /becameAware, orField: /dateTimeOfDeath, clockHours: 24, "
+             "clock: child-death-notification,\n"
+             "                says: \"Notify the child death review partners within 24 hours of learning of "
+             "the death\"}\n")
     assert text.count(clock) == 1
     rulebook_copy.write_text(text.replace(clock, ""), encoding="utf-8")
     cases = SCENARIOS.read_text(encoding="utf-8").split("\n  - name: ")

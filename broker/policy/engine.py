@@ -326,7 +326,7 @@ class RulebookPolicy:
 def _is_late(late: LateAfter, payload: Mapping[str, Any], received: float) -> bool | None:
     """Whether the sender's own clock had run out when the message arrived; None if the payload
     does not say when it started."""
-    start = parse_date(next(pointer.values(payload, late.field), None))
+    start = next((d for at in late.starts() if (d := parse_date(next(pointer.values(payload, at), None)))), None)
     if start is None:
         return None
     rating = next(pointer.values(payload, late.rag_field), None) if late.rag_field else None

@@ -113,4 +113,5 @@ def _deadline(d: DeadlineSpec) -> str:
 
 def _late(late: LateAfter) -> str:
     reason = f"; a late one must give {late.reason_field}" if late.reason_field else ""
-    return f"{late.says} (judged from {late.field} when the message arrives; a late one is flagged{reason})."
+    start = " or, without it, ".join(late.starts())
+    return f"{late.says} (judged from {start} when the message arrives; a late one is flagged{reason})."

@@ -109,6 +109,11 @@ class LateAfter:
     reason_field: str | None = None  # a late message must say why here (a pointer), or it is refused
     rag_field: str | None = None  # a pointer to a RAG rating: the local timescale for that rating applies
     rag_hours: Mapping[str, float] | None = None
+    or_field: str | None = None  # where the start is when the payload has none at ``field``
+
+    def starts(self) -> tuple[str, ...]:
+        """The pointers the clock's start is read from, first present wins."""
+        return (self.field,) if self.or_field is None else (self.field, self.or_field)
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,7 +287,7 @@ def _pointers(rule: Mapping[str, Any]) -> list[str]:
     found = [c["field"] for v in rule["to"].values() for c in v.get("when", ())]
     found += [c["field"] for m in rule.get("mustNotify", ()) for c in m["when"]]
     late = rule.get("lateAfter", {})
-    found += [late[k] for k in ("field", "reasonField", "ragField") if k in late]
+    found += [late[k] for k in ("field", "orField", "reasonField", "ragField") if k in late]
     for spec in ([rule["deadline"]] if "deadline" in rule else []) + list(rule.get("deadlines", ())):
         found += [c["field"] for c in spec.get("when", ())] + ([spec["startFrom"]] if "startFrom" in spec else [])
     return found
@@ -312,7 +317,7 @@ def _late_after(spec: Mapping[str, Any], local: Mapping[str, Any]) -> LateAfter:
     return LateAfter(field=spec["field"], says=spec["says"], clock=spec["clock"],
                      working_days=spec.get("workingDays"), school_day_start=spec.get("schoolDayStart"),
                      clock_hours=spec.get("clockHours"), reason_field=spec.get("reasonField"),
-                     rag_field=spec.get("ragField"),
+                     rag_field=spec.get("ragField"), or_field=spec.get("orField"),
                      rag_hours=_rag_hours(spec, local))
 
 
