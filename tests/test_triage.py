@@ -178,7 +178,7 @@ async def test_deriving_again_in_steps_gives_the_queue_indexing_gave(tmp_path: P
     digest = third.triage.digest()
     await third._store.write(lambda c: tables.start_rederive(c, digest))
     stopped_at = await third._store.write(lambda c: tables.rederive_step(c, third.triage, digest, 0))
-    assert (await third.meta("triage")) == {"pending": digest, "after": stopped_at}
+    assert (await third.meta("triage")) == {"pending": digest, "after": stopped_at, "until": None}
     await third.open(stream_created="s1")
     try:
         assert await third._store.read(state) == before
@@ -217,6 +217,55 @@ async def test_blocks_indexed_while_a_reload_derives_the_queue_are_judged_once_u
         await apply(fresh, *blocks, *later)
         assert await live._store.read(state) == await fresh._store.read(state)
         assert not live.deriving and live.derive_failure is None and await live.meta("triage") == new.digest()
+    finally:
+        live.close()
+        fresh.close()
+
+
+async def test_a_derivation_that_failed_half_way_resumes_without_judging_a_block_twice(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A derivation that meets a bug releases the index: blocks indexed meanwhile are judged as they
+    come, under the new triage, and the retry derives only what was indexed before it started."""
+    from broker.audit import index as index_module
+    from broker.audit import tables
+
+    monkeypatch.setattr(tables, "REDERIVE_RECORDS", 5)
+    blocks = [message(n, to=("la-camden",) if n % 7 else ("health-camden",), flags=("shared-without-consent",))
+              for n in range(60)]
+    later = [message(n, to=("la-camden", "health-camden"), flags=("advice-sought",)) for n in range(60, 90)]
+    new = shipped_triage(AGENCIES | {"charity-x": AgencyFacts("charity", False)})
+    steps, step = [0], tables.rederive_step
+
+    def fails_once(*args: Any, **kwargs: Any) -> Any:
+        steps[0] += 1
+        if steps[0] == 3:
+            raise RuntimeError("a bug")
+        return step(*args, **kwargs)
+
+    monkeypatch.setattr(index_module, "rederive_step", fails_once)
+    live = AuditIndex(tmp_path / "live.sqlite", triage=shipped_triage())
+    fresh = AuditIndex(tmp_path / "fresh.sqlite", triage=new)
+    await live.open(stream_created="s1")
+    await fresh.open(stream_created="s1")
+    try:
+        await apply(live, *blocks)
+        with pytest.raises(RuntimeError):
+            await live.retriage(new)
+        assert live.derive_failure == "RuntimeError" and not live.deriving
+        for block in later:  # the follower goes on meanwhile
+            await apply(live, block)
+        await live.retriage(new)  # the retry
+        assert live.derive_failure is None and await live.meta("triage") == new.digest()
+        await apply(fresh, *blocks, *later)
+
+        def seen(conn: sqlite3.Connection) -> list[Any]:
+            return conn.execute("SELECT * FROM triage_seen ORDER BY type, kind").fetchall()
+
+        def items(conn: sqlite3.Connection) -> list[Any]:
+            return conn.execute("SELECT item, priority FROM reviews ORDER BY item").fetchall()
+
+        assert await live._store.read(seen) == await fresh._store.read(seen)  # each delivery counted once
+        assert await live._store.read(items) == await fresh._store.read(items)
     finally:
         live.close()
         fresh.close()

@@ -87,12 +87,13 @@ class AuditIndex:
         if state == digest:
             return
         if not (isinstance(state, dict) and state.get("pending") == digest):
-            await self._write(lambda c: start_rederive(c, digest))
-            state = {"pending": digest, "after": 0}
+            state = await self._write(lambda c: start_rederive(c, digest))
         after: int | None = int(state["after"])
+        until = state.get("until")  # blocks indexed after the start were judged as they came
         started = time.monotonic()
         while after is not None:
-            after = await self._write(functools.partial(rederive_step, triage=self.triage, digest=digest, after=after))
+            after = await self._write(functools.partial(rederive_step, triage=self.triage, digest=digest, after=after,
+                                                        until=until))
         log.info("review queue derived with the triage settings in force", seconds=round(time.monotonic() - started, 2))
 
     async def retriage(self, triage: Triage) -> None:

@@ -139,23 +139,29 @@ def _derive(conn: sqlite3.Connection, triage: Triage, record: Mapping[str, Any],
 REDERIVE_RECORDS: Final = 20_000  # about the records one transaction of :func:`rederive_step` covers (~1 s)
 
 
-def start_rederive(conn: sqlite3.Connection, digest: str) -> None:
-    """Begin deriving the queue again: empty what the triage shapes and note where it stands."""
+def start_rederive(conn: sqlite3.Connection, digest: str) -> dict[str, Any]:
+    """Begin deriving the queue again: empty what the triage shapes and note where it stands, and
+    up to which block (what is indexed later is judged as it comes, under the new triage)."""
     for table in DERIVED:
         conn.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed names
-    conn.execute("INSERT OR REPLACE INTO meta VALUES ('triage', ?)",
-                 (orjson.dumps({"pending": digest, "after": 0}).decode(),))
+    until = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM records").fetchone()[0]
+    state = {"pending": digest, "after": 0, "until": until}
+    conn.execute("INSERT OR REPLACE INTO meta VALUES ('triage', ?)", (orjson.dumps(state).decode(),))
+    return state
 
 
-def rederive_step(conn: sqlite3.Connection, triage: Triage, digest: str, after: int) -> int | None:
+def rederive_step(conn: sqlite3.Connection, triage: Triage, digest: str, after: int,
+                  until: int | None = None) -> int | None:
     """Derive the queue from the next :data:`REDERIVE_RECORDS` records or so (whole stream messages)
-    after stream sequence ``after``, noting the progress in the same transaction (so an interrupted run resumes there);
-    returns where it got to, or None once every record is done."""
-    last = conn.execute("SELECT seq FROM records WHERE seq > ? ORDER BY seq LIMIT 1 OFFSET ?",
-                        (after, REDERIVE_RECORDS - 1)).fetchone()
+    after stream sequence ``after`` (up to ``until``, if given), noting the progress in the same
+    transaction (so an interrupted run resumes there); returns where it got to, or None once done."""
+    last = conn.execute("SELECT seq FROM records WHERE seq > ? AND (? IS NULL OR seq <= ?) ORDER BY seq "
+                        "LIMIT 1 OFFSET ?", (after, until, until, REDERIVE_RECORDS - 1)).fetchone()
     upto = last[0] if last else None
+    bound = upto if upto is not None else until
     rows = conn.execute("SELECT seq, body FROM records WHERE seq > ? AND (? IS NULL OR seq <= ?) AND event IN "
-                        "('received', 'shared', 'overdue', 'reviewed') ORDER BY seq, instance, n", (after, upto, upto))
+                        "('received', 'shared', 'overdue', 'reviewed') ORDER BY seq, instance, n",
+                        (after, bound, bound))
     block: list[dict[str, Any]] = []
     seq = None
     for row in rows:
@@ -165,6 +171,6 @@ def rederive_step(conn: sqlite3.Connection, triage: Triage, digest: str, after: 
         seq = row[0]
         block.append(orjson.loads(row[1]))
     _derive_all(conn, triage, block)
-    state = digest if upto is None else {"pending": digest, "after": upto}
+    state = digest if upto is None else {"pending": digest, "after": upto, "until": until}
     conn.execute("INSERT OR REPLACE INTO meta VALUES ('triage', ?)", (orjson.dumps(state).decode(),))
     return upto
