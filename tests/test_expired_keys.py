@@ -131,3 +131,28 @@ async def test_the_retention_sweep_goes_on_past_a_sender_without_a_valid_key(
     assert await queued(broker.js, "la-camden") == 0  # expired, so no personal data kept past retention
     assert await queued(broker.js, "police-met") == 0  # no not-delivered notice: nothing to seal it to
     assert await expired_records(settings) == [(message, "la-camden")]
+
+
+async def test_an_answer_to_a_requester_without_a_valid_key_still_stops_its_clock(
+        broker: Broker, agency: ClientFactory, settings: Settings) -> None:
+    """The answer cannot reach the LA, but it came on time: it is recorded, the clock stops, and the
+    IG officer sees that it did not arrive; no overdue notice accuses health."""
+    la, health = await agency("la-camden"), await agency("health-camden")
+    request = example("information-request.example.json") | {
+        "respondBy": (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat(timespec="seconds")}
+    jti = await la.send(typ="information-request", to=["health-camden"], payload=request,
+                        sharing=sharing("information-request"))
+    assert (await la.wait_outcome(jti, timeout=10)).type == "receipt"
+    (asked,) = await drain(health, want=1)
+    expire(settings, broker, "la-camden")
+    answer = await health.send(typ="information-response", to=["la-camden"],
+                               payload=example("information-response.example.json") | {"requestId": jti},
+                               sharing=sharing("information-response"), re=asked.claims["origin"]["jti"])
+    outcome = await health.wait_outcome(answer, timeout=10)
+    assert outcome.type == "receipt" and outcome.payload["recipients"] == []
+    assert [r["code"] for r in outcome.payload["refused"]] == ["no-recipient-key"]
+    (received,) = [r for r in await records(broker, answer) if r["event"] == "received"]
+    assert received["meetsDeadline"] is True and "recipient-unreachable" in received["flags"]
+    scanner = deadlines.Scanner(broker.js, broker.pipeline.on_overdue, clock=lambda: time.time() + 7200)
+    assert await scanner.scan_once() == 0  # past respondBy, but answered
+    assert broker.pipeline.counters.overdue == 0 and broker.pipeline.counters.internal == 0

@@ -35,6 +35,7 @@ from broker.pipeline.metrics import Metrics
 from broker.pipeline.outcomes import Ingress, Outcomes, Output
 from broker.policy.engine import Decision, Policy
 from broker.transport.replay import ReplayGuard
+from broker.wire.ids import ADMIN_TYPES
 
 log = structlog.get_logger("sgb.pipeline")
 
@@ -128,8 +129,10 @@ class Decider:
                                             claims["sharing"], opened.payload, received=work.ingress.stored_at)  # type: ignore[union-attr]
 
     def _accept(self, work: Work) -> None:
-        now = self._outcomes.clock()
-        work.decision = self._outcomes.keyed(work.decision, now)  # type: ignore[arg-type]
+        now, opened = self._outcomes.clock(), work.opened
+        assert opened is not None and work.decision is not None
+        work.decision = self._outcomes.keyed(work.decision, now, reply=bool(work.closes) or opened.mtype.name
+                                             in ADMIN_TYPES, personal=opened.mtype.personal_data)
         work.outputs = self._outcomes.accepted(work.ingress, work.opened, work.decision,  # type: ignore[arg-type]
                                                closes=work.closes, now=now)
         work.outcome = "shared"

@@ -118,19 +118,23 @@ class Outcomes:
                   "rotated (sgb keys rotate)", agency=agency_id)
         return False
 
-    def keyed(self, decision: Decision, now: float) -> Decision:
+    def keyed(self, decision: Decision, now: float, *, reply: bool = False, personal: bool = True) -> Decision:
         """``decision`` with each recipient that has no encryption key valid ``now`` refused
         (``no-recipient-key``; its keys expired unrotated), so that the others still receive the
         message and the sender hears at once which recipient did not, rather than the whole
-        message failing at every delivery; refused whole (:class:`NoRecipientKey`) when none is left."""
+        message failing at every delivery. With none left it is refused whole
+        (:class:`NoRecipientKey`), unless it is a ``reply`` (a receipt or notice, or an answer that
+        closes a clock): that is recorded, so the clock it answers stops on time. A message with
+        ``personal`` data is flagged for the IG officer."""
         unkeyed = {rd.recipient for rd in decision.shared if not self.sealable(rd.recipient, now)}
         if not unkeyed:
             return decision
         code, rule = NO_KEY
-        if len(unkeyed) == len(decision.shared):  # nobody left to receive it: a rejection, not a receipt
+        if len(unkeyed) == len(decision.shared) and not reply:  # nobody to receive it: a rejection
             raise NoRecipientKey("no recipient has a valid encryption key; its keys must be rotated before it "
                                  "can receive", field="/to", rule=rule)
-        return dataclasses.replace(decision, flags=(*decision.flags, "recipient-unreachable"), recipients=tuple(
+        flags = (*decision.flags, "recipient-unreachable") if personal else decision.flags
+        return dataclasses.replace(decision, flags=flags, recipients=tuple(
             rd if rd.recipient not in unkeyed else RecipientDecision(
                 rd.recipient, False, (rule, *rd.rules), code=code,
                 reason="the recipient has no valid encryption key; its keys must be rotated before it can receive")
