@@ -151,6 +151,7 @@ async def test_an_answer_to_a_requester_without_a_valid_key_still_stops_its_cloc
     outcome = await health.wait_outcome(answer, timeout=10)
     assert outcome.type == "receipt" and outcome.payload["recipients"] == []
     assert [r["code"] for r in outcome.payload["refused"]] == ["no-recipient-key"]
+    await settled(broker.js)  # the receipt may arrive before the audit block is stored
     (received,) = [r for r in await records(broker, answer) if r["event"] == "received"]
     assert received["meetsDeadline"] is True and "recipient-unreachable" in received["flags"]
     scanner = deadlines.Scanner(broker.js, broker.pipeline.on_overdue, clock=lambda: time.time() + 7200)

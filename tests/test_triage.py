@@ -318,6 +318,10 @@ def test_the_shipped_triage_cites_every_reason_and_covers_every_flag() -> None:
     named = set(book.triage["reasons"]) | set(book.triage["sample"]["reasons"])
     assert set(REVIEW_FLAGS) <= named  # no flag the broker raises is silently dropped from review
     assert all(spec["cite"] for spec in book.triage["reasons"].values())
+    assert shipped_triage().unqueued() == ()
+    older = dict(book.triage) | {"reasons": {k: v for k, v in book.triage["reasons"].items()
+                                             if k != "recipient-unreachable"}}
+    assert Triage.from_section(older, AGENCIES).unqueued() == ("recipient-unreachable",)  # said at start
 
 
 async def test_the_first_outcome_indexed_stands(index: AuditIndex) -> None:

@@ -295,14 +295,14 @@ async def test_a_derivation_that_fails_is_said_and_tried_again(
     raise_advice(settings, broker)
     service.retriage()
 
-    async def warned() -> dict[str, Any] | None:
+    async def warned() -> dict[str, Any] | None:  # (while it runs, the warning says it is deriving)
         check: dict[str, Any] = (await (await client.get("/readyz")).json())["checks"]["audit-index"]
-        return check if check["state"] == "warn" else None
+        return check if check["state"] == "warn" and "failed (" in check["detail"] else None
 
     check = await eventually(warned, what="readiness warning of the failed derivation")
     assert "deriving the review queue again failed (RuntimeError" in check["detail"]
     await sign_in_pages(client, settings, "ig-officer")
-    assert 'id="deriving"' in await (await client.get("/ig/reviews")).text()  # the queue may be incomplete
+    assert 'id="derive-failed"' in await (await client.get("/ig/reviews")).text()  # the queue may be incomplete
     broken.clear()
 
     async def mended() -> bool:
@@ -310,4 +310,4 @@ async def test_a_derivation_that_fails_is_said_and_tried_again(
         return check["state"] == "ok" and (await priorities(client, settings)).get(sent["advice"][0]) == "high"
 
     await eventually(mended, what="the derivation tried again and finished", timeout=15)
-    assert 'id="deriving"' not in await (await client.get("/ig/reviews")).text()
+    assert 'id="derive-failed"' not in await (await client.get("/ig/reviews")).text()

@@ -160,7 +160,7 @@ def _open(entry: Any, trusted: Sequence[VerifierKey], what: str,
     signed = open_checkpoint(note, origin=origin, log_keys=trusted, witness_keys=witnesses.keys)
     if not witnesses.keys:
         return instance, signed.checkpoint, None
-    cosigned = tuple({v.key.public_key: v for v in signed.cosignatures}.values())  # a witness counts once
+    cosigned = signed.cosignatures  # one a trusted key, and Witnesses holds each public key once
     said = (f"size {signed.checkpoint.size} of {origin}: cosigned by {len(cosigned)} of the {len(witnesses.keys)} "
             "trusted witnesses")
     if len(cosigned) < witnesses.quorum:

@@ -115,6 +115,11 @@ class Triage:
             return self.priorities.get(reason)
         return None if reason in self.sampled or reason == SAMPLE else PRIORITIES[0]
 
+    def unqueued(self) -> tuple[str, ...]:
+        """The broker's flags this triage neither ranks nor samples: a message raising only those
+        never reaches the queue (a partnership's own rulebook, written before the flag existed)."""
+        return tuple(f for f in REVIEW_FLAGS if self.priority_of(f) is None and f not in self.sampled)
+
     def digest(self) -> str:
         """What the queue was derived with: when it changes, the queue is derived again."""
         return hashlib.sha256(orjson.dumps({

@@ -99,7 +99,8 @@ async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         if broker.task.done() and broker.task.exception() is not None:
             raise BrokerError(f"pipeline stopped: {broker.task.exception()}")
     finally:
-        loop.remove_signal_handler(signal.SIGHUP)  # nothing to reload into once the stack unwinds
+        # nothing to reload into once the stack unwinds; ignored, since the default would end the drain
+        loop.add_signal_handler(signal.SIGHUP, log.info, "SIGHUP while stopping: nothing reloaded")
         if workers is not None:
             workers.stop()  # the children drain while this one does
         await _close_within(stack, settings.pipeline.drain_timeout, server)

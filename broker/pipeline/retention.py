@@ -171,14 +171,15 @@ class Sweeper:
         sender = origin.get("iss")
         if typ in ADMIN_TYPES or not sender or self._outcomes.registry.get(str(sender)) is None:
             return out  # no notice about a notice
-        if not self._outcomes.sealable(str(sender), self._clock()):
+        now = self._clock()  # one reading: the key found valid is the key sealed to
+        if not self._outcomes.sealable(str(sender), now):
             return out  # its keys expired unrotated: said to the operator; the sweep goes on
-        body = {"messageId": message, "status": "not-delivered", "at": iso(self._clock()),
+        body = {"messageId": message, "status": "not-delivered", "at": iso(now),
                 "recipients": [item.recipient], "note": "not collected by the recipient within the retention period"}
         notice_id = derived_id("not-delivered", item.claims.get("jti", item.seq))
         out.append(Outgoing(delivery_subject(str(sender)), self._outcomes.seal(
             jti=notice_id, typ="receipt", ver=1, recipient=str(sender), plaintext=jws.dumps(body),
-            sharing=ADMIN_SHARING, re=message), notice_id))
+            sharing=ADMIN_SHARING, re=message, now=now), notice_id))
         return out
 
 

@@ -325,8 +325,11 @@ class RulebookPolicy:
 
 def _is_late(late: LateAfter, payload: Mapping[str, Any], received: float) -> bool | None:
     """Whether the sender's own clock had run out when the message arrived; None if the payload
-    does not say when it started."""
-    start = next((d for at in late.starts() if (d := parse_date(next(pointer.values(payload, at), None)))), None)
+    does not say when it started. A start after the message arrived cannot be true and is not
+    taken (nor can it stop the clock); of a start and its fallback (learning of an event, and the
+    event), the later counts, since nobody learns of an event before it happens."""
+    dates = (parse_date(next(pointer.values(payload, at), None)) for at in late.starts())
+    start = max((d for d in dates if d is not None and d.timestamp() <= received), default=None)
     if start is None:
         return None
     rating = next(pointer.values(payload, late.rag_field), None) if late.rag_field else None

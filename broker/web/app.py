@@ -114,11 +114,11 @@ async def audit_service(broker: Broker, workers: Workers | None = None) -> Async
         while not stop.is_set():
             await rederive_asked.wait()
             rederive_asked.clear()
-            wanted = triage_in_force(broker)
-            if stop.is_set() or (wanted.digest() == index.triage.digest() and index.derive_failure is None):
-                continue
-            log.info("the triage changed with the reload; deriving the review queue again")
             try:
+                wanted = triage_in_force(broker)
+                if stop.is_set() or (wanted.digest() == index.triage.digest() and index.derive_failure is None):
+                    continue
+                log.info("the triage changed with the reload; deriving the review queue again")
                 await index.retriage(wanted)
                 pause = 1.0
             except Exception:  # the index keeps where it stood: the retry (or the next start) resumes there
@@ -149,7 +149,11 @@ async def audit_service(broker: Broker, workers: Workers | None = None) -> Async
 def triage_for(book: Rulebook | None, registry: Registry) -> Triage:
     """The review queue's triage: the rulebook's ``triage`` section over the registry's agencies."""
     agencies = {a.id: AgencyFacts(a.kind, a.safeguarding_partner) for a in registry.agencies.values()}
-    return Triage.from_section(book.triage if book is not None else None, agencies)
+    triage = Triage.from_section(book.triage if book is not None else None, agencies)
+    if triage.unqueued():
+        log.warning("the rulebook's triage gives these review flags no priority: a message raising only them "
+                    "does not reach the review queue", flags=list(triage.unqueued()))
+    return triage
 
 
 def triage_in_force(broker: Broker) -> Triage:

@@ -54,7 +54,8 @@ async def queue(request: web.Request, who: Principal) -> web.Response:
         choices=filter_choices(request.app), priorities=PRIORITY_CHOICES, reasons=REASONS,
         outcomes=REVIEW_OUTCOMES, escalated=ESCALATED, can_review=who.has("ig-officer") and q.state == "open",
         select_all=request.query.get("select") == "all", max_bulk=MAX_BULK, done=_count(request.query.get("done")),
-        mine=params.get("reviewer") == who.sub, deriving=index.deriving or index.derive_failure is not None)
+        mine=params.get("reviewer") == who.sub, deriving=index.deriving,
+        derive_failed=index.derive_failure is not None)
 
 
 async def record_one(request: web.Request, who: Principal) -> web.StreamResponse:
