@@ -14,6 +14,7 @@ import orjson
 import pytest
 import structlog.testing
 
+from adapters.sdk import AgencyClient, Delivery
 from broker.audit.reading import read_audit
 from broker.config import Settings
 from broker.pipeline import deadlines
@@ -39,6 +40,20 @@ def expire(settings: Settings, broker: Broker, agency: str) -> None:
 
 async def records(broker: Broker, message: str) -> list[dict[str, Any]]:
     return [r async for r in read_audit(broker.js) if r.get("message") == message]
+
+
+async def ask_health(agency: ClientFactory) -> tuple[AgencyClient, AgencyClient, str, Delivery]:
+    """The LA asks health for an answer within the hour (its clock owed by health); health has the
+    request. Returns the LA's and health's clients, the request's id and health's delivery of it."""
+    la, health = await agency("la-camden"), await agency("health-camden")
+    request = example("information-request.example.json") | {
+        "respondBy": (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat(timespec="seconds")}
+    jti = await la.send(typ="information-request", to=["health-camden"], payload=request,
+                        sharing=sharing("information-request"))
+    assert (await la.wait_outcome(jti, timeout=10)).type == "receipt"
+    (asked,) = await drain(health, want=1)
+    assert asked.type == "information-request"
+    return la, health, jti, asked
 
 
 async def test_a_recipient_without_a_valid_key_is_refused_and_the_others_receive(
@@ -101,13 +116,7 @@ async def test_a_sender_without_a_valid_key_is_still_heard_and_the_operator_told
 
 async def test_an_overdue_notice_reaches_the_side_that_can_still_be_sealed_to(
         broker: Broker, agency: ClientFactory, settings: Settings) -> None:
-    la, health = await agency("la-camden"), await agency("health-camden")
-    request = example("information-request.example.json") | {
-        "respondBy": (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat(timespec="seconds")}
-    jti = await la.send(typ="information-request", to=["health-camden"], payload=request,
-                        sharing=sharing("information-request"))
-    assert (await la.wait_outcome(jti, timeout=10)).type == "receipt"
-    assert [d.type for d in await drain(health, want=1)] == ["information-request"]
+    la, _, jti, _ = await ask_health(agency)
     expire(settings, broker, "health-camden")
     scanner = deadlines.Scanner(broker.js, broker.pipeline.on_overdue, clock=lambda: time.time() + 7200)
     assert await scanner.scan_once() == 1  # past respondBy
@@ -137,13 +146,7 @@ async def test_an_answer_to_a_requester_without_a_valid_key_still_stops_its_cloc
         broker: Broker, agency: ClientFactory, settings: Settings) -> None:
     """The answer cannot reach the LA, but it came on time: it is recorded, the clock stops, and the
     IG officer sees that it did not arrive; no overdue notice accuses health."""
-    la, health = await agency("la-camden"), await agency("health-camden")
-    request = example("information-request.example.json") | {
-        "respondBy": (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat(timespec="seconds")}
-    jti = await la.send(typ="information-request", to=["health-camden"], payload=request,
-                        sharing=sharing("information-request"))
-    assert (await la.wait_outcome(jti, timeout=10)).type == "receipt"
-    (asked,) = await drain(health, want=1)
+    _, health, jti, asked = await ask_health(agency)
     expire(settings, broker, "la-camden")
     answer = await health.send(typ="information-response", to=["la-camden"],
                                payload=example("information-response.example.json") | {"requestId": jti},

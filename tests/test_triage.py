@@ -7,6 +7,7 @@ tests/test_triage_day.py."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import sqlite3
@@ -147,6 +148,36 @@ async def test_the_queue_pages_across_priorities_without_losing_or_repeating_an_
     assert paged == whole and len(whole) == 23
 
 
+def derived(conn: sqlite3.Connection) -> tuple[list[Any], list[Any]]:
+    """What the triage derived: the queue, and the deliveries counted for rare recipients."""
+    return (conn.execute("SELECT item, priority, rank, point, reasons FROM reviews ORDER BY item").fetchall(),
+            conn.execute("SELECT * FROM triage_seen ORDER BY type, kind").fetchall())
+
+
+RELOADED = shipped_triage(AGENCIES | {"charity-x": AgencyFacts("charity", False)})  # a registry change
+
+
+@contextlib.asynccontextmanager
+async def reloading(tmp_path: Path) -> AsyncIterator[tuple[AuditIndex, list[list[dict[str, Any]]],
+                                                              AuditIndex]]:
+    """An index of 60 messages under the shipped triage, about to take :data:`RELOADED` while 30
+    more come in: the index, those 30 blocks, and a fresh index of all 90 under RELOADED to compare."""
+    blocks = [message(n, to=("la-camden",) if n % 7 else ("health-camden",), flags=("shared-without-consent",))
+              for n in range(60)]
+    later = [message(n, to=("la-camden", "health-camden"), flags=("advice-sought",)) for n in range(60, 90)]
+    live = AuditIndex(tmp_path / "live.sqlite", triage=shipped_triage())
+    fresh = AuditIndex(tmp_path / "fresh.sqlite", triage=RELOADED)
+    await live.open(stream_created="s1")
+    await fresh.open(stream_created="s1")
+    try:
+        await apply(live, *blocks)
+        await apply(fresh, *blocks, *later)
+        yield live, later, fresh
+    finally:
+        live.close()
+        fresh.close()
+
+
 async def test_deriving_again_in_steps_gives_the_queue_indexing_gave(tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     from broker.audit import tables
@@ -158,18 +189,13 @@ async def test_deriving_again_in_steps_gives_the_queue_indexing_gave(tmp_path: P
     blocks = [message(n, to=("la-camden",) if n % 9 else ("health-camden",),
                       flags=("shared-without-consent",) if n % 4 else ("advice-sought",)) for n in range(120)]
     await apply(live, *blocks)
-
-    def state(conn: sqlite3.Connection) -> tuple[list[Any], list[Any]]:
-        return (conn.execute("SELECT item, priority, rank, point, reasons FROM reviews ORDER BY item").fetchall(),
-                conn.execute("SELECT * FROM triage_seen ORDER BY type, kind").fetchall())
-
-    before = await live._store.read(state)
+    before = await live._store.read(derived)
     live.close()
     # a registry change (a new agency) means a new digest: the queue is derived again, the same
-    again = AuditIndex(path, triage=shipped_triage(AGENCIES | {"charity-x": AgencyFacts("charity", False)}))
+    again = AuditIndex(path, triage=RELOADED)
     await again.open(stream_created="s1")
     try:
-        assert await again._store.read(state) == before
+        assert await again._store.read(derived) == before
         assert await again.meta("triage") == again.triage.digest()
     finally:
         again.close()
@@ -181,7 +207,7 @@ async def test_deriving_again_in_steps_gives_the_queue_indexing_gave(tmp_path: P
     assert (await third.meta("triage")) == {"pending": digest, "after": stopped_at, "until": None}
     await third.open(stream_created="s1")
     try:
-        assert await third._store.read(state) == before
+        assert await third._store.read(derived) == before
     finally:
         third.close()
 
@@ -193,33 +219,15 @@ async def test_blocks_indexed_while_a_reload_derives_the_queue_are_judged_once_u
     from broker.audit import tables
 
     monkeypatch.setattr(tables, "REDERIVE_RECORDS", 5)  # many steps, room for a block between two
-    blocks = [message(n, to=("la-camden",) if n % 7 else ("health-camden",), flags=("shared-without-consent",))
-              for n in range(60)]
-    later = [message(n, to=("la-camden", "health-camden"), flags=("advice-sought",)) for n in range(60, 90)]
-    new = shipped_triage(AGENCIES | {"charity-x": AgencyFacts("charity", False)})
-
-    def state(conn: sqlite3.Connection) -> tuple[list[Any], list[Any]]:
-        return (conn.execute("SELECT item, priority, reasons FROM reviews ORDER BY item").fetchall(),
-                conn.execute("SELECT * FROM triage_seen ORDER BY type, kind").fetchall())
-
-    live = AuditIndex(tmp_path / "live.sqlite", triage=shipped_triage())
-    fresh = AuditIndex(tmp_path / "fresh.sqlite", triage=new)
-    await live.open(stream_created="s1")
-    await fresh.open(stream_created="s1")
-    try:
-        await apply(live, *blocks)
+    async with reloading(tmp_path) as (live, later, fresh):
 
         async def follow() -> None:  # as the follower does, a block at a time
             for block in later:
                 await apply(live, block)
 
-        await asyncio.gather(live.retriage(new), follow())
-        await apply(fresh, *blocks, *later)
-        assert await live._store.read(state) == await fresh._store.read(state)
-        assert not live.deriving and live.derive_failure is None and await live.meta("triage") == new.digest()
-    finally:
-        live.close()
-        fresh.close()
+        await asyncio.gather(live.retriage(RELOADED), follow())
+        assert await live._store.read(derived) == await fresh._store.read(derived)
+        assert not live.deriving and live.derive_failure is None and await live.meta("triage") == RELOADED.digest()
 
 
 async def test_a_derivation_that_failed_half_way_resumes_without_judging_a_block_twice(
@@ -230,10 +238,6 @@ async def test_a_derivation_that_failed_half_way_resumes_without_judging_a_block
     from broker.audit import tables
 
     monkeypatch.setattr(tables, "REDERIVE_RECORDS", 5)
-    blocks = [message(n, to=("la-camden",) if n % 7 else ("health-camden",), flags=("shared-without-consent",))
-              for n in range(60)]
-    later = [message(n, to=("la-camden", "health-camden"), flags=("advice-sought",)) for n in range(60, 90)]
-    new = shipped_triage(AGENCIES | {"charity-x": AgencyFacts("charity", False)})
     steps, step = [0], tables.rederive_step
 
     def fails_once(*args: Any, **kwargs: Any) -> Any:
@@ -243,32 +247,15 @@ async def test_a_derivation_that_failed_half_way_resumes_without_judging_a_block
         return step(*args, **kwargs)
 
     monkeypatch.setattr(index_module, "rederive_step", fails_once)
-    live = AuditIndex(tmp_path / "live.sqlite", triage=shipped_triage())
-    fresh = AuditIndex(tmp_path / "fresh.sqlite", triage=new)
-    await live.open(stream_created="s1")
-    await fresh.open(stream_created="s1")
-    try:
-        await apply(live, *blocks)
+    async with reloading(tmp_path) as (live, later, fresh):
         with pytest.raises(RuntimeError):
-            await live.retriage(new)
+            await live.retriage(RELOADED)
         assert live.derive_failure == "RuntimeError" and not live.deriving
         for block in later:  # the follower goes on meanwhile
             await apply(live, block)
-        await live.retriage(new)  # the retry
-        assert live.derive_failure is None and await live.meta("triage") == new.digest()
-        await apply(fresh, *blocks, *later)
-
-        def seen(conn: sqlite3.Connection) -> list[Any]:
-            return conn.execute("SELECT * FROM triage_seen ORDER BY type, kind").fetchall()
-
-        def items(conn: sqlite3.Connection) -> list[Any]:
-            return conn.execute("SELECT item, priority FROM reviews ORDER BY item").fetchall()
-
-        assert await live._store.read(seen) == await fresh._store.read(seen)  # each delivery counted once
-        assert await live._store.read(items) == await fresh._store.read(items)
-    finally:
-        live.close()
-        fresh.close()
+        await live.retriage(RELOADED)  # the retry
+        assert live.derive_failure is None and await live.meta("triage") == RELOADED.digest()
+        assert await live._store.read(derived) == await fresh._store.read(derived)  # each delivery counted once
 
 
 async def test_changed_settings_derive_the_queue_again_and_keep_the_outcomes(tmp_path: Path) -> None:
