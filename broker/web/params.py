@@ -52,11 +52,13 @@ def page_limit(params: Mapping[str, str]) -> int:
 
 def reference(value: str | None) -> str | None:
     """The case or ticket number an officer gives with an action (a review, a hold), if any: up to
-    40 letters, digits, '-' or '/', so that it cannot be a name."""
+    40 letters, digits, '-' or '/', with at least one digit, so that it cannot be a name."""
     if value is None:
         return None
-    if not (0 < len(value) <= 40 and all(c.isascii() and (c.isalnum() or c in "-/") for c in value)):
-        raise ConfigError("a reference is up to 40 letters, digits, '-' or '/': a case or ticket number, never a name")
+    if not (0 < len(value) <= 40 and all(c.isascii() and (c.isalnum() or c in "-/") for c in value)
+            and any(c.isdigit() for c in value)):
+        raise ConfigError("a reference is up to 40 letters, digits, '-' or '/', with a digit: a case or ticket "
+                          "number, never a name")
     return value
 
 
